@@ -1,0 +1,441 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * datapath.c — Membrane's L3/L4 enforcement.
+ *
+ * Three attach points per node:
+ *   from_container  tc ingress of a workload's host-side veth: packets the
+ *                   workload sends. Enforces its egress policy and, when the
+ *                   destination is a workload on this node, that workload's
+ *                   ingress policy too.
+ *   from_netdev     tc ingress of the node's underlay interface: packets from
+ *                   other nodes to local workloads. Enforces ingress policy.
+ *   to_container    tc egress of a workload's host-side veth: packets about
+ *                   to enter the workload that no ingress hook has checked
+ *                   (sent by the node itself). Enforces ingress policy.
+ *
+ * A hook that has applied the destination's ingress policy marks the skb so
+ * that to_container lets it through without a second lookup. Connections are
+ * tracked once per node; an entry remembers the policy revision it was
+ * checked against, so a policy change re-checks established connections on
+ * their next packet and cuts those that are no longer allowed.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#include "membrane.h"
+#include "maps.h"
+#include "parse.h"
+#include "policy.h"
+#include "events.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Keeps struct event in BTF so bpf2go generates its Go twin. */
+const struct event *unused_event __attribute__((unused));
+
+#define NSEC 1000000000ULL
+
+static __always_inline struct config *config_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&global_cfg, &zero);
+}
+
+/* Identity and selector set of an address. An address no entry covers is
+ * the world, selected by nothing. */
+static __always_inline struct ipcache_value ipcache_lookup(const struct addr *a)
+{
+	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache_host, a);
+	if (v)
+		return *v;
+
+	struct ipcache_lpm_key k = { .prefixlen = 128, .addr = *a };
+	v = bpf_map_lookup_elem(&ipcache_lpm, &k);
+	if (v)
+		return *v;
+
+	struct ipcache_value world = { .identity = ID_WORLD, .selset = 0 };
+	return world;
+}
+
+static __always_inline __u64 seconds_or(__u32 s, __u32 dflt)
+{
+	return (__u64)(s ? s : dflt) * NSEC;
+}
+
+static __always_inline __u64 ct_lifetime(const struct config *cfg, const struct ct_entry *e,
+					 __u8 proto)
+{
+	if (proto == IPPROTO_TCP) {
+		if (e->flags & CT_F_CLOSING)
+			return seconds_or(cfg->ct_tcp_closing, 10);
+		if (e->flags & CT_F_SYN_ONLY)
+			return seconds_or(cfg->ct_tcp_syn, 60);
+		return seconds_or(cfg->ct_tcp_established, 21600);
+	}
+	return seconds_or(cfg->ct_other, 60);
+}
+
+static __always_inline void ct_refresh(struct ct_entry *e, const struct pkt *p, __u8 reply,
+				       __u64 now)
+{
+	if (p->t.proto == IPPROTO_TCP) {
+		__u8 f = p->tcp_flags;
+		if ((f & (TCP_FIN | TCP_RST)) && !(e->flags & CT_F_CLOSING))
+			e->flags |= CT_F_CLOSING;
+		if (reply && (e->flags & CT_F_SYN_ONLY) && (f & TCP_ACK))
+			e->flags &= ~CT_F_SYN_ONLY;
+	}
+	if (reply && !(e->flags & CT_F_REPLY_SEEN))
+		e->flags |= CT_F_REPLY_SEEN;
+	/* Writing on every packet would bounce the cache line between CPUs. */
+	if (now - e->last_seen > NSEC)
+		e->last_seen = now;
+}
+
+/* The policy port of a connection, from its original tuple. */
+static __always_inline __u16 ct_policy_port(const struct ct_key *orig)
+{
+	if (orig->proto == IPPROTO_ICMP)
+		return 8;   /* echo request */
+	if (orig->proto == IPPROTO_ICMPV6)
+		return 128; /* echo request */
+	return bpf_ntohs(orig->dport);
+}
+
+static __always_inline void decide_ingress(const struct config *cfg, const struct endpoint *ep,
+					   const struct ipcache_value *src, __u8 proto, __u16 port,
+					   struct decision *d)
+{
+	if ((cfg->flags & CFG_ALLOW_HOST) && src->identity == ID_HOST) {
+		d->verdict = VERDICT_ALLOW;
+		d->reason = REASON_NONE;
+		d->proxy_port = 0;
+		d->rule_id = 0;
+		return;
+	}
+	policy_decide(ep, DIR_INGRESS, src->selset, proto, port, d);
+}
+
+/* Re-checks an established connection after a policy or ipcache change.
+ * Returns 0 if it is still allowed; otherwise fills d and ei. */
+static __always_inline int ct_revalidate(const struct config *cfg, struct ct_entry *e,
+					 const struct ct_key *orig, struct decision *d,
+					 struct ev_info *ei)
+{
+	struct ipcache_value src = ipcache_lookup(&orig->saddr);
+	struct ipcache_value dst = ipcache_lookup(&orig->daddr);
+	__u16 port = ct_policy_port(orig);
+	struct endpoint *ep;
+
+	if (e->flags & CT_F_EGRESS) {
+		ep = bpf_map_lookup_elem(&endpoints, &orig->saddr);
+		if (ep) {
+			policy_decide(ep, DIR_EGRESS, dst.selset, orig->proto, port, d);
+			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
+				/* L7 policy now applies, but this connection
+				 * bypasses the proxy: end it. */
+				d->verdict = VERDICT_DENY;
+				d->reason = REASON_POLICY;
+			}
+			if (d->verdict == VERDICT_DENY) {
+				ei->dir = DIR_EGRESS;
+				ei->ep_id = ep->id;
+				goto deny;
+			}
+			e->rule_egress = d->rule_id;
+		}
+	}
+	if (e->flags & CT_F_INGRESS) {
+		ep = bpf_map_lookup_elem(&endpoints, &orig->daddr);
+		if (ep) {
+			decide_ingress(cfg, ep, &src, orig->proto, port, d);
+			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
+				d->verdict = VERDICT_DENY;
+				d->reason = REASON_POLICY;
+			}
+			if (d->verdict == VERDICT_DENY) {
+				ei->dir = DIR_INGRESS;
+				ei->ep_id = ep->id;
+				goto deny;
+			}
+			e->rule_ingress = d->rule_id;
+		}
+	}
+	e->rev = cfg->policy_rev;
+	return 0;
+
+deny:
+	ei->rule_id = d->rule_id;
+	ei->src_identity = src.identity;
+	ei->dst_identity = dst.identity;
+	ei->flags |= EVF_REVALIDATED;
+	return -1;
+}
+
+/* Hands a connection to the node proxy: a new TCP connection or any UDP
+ * datagram is assigned to the proxy's transparent listener; packets of an
+ * established proxied TCP connection only need the mark, which routes them
+ * locally where the kernel finds the accepted socket. */
+static __always_inline int redirect_to_proxy(struct __sk_buff *skb, const struct pkt *p,
+					     __u16 port, const struct config *cfg)
+{
+	struct bpf_sock_tuple tup = {};
+	struct bpf_sock *sk;
+	__u32 tlen;
+
+	if (p->is_v6) {
+		tup.ipv6.daddr[3] = bpf_htonl(1); /* ::1 */
+		tup.ipv6.dport = bpf_htons(port);
+		tlen = sizeof(tup.ipv6);
+	} else {
+		tup.ipv4.daddr = cfg->proxy_addr4 ? cfg->proxy_addr4 : bpf_htonl(0x7f000001);
+		tup.ipv4.dport = bpf_htons(port);
+		tlen = sizeof(tup.ipv4);
+	}
+
+	if (p->t.proto == IPPROTO_TCP) {
+		if (!(p->tcp_flags & TCP_SYN) || (p->tcp_flags & TCP_ACK))
+			goto mark;
+		sk = (struct bpf_sock *)bpf_skc_lookup_tcp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return -1;
+		if (sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			return -1;
+		}
+	} else if (p->t.proto == IPPROTO_UDP) {
+		sk = bpf_sk_lookup_udp(skb, &tup, tlen, BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return -1;
+	} else {
+		return -1;
+	}
+	long err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err)
+		return -1;
+mark:
+	skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_TO_PROXY;
+	return 0;
+}
+
+static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p,
+				const struct config *cfg, __u8 reason, const struct ev_info *ei)
+{
+	count(reason, ei->dir, p->len);
+	if (cfg->flags & CFG_DROP_EVENTS)
+		emit(skb, p, EV_DROP, reason, ei);
+	return TCX_DROP;
+}
+
+static __always_inline int forward(struct __sk_buff *skb, const struct pkt *p,
+				   const struct config *cfg, const struct endpoint *dst_ep,
+				   __u8 obs, const struct ev_info *ei)
+{
+	/* Tell to_container that ingress policy is done. Only meaningful for
+	 * local delivery; the kernel clears the mark when the packet leaves the
+	 * node's namespace. */
+	if (dst_ep && obs != OBS_TO_ENDPOINT)
+		skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_INGRESS_DONE;
+	count(REASON_NONE, ei->dir, p->len);
+	if (cfg->trace_sample && bpf_get_prandom_u32() % cfg->trace_sample == 0)
+		emit(skb, p, EV_TRACE, REASON_NONE, ei);
+	return TCX_NEXT;
+}
+
+static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
+{
+	struct config *cfg = config_get();
+	if (!cfg)
+		return TCX_DROP;
+
+	if (obs == OBS_TO_ENDPOINT) {
+		__u32 m = skb->mark & MARK_MAGIC_MASK;
+		if (m == MARK_INGRESS_DONE || m == MARK_FROM_PROXY)
+			return TCX_NEXT;
+	}
+
+	struct pkt p = {};
+	struct ev_info ei = { .obs = obs, .dir = obs == OBS_FROM_ENDPOINT ? DIR_EGRESS : DIR_INGRESS };
+
+	int r = parse_packet(skb, &p);
+	if (r == PARSE_PASS)
+		return TCX_NEXT;
+	if (r == PARSE_DROP)
+		return drop(skb, &p, cfg, p.reason, &ei);
+
+	/* Which local endpoints this packet leaves or enters. */
+	struct endpoint *src_ep = NULL, *dst_ep = NULL;
+	if (obs == OBS_FROM_ENDPOINT) {
+		src_ep = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+		if (!src_ep || src_ep->ifindex != skb->ifindex)
+			return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
+		ei.ep_id = src_ep->id;
+		dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+	} else {
+		dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+		if (!dst_ep) {
+			if (obs == OBS_FROM_NETDEV)
+				return TCX_NEXT; /* not for a workload */
+			return drop(skb, &p, cfg, REASON_UNKNOWN_ENDPOINT, &ei);
+		}
+		if (obs == OBS_TO_ENDPOINT && dst_ep->ifindex != skb->ifindex)
+			return drop(skb, &p, cfg, REASON_UNKNOWN_ENDPOINT, &ei);
+		ei.ep_id = dst_ep->id;
+	}
+
+	/* Connection tracking. An ICMP error is looked up by the packet it
+	 * quotes. */
+	struct ct_key *ck = p.icmp_error ? &p.inner : &p.t;
+	struct ct_key rk;
+	__u8 reply = 0;
+	__u64 now = bpf_ktime_get_ns();
+
+	struct ct_entry *e = bpf_map_lookup_elem(&ct, ck);
+	if (!e) {
+		tuple_reverse(&rk, ck);
+		e = bpf_map_lookup_elem(&ct, &rk);
+		reply = e != NULL;
+	}
+	if (e) {
+		if (now - e->last_seen > ct_lifetime(cfg, e, ck->proto) + NSEC)
+			e = NULL; /* expired: decide afresh */
+		else if (!reply && p.t.proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING) &&
+			 (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK))
+			e = NULL; /* port reused by a new connection */
+	}
+
+	if (e) {
+		if (reply)
+			ei.flags |= EVF_REPLY;
+		if (e->rev != cfg->policy_rev) {
+			struct decision d = {};
+			const struct ct_key *orig = reply ? &rk : ck;
+			struct stats *s = stats_get();
+			if (s)
+				s->ct_revalidated++;
+			if (ct_revalidate(cfg, e, orig, &d, &ei) < 0) {
+				bpf_map_delete_elem(&ct, orig);
+				return drop(skb, &p, cfg, d.reason, &ei);
+			}
+		}
+		if (!p.icmp_error)
+			ct_refresh(e, &p, reply, now);
+		if ((e->flags & CT_F_REDIRECT) && !reply && !p.icmp_error) {
+			if (obs == OBS_TO_ENDPOINT)
+				return drop(skb, &p, cfg, REASON_REDIRECT_EGRESS_HOOK, &ei);
+			if (redirect_to_proxy(skb, &p, e->proxy_port, cfg) < 0)
+				return drop(skb, &p, cfg, REASON_PROXY_UNAVAILABLE, &ei);
+			count(REASON_NONE, ei.dir, p.len);
+			return TCX_NEXT;
+		}
+		return forward(skb, &p, cfg, dst_ep, obs, &ei);
+	}
+
+	/* A new connection: the source's egress policy, then the destination's
+	 * ingress policy; either may deny. */
+	struct ipcache_value srcv = ipcache_lookup(&p.t.saddr);
+	struct ipcache_value dstv = ipcache_lookup(&p.t.daddr);
+	struct decision de = { .verdict = VERDICT_ALLOW }, di = { .verdict = VERDICT_ALLOW };
+	__u16 ctflags = 0;
+
+	ei.src_identity = srcv.identity;
+	ei.dst_identity = dstv.identity;
+
+	if (src_ep) {
+		policy_decide(src_ep, DIR_EGRESS, dstv.selset, p.t.proto, p.port, &de);
+		if (de.verdict == VERDICT_DENY) {
+			ei.dir = DIR_EGRESS;
+			ei.ep_id = src_ep->id;
+			ei.rule_id = de.rule_id;
+			return drop(skb, &p, cfg, de.reason, &ei);
+		}
+		ctflags |= CT_F_EGRESS;
+	}
+	if (dst_ep) {
+		decide_ingress(cfg, dst_ep, &srcv, p.t.proto, p.port, &di);
+		if (di.verdict == VERDICT_DENY) {
+			ei.dir = DIR_INGRESS;
+			ei.ep_id = dst_ep->id;
+			ei.rule_id = di.rule_id;
+			return drop(skb, &p, cfg, di.reason, &ei);
+		}
+		ctflags |= CT_F_INGRESS;
+	}
+
+	__u16 proxy_port = 0;
+	if (de.verdict == VERDICT_REDIRECT)
+		proxy_port = de.proxy_port;
+	else if (di.verdict == VERDICT_REDIRECT)
+		proxy_port = di.proxy_port;
+	if (proxy_port) {
+		ei.flags |= EVF_REDIRECT;
+		if (obs == OBS_TO_ENDPOINT)
+			return drop(skb, &p, cfg, REASON_REDIRECT_EGRESS_HOOK, &ei);
+		if (p.icmp_error || redirect_to_proxy(skb, &p, proxy_port, cfg) < 0)
+			return drop(skb, &p, cfg, REASON_PROXY_UNAVAILABLE, &ei);
+		ctflags |= CT_F_REDIRECT;
+	}
+
+	/* ICMP errors and stray resets never open a connection. */
+	if (!p.icmp_error && !(p.t.proto == IPPROTO_TCP && (p.tcp_flags & TCP_RST))) {
+		struct ct_entry ne = {
+			.last_seen = now,
+			.rev = cfg->policy_rev,
+			.flags = ctflags,
+			.proxy_port = proxy_port,
+			.rule_egress = de.rule_id,
+			.rule_ingress = di.rule_id,
+		};
+		if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK))
+			ne.flags |= CT_F_SYN_ONLY;
+		bpf_map_update_elem(&ct, &p.t, &ne, BPF_ANY);
+		struct stats *s = stats_get();
+		if (s)
+			s->ct_created++;
+	}
+
+	if (cfg->flags & CFG_VERDICT_EVENTS) {
+		if (src_ep) {
+			ei.dir = DIR_EGRESS;
+			ei.ep_id = src_ep->id;
+			ei.rule_id = de.rule_id;
+			emit(skb, &p, EV_VERDICT, REASON_NONE, &ei);
+		}
+		if (dst_ep) {
+			ei.dir = DIR_INGRESS;
+			ei.ep_id = dst_ep->id;
+			ei.rule_id = di.rule_id;
+			emit(skb, &p, EV_VERDICT, REASON_NONE, &ei);
+		}
+	}
+
+	if (proxy_port) {
+		count(REASON_NONE, ei.dir, p.len);
+		return TCX_NEXT;
+	}
+	return forward(skb, &p, cfg, dst_ep, obs, &ei);
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	return handle(skb, OBS_FROM_ENDPOINT);
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	return handle(skb, OBS_TO_ENDPOINT);
+}
+
+SEC("tc")
+int from_netdev(struct __sk_buff *skb)
+{
+	return handle(skb, OBS_FROM_NETDEV);
+}

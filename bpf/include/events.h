@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * events.h — drop, verdict and trace events into the ring buffer, and the
+ * per-reason counters. A full ring buffer is counted, never silent.
+ */
+#ifndef MEMBRANE_EVENTS_H
+#define MEMBRANE_EVENTS_H
+
+#include "membrane.h"
+#include "maps.h"
+#include "parse.h"
+
+struct ev_info {
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;
+	__u16 ep_id;
+	__u16 flags;
+	__u8 dir;
+	__u8 obs;
+};
+
+static __always_inline void count(__u8 reason, __u8 dir, __u32 len)
+{
+	__u32 idx = (__u32)reason * 2 + (dir & 1);
+	struct counter *c = bpf_map_lookup_elem(&counters, &idx);
+	if (c) {
+		c->packets++;
+		c->bytes += len;
+	}
+}
+
+static __always_inline struct stats *stats_get(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&global_stats, &zero);
+}
+
+static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 type,
+				 __u8 reason, const struct ev_info *ei)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		struct stats *s = stats_get();
+		if (s)
+			s->lost_events++;
+		return;
+	}
+	e->ts = bpf_ktime_get_ns();
+	e->type = type;
+	e->reason = reason;
+	e->dir = ei->dir;
+	e->proto = p->t.proto;
+	e->ep_id = ei->ep_id;
+	e->flags = ei->flags | (p->is_v6 ? EVF_IPV6 : 0) | (p->fragment ? EVF_FRAGMENT : 0);
+	e->src_identity = ei->src_identity;
+	e->dst_identity = ei->dst_identity;
+	e->rule_id = ei->rule_id;
+	e->ifindex = skb->ifindex;
+	e->len = p->len;
+	if (is_icmp_proto(p->t.proto)) {
+		e->sport = 0;
+		e->dport = p->port; /* ICMP type */
+	} else {
+		e->sport = bpf_ntohs(p->t.sport);
+		e->dport = bpf_ntohs(p->t.dport);
+	}
+	e->obs = ei->obs;
+	e->pad[0] = e->pad[1] = e->pad[2] = 0;
+	e->saddr = p->t.saddr;
+	e->daddr = p->t.daddr;
+	bpf_ringbuf_submit(e, 0);
+}
+
+#endif /* MEMBRANE_EVENTS_H */

@@ -1,0 +1,325 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * parse.h — from an skb to a packet summary: the connection tuple, the port
+ * that policy looks at, TCP flags, and what to do with packets that policy
+ * does not apply to (ARP, IPv6 neighbour discovery).
+ */
+#ifndef MEMBRANE_PARSE_H
+#define MEMBRANE_PARSE_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "membrane.h"
+#include "maps.h"
+
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+#define TCP_ACK 0x10
+
+/* Headers we may read directly: Ethernet, the largest IPv4 header or an
+ * IPv6 header with a few extension headers, and an L4 header. */
+#define PULL_LEN 160
+
+enum parse_result {
+	PARSE_OK = 0,
+	PARSE_PASS = 1, /* not subject to policy: ARP, neighbour discovery */
+	PARSE_DROP = 2, /* p->reason says why */
+};
+
+struct pkt {
+	struct ct_key t;      /* tuple as the packet travels */
+	struct ct_key inner;  /* ICMP errors: tuple of the quoted packet */
+	__u32 len;
+	__u16 port;           /* policy port: destination port, or ICMP type */
+	__u8 tcp_flags;
+	__u8 is_v6;
+	__u8 icmp_error;      /* inner holds the quoted packet */
+	__u8 fragment;        /* 1: first fragment, 2: later fragment */
+	__u8 reason;
+	__u8 pad;
+	__u32 frag_id;
+};
+
+static __always_inline void addr_from_v4(struct addr *a, __be32 ip)
+{
+	a->w[0] = 0;
+	a->w[1] = 0;
+	a->w[2] = bpf_htonl(0xffff);
+	a->w[3] = ip;
+}
+
+static __always_inline void addr_from_v6(struct addr *a, const struct in6_addr *ip)
+{
+	__builtin_memcpy(a, ip, sizeof(*a));
+}
+
+static __always_inline void tuple_reverse(struct ct_key *dst, const struct ct_key *src)
+{
+	dst->saddr = src->daddr;
+	dst->daddr = src->saddr;
+	dst->sport = src->dport;
+	dst->dport = src->sport;
+	dst->proto = src->proto;
+	dst->pad[0] = dst->pad[1] = dst->pad[2] = 0;
+}
+
+static __always_inline int is_icmp_proto(__u8 proto)
+{
+	return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
+}
+
+static __always_inline int is_port_proto(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
+
+/* ICMP echo is tracked like a connection: the identifier stands in for the
+ * source port of the request and the destination port of the reply. */
+static __always_inline int icmp_is_echo_request(__u8 proto, __u8 type)
+{
+	return (proto == IPPROTO_ICMP && type == 8) || (proto == IPPROTO_ICMPV6 && type == 128);
+}
+
+static __always_inline int icmp_is_echo_reply(__u8 proto, __u8 type)
+{
+	return (proto == IPPROTO_ICMP && type == 0) || (proto == IPPROTO_ICMPV6 && type == 129);
+}
+
+static __always_inline int icmp_is_error(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMP)
+		return type == 3 || type == 4 || type == 11 || type == 12;
+	return type >= 1 && type <= 4;
+}
+
+/* IPv6 neighbour discovery and multicast listener messages: always allowed,
+ * like ARP. */
+static __always_inline int icmp6_is_nd(__u8 type)
+{
+	return (type >= 133 && type <= 137) || (type >= 130 && type <= 132) || type == 143;
+}
+
+/* Ports of the L4 header at off into t (sport/dport) and the policy port.
+ * Returns 0, or -1 when the header is truncated. */
+static __always_inline int parse_l4(void *data, void *data_end, __u32 off, struct ct_key *t,
+				    __u16 *port, __u8 *tcp_flags, __u8 *icmp_type)
+{
+	if (off > PULL_LEN)
+		return -1;
+	__u8 *l4 = data + off;
+
+	if (is_port_proto(t->proto)) {
+		if ((void *)(l4 + 4) > data_end)
+			return -1;
+		t->sport = *(__u16 *)l4;
+		t->dport = *(__u16 *)(l4 + 2);
+		*port = bpf_ntohs(t->dport);
+		if (t->proto == IPPROTO_TCP && tcp_flags) {
+			if ((void *)(l4 + 14) > data_end)
+				return -1;
+			*tcp_flags = l4[13];
+		}
+		return 0;
+	}
+	if (is_icmp_proto(t->proto)) {
+		if ((void *)(l4 + 8) > data_end)
+			return -1;
+		__u8 type = l4[0];
+		__u16 id = *(__u16 *)(l4 + 4);
+		*icmp_type = type;
+		*port = type;
+		t->sport = 0;
+		t->dport = 0;
+		if (icmp_is_echo_request(t->proto, type))
+			t->sport = id;
+		else if (icmp_is_echo_reply(t->proto, type))
+			t->dport = id;
+		return 0;
+	}
+	t->sport = 0;
+	t->dport = 0;
+	*port = 0;
+	return 0;
+}
+
+/* Walks IPv6 extension headers from *off (pointing after the fixed header)
+ * with next header *nh. Records a fragment header. */
+static __always_inline int skip_ipv6_ext(void *data, void *data_end, __u32 *off, __u8 *nh,
+					 struct pkt *p)
+{
+#pragma unroll
+	for (int i = 0; i < 6; i++) {
+		__u8 cur = *nh;
+		if (cur != IPPROTO_HOPOPTS && cur != IPPROTO_ROUTING && cur != IPPROTO_DSTOPTS &&
+		    cur != IPPROTO_FRAGMENT && cur != IPPROTO_AH)
+			return 0;
+		if (*off > PULL_LEN)
+			return -1;
+		__u8 *h = data + *off;
+		if ((void *)(h + 8) > data_end)
+			return -1;
+		*nh = h[0];
+		if (cur == IPPROTO_FRAGMENT) {
+			__u16 fo = bpf_ntohs(*(__u16 *)(h + 2));
+			p->frag_id = *(__u32 *)(h + 4);
+			if (fo & 0xfff8)
+				p->fragment = 2;
+			else if (fo & 1)
+				p->fragment = 1;
+			*off += 8;
+		} else if (cur == IPPROTO_AH) {
+			*off += ((__u32)h[1] + 2) * 4;
+		} else {
+			*off += ((__u32)h[1] + 1) * 8;
+		}
+	}
+	/* More extension headers than we follow: refuse rather than guess. */
+	return -1;
+}
+
+/* Parses the quoted packet of an ICMP error at off into p->inner. */
+static __always_inline int parse_icmp_inner(void *data, void *data_end, __u32 off, struct pkt *p)
+{
+	__u16 port;
+	__u8 type = 0;
+
+	if (off > PULL_LEN)
+		return -1;
+	if (!p->is_v6) {
+		struct iphdr *ip = data + off;
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		addr_from_v4(&p->inner.saddr, ip->saddr);
+		addr_from_v4(&p->inner.daddr, ip->daddr);
+		p->inner.proto = ip->protocol;
+		off += (__u32)(ip->ihl & 0xf) * 4;
+	} else {
+		struct ipv6hdr *ip6 = data + off;
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		addr_from_v6(&p->inner.saddr, &ip6->saddr);
+		addr_from_v6(&p->inner.daddr, &ip6->daddr);
+		p->inner.proto = ip6->nexthdr;
+		off += sizeof(*ip6);
+	}
+	/* Only 8 bytes of the quoted transport header are guaranteed: ports,
+	 * not TCP flags. */
+	return parse_l4(data, data_end, off, &p->inner, &port, NULL, &type);
+}
+
+static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	__u32 want = skb->len < PULL_LEN ? skb->len : PULL_LEN;
+
+	if (data + want > data_end) {
+		if (bpf_skb_pull_data(skb, want) < 0) {
+			p->reason = REASON_MALFORMED;
+			return PARSE_DROP;
+		}
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+	}
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end) {
+		p->reason = REASON_MALFORMED;
+		return PARSE_DROP;
+	}
+	p->len = skb->len;
+
+	__u32 off = sizeof(*eth);
+	__u8 icmp_type = 0;
+
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return PARSE_PASS;
+
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = data + off;
+		if ((void *)(ip + 1) > data_end || ip->ihl < 5)
+			goto malformed;
+		addr_from_v4(&p->t.saddr, ip->saddr);
+		addr_from_v4(&p->t.daddr, ip->daddr);
+		p->t.proto = ip->protocol;
+		off += (__u32)(ip->ihl & 0xf) * 4;
+
+		__u16 fo = bpf_ntohs(ip->frag_off);
+		if (fo & 0x1fff) {
+			p->fragment = 2;
+			p->frag_id = ip->id;
+		} else if (fo & 0x2000) {
+			p->fragment = 1;
+			p->frag_id = ip->id;
+		}
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + off;
+		if ((void *)(ip6 + 1) > data_end)
+			goto malformed;
+		p->is_v6 = 1;
+		addr_from_v6(&p->t.saddr, &ip6->saddr);
+		addr_from_v6(&p->t.daddr, &ip6->daddr);
+		__u8 nh = ip6->nexthdr;
+		off += sizeof(*ip6);
+		if (skip_ipv6_ext(data, data_end, &off, &nh, p) < 0)
+			goto malformed;
+		p->t.proto = nh;
+	} else {
+		p->reason = REASON_UNSUPPORTED_L3;
+		return PARSE_DROP;
+	}
+
+	if (p->fragment == 2) {
+		/* A later fragment carries no L4 header: take the ports the
+		 * first fragment had, or refuse it. */
+		struct frag_key fk = {
+			.saddr = p->t.saddr, .daddr = p->t.daddr, .id = p->frag_id, .proto = p->t.proto,
+		};
+		struct frag_value *fv = bpf_map_lookup_elem(&frags, &fk);
+		if (!fv) {
+			p->reason = REASON_FRAG_NO_HEAD;
+			return PARSE_DROP;
+		}
+		p->t.sport = fv->sport;
+		p->t.dport = fv->dport;
+		p->port = bpf_ntohs(fv->dport);
+		return PARSE_OK;
+	}
+
+	if (parse_l4(data, data_end, off, &p->t, &p->port, &p->tcp_flags, &icmp_type) < 0)
+		goto malformed;
+
+	if (p->t.proto == IPPROTO_ICMPV6 && icmp6_is_nd(icmp_type))
+		return PARSE_PASS;
+
+	if (is_icmp_proto(p->t.proto) && icmp_is_error(p->t.proto, icmp_type)) {
+		if (parse_icmp_inner(data, data_end, off + 8, p) < 0)
+			goto malformed;
+		p->icmp_error = 1;
+	}
+
+	if (p->fragment == 1) {
+		struct frag_key fk = {
+			.saddr = p->t.saddr, .daddr = p->t.daddr, .id = p->frag_id, .proto = p->t.proto,
+		};
+		struct frag_value fv = { .sport = p->t.sport, .dport = p->t.dport };
+		__u32 zero = 0;
+		struct stats *s = bpf_map_lookup_elem(&global_stats, &zero);
+		bpf_map_update_elem(&frags, &fk, &fv, BPF_ANY);
+		if (s)
+			s->frag_tracked++;
+	}
+	return PARSE_OK;
+
+malformed:
+	p->reason = REASON_MALFORMED;
+	return PARSE_DROP;
+}
+
+#endif /* MEMBRANE_PARSE_H */

@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * policy.h — the policy decision for one direction of one endpoint.
+ *
+ * The agent resolves overlapping rules in user space: for a given endpoint,
+ * direction and peer selector set, the port blocks it writes are disjoint and
+ * already carry the final verdict (deny beats allow). So the first entry
+ * found, probing from the most specific key to the least, is the answer, and
+ * the number of probes depends only on which kinds of entries exist (the
+ * endpoint's masks), never on how many.
+ */
+#ifndef MEMBRANE_POLICY_H
+#define MEMBRANE_POLICY_H
+
+#include "membrane.h"
+#include "maps.h"
+
+struct decision {
+	__u8 verdict;     /* enum verdict, never VERDICT_NONE */
+	__u8 reason;      /* drop reason when verdict is VERDICT_DENY */
+	__u16 proxy_port;
+	__u32 rule_id;
+};
+
+static __always_inline struct policy_value *policy_probe(struct policy_key *k, __u32 mask,
+							 __u16 port)
+{
+	struct policy_value *v;
+
+	if (mask & ((1u << 17) - 1)) {
+#pragma unroll
+		for (int plen = 16; plen >= 0; plen--) {
+			if (!(mask & (1u << plen)))
+				continue;
+			k->plen = plen;
+			k->port = plen ? (port & (__u16)(0xffff << (16 - plen))) : 0;
+			v = bpf_map_lookup_elem(&policy, k);
+			if (v)
+				return v;
+		}
+	}
+	if (mask & MASK_ANY_PROTO) {
+		__u8 proto = k->proto;
+		k->proto = 0;
+		k->plen = 0;
+		k->port = 0;
+		v = bpf_map_lookup_elem(&policy, k);
+		k->proto = proto;
+		if (v)
+			return v;
+	}
+	return NULL;
+}
+
+/* Decides traffic in direction dir for endpoint ep with a peer in selector
+ * set selset, protocol proto and policy port port. */
+static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, __u32 selset,
+					  __u8 proto, __u16 port, struct decision *d)
+{
+	struct policy_key k = {
+		.ep_id = ep->id,
+		.dir_gen = dir | ((ep->flags & EP_F_GEN) ? 2 : 0),
+		.proto = proto,
+	};
+	struct policy_value *v = NULL;
+	__u16 enforced = dir == DIR_INGRESS ? EP_F_INGRESS_ENFORCED : EP_F_EGRESS_ENFORCED;
+
+	if (ep->flags & EP_F_FAIL_CLOSED) {
+		d->verdict = VERDICT_DENY;
+		d->reason = REASON_FAIL_CLOSED;
+		d->proxy_port = 0;
+		d->rule_id = 0;
+		return;
+	}
+
+	__u32 m_sel = dir == DIR_INGRESS ? ep->masks[DIR_INGRESS][MASK_SELSET]
+					 : ep->masks[DIR_EGRESS][MASK_SELSET];
+	__u32 m_any = dir == DIR_INGRESS ? ep->masks[DIR_INGRESS][MASK_ANY]
+					 : ep->masks[DIR_EGRESS][MASK_ANY];
+
+	if (m_sel && selset) {
+		k.selset = selset;
+		v = policy_probe(&k, m_sel, port);
+	}
+	if (!v && m_any) {
+		k.selset = 0;
+		v = policy_probe(&k, m_any, port);
+	}
+
+	if (v) {
+		d->verdict = v->verdict;
+		d->reason = v->verdict == VERDICT_DENY ? REASON_POLICY_DENY : REASON_NONE;
+		d->proxy_port = v->proxy_port;
+		d->rule_id = v->rule_id;
+		return;
+	}
+	d->proxy_port = 0;
+	d->rule_id = 0;
+	if (ep->flags & enforced) {
+		d->verdict = VERDICT_DENY;
+		d->reason = REASON_POLICY;
+	} else {
+		d->verdict = VERDICT_ALLOW;
+		d->reason = REASON_NONE;
+	}
+}
+
+#endif /* MEMBRANE_POLICY_H */

@@ -1,0 +1,108 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-mesh/membrane/bpf"
+)
+
+// CT entry flags.
+const (
+	CTEgress    = 1 << 0
+	CTIngress   = 1 << 1
+	CTReplySeen = 1 << 2
+	CTClosing   = 1 << 3
+	CTRedirect  = 1 << 4
+	CTSynOnly   = 1 << 5
+)
+
+// Conn is a tracked connection.
+type Conn struct {
+	Src, Dst    netip.AddrPort
+	Proto       uint8
+	Flags       uint16
+	LastSeen    time.Duration // monotonic
+	Rev         uint32
+	ProxyPort   uint16
+	RuleEgress  uint32
+	RuleIngress uint32
+}
+
+func monotonicNow() time.Duration {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return time.Duration(ts.Nano())
+}
+
+// Conns returns up to max tracked connections (0: all).
+func (d *Datapath) Conns(max int) ([]Conn, error) {
+	var out []Conn
+	var k bpf.DatapathCtKey
+	var v bpf.DatapathCtEntry
+	it := d.objs.Ct.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, Conn{
+			Src:         netip.AddrPortFrom(fromAddr(k.Saddr), ntohs(k.Sport)),
+			Dst:         netip.AddrPortFrom(fromAddr(k.Daddr), ntohs(k.Dport)),
+			Proto:       k.Proto,
+			Flags:       v.Flags,
+			LastSeen:    time.Duration(v.LastSeen),
+			Rev:         v.Rev,
+			ProxyPort:   v.ProxyPort,
+			RuleEgress:  v.RuleEgress,
+			RuleIngress: v.RuleIngress,
+		})
+		if max > 0 && len(out) >= max {
+			break
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list conntrack: %w", err)
+	}
+	return out, nil
+}
+
+// CTCollect deletes expired connections and returns how many it removed.
+// The datapath already ignores expired entries; collecting them keeps the
+// LRU from evicting live ones.
+func (d *Datapath) CTCollect(c Config) (int, error) {
+	now := monotonicNow()
+	var expired []bpf.DatapathCtKey
+	var k bpf.DatapathCtKey
+	var v bpf.DatapathCtEntry
+	it := d.objs.Ct.Iterate()
+	for it.Next(&k, &v) {
+		life := c.CTOther
+		if k.Proto == unix.IPPROTO_TCP {
+			switch {
+			case v.Flags&CTClosing != 0:
+				life = c.CTTCPClosing
+			case v.Flags&CTSynOnly != 0:
+				life = c.CTTCPSyn
+			default:
+				life = c.CTTCPEstablished
+			}
+		}
+		if now-time.Duration(v.LastSeen) > life+time.Second {
+			expired = append(expired, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, fmt.Errorf("collect conntrack: %w", err)
+	}
+	n := 0
+	for i := range expired {
+		if err := d.objs.Ct.Delete(&expired[i]); err == nil {
+			n++
+		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, fmt.Errorf("collect conntrack: %w", err)
+		}
+	}
+	return n, nil
+}

@@ -1,0 +1,138 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-mesh/membrane/bpf"
+)
+
+// EventType says what an event reports.
+type EventType uint8
+
+const (
+	EventDrop    EventType = 1
+	EventVerdict EventType = 2 // a new connection was allowed
+	EventTrace   EventType = 3 // a sampled forwarded packet
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventDrop:
+		return "drop"
+	case EventVerdict:
+		return "policy-verdict"
+	case EventTrace:
+		return "trace"
+	}
+	return fmt.Sprintf("event-%d", t)
+}
+
+// Event flags.
+const (
+	EventFlagIPv6        = 1 << 0
+	EventFlagReply       = 1 << 1
+	EventFlagRevalidated = 1 << 2
+	EventFlagRedirect    = 1 << 3
+	EventFlagFragment    = 1 << 4
+)
+
+// Observation points.
+const (
+	ObsFromEndpoint = 0
+	ObsToEndpoint   = 1
+	ObsFromNetdev   = 2
+)
+
+// Event is one datapath event.
+type Event struct {
+	Time        time.Time
+	Type        EventType
+	Reason      Reason
+	Dir         Dir
+	Proto       uint8
+	EndpointID  uint16
+	Flags       uint16
+	SrcIdentity uint32
+	DstIdentity uint32
+	RuleID      uint32
+	Ifindex     uint32
+	Len         uint32
+	Src         netip.AddrPort // port: source port (0 for ICMP)
+	Dst         netip.AddrPort // port: destination port, or ICMP type
+	Obs         uint8
+}
+
+// EventReader reads the datapath's ring buffer.
+type EventReader struct {
+	rd       *ringbuf.Reader
+	bootWall time.Time // wall-clock time of monotonic zero
+}
+
+// NewEventReader opens the ring buffer. Events produced while no reader
+// was open (an agent restart) are still in it, up to its size.
+func (d *Datapath) NewEventReader() (*EventReader, error) {
+	rd, err := ringbuf.NewReader(d.objs.Events)
+	if err != nil {
+		return nil, fmt.Errorf("open events ring buffer: %w", err)
+	}
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		rd.Close()
+		return nil, fmt.Errorf("read monotonic clock: %w", err)
+	}
+	boot := time.Now().Add(-time.Duration(ts.Nano()))
+	return &EventReader{rd: rd, bootWall: boot}, nil
+}
+
+// ErrClosed is returned by Read after Close.
+var ErrClosed = errors.New("event reader closed")
+
+// SetDeadline makes Read return os.ErrDeadlineExceeded after t.
+func (r *EventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+
+// Read blocks until an event arrives.
+func (r *EventReader) Read() (Event, error) {
+	rec, err := r.rd.Read()
+	if err != nil {
+		if errors.Is(err, ringbuf.ErrClosed) {
+			return Event{}, ErrClosed
+		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return Event{}, err
+		}
+		return Event{}, fmt.Errorf("read event: %w", err)
+	}
+	var raw bpf.DatapathEvent
+	if len(rec.RawSample) < int(unsafe.Sizeof(raw)) {
+		return Event{}, fmt.Errorf("read event: short record of %d bytes", len(rec.RawSample))
+	}
+	raw = *(*bpf.DatapathEvent)(unsafe.Pointer(&rec.RawSample[0]))
+	return Event{
+		Time:        r.bootWall.Add(time.Duration(raw.Ts)),
+		Type:        EventType(raw.Type),
+		Reason:      Reason(raw.Reason),
+		Dir:         Dir(raw.Dir),
+		Proto:       raw.Proto,
+		EndpointID:  raw.EpId,
+		Flags:       raw.Flags,
+		SrcIdentity: raw.SrcIdentity,
+		DstIdentity: raw.DstIdentity,
+		RuleID:      raw.RuleId,
+		Ifindex:     raw.Ifindex,
+		Len:         raw.Len,
+		Src:         netip.AddrPortFrom(fromAddr(raw.Saddr), raw.Sport),
+		Dst:         netip.AddrPortFrom(fromAddr(raw.Daddr), raw.Dport),
+		Obs:         raw.Obs,
+	}, nil
+}
+
+// Close stops the reader; a blocked Read returns ErrClosed.
+func (r *EventReader) Close() error { return r.rd.Close() }

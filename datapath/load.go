@@ -1,0 +1,257 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-mesh/membrane/bpf"
+)
+
+// Sizes are the capacities of the datapath's maps. Zero means the default.
+type Sizes struct {
+	// IPCacheHost holds one entry per pod and node address.
+	IPCacheHost uint32
+	// IPCacheLPM holds one entry per CIDR prefix used by policy.
+	IPCacheLPM uint32
+	// Endpoints holds one entry per address of a local workload.
+	Endpoints uint32
+	// Policy holds the policy entries of all local endpoints, twice over
+	// while an endpoint's policy is being replaced.
+	Policy uint32
+	// Conntrack is an LRU: when full the least recently used connection is
+	// forgotten and its next packet is decided by policy again.
+	Conntrack uint32
+	// Fragments tracks first fragments (LRU).
+	Fragments uint32
+	// EventsBytes is the ring buffer size; a power of two, multiple of the
+	// page size. Events that do not fit are counted as lost.
+	EventsBytes uint32
+	// Registry holds the agent's bookkeeping (selector set and rule
+	// fingerprints) so that a restart reuses the same numbers.
+	Registry uint32
+}
+
+// DefaultSizes are used for every zero field of Sizes.
+var DefaultSizes = Sizes{
+	IPCacheHost: 1 << 18,
+	IPCacheLPM:  1 << 16,
+	Endpoints:   1 << 12,
+	Policy:      1 << 18,
+	Conntrack:   1 << 18,
+	Fragments:   1 << 13,
+	EventsBytes: 1 << 22,
+	Registry:    1 << 20,
+}
+
+func (s Sizes) withDefaults() Sizes {
+	d := DefaultSizes
+	pick := func(v, dflt uint32) uint32 {
+		if v == 0 {
+			return dflt
+		}
+		return v
+	}
+	return Sizes{
+		IPCacheHost: pick(s.IPCacheHost, d.IPCacheHost),
+		IPCacheLPM:  pick(s.IPCacheLPM, d.IPCacheLPM),
+		Endpoints:   pick(s.Endpoints, d.Endpoints),
+		Policy:      pick(s.Policy, d.Policy),
+		Conntrack:   pick(s.Conntrack, d.Conntrack),
+		Fragments:   pick(s.Fragments, d.Fragments),
+		EventsBytes: pick(s.EventsBytes, d.EventsBytes),
+		Registry:    pick(s.Registry, d.Registry),
+	}
+}
+
+// Options configure Load.
+type Options struct {
+	// PinDir is a directory on a bpffs where maps and links are pinned. It
+	// is created if missing. Empty means nothing is pinned: the maps live
+	// as long as this process (tests, benchmarks).
+	PinDir string
+	// Sizes of the maps.
+	Sizes Sizes
+	// LegacyTC attaches with a clsact qdisc and cls_bpf filters even when
+	// tcx is available. Without it, legacy tc is used only where tcx is
+	// not supported.
+	LegacyTC bool
+}
+
+// Datapath is a loaded set of programs and maps.
+type Datapath struct {
+	objs     bpf.DatapathObjects
+	registry *ebpf.Map
+	pinDir   string
+	sizes    Sizes
+	legacy   bool
+
+	mu    sync.Mutex
+	links map[string]link.Link // key: ifname_hook (tcx only)
+}
+
+const bpffsMagic = 0xcafe4a11
+
+// Load loads the programs. Maps already pinned under opts.PinDir are reused
+// with their contents; a pinned map whose type, key, value or size differs
+// from what this build expects is an error naming the map.
+func Load(opts Options) (*Datapath, error) {
+	spec, err := bpf.LoadDatapath()
+	if err != nil {
+		return nil, fmt.Errorf("load datapath spec: %w", err)
+	}
+	sizes := opts.Sizes.withDefaults()
+	set := map[string]uint32{
+		bpf.DatapathMapIpcacheHost: sizes.IPCacheHost,
+		bpf.DatapathMapIpcacheLpm:  sizes.IPCacheLPM,
+		bpf.DatapathMapEndpoints:   sizes.Endpoints,
+		bpf.DatapathMapPolicy:      sizes.Policy,
+		bpf.DatapathMapCt:          sizes.Conntrack,
+		bpf.DatapathMapFrags:       sizes.Fragments,
+		bpf.DatapathMapEvents:      sizes.EventsBytes,
+	}
+	for name, n := range set {
+		spec.Maps[name].MaxEntries = n
+	}
+
+	regSpec := &ebpf.MapSpec{
+		Name:       "registry",
+		Type:       ebpf.Hash,
+		KeySize:    8,
+		ValueSize:  8,
+		MaxEntries: sizes.Registry,
+		Flags:      unix.BPF_F_NO_PREALLOC,
+		Pinning:    ebpf.PinByName,
+	}
+
+	var collOpts ebpf.CollectionOptions
+	if opts.PinDir == "" {
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinNone
+		}
+		regSpec.Pinning = ebpf.PinNone
+	} else {
+		if err := ensureBPFFS(opts.PinDir); err != nil {
+			return nil, err
+		}
+		if err := checkPinned(opts.PinDir, spec, regSpec); err != nil {
+			return nil, err
+		}
+		collOpts.Maps.PinPath = opts.PinDir
+	}
+
+	d := &Datapath{pinDir: opts.PinDir, sizes: sizes, legacy: opts.LegacyTC, links: map[string]link.Link{}}
+	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) {
+			return nil, fmt.Errorf("load datapath programs: %+v", ve)
+		}
+		return nil, fmt.Errorf("load datapath programs: %w", err)
+	}
+	d.registry, err = ebpf.NewMapWithOptions(regSpec, collOpts.Maps)
+	if err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("create registry map: %w", err)
+	}
+	return d, nil
+}
+
+// ensureBPFFS makes dir, which must be on a bpffs. If dir is /sys/fs/bpf or
+// below it and nothing is mounted there yet, it mounts one.
+func ensureBPFFS(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create pin directory %s: %w", dir, err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if uint32(st.Type) == bpffsMagic {
+		return nil
+	}
+	if err := unix.Statfs("/sys/fs/bpf", &st); err == nil && uint32(st.Type) != bpffsMagic &&
+		filepath.HasPrefix(dir, "/sys/fs/bpf") {
+		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+			return fmt.Errorf("mount bpffs at /sys/fs/bpf: %w", err)
+		}
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("create pin directory %s: %w", dir, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("pin directory %s is not on a bpffs: mount one with `mount -t bpf bpf <dir>`", dir)
+}
+
+// checkPinned compares every pinned map with the spec this build wants.
+func checkPinned(dir string, spec *ebpf.CollectionSpec, extra ...*ebpf.MapSpec) error {
+	specs := make([]*ebpf.MapSpec, 0, len(spec.Maps)+len(extra))
+	for _, m := range spec.Maps {
+		if m.Pinning == ebpf.PinByName {
+			specs = append(specs, m)
+		}
+	}
+	specs = append(specs, extra...)
+	for _, ms := range specs {
+		path := filepath.Join(dir, ms.Name)
+		m, err := ebpf.LoadPinnedMap(path, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("open pinned map %s: %w", path, err)
+		}
+		info, err := m.Info()
+		m.Close()
+		if err != nil {
+			return fmt.Errorf("inspect pinned map %s: %w", path, err)
+		}
+		if info.Type != ms.Type || info.KeySize != ms.KeySize || info.ValueSize != ms.ValueSize ||
+			info.MaxEntries != ms.MaxEntries || info.Flags != ms.Flags {
+			return fmt.Errorf("pinned map %s (%v key %d value %d max %d flags %#x) differs from this build's (%v key %d value %d max %d flags %#x): "+
+				"the map size setting or the datapath version changed; restart with the previous setting, or remove the pins (which forgets established connections)",
+				path, info.Type, info.KeySize, info.ValueSize, info.MaxEntries, info.Flags,
+				ms.Type, ms.KeySize, ms.ValueSize, ms.MaxEntries, ms.Flags)
+		}
+	}
+	return nil
+}
+
+// Close releases this process's handles. Pinned maps and links stay, and
+// with them enforcement.
+func (d *Datapath) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, l := range d.links {
+		l.Close()
+		delete(d.links, k)
+	}
+	d.registry.Close()
+	return d.objs.Close()
+}
+
+// RemovePins deletes the pin directory: maps are freed once no program uses
+// them, and tcx links pinned there are detached. For lab teardown and tests.
+func RemovePins(dir string) error {
+	if dir == "" {
+		return nil
+	}
+	if err := os.RemoveAll(dir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove pins %s: %w", dir, err)
+	}
+	return nil
+}
+
+// Sizes returns the map capacities in use.
+func (d *Datapath) Sizes() Sizes { return d.sizes }
+
+// Programs exposes the loaded programs (for BPF_PROG_TEST_RUN in tests and
+// benchmarks).
+func (d *Datapath) Programs() (fromContainer, toContainer, fromNetdev *ebpf.Program) {
+	return d.objs.FromContainer, d.objs.ToContainer, d.objs.FromNetdev
+}

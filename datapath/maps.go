@@ -1,0 +1,314 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-mesh/membrane/bpf"
+)
+
+// ErrMapFull is returned (wrapped) when an update is refused because the map
+// holds max_entries elements.
+var ErrMapFull = errors.New("map is full")
+
+func wrapUpdate(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.E2BIG) || errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.ENOMEM) {
+		return fmt.Errorf("update %s: %w (%v)", name, ErrMapFull, err)
+	}
+	return fmt.Errorf("update %s: %w", name, err)
+}
+
+// ---- ipcache ----------------------------------------------------------------
+
+// IPCacheEntry maps a prefix to the identity of the addresses in it and to
+// the set of policy selectors that select them.
+type IPCacheEntry struct {
+	Prefix   netip.Prefix
+	Identity uint32
+	Selset   uint32
+}
+
+func isHostPrefix(p netip.Prefix) bool { return p.Bits() == p.Addr().BitLen() }
+
+// IPCachePut adds or replaces an entry. Host prefixes (/32, /128) go to the
+// exact-match map, shorter ones to the LPM trie.
+func (d *Datapath) IPCachePut(e IPCacheEntry) error {
+	v := bpf.DatapathIpcacheValue{Identity: e.Identity, Selset: e.Selset}
+	p := e.Prefix.Masked()
+	if isHostPrefix(p) {
+		k := toAddr(p.Addr())
+		return wrapUpdate("ipcache_host", d.objs.IpcacheHost.Put(&k, &v))
+	}
+	k := bpf.DatapathIpcacheLpmKey{Prefixlen: prefixBits(p), Addr: toAddr(p.Addr())}
+	return wrapUpdate("ipcache_lpm", d.objs.IpcacheLpm.Put(&k, &v))
+}
+
+// IPCacheDelete removes an entry; a missing entry is not an error.
+func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
+	p = p.Masked()
+	var err error
+	if isHostPrefix(p) {
+		k := toAddr(p.Addr())
+		err = d.objs.IpcacheHost.Delete(&k)
+	} else {
+		k := bpf.DatapathIpcacheLpmKey{Prefixlen: prefixBits(p), Addr: toAddr(p.Addr())}
+		err = d.objs.IpcacheLpm.Delete(&k)
+	}
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete ipcache %s: %w", p, err)
+	}
+	return nil
+}
+
+// IPCacheList returns every entry.
+func (d *Datapath) IPCacheList() ([]IPCacheEntry, error) {
+	var out []IPCacheEntry
+	var hk bpf.DatapathAddr
+	var v bpf.DatapathIpcacheValue
+	it := d.objs.IpcacheHost.Iterate()
+	for it.Next(&hk, &v) {
+		a := fromAddr(hk)
+		out = append(out, IPCacheEntry{Prefix: netip.PrefixFrom(a, a.BitLen()), Identity: v.Identity, Selset: v.Selset})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list ipcache_host: %w", err)
+	}
+	var lk bpf.DatapathIpcacheLpmKey
+	it = d.objs.IpcacheLpm.Iterate()
+	for it.Next(&lk, &v) {
+		out = append(out, IPCacheEntry{Prefix: fromPrefix(lk.Addr, lk.Prefixlen), Identity: v.Identity, Selset: v.Selset})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list ipcache_lpm: %w", err)
+	}
+	return out, nil
+}
+
+// ---- endpoints --------------------------------------------------------------
+
+// EndpointInfo is the datapath's view of one address of a local workload.
+type EndpointInfo struct {
+	Addr     netip.Addr
+	ID       uint16
+	Ifindex  uint32
+	Identity uint32
+	Flags    uint16
+	// Masks[dir][MaskSelset|MaskAny]: which kinds of policy entries exist.
+	Masks [2][2]uint32
+}
+
+// Gen is the endpoint's active policy generation (0 or 1).
+func (e EndpointInfo) Gen() uint8 {
+	if e.Flags&EndpointGen != 0 {
+		return 1
+	}
+	return 0
+}
+
+// EndpointPut adds or replaces an endpoint. The replacement is atomic: a
+// packet sees either the old or the new value, never a mix.
+func (d *Datapath) EndpointPut(e EndpointInfo) error {
+	k := toAddr(e.Addr)
+	v := bpf.DatapathEndpoint{Ifindex: e.Ifindex, Identity: e.Identity, Id: e.ID, Flags: e.Flags, Masks: e.Masks}
+	return wrapUpdate("endpoints", d.objs.Endpoints.Put(&k, &v))
+}
+
+// EndpointDelete removes an endpoint address.
+func (d *Datapath) EndpointDelete(a netip.Addr) error {
+	k := toAddr(a)
+	if err := d.objs.Endpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete endpoint %s: %w", a, err)
+	}
+	return nil
+}
+
+// EndpointList returns every endpoint address.
+func (d *Datapath) EndpointList() ([]EndpointInfo, error) {
+	var out []EndpointInfo
+	var k bpf.DatapathAddr
+	var v bpf.DatapathEndpoint
+	it := d.objs.Endpoints.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, EndpointInfo{Addr: fromAddr(k), ID: v.Id, Ifindex: v.Ifindex, Identity: v.Identity, Flags: v.Flags, Masks: v.Masks})
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list endpoints: %w", err)
+	}
+	return out, nil
+}
+
+// ---- policy -----------------------------------------------------------------
+
+// PolicyKey addresses one policy entry.
+type PolicyKey struct {
+	EpID   uint16
+	Dir    Dir
+	Gen    uint8
+	Selset uint32 // 0: any peer
+	Proto  uint8  // 0: any protocol (Plen must be 0)
+	Port   uint16 // masked to Plen bits; ICMP: type
+	Plen   uint8  // 0..16
+}
+
+// PolicyValue is what an entry decides.
+type PolicyValue struct {
+	Verdict   Verdict
+	ProxyPort uint16
+	RuleID    uint32
+}
+
+func (k PolicyKey) raw() bpf.DatapathPolicyKey {
+	return bpf.DatapathPolicyKey{
+		Selset: k.Selset,
+		EpId:   k.EpID,
+		Port:   k.Port,
+		DirGen: uint8(k.Dir&1) | (k.Gen&1)<<1,
+		Proto:  k.Proto,
+		Plen:   k.Plen,
+	}
+}
+
+func policyKeyFrom(r bpf.DatapathPolicyKey) PolicyKey {
+	return PolicyKey{EpID: r.EpId, Dir: Dir(r.DirGen & 1), Gen: (r.DirGen >> 1) & 1, Selset: r.Selset, Proto: r.Proto, Port: r.Port, Plen: r.Plen}
+}
+
+// PolicyPut writes entries in one batch.
+func (d *Datapath) PolicyPut(keys []PolicyKey, values []PolicyValue) error {
+	if len(keys) != len(values) {
+		return fmt.Errorf("update policy: %d keys but %d values", len(keys), len(values))
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	rk := make([]bpf.DatapathPolicyKey, len(keys))
+	rv := make([]bpf.DatapathPolicyValue, len(values))
+	for i := range keys {
+		rk[i] = keys[i].raw()
+		rv[i] = bpf.DatapathPolicyValue{Verdict: uint8(values[i].Verdict), ProxyPort: values[i].ProxyPort, RuleId: values[i].RuleID}
+	}
+	n, err := d.objs.Policy.BatchUpdate(rk, rv, nil)
+	if err != nil && errors.Is(err, ebpf.ErrNotSupported) {
+		for i := range rk {
+			if err := d.objs.Policy.Put(&rk[i], &rv[i]); err != nil {
+				return wrapUpdate("policy", err)
+			}
+		}
+		return nil
+	}
+	if err != nil {
+		return wrapUpdate("policy", fmt.Errorf("after %d of %d entries: %w", n, len(rk), err))
+	}
+	return nil
+}
+
+// PolicyDelete removes entries; missing ones are ignored.
+func (d *Datapath) PolicyDelete(keys []PolicyKey) error {
+	for _, k := range keys {
+		rk := k.raw()
+		if err := d.objs.Policy.Delete(&rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete policy entry %+v: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// PolicyList returns every entry.
+func (d *Datapath) PolicyList() (map[PolicyKey]PolicyValue, error) {
+	out := map[PolicyKey]PolicyValue{}
+	var k bpf.DatapathPolicyKey
+	var v bpf.DatapathPolicyValue
+	it := d.objs.Policy.Iterate()
+	for it.Next(&k, &v) {
+		out[policyKeyFrom(k)] = PolicyValue{Verdict: Verdict(v.Verdict), ProxyPort: v.ProxyPort, RuleID: v.RuleId}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list policy: %w", err)
+	}
+	return out, nil
+}
+
+// ---- registry ----------------------------------------------------------------
+
+// Registry kinds.
+const (
+	RegistrySelset uint32 = 1
+	RegistryRule   uint32 = 2
+)
+
+func registryKey(kind, id uint32) uint64 { return uint64(kind)<<32 | uint64(id) }
+
+// RegistryPut records the fingerprint of an agent-assigned number.
+func (d *Datapath) RegistryPut(kind, id uint32, fingerprint uint64) error {
+	return wrapUpdate("registry", d.registry.Put(registryKey(kind, id), fingerprint))
+}
+
+// RegistryDelete forgets a number.
+func (d *Datapath) RegistryDelete(kind, id uint32) error {
+	if err := d.registry.Delete(registryKey(kind, id)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete registry entry: %w", err)
+	}
+	return nil
+}
+
+// RegistryList returns id → fingerprint for one kind.
+func (d *Datapath) RegistryList(kind uint32) (map[uint32]uint64, error) {
+	out := map[uint32]uint64{}
+	var k, v uint64
+	it := d.registry.Iterate()
+	for it.Next(&k, &v) {
+		if uint32(k>>32) == kind {
+			out[uint32(k)] = v
+		}
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list registry: %w", err)
+	}
+	return out, nil
+}
+
+// ---- map statistics ---------------------------------------------------------
+
+// MapStat is a map's fill level.
+type MapStat struct {
+	Name       string
+	Entries    int
+	MaxEntries int
+}
+
+// MapStats counts the entries of the datapath's maps. Counting walks the
+// maps, so call it for status output, not per packet.
+func (d *Datapath) MapStats() []MapStat {
+	count := func(m *ebpf.Map) int {
+		n := 0
+		it := m.Iterate()
+		var k, v []byte
+		for it.Next(&k, &v) {
+			n++
+		}
+		return n
+	}
+	maps := []struct {
+		name string
+		m    *ebpf.Map
+	}{
+		{"ipcache_host", d.objs.IpcacheHost},
+		{"ipcache_lpm", d.objs.IpcacheLpm},
+		{"endpoints", d.objs.Endpoints},
+		{"policy", d.objs.Policy},
+		{"ct", d.objs.Ct},
+		{"frags", d.objs.Frags},
+		{"registry", d.registry},
+	}
+	out := make([]MapStat, 0, len(maps))
+	for _, e := range maps {
+		out = append(out, MapStat{Name: e.name, Entries: count(e.m), MaxEntries: int(e.m.MaxEntries())})
+	}
+	return out
+}

@@ -1,0 +1,423 @@
+package datapath
+
+import (
+	"testing"
+)
+
+// Addresses used by the program tests. Nothing here reaches a network:
+// BPF_PROG_TEST_RUN runs the program on a buffer.
+const (
+	addrA  = "10.0.0.1" // local endpoint 1, selector set 11
+	addrB  = "10.0.0.2" // local endpoint 2, selector set 12
+	addrR  = "10.1.0.5" // pod on another node, selector set 13
+	addrW  = "203.0.113.9"
+	addrA6 = "fd00::1"
+	addrB6 = "fd00::2"
+)
+
+const (
+	selA = 11
+	selB = 12
+	selR = 13
+)
+
+func basic(t *testing.T) *harness {
+	h := newHarness(t)
+	h.ipcache(addrA, 1001, selA)
+	h.ipcache(addrB, 1002, selB)
+	h.ipcache(addrR, 1003, selR)
+	h.ipcache(addrA6, 1001, selA)
+	h.ipcache(addrB6, 1002, selB)
+	return h
+}
+
+func tcp(src, dst string, sport, dport uint16, flags uint8) pktSpec {
+	return pktSpec{src: mustAddr(src), dst: mustAddr(dst), proto: protoTCP, sport: sport, dport: dport, tcpFlags: flags}
+}
+
+func udp(src, dst string, sport, dport uint16) pktSpec {
+	return pktSpec{src: mustAddr(src), dst: mustAddr(dst), proto: protoUDP, sport: sport, dport: dport}
+}
+
+func allowIn(ep uint16, sel uint32, proto uint8, port uint16, plen uint8, rule uint32) (PolicyKey, PolicyValue) {
+	return PolicyKey{EpID: ep, Dir: Ingress, Selset: sel, Proto: proto, Port: port, Plen: plen},
+		PolicyValue{Verdict: VerdictAllow, RuleID: rule}
+}
+
+func TestNonIPTraffic(t *testing.T) {
+	h := basic(t)
+	// ARP passes everywhere, even with no endpoint known.
+	for _, hook := range []Hook{FromContainer, ToContainer, FromNetdev} {
+		if got, _ := h.run(hook, arpFrame(), 0); got != retNext {
+			t.Errorf("ARP at %s: %d, want pass", hook, got)
+		}
+	}
+	// Neighbour discovery passes.
+	ns := pktSpec{src: mustAddr("fe80::2"), dst: mustAddr("ff02::1:ff00:1"), proto: protoICMPv6, icmpType: 135}
+	h.expect(FromContainer, ns, retNext)
+	// Anything else that is not IP is dropped with a reason.
+	if got, _ := h.run(FromContainer, ethernet(0x88cc, make([]byte, 46)), 0); got != retDrop {
+		t.Fatalf("LLDP frame: %d, want drop", got)
+	}
+	if e := h.event(EventDrop); e.Reason != ReasonUnsupportedL3 {
+		t.Fatalf("reason %v, want %v", e.Reason, ReasonUnsupportedL3)
+	}
+}
+
+func TestSpoofedSourceDropped(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrA, 1, 0, [2][2]uint32{})
+	// addrB is not an endpoint on this interface.
+	h.expect(FromContainer, tcp(addrB, addrR, 1000, 80, tcpSYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonSpoofed {
+		t.Fatalf("reason %v, want %v", e.Reason, ReasonSpoofed)
+	}
+	h.expect(FromContainer, tcp(addrA, addrR, 1000, 80, tcpSYN), retNext)
+}
+
+func TestUnselectedEndpointIsOpen(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, 0, [2][2]uint32{})
+	h.expect(FromNetdev, tcp(addrR, addrB, 1000, 80, tcpSYN), retNext)
+	e := h.event(EventVerdict)
+	if e.Dir != Ingress || e.EndpointID != 2 || e.SrcIdentity != 1003 || e.DstIdentity != 1002 || e.Dst.Port() != 80 {
+		t.Fatalf("verdict event %+v", e)
+	}
+}
+
+func TestDefaultDenyAndAllowRule(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(allowIn(2, selR, protoTCP, 80, 16, 7))
+
+	mark := h.expect(FromNetdev, tcp(addrR, addrB, 1000, 80, tcpSYN), retNext)
+	if mark&MarkMagicMask != MarkIngressDone {
+		t.Fatalf("mark %#x: ingress-done not set", mark)
+	}
+	if e := h.event(EventVerdict); e.RuleID != 7 {
+		t.Fatalf("verdict rule %d, want 7", e.RuleID)
+	}
+
+	// Other port, other protocol, other peer: default deny.
+	for _, p := range []pktSpec{
+		tcp(addrR, addrB, 1001, 81, tcpSYN),
+		udp(addrR, addrB, 1001, 80),
+		tcp(addrA, addrB, 1001, 80, tcpSYN),
+	} {
+		h.drain()
+		h.expect(FromNetdev, p, retDrop)
+		e := h.event(EventDrop)
+		if e.Reason != ReasonPolicy || e.Dir != Ingress || e.EndpointID != 2 {
+			t.Fatalf("drop event %+v", e)
+		}
+	}
+	c, err := h.d.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c[ReasonPolicy][Ingress].Packets != 3 {
+		t.Fatalf("policy drop counter %d, want 3", c[ReasonPolicy][Ingress].Packets)
+	}
+}
+
+func TestPortRangeAnyPeerAnyProto(t *testing.T) {
+	h := basic(t)
+	// Ingress: any peer on TCP 8000-8063 (one /10 block); from selR any
+	// protocol; egress open.
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{
+		Ingress: {MaskSelset: MaskAnyProto, MaskAny: portMask(10)},
+	})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: 0, Proto: protoTCP, Port: 8000 &^ 63, Plen: 10}, PolicyValue{Verdict: VerdictAllow, RuleID: 1})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR}, PolicyValue{Verdict: VerdictAllow, RuleID: 2})
+
+	h.expect(FromNetdev, tcp(addrA, addrB, 1, 8000, tcpSYN), retNext)
+	h.expect(FromNetdev, tcp(addrA, addrB, 2, 8063, tcpSYN), retNext)
+	h.expect(FromNetdev, tcp(addrA, addrB, 3, 8064, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp(addrA, addrB, 4, 7999, tcpSYN), retDrop)
+	h.expect(FromNetdev, udp(addrR, addrB, 5, 53), retNext)
+	h.expect(FromNetdev, pktSpec{src: mustAddr(addrR), dst: mustAddr(addrB), proto: protoICMP, icmpType: 8, icmpID: 9}, retNext)
+}
+
+func TestDenyEntry(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, 0, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: protoTCP, Port: 22, Plen: 16}, PolicyValue{Verdict: VerdictDeny, RuleID: 9})
+	// Not enforced, so everything else is open, but the deny holds.
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, tcpSYN), retNext)
+	h.drain()
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 22, tcpSYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonPolicyDeny || e.RuleID != 9 {
+		t.Fatalf("drop event %+v", e)
+	}
+}
+
+func TestGenerationFlipIsAtomic(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(allowIn(2, selR, protoTCP, 80, 16, 1))
+	// The next generation allows 81 instead of 80: invisible until the flip.
+	k, v := allowIn(2, selR, protoTCP, 81, 16, 2)
+	k.Gen = 1
+	h.policy(k, v)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, tcpSYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 2, 81, tcpSYN), retDrop)
+
+	h.endpoint(addrB, 2, EndpointIngressEnforced|EndpointGen, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.bump()
+	h.expect(FromNetdev, tcp(addrR, addrB, 3, 80, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp(addrR, addrB, 4, 81, tcpSYN), retNext)
+}
+
+func TestRepliesPassByConntrack(t *testing.T) {
+	h := basic(t)
+	// A may talk to R on 80; A's ingress is default deny.
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: protoTCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 3})
+
+	syn := tcp(addrA, addrR, 40000, 80, tcpSYN)
+	h.expect(FromContainer, syn, retNext)
+	// The reply arrives from the other node.
+	mark := h.expect(FromNetdev, syn.reply(tcpSYN|tcpACK), retNext)
+	if mark&MarkMagicMask != MarkIngressDone {
+		t.Fatalf("reply mark %#x", mark)
+	}
+	h.expect(FromContainer, syn.reply(tcpACK).reply(tcpACK), retNext)
+	// R cannot open its own connection to A.
+	h.expect(FromNetdev, tcp(addrR, addrA, 80, 40001, tcpSYN), retDrop)
+}
+
+func TestLocalDeliveryChecksBothEndpoints(t *testing.T) {
+	h := basic(t)
+	// A's egress allows B:80; B's ingress allows only A:81.
+	h.endpoint(addrA, 1, EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: protoTCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: protoTCP, Port: 81, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(allowIn(2, selA, protoTCP, 81, 16, 0))
+
+	h.expect(FromContainer, tcp(addrA, addrB, 1, 80, tcpSYN), retDrop)
+	if e := h.event(EventDrop); e.Dir != Ingress || e.EndpointID != 2 {
+		t.Fatalf("drop should be B's ingress: %+v", e)
+	}
+	mark := h.expect(FromContainer, tcp(addrA, addrB, 2, 81, tcpSYN), retNext)
+	// to_container trusts the mark; without it, it decides itself.
+	if got, _ := h.run(ToContainer, tcp(addrA, addrB, 2, 81, tcpSYN).frame(), mark); got != retNext {
+		t.Fatal("to_container dropped a packet from_container had allowed")
+	}
+	h.expect(ToContainer, tcp(addrR, addrB, 3, 81, tcpSYN), retDrop)
+}
+
+func TestPolicyChangeCutsEstablishedConnection(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(2, selR, protoTCP, 80, 16, 1)
+	h.policy(k, v)
+	syn := tcp(addrR, addrB, 5000, 80, tcpSYN)
+	h.expect(FromNetdev, syn, retNext)
+	data := tcp(addrR, addrB, 5000, 80, tcpACK)
+	h.expect(FromNetdev, data, retNext)
+
+	// Removing the entry alone changes nothing for the connection until
+	// the revision moves; then the next packet, either way, is cut.
+	if err := h.d.PolicyDelete([]PolicyKey{k}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(FromNetdev, data, retNext)
+	h.bump()
+	h.drain()
+	h.expect(FromContainer, data.reply(tcpACK), retDrop) // B's reply
+	e := h.event(EventDrop)
+	if e.Flags&EventFlagRevalidated == 0 || e.Reason != ReasonPolicy {
+		t.Fatalf("drop event %+v: want a revalidation drop", e)
+	}
+	// The entry is gone: the forward direction is a new, denied flow.
+	h.expect(FromNetdev, data, retDrop)
+}
+
+func TestRevalidationKeepsAllowedConnections(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(allowIn(2, selR, protoTCP, 80, 16, 1))
+	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, tcpSYN), retNext)
+	h.bump()
+	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, tcpACK), retNext)
+	s, err := h.d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.CTRevalidated != 1 || s.CTCreated != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestIdentityChangeCutsConnection(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(allowIn(2, selR, protoTCP, 80, 16, 1))
+	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, tcpSYN), retNext)
+	// R is relabelled: new identity, a selector set the policy does not name.
+	h.ipcache(addrR, 2000, 99)
+	h.bump()
+	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, tcpACK), retDrop)
+}
+
+func TestFragments(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(allowIn(2, selR, protoUDP, 53, 16, 1))
+
+	first := udp(addrR, addrB, 3333, 53)
+	first.moreFrags, first.fragID = true, 77
+	first.payload = make([]byte, 64)
+	h.expect(FromNetdev, first, retNext)
+	later := pktSpec{src: mustAddr(addrR), dst: mustAddr(addrB), proto: protoUDP, noL4: true, fragOffset: 9, fragID: 77, payload: make([]byte, 32)}
+	h.expect(FromNetdev, later, retNext)
+
+	// A later fragment of a datagram whose head was never seen.
+	orphan := later
+	orphan.fragID = 78
+	h.drain()
+	h.expect(FromNetdev, orphan, retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonFragNoHead {
+		t.Fatalf("reason %v", e.Reason)
+	}
+
+	// A denied first fragment: its followers are denied too.
+	denied := udp(addrR, addrB, 3334, 54)
+	denied.moreFrags, denied.fragID = true, 79
+	h.expect(FromNetdev, denied, retDrop)
+	follower := later
+	follower.fragID = 79
+	h.expect(FromNetdev, follower, retDrop)
+}
+
+func TestIPv6(t *testing.T) {
+	h := basic(t)
+	h.ipcache("fd01::5", 1003, selR)
+	h.endpoint(addrB6, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(allowIn(2, selR, protoTCP, 443, 16, 1))
+
+	h.expect(FromNetdev, tcp("fd01::5", addrB6, 1, 443, tcpSYN), retNext)
+	h.expect(FromNetdev, tcp("fd01::5", addrB6, 2, 444, tcpSYN), retDrop)
+	// Extension headers do not hide the transport header.
+	ext := tcp("fd01::5", addrB6, 3, 443, tcpSYN)
+	ext.v6ext = []uint8{0, 60} // hop-by-hop, destination options
+	h.expect(FromNetdev, ext, retNext)
+	extDeny := ext
+	extDeny.dport, extDeny.sport = 22, 4
+	h.expect(FromNetdev, extDeny, retDrop)
+	// Fragments: head allowed, follower passes; orphan dropped.
+	head := udp("fd01::5", addrB6, 5, 443)
+	head.proto = protoTCP
+	head.tcpFlags = tcpSYN
+	head.moreFrags, head.fragID = true, 0x11223344
+	h.expect(FromNetdev, head, retNext)
+	tail := pktSpec{src: mustAddr("fd01::5"), dst: mustAddr(addrB6), proto: protoTCP, noL4: true, fragOffset: 4, fragID: 0x11223344, payload: make([]byte, 16)}
+	h.expect(FromNetdev, tail, retNext)
+	tail.fragID = 1
+	h.expect(FromNetdev, tail, retDrop)
+}
+
+func TestICMP(t *testing.T) {
+	h := basic(t)
+	// A may reach R on TCP 80 and ping anything; A's ingress is closed.
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16), MaskAny: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: protoTCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: 0, Proto: protoICMP, Port: 8, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+
+	echo := pktSpec{src: mustAddr(addrA), dst: mustAddr(addrR), proto: protoICMP, icmpType: 8, icmpID: 42}
+	h.expect(FromContainer, echo, retNext)
+	reply := pktSpec{src: mustAddr(addrR), dst: mustAddr(addrA), proto: protoICMP, icmpType: 0, icmpID: 42}
+	h.expect(FromNetdev, reply, retNext)
+	reply.icmpID = 43
+	h.expect(FromNetdev, reply, retDrop)
+
+	// An ICMP error about a tracked connection passes; about anything
+	// else it is policy's call (denied here).
+	syn := tcp(addrA, addrR, 41000, 80, tcpSYN)
+	h.expect(FromContainer, syn, retNext)
+	quoted := syn.ipPacket()[:28]
+	unreach := pktSpec{src: mustAddr(addrR), dst: mustAddr(addrA), proto: protoICMP, icmpType: 3, icmpCode: 4, payload: quoted}
+	h.expect(FromNetdev, unreach, retNext)
+	other := tcp(addrA, addrR, 41001, 80, tcpSYN).ipPacket()[:28]
+	unreach.payload = other
+	h.expect(FromNetdev, unreach, retDrop)
+}
+
+func TestAllowHost(t *testing.T) {
+	h := basic(t)
+	h.ipcache("169.254.1.1", IdentityHost, 0)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{})
+	h.expect(ToContainer, tcp("169.254.1.1", addrB, 1, 8080, tcpSYN), retNext)
+	cfg := DefaultConfig
+	cfg.AllowHost = false
+	if err := h.d.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(ToContainer, tcp("169.254.1.1", addrB, 2, 8080, tcpSYN), retDrop)
+}
+
+func TestWorldAndCIDRs(t *testing.T) {
+	h := basic(t)
+	h.ipcache("0.0.0.0/0", IdentityWorld, 50)
+	h.ipcache("203.0.113.0/24", IdentityWorld, 51)
+	h.endpoint(addrA, 1, EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: 51, Proto: protoTCP, Port: 443, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.expect(FromContainer, tcp(addrA, addrW, 1, 443, tcpSYN), retNext)
+	h.expect(FromContainer, tcp(addrA, "198.51.100.7", 1, 443, tcpSYN), retDrop)
+	if e := h.event(EventDrop); e.DstIdentity != IdentityWorld {
+		t.Fatalf("drop event %+v", e)
+	}
+}
+
+func TestRedirectFailsClosedWithoutProxy(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: protoTCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictRedirect, ProxyPort: 15001, RuleID: 4})
+	// No proxy listens on 127.0.0.1:15001 in this test's view.
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, tcpSYN), retDrop)
+	e := h.event(EventDrop)
+	if e.Reason != ReasonProxyUnavailable || e.Flags&EventFlagRedirect == 0 {
+		t.Fatalf("drop event %+v", e)
+	}
+	// to_container cannot redirect: it refuses rather than bypass L7.
+	h.expect(ToContainer, tcp(addrR, addrB, 2, 80, tcpSYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonRedirectEgressHook {
+		t.Fatalf("reason %v", e.Reason)
+	}
+}
+
+func TestFailClosedEndpoint(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointFailClosed, [2][2]uint32{})
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, tcpSYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonFailClosed {
+		t.Fatalf("reason %v", e.Reason)
+	}
+}
+
+func TestMalformed(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, 0, [2][2]uint32{})
+	p := tcp(addrR, addrB, 1, 80, tcpSYN)
+	p.truncateL4 = 3
+	h.expect(FromNetdev, p, retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonMalformed {
+		t.Fatalf("reason %v", e.Reason)
+	}
+}
+
+func TestClosedConnectionPortReuse(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(2, selR, protoTCP, 80, 16, 1)
+	h.policy(k, v)
+	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, tcpSYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, tcpFIN|tcpACK), retNext)
+	// Policy now denies, without a revision bump: a new SYN on the closed
+	// connection's tuple must be decided afresh, not ride the old entry.
+	if err := h.d.PolicyDelete([]PolicyKey{k}); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, tcpSYN), retDrop)
+}
