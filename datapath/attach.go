@@ -239,3 +239,35 @@ func legacyParent(ingress bool) uint32 {
 	}
 	return netlink.HANDLE_MIN_EGRESS
 }
+
+// PruneLinkPins removes pinned tcx links whose name (ifname_hook) is not
+// in live: links of workloads that went away while no agent ran.
+func (d *Datapath) PruneLinkPins(live map[string]bool) {
+	if d.pinDir == "" {
+		return
+	}
+	dir := filepath.Join(d.pinDir, "links")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range ents {
+		if live[e.Name()] {
+			continue
+		}
+		if l := d.links[e.Name()]; l != nil {
+			l.Unpin()
+			l.Close()
+			delete(d.links, e.Name())
+			continue
+		}
+		if l, err := link.LoadPinnedLink(filepath.Join(dir, e.Name()), nil); err == nil {
+			l.Unpin()
+			l.Close()
+		} else {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}

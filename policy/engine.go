@@ -200,6 +200,15 @@ func (e *Engine) SeedNumbers(selsets, rules map[uint32]uint64) {
 	e.rules.seed(rules)
 }
 
+// ResetInputs forgets every namespace, pod, node and policy (before a full
+// resync), keeping caches and the numbers already handed out.
+func (e *Engine) ResetInputs() {
+	e.namespaces = map[string]map[string]string{}
+	e.pods = map[PodKey]*podState{}
+	e.nodes = map[string]Node{}
+	e.policies = map[string]*Policy{}
+}
+
 // SetNamespace adds or updates a namespace's labels.
 func (e *Engine) SetNamespace(name string, labels map[string]string) {
 	e.namespaces[name] = maps.Clone(labels)

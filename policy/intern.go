@@ -99,3 +99,7 @@ func fingerprintString(s string) uint64 {
 	sum := sha256.Sum256([]byte(s))
 	return binary.LittleEndian.Uint64(sum[:])
 }
+
+// RuleFingerprint is the fingerprint under which a rule's number is
+// recorded, so a restarted agent can give the rule the same number.
+func RuleFingerprint(ref string) uint64 { return fingerprintString(ref) }

@@ -1,0 +1,432 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/membrane-mesh/membrane/api"
+	"github.com/membrane-mesh/membrane/datapath"
+	"github.com/membrane-mesh/membrane/datastore"
+	"github.com/membrane-mesh/membrane/identity"
+	"github.com/membrane-mesh/membrane/internal/ifname"
+	"github.com/membrane-mesh/membrane/policy"
+)
+
+// Version is the agent's version string, set at build time.
+var Version = "dev"
+
+// Config configures an agent.
+type Config struct {
+	// Node is this node's name; pods with this spec.nodeName are its
+	// endpoints.
+	Node string
+	// Datastore is the directory of the standalone datastore.
+	Datastore string
+	// PinDir is this agent's bpffs directory.
+	PinDir string
+	// APISocket is the unix socket of the local API.
+	APISocket string
+	// Underlay names the interfaces that carry traffic from other nodes.
+	// Empty: every interface that is neither loopback nor a workload veth.
+	Underlay []string
+	// Cluster is the cluster name in identity labels.
+	Cluster string
+	// Sizes of the BPF maps.
+	Sizes datapath.Sizes
+	// LegacyTC forces clsact/cls_bpf attachment instead of tcx.
+	LegacyTC bool
+	// Datapath configuration.
+	Datapath datapath.Config
+	// EventRing is how many recent datapath events the agent keeps.
+	EventRing int
+	Logger    *slog.Logger
+}
+
+// Agent is a running node agent.
+type Agent struct {
+	cfg   Config
+	log   *slog.Logger
+	dp    *datapath.Datapath
+	eng   *policy.Engine
+	app   *applier
+	store *datastore.Store
+	start time.Time
+
+	adoptedEntries map[uint16]map[policy.EntryKey]policy.Value
+	hostAddrs      []netip.Addr
+
+	mu          sync.Mutex // guards the fields below, read by the API
+	snap        *policy.Snapshot
+	dsRev       int64
+	applied     int64
+	ready       bool
+	rejected    map[string]string // source -> reason
+	problems    []string
+	lastRegen   time.Duration
+	numPolicies int
+	events      *eventRing
+}
+
+// Run runs an agent until ctx ends. Enforcement outlives it: the programs
+// and maps stay pinned.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Node == "" {
+		return errors.New("agent: --node is required")
+	}
+	if cfg.Datastore == "" {
+		return errors.New("agent: --datastore is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.EventRing == 0 {
+		cfg.EventRing = 8192
+	}
+	log := cfg.Logger.With("node", cfg.Node)
+
+	dp, err := datapath.Load(datapath.Options{PinDir: cfg.PinDir, Sizes: cfg.Sizes, LegacyTC: cfg.LegacyTC})
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+	if err := dp.SetConfig(cfg.Datapath); err != nil {
+		return err
+	}
+
+	app, err := newApplier(dp, log)
+	if err != nil {
+		return fmt.Errorf("read pinned state: %w", err)
+	}
+	adopted, stale, err := app.adoptEntries()
+	if err != nil {
+		return fmt.Errorf("read pinned policy: %w", err)
+	}
+	app.purgeStale(stale)
+
+	alloc, err := identity.OpenJournal(filepath.Join(cfg.Datastore, "identities", "journal"))
+	if err != nil {
+		return err
+	}
+	store, err := datastore.Open(cfg.Datastore)
+	if err != nil {
+		return err
+	}
+	eng := policy.NewEngine(policy.Options{Node: cfg.Node, Cluster: cfg.Cluster, Allocator: alloc})
+	eng.SeedNumbers(app.regSelsets, app.regRules)
+
+	a := &Agent{
+		cfg: cfg, log: log, dp: dp, eng: eng, app: app, store: store, start: time.Now(),
+		adoptedEntries: adopted,
+		rejected:       map[string]string{},
+		events:         newEventRing(cfg.EventRing),
+	}
+	log.Info("agent starting", "version", Version, "datapath", dp.Mode(), "pins", cfg.PinDir,
+		"adoptedEndpoints", len(app.adopted), "ipcache", len(app.ipcache))
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if cfg.APISocket != "" {
+		srv, err := a.serveAPI(cfg.APISocket)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-ctx.Done()
+			srv.Close()
+			os.Remove(cfg.APISocket)
+		}()
+	}
+	rd, err := dp.NewEventReader()
+	if err != nil {
+		return err
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.readEvents(ctx, rd)
+	}()
+	go func() {
+		<-ctx.Done()
+		rd.Close()
+	}()
+
+	return a.loop(ctx)
+}
+
+// loop owns the engine and the applier.
+func (a *Agent) loop(ctx context.Context) error {
+	batches, err := a.store.Watch(ctx)
+	if err != nil {
+		return fmt.Errorf("watch datastore %s: %w", a.cfg.Datastore, err)
+	}
+	linkCh := make(chan netlink.LinkUpdate, 256)
+	addrCh := make(chan netlink.AddrUpdate, 256)
+	done := make(chan struct{})
+	defer close(done)
+	if err := netlink.LinkSubscribe(linkCh, done); err != nil {
+		return fmt.Errorf("subscribe to link changes: %w", err)
+	}
+	if err := netlink.AddrSubscribe(addrCh, done); err != nil {
+		return fmt.Errorf("subscribe to address changes: %w", err)
+	}
+	gc := time.NewTicker(30 * time.Second)
+	defer gc.Stop()
+
+	a.refreshHost()
+	var linkTimer <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			a.log.Info("agent stopping; enforcement continues from pinned state")
+			return nil
+		case b, ok := <-batches:
+			if !ok {
+				return fmt.Errorf("datastore watch ended")
+			}
+			a.ingest(b)
+			a.regenerate(b.Revision)
+		case <-linkCh:
+			// Coalesce bursts of interface changes (a lab creating pods).
+			if linkTimer == nil {
+				linkTimer = time.After(5 * time.Millisecond)
+			}
+		case <-addrCh:
+			if linkTimer == nil {
+				linkTimer = time.After(5 * time.Millisecond)
+			}
+		case <-linkTimer:
+			linkTimer = nil
+			drain(linkCh)
+			drain(addrCh)
+			if a.refreshHost() || a.hasWaiting() {
+				a.regenerate(-1)
+			}
+		case <-gc.C:
+			if n, err := a.dp.CTCollect(a.cfg.Datapath); err != nil {
+				a.log.Warn("conntrack collection", "err", err)
+			} else if n > 0 {
+				a.log.Debug("conntrack collection", "expired", n)
+			}
+		}
+	}
+}
+
+func drain[T any](ch chan T) {
+	for {
+		select {
+		case <-ch:
+		default:
+			return
+		}
+	}
+}
+
+// ingest feeds a datastore batch to the engine.
+func (a *Agent) ingest(b datastore.Batch) {
+	if b.Full {
+		a.eng.ResetInputs()
+	}
+	a.mu.Lock()
+	if b.Full {
+		a.rejected = map[string]string{}
+	}
+	for _, r := range b.Rejected {
+		a.rejected[r.Source] = r.Err.Error()
+	}
+	a.mu.Unlock()
+	for _, o := range b.Upserts {
+		a.mu.Lock()
+		delete(a.rejected, o.Source)
+		a.mu.Unlock()
+		switch obj := o.Obj.(type) {
+		case *corev1.Namespace:
+			a.eng.SetNamespace(obj.Name, obj.Labels)
+		case *corev1.Pod:
+			a.eng.SetPod(policy.PodFrom(obj))
+		case *corev1.Node:
+			a.eng.SetNode(nodeFrom(obj))
+		case *networkingv1.NetworkPolicy:
+			p, err := policy.FromNetworkPolicy(obj)
+			if err != nil {
+				a.mu.Lock()
+				a.rejected[o.Source] = err.Error()
+				a.mu.Unlock()
+				a.log.Warn("policy rejected; enforcement of it is unchanged", "source", o.Source, "err", err)
+				continue
+			}
+			a.eng.SetPolicy(p)
+		}
+	}
+	for _, k := range b.Deletes {
+		switch k.Kind {
+		case "Namespace":
+			a.eng.DeleteNamespace(k.Name)
+		case "Pod":
+			a.eng.DeletePod(policy.PodKey{Namespace: k.Namespace, Name: k.Name})
+		case "Node":
+			a.eng.DeleteNode(k.Name)
+		case "NetworkPolicy":
+			a.eng.DeletePolicy(fmt.Sprintf("NetworkPolicy %s/%s", k.Namespace, k.Name))
+		}
+	}
+}
+
+func nodeFrom(n *corev1.Node) policy.Node {
+	out := policy.Node{Name: n.Name}
+	for _, addr := range n.Status.Addresses {
+		if addr.Type != corev1.NodeInternalIP && addr.Type != corev1.NodeExternalIP {
+			continue
+		}
+		if ip, err := netip.ParseAddr(addr.Address); err == nil {
+			out.IPs = append(out.IPs, ip.Unmap())
+		}
+	}
+	return out
+}
+
+// regenerate computes and applies the desired state. rev is the datastore
+// revision the inputs reflect (-1: unchanged).
+func (a *Agent) regenerate(rev int64) {
+	t0 := time.Now()
+	snap, err := a.eng.Compute()
+	if err != nil {
+		a.log.Error("policy computation failed; enforcement unchanged", "err", err)
+		a.mu.Lock()
+		a.problems = []string{err.Error()}
+		a.mu.Unlock()
+		return
+	}
+	// The API reads the applier's endpoint states under a.mu.
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	res := a.app.apply(snap, a.ifindexOf, a.adoptedEntries)
+	if !a.ready {
+		a.app.forgetAdopted(a.adoptedEntries)
+		a.adoptedEntries = nil
+		if err := a.attachUnderlay(); err != nil {
+			res.problems = append(res.problems, err.Error())
+		}
+		a.dp.PruneLinkPins(a.liveLinkNames())
+	}
+	took := time.Since(t0)
+
+	a.snap = snap
+	a.numPolicies = a.eng.NumPolicies()
+	a.problems = append(slices.Clone(snap.Errors), res.problems...)
+	if rev >= 0 {
+		a.dsRev = rev
+		a.applied = rev
+	}
+	a.ready = true
+	a.lastRegen = took
+	a.log.Debug("regenerated", "revision", rev, "endpoints", len(snap.Endpoints), "ipcache", len(snap.IPCache), "took", took)
+}
+
+func (a *Agent) ifindexOf(name string) uint32 {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return 0
+	}
+	return uint32(l.Attrs().Index)
+}
+
+func (a *Agent) hasWaiting() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, st := range a.app.endpoints {
+		if st.state != api.EndpointReady {
+			return true
+		}
+		if st.ifindex != a.ifindexOf(st.ifname) {
+			return true
+		}
+	}
+	return false
+}
+
+// refreshHost updates the node's own addresses (reserved:host) and
+// reports whether they changed.
+func (a *Agent) refreshHost() bool {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		a.log.Warn("list host addresses", "err", err)
+		return false
+	}
+	var out []netip.Addr
+	for _, ad := range addrs {
+		if ip, ok := netip.AddrFromSlice(ad.IP); ok {
+			out = append(out, ip.Unmap())
+		}
+	}
+	slices.SortFunc(out, netip.Addr.Compare)
+	out = slices.Compact(out)
+	if slices.Equal(out, a.hostAddrs) {
+		return false
+	}
+	a.hostAddrs = out
+	a.eng.SetHostAddrs(out)
+	return true
+}
+
+// attachUnderlay attaches from-netdev to the underlay interfaces.
+func (a *Agent) attachUnderlay() error {
+	var errs []error
+	for _, name := range a.underlayNames() {
+		if err := a.dp.Attach(name, datapath.FromNetdev); err != nil {
+			a.log.Warn("attach underlay", "interface", name, "err", err)
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (a *Agent) underlayNames() []string {
+	if len(a.cfg.Underlay) > 0 {
+		return a.cfg.Underlay
+	}
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, l := range links {
+		name := l.Attrs().Name
+		if l.Attrs().Flags&net.FlagLoopback != 0 || strings.HasPrefix(name, ifname.HostPrefix) {
+			continue
+		}
+		out = append(out, name)
+	}
+	return out
+}
+
+func (a *Agent) liveLinkNames() map[string]bool {
+	live := map[string]bool{}
+	for _, st := range a.app.endpoints {
+		live[st.ifname+"_"+string(datapath.FromContainer)] = true
+		live[st.ifname+"_"+string(datapath.ToContainer)] = true
+	}
+	for _, n := range a.underlayNames() {
+		live[n+"_"+string(datapath.FromNetdev)] = true
+	}
+	return live
+}

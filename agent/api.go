@@ -1,0 +1,253 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/membrane-mesh/membrane/api"
+	"github.com/membrane-mesh/membrane/datapath"
+	"github.com/membrane-mesh/membrane/identity"
+	"github.com/membrane-mesh/membrane/policy"
+)
+
+func (a *Agent) serveAPI(socket string) (*http.Server, error) {
+	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
+	os.Remove(socket) // a previous agent's
+	ln, err := net.Listen("unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", a.handleHealthz)
+	mux.HandleFunc("GET /v1/status", a.handleStatus)
+	mux.HandleFunc("GET /v1/endpoints", a.handleEndpoints)
+	mux.HandleFunc("GET /v1/endpoints/{namespace}/{pod}/policy", a.handlePolicy)
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	return srv, nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func (a *Agent) handleHealthz(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	ready := a.ready
+	a.mu.Unlock()
+	if !ready {
+		http.Error(w, "initial datastore sync not applied yet", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	s := api.Status{
+		Node:     a.cfg.Node,
+		PID:      os.Getpid(),
+		Version:  Version,
+		Started:  a.start,
+		Datapath: a.dp.Mode(),
+		Drops:    map[string]uint64{},
+	}
+	for _, m := range a.dp.MapStats() {
+		s.Maps = append(s.Maps, api.MapStats{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries})
+	}
+	if c, err := a.dp.Counters(); err == nil {
+		for reason := 1; reason < datapath.NumReasons; reason++ {
+			for dir := range 2 {
+				if n := c[reason][dir].Packets; n > 0 {
+					s.Drops[datapath.Reason(reason).String()+"/"+datapath.Dir(dir).String()] = n
+				}
+			}
+		}
+	}
+	if st, err := a.dp.Stats(); err == nil {
+		s.LostEvents = st.LostEvents
+	}
+	a.mu.Lock()
+	s.DatastoreRevision = a.dsRev
+	s.AppliedRevision = a.applied
+	s.Healthy = a.ready && len(a.problems) == 0
+	s.Problems = slices.Clone(a.problems)
+	s.LastRegeneration = a.lastRegen
+	for _, src := range slices.Sorted(maps.Keys(a.rejected)) {
+		s.Rejected = append(s.Rejected, a.rejected[src])
+	}
+	if a.snap != nil {
+		s.Endpoints = len(a.snap.Endpoints)
+		s.Identities = len(a.snap.Identities)
+	}
+	s.Policies = a.numPolicies
+	a.mu.Unlock()
+	writeJSON(w, s)
+}
+
+func (a *Agent) endpointsLocked() []api.Endpoint {
+	var out []api.Endpoint
+	if a.snap == nil {
+		return out
+	}
+	for _, key := range slices.SortedFunc(maps.Keys(a.snap.Endpoints), comparePodKey) {
+		out = append(out, a.endpointLocked(a.snap.Endpoints[key]))
+	}
+	return out
+}
+
+func (a *Agent) endpointLocked(ep *policy.Endpoint) api.Endpoint {
+	e := api.Endpoint{
+		Namespace:       ep.Pod.Key.Namespace,
+		Pod:             ep.Pod.Key.Name,
+		Identity:        uint32(ep.Identity),
+		IngressEnforced: ep.Enforce[policy.Ingress],
+		EgressEnforced:  ep.Enforce[policy.Egress],
+		PolicyEntries:   len(ep.Entries),
+		State:           api.EndpointWaitingInterface,
+	}
+	for _, ip := range ep.Pod.IPs {
+		e.IPs = append(e.IPs, ip.String())
+	}
+	if st := a.app.endpoints[ep.Pod.Key]; st != nil {
+		e.ID = st.id
+		e.Interface = st.ifname
+		e.State = st.state
+		e.Message = st.message
+	}
+	return e
+}
+
+func (a *Agent) handleEndpoints(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	out := a.endpointsLocked()
+	a.mu.Unlock()
+	if out == nil {
+		out = []api.Endpoint{}
+	}
+	writeJSON(w, out)
+}
+
+func (a *Agent) handlePolicy(w http.ResponseWriter, r *http.Request) {
+	key := policy.PodKey{Namespace: r.PathValue("namespace"), Name: r.PathValue("pod")}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.snap == nil {
+		http.Error(w, "agent has not computed policy yet", http.StatusServiceUnavailable)
+		return
+	}
+	ep := a.snap.Endpoints[key]
+	if ep == nil {
+		http.Error(w, fmt.Sprintf("pod %s is not an endpoint of node %s", key, a.cfg.Node), http.StatusNotFound)
+		return
+	}
+	out := api.EndpointPolicy{Endpoint: a.endpointLocked(ep), Entries: describeRules(a.snap, ep)}
+	writeJSON(w, out)
+}
+
+// describeRules renders an endpoint's rules for people, followed by the
+// default of each direction.
+func describeRules(snap *policy.Snapshot, ep *policy.Endpoint) []api.PolicyEntry {
+	var out []api.PolicyEntry
+	for _, r := range ep.Rules {
+		remotes := []string{"any"}
+		var peers []policy.Selector
+		if !r.AnyPeer {
+			remotes = nil
+			peers = r.Peers
+			for _, p := range r.Peers {
+				remotes = append(remotes, p.String())
+			}
+		}
+		ports := r.Ports
+		if len(ports) == 0 {
+			ports = []policy.PortRange{{Proto: policy.ProtoAny}}
+		}
+		for i, remote := range remotes {
+			var ids []api.IdentityRef
+			if peers != nil {
+				ids = matchingIdentities(snap, peers[i])
+			}
+			for _, pr := range ports {
+				e := api.PolicyEntry{
+					Direction:        r.Dir.String(),
+					Remote:           remote,
+					RemoteIdentities: ids,
+					Protocol:         policy.ProtoName(pr.Proto),
+					Ports:            portsString(pr, ep, r.Dir),
+					Verdict:          r.Verdict.String(),
+					ProxyPort:        r.ProxyPort,
+					Policy:           r.Ref,
+				}
+				out = append(out, e)
+			}
+		}
+	}
+	for d := policy.Ingress; d <= policy.Egress; d++ {
+		e := api.PolicyEntry{Direction: d.String(), Remote: "any", Protocol: "ANY", Ports: "any"}
+		if ep.Enforce[d] {
+			e.Verdict = "deny"
+			var sel []string
+			for _, k := range ep.Policies {
+				sel = append(sel, k)
+			}
+			e.Policy = "default deny: selected by " + strings.Join(sel, ", ")
+		} else {
+			e.Verdict = "allow"
+			e.Policy = "default allow: no policy selects this endpoint for " + d.String()
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func portsString(pr policy.PortRange, ep *policy.Endpoint, d policy.Dir) string {
+	switch {
+	case pr.Proto == policy.ProtoAny || pr.AllPorts():
+		return "any"
+	case pr.Name != "":
+		if d == policy.Ingress {
+			for _, np := range ep.Pod.NamedPorts {
+				if np.Name == pr.Name && np.Proto == pr.Proto {
+					return fmt.Sprintf("%s (=%d)", pr.Name, np.Number)
+				}
+			}
+			return pr.Name + " (not declared by this pod: matches nothing)"
+		}
+		return pr.Name + " (resolved per destination)"
+	case pr.First == pr.Last:
+		return fmt.Sprint(pr.First)
+	}
+	return fmt.Sprintf("%d-%d", pr.First, pr.Last)
+}
+
+func matchingIdentities(snap *policy.Snapshot, s policy.Selector) []api.IdentityRef {
+	ls, ok := s.(*policy.LabelSelector)
+	if !ok {
+		return nil
+	}
+	var out []api.IdentityRef
+	for _, id := range []identity.ID{identity.Host, identity.World, identity.RemoteNode} {
+		if l := identity.ReservedLabels(id); ls.Matches(l) {
+			out = append(out, api.IdentityRef{ID: uint32(id), Labels: l.List()})
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(snap.Identities)) {
+		l := snap.Identities[id]
+		if ls.Matches(l) {
+			out = append(out, api.IdentityRef{ID: uint32(id), Labels: l.List()})
+		}
+	}
+	return out
+}

@@ -1,0 +1,509 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+
+	"github.com/membrane-mesh/membrane/api"
+	"github.com/membrane-mesh/membrane/datapath"
+	"github.com/membrane-mesh/membrane/identity"
+	"github.com/membrane-mesh/membrane/internal/ifname"
+	"github.com/membrane-mesh/membrane/policy"
+)
+
+// applier delivers engine snapshots to the BPF maps. It keeps a mirror of
+// what the maps hold (read back from the pinned maps at startup), writes
+// only differences, and orders its writes so that no packet meets a state
+// that is neither the old nor the new one:
+//
+//  1. fingerprints of new selector sets and rules go to the registry;
+//  2. each changed endpoint gets its complete new entries in its inactive
+//     generation — plus, unchanged, the entries of selector sets that are
+//     about to disappear but that ipcache entries still carry — and then
+//     one atomic endpoint update switches generation, flags and masks;
+//  3. the ipcache is updated;
+//  4. the policy revision is bumped, so established connections are
+//     checked against the new state on their next packet;
+//  5. old generations and entries of vanished selector sets are deleted.
+type applier struct {
+	dp  *datapath.Datapath
+	log *slog.Logger
+
+	ipcache   map[netip.Prefix]datapath.IPCacheEntry
+	endpoints map[policy.PodKey]*epState
+	usedIDs   map[uint16]bool
+	// Registry mirror: id -> fingerprint.
+	regSelsets map[uint32]uint64
+	regRules   map[uint32]uint64
+	// adopted: endpoint IDs and generations found in the maps at startup,
+	// by address.
+	adopted map[netip.Addr]datapath.EndpointInfo
+}
+
+// epState is what the maps hold for one endpoint.
+type epState struct {
+	key     policy.PodKey
+	id      uint16
+	ifname  string
+	ifindex uint32
+	addrs   []netip.Addr
+	gen     uint8
+	flags   uint16
+	entries map[policy.EntryKey]policy.Value // active generation
+	hash    uint64
+
+	identity identity.ID
+	state    string
+	message  string
+}
+
+func newApplier(dp *datapath.Datapath, log *slog.Logger) (*applier, error) {
+	a := &applier{
+		dp:        dp,
+		log:       log,
+		ipcache:   map[netip.Prefix]datapath.IPCacheEntry{},
+		endpoints: map[policy.PodKey]*epState{},
+		usedIDs:   map[uint16]bool{},
+		adopted:   map[netip.Addr]datapath.EndpointInfo{},
+	}
+	ipc, err := dp.IPCacheList()
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range ipc {
+		a.ipcache[e.Prefix] = e
+	}
+	eps, err := dp.EndpointList()
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range eps {
+		a.adopted[e.Addr] = e
+		a.usedIDs[e.ID] = true
+	}
+	if a.regSelsets, err = dp.RegistryList(datapath.RegistrySelset); err != nil {
+		return nil, err
+	}
+	if a.regRules, err = dp.RegistryList(datapath.RegistryRule); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// adoptEntries reads back the active entries of endpoints found at startup,
+// so the first apply after a restart writes nothing when nothing changed.
+func (a *applier) adoptEntries() (map[uint16]map[policy.EntryKey]policy.Value, map[uint16][]datapath.PolicyKey, error) {
+	all, err := a.dp.PolicyList()
+	if err != nil {
+		return nil, nil, err
+	}
+	gens := map[uint16]uint8{}
+	for _, e := range a.adopted {
+		gens[e.ID] = e.Gen()
+	}
+	active := map[uint16]map[policy.EntryKey]policy.Value{}
+	stale := map[uint16][]datapath.PolicyKey{}
+	for k, v := range all {
+		g, ok := gens[k.EpID]
+		if !ok || k.Gen != g {
+			stale[k.EpID] = append(stale[k.EpID], k)
+			continue
+		}
+		m := active[k.EpID]
+		if m == nil {
+			m = map[policy.EntryKey]policy.Value{}
+			active[k.EpID] = m
+		}
+		m[policy.EntryKey{Dir: policy.Dir(k.Dir), Selset: k.Selset, Entry: policy.Entry{Proto: k.Proto, Port: k.Port, Plen: k.Plen}}] =
+			policy.Value{Verdict: policy.Verdict(v.Verdict), ProxyPort: v.ProxyPort, RuleID: v.RuleID}
+	}
+	return active, stale, nil
+}
+
+// applyResult reports problems that left part of the state unapplied.
+type applyResult struct {
+	problems []string
+}
+
+// ifindexOf returns the interface index of a pod's host-side veth, or 0.
+type ifindexFunc func(name string) uint32
+
+// apply delivers snap.
+func (a *applier) apply(snap *policy.Snapshot, ifindexOf ifindexFunc, adoptedEntries map[uint16]map[policy.EntryKey]policy.Value) applyResult {
+	var res applyResult
+	problem := func(format string, args ...any) {
+		msg := fmt.Sprintf(format, args...)
+		res.problems = append(res.problems, msg)
+		a.log.Warn(msg)
+	}
+
+	// 1. Registry: new numbers first, so a crash after any later step
+	// still lets a restart reuse them.
+	for id, ss := range snap.Selsets {
+		if a.regSelsets[id] != ss.Fingerprint {
+			if err := a.dp.RegistryPut(datapath.RegistrySelset, id, ss.Fingerprint); err != nil {
+				problem("record selector set %d: %v", id, err)
+			}
+			a.regSelsets[id] = ss.Fingerprint
+		}
+	}
+	for id, ref := range snap.Rules {
+		fp := policy.RuleFingerprint(ref)
+		if a.regRules[id] != fp {
+			if err := a.dp.RegistryPut(datapath.RegistryRule, id, fp); err != nil {
+				problem("record rule %d: %v", id, err)
+			}
+			a.regRules[id] = fp
+		}
+	}
+
+	// Selector sets carried by ipcache entries now but not by the new
+	// state: endpoints keep their entries for them until the ipcache no
+	// longer refers to them.
+	retiring := map[uint32]bool{}
+	for _, e := range a.ipcache {
+		if e.Selset != 0 {
+			retiring[e.Selset] = true
+		}
+	}
+	for _, addr := range snap.IPCache {
+		delete(retiring, addr.Selset)
+	}
+
+	// 2. Endpoints.
+	for _, key := range slices.SortedFunc(maps.Keys(snap.Endpoints), comparePodKey) {
+		a.applyEndpoint(snap.Endpoints[key], ifindexOf, adoptedEntries, retiring, problem)
+	}
+	for key, st := range a.endpoints {
+		if _, ok := snap.Endpoints[key]; !ok {
+			a.removeEndpoint(st, problem)
+			delete(a.endpoints, key)
+		}
+	}
+
+	// 3. ipcache.
+	for p, addr := range snap.IPCache {
+		want := datapath.IPCacheEntry{Prefix: p, Identity: uint32(addr.Identity), Selset: addr.Selset}
+		if cur, ok := a.ipcache[p]; ok && cur == want {
+			continue
+		}
+		if err := a.dp.IPCachePut(want); err != nil {
+			problem("ipcache %s: %v", p, err)
+			continue
+		}
+		a.ipcache[p] = want
+	}
+	for p := range a.ipcache {
+		if _, ok := snap.IPCache[p]; !ok {
+			if err := a.dp.IPCacheDelete(p); err != nil {
+				problem("ipcache %s: %v", p, err)
+				continue
+			}
+			delete(a.ipcache, p)
+		}
+	}
+
+	// 4. Re-check established connections.
+	if _, err := a.dp.BumpPolicyRevision(); err != nil {
+		problem("bump policy revision: %v", err)
+	}
+
+	// 5. Entries of vanished selector sets.
+	if len(retiring) > 0 {
+		for _, st := range a.endpoints {
+			var del []datapath.PolicyKey
+			for k := range st.entries {
+				if retiring[k.Selset] {
+					del = append(del, st.datapathKey(k, st.gen))
+					delete(st.entries, k)
+				}
+			}
+			if err := a.dp.PolicyDelete(del); err != nil {
+				problem("endpoint %s: delete entries of vanished selector sets: %v", st.key, err)
+			}
+		}
+		for id := range retiring {
+			if _, live := snap.Selsets[id]; !live {
+				if err := a.dp.RegistryDelete(datapath.RegistrySelset, id); err == nil {
+					delete(a.regSelsets, id)
+				}
+			}
+		}
+	}
+	for id := range a.regRules {
+		if _, live := snap.Rules[id]; !live {
+			if err := a.dp.RegistryDelete(datapath.RegistryRule, id); err == nil {
+				delete(a.regRules, id)
+			}
+		}
+	}
+	for id := range a.regSelsets {
+		if _, live := snap.Selsets[id]; !live && !retiring[id] {
+			if err := a.dp.RegistryDelete(datapath.RegistrySelset, id); err == nil {
+				delete(a.regSelsets, id)
+			}
+		}
+	}
+	return res
+}
+
+func comparePodKey(a, b policy.PodKey) int {
+	if a.Namespace != b.Namespace {
+		if a.Namespace < b.Namespace {
+			return -1
+		}
+		return 1
+	}
+	if a.Name < b.Name {
+		return -1
+	}
+	if a.Name > b.Name {
+		return 1
+	}
+	return 0
+}
+
+func (st *epState) datapathKey(k policy.EntryKey, gen uint8) datapath.PolicyKey {
+	return datapath.PolicyKey{EpID: st.id, Dir: datapath.Dir(k.Dir), Gen: gen, Selset: k.Selset, Proto: k.Proto, Port: k.Port, Plen: k.Plen}
+}
+
+func (a *applier) allocID() (uint16, error) {
+	for id := uint16(1); id != 0; id++ {
+		if !a.usedIDs[id] {
+			a.usedIDs[id] = true
+			return id, nil
+		}
+	}
+	return 0, errors.New("all 65535 endpoint IDs are in use")
+}
+
+func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adoptedEntries map[uint16]map[policy.EntryKey]policy.Value,
+	retiring map[uint32]bool, problem func(string, ...any)) {
+	key := ep.Pod.Key
+	st := a.endpoints[key]
+	name := ifname.Host(key.Namespace, key.Name)
+	ifindex := ifindexOf(name)
+
+	if st == nil {
+		st = &epState{key: key, ifname: name, addrs: slices.Clone(ep.Pod.IPs), identity: ep.Identity}
+		// An endpoint the maps already know (agent restart): keep its ID
+		// and generation, and start from the entries the maps hold.
+		for _, addr := range ep.Pod.IPs {
+			if info, ok := a.adopted[addr]; ok {
+				st.id, st.gen, st.flags, st.ifindex = info.ID, info.Gen(), info.Flags, info.Ifindex
+				st.entries = adoptedEntries[info.ID]
+				break
+			}
+		}
+		if st.id == 0 {
+			id, err := a.allocID()
+			if err != nil {
+				problem("endpoint %s: %v", key, err)
+				return
+			}
+			st.id = id
+		}
+		if st.entries == nil {
+			st.entries = map[policy.EntryKey]policy.Value{}
+		}
+		a.endpoints[key] = st
+	}
+	st.identity = ep.Identity
+
+	if ifindex == 0 {
+		st.state = api.EndpointWaitingInterface
+		st.message = fmt.Sprintf("interface %s does not exist yet", name)
+		return
+	}
+
+	// Desired entries, plus those of selector sets still in the ipcache.
+	desired := ep.Entries
+	carried := false
+	for k := range st.entries {
+		if retiring[k.Selset] {
+			carried = true
+			break
+		}
+	}
+	if carried {
+		desired = maps.Clone(ep.Entries)
+		for k, v := range st.entries {
+			if retiring[k.Selset] {
+				desired[k] = v
+			}
+		}
+	}
+
+	flags := uint16(0)
+	if ep.Enforce[policy.Ingress] {
+		flags |= datapath.EndpointIngressEnforced
+	}
+	if ep.Enforce[policy.Egress] {
+		flags |= datapath.EndpointEgressEnforced
+	}
+
+	sameEntries := maps.Equal(desired, st.entries)
+	sameAddrs := slices.Equal(st.addrs, ep.Pod.IPs) && st.ifindex == ifindex
+	wasFailed := st.flags&datapath.EndpointFailClosed != 0
+	if sameEntries && sameAddrs && !wasFailed && st.flags&^datapath.EndpointGen == flags && st.state == api.EndpointReady {
+		return
+	}
+
+	newGen := st.gen
+	if !sameEntries {
+		newGen = st.gen ^ 1
+		keys := make([]datapath.PolicyKey, 0, len(desired))
+		vals := make([]datapath.PolicyValue, 0, len(desired))
+		for k, v := range desired {
+			keys = append(keys, st.datapathKey(k, newGen))
+			vals = append(vals, datapath.PolicyValue{Verdict: datapath.Verdict(v.Verdict), ProxyPort: v.ProxyPort, RuleID: v.RuleID})
+		}
+		if err := a.dp.PolicyPut(keys, vals); err != nil {
+			// Fail closed: the endpoint drops new connections until a
+			// later apply succeeds.
+			problem("endpoint %s: cannot program %d policy entries: %v", key, len(keys), err)
+			st.state = api.EndpointFailed
+			st.message = fmt.Sprintf("policy not programmed, failing closed: %v", err)
+			a.writeEndpoint(st, ifindex, st.flags|datapath.EndpointFailClosed, problem)
+			a.deleteGen(st, newGen, keys, problem)
+			return
+		}
+	}
+
+	if newGen == 1 {
+		flags |= datapath.EndpointGen
+	}
+	prevAddrs := st.addrs
+	masks := policy.Masks(&policy.Endpoint{Entries: desired})
+	st.addrs = slices.Clone(ep.Pod.IPs)
+	if !a.writeEndpointMasks(st, ifindex, flags, masks, problem) {
+		return
+	}
+	for _, old := range prevAddrs {
+		if !slices.Contains(st.addrs, old) {
+			if err := a.dp.EndpointDelete(old); err != nil {
+				problem("endpoint %s: %v", key, err)
+			}
+		}
+	}
+	oldGen := st.gen
+	oldEntries := st.entries
+	st.gen, st.flags, st.ifindex = newGen, flags, ifindex
+	st.entries = desired
+	if !carried {
+		st.entries = maps.Clone(desired)
+	}
+	if newGen != oldGen && len(oldEntries) > 0 {
+		old := make([]datapath.PolicyKey, 0, len(oldEntries))
+		for k := range oldEntries {
+			old = append(old, st.datapathKey(k, oldGen))
+		}
+		a.deleteGen(st, oldGen, old, problem)
+	}
+
+	// Programs last: when they first see this endpoint, its state is
+	// complete.
+	if err := a.dp.AttachEndpoint(st.ifname); err != nil {
+		problem("endpoint %s: %v", key, err)
+		st.state = api.EndpointFailed
+		st.message = err.Error()
+		return
+	}
+	st.state = api.EndpointReady
+	st.message = ""
+}
+
+func (a *applier) writeEndpoint(st *epState, ifindex uint32, flags uint16, problem func(string, ...any)) {
+	masks := policy.Masks(&policy.Endpoint{Entries: st.entries})
+	a.writeEndpointMasks(st, ifindex, flags, masks, problem)
+	st.flags = flags
+}
+
+func (a *applier) writeEndpointMasks(st *epState, ifindex uint32, flags uint16, masks [2][2]uint32, problem func(string, ...any)) bool {
+	for _, addr := range st.addrs {
+		info := datapath.EndpointInfo{Addr: addr, ID: st.id, Ifindex: ifindex, Identity: uint32(st.identity), Flags: flags, Masks: masks}
+		if err := a.dp.EndpointPut(info); err != nil {
+			problem("endpoint %s: write %s: %v", st.key, addr, err)
+			st.state = api.EndpointFailed
+			st.message = err.Error()
+			return false
+		}
+	}
+	return true
+}
+
+func (a *applier) deleteGen(st *epState, gen uint8, keys []datapath.PolicyKey, problem func(string, ...any)) {
+	if err := a.dp.PolicyDelete(keys); err != nil {
+		problem("endpoint %s: delete generation %d: %v", st.key, gen, err)
+	}
+}
+
+// removeEndpoint undoes everything for a pod that left this node.
+func (a *applier) removeEndpoint(st *epState, problem func(string, ...any)) {
+	if err := a.dp.DetachEndpoint(st.ifname); err != nil {
+		problem("endpoint %s: %v", st.key, err)
+	}
+	for _, addr := range st.addrs {
+		if err := a.dp.EndpointDelete(addr); err != nil {
+			problem("endpoint %s: %v", st.key, err)
+		}
+	}
+	keys := make([]datapath.PolicyKey, 0, len(st.entries))
+	for k := range st.entries {
+		keys = append(keys, st.datapathKey(k, st.gen))
+	}
+	a.deleteGen(st, st.gen, keys, problem)
+	delete(a.usedIDs, st.id)
+}
+
+// purgeStale deletes entries found at startup that belong to no active
+// generation (an agent that died between writing and cleaning up).
+func (a *applier) purgeStale(stale map[uint16][]datapath.PolicyKey) {
+	for id, keys := range stale {
+		if err := a.dp.PolicyDelete(keys); err != nil {
+			a.log.Warn("delete stale policy entries", "endpoint", id, "err", err)
+		}
+	}
+}
+
+// forgetAdopted drops endpoints found at startup that no pod claims, once
+// the first full apply is done, with their policy entries.
+func (a *applier) forgetAdopted(adoptedEntries map[uint16]map[policy.EntryKey]policy.Value) {
+	claimed := map[netip.Addr]bool{}
+	for _, st := range a.endpoints {
+		for _, addr := range st.addrs {
+			claimed[addr] = true
+		}
+	}
+	for addr, info := range a.adopted {
+		if claimed[addr] {
+			continue
+		}
+		if err := a.dp.EndpointDelete(addr); err != nil {
+			a.log.Warn("delete orphaned endpoint", "addr", addr, "err", err)
+		}
+		used := false
+		for _, st := range a.endpoints {
+			if st.id == info.ID {
+				used = true
+			}
+		}
+		if !used {
+			st := &epState{key: policy.PodKey{Name: addr.String()}, id: info.ID, gen: info.Gen()}
+			var keys []datapath.PolicyKey
+			for k := range adoptedEntries[info.ID] {
+				keys = append(keys, st.datapathKey(k, st.gen))
+			}
+			if err := a.dp.PolicyDelete(keys); err != nil {
+				a.log.Warn("delete orphaned endpoint entries", "addr", addr, "err", err)
+			}
+			delete(adoptedEntries, info.ID)
+			delete(a.usedIDs, info.ID)
+		}
+	}
+	a.adopted = map[netip.Addr]datapath.EndpointInfo{}
+}

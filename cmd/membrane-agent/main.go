@@ -1,0 +1,92 @@
+// membrane-agent is Membrane's node agent: it turns the datastore's
+// namespaces, pods and policies into identities and BPF maps, and keeps the
+// eBPF datapath attached to every workload on its node.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/membrane-mesh/membrane/agent"
+	"github.com/membrane-mesh/membrane/datapath"
+)
+
+func main() {
+	cfg := agent.Config{Datapath: datapath.DefaultConfig}
+	var underlay, logLevel, logFormat string
+	flag.StringVar(&cfg.Node, "node", "", "name of this node (required)")
+	flag.StringVar(&cfg.Datastore, "datastore", "", "datastore directory (required)")
+	flag.StringVar(&cfg.PinDir, "bpffs", "/sys/fs/bpf/membrane", "bpffs directory for this agent's maps and links")
+	flag.StringVar(&cfg.APISocket, "api-socket", "/run/membrane/agent.sock", "unix socket of the local API")
+	flag.StringVar(&underlay, "underlay", "", "comma-separated interfaces that carry traffic from other nodes (default: all but loopback and workload veths)")
+	flag.StringVar(&cfg.Cluster, "cluster", "default", "cluster name, part of every identity")
+	flag.BoolVar(&cfg.LegacyTC, "legacy-tc", false, "attach with clsact/cls_bpf even where tcx is available")
+	stateDir := flag.String("state-dir", "", "directory for local state (reserved)")
+	flag.BoolVar(&cfg.Datapath.AllowHost, "allow-host", cfg.Datapath.AllowHost, "always allow traffic from the local node into workloads (Kubernetes semantics)")
+	flag.DurationVar(&cfg.Datapath.CTTCPEstablished, "ct-tcp-timeout", cfg.Datapath.CTTCPEstablished, "lifetime of an idle established TCP connection")
+	flag.DurationVar(&cfg.Datapath.CTOther, "ct-other-timeout", cfg.Datapath.CTOther, "lifetime of an idle UDP/ICMP flow")
+	var trace uint
+	flag.UintVar(&trace, "trace-sample", 0, "emit one trace event for every N forwarded packets (0: off)")
+	sizes := map[string]*uint32{
+		"ipcache-host": &cfg.Sizes.IPCacheHost, "ipcache-lpm": &cfg.Sizes.IPCacheLPM, "endpoints": &cfg.Sizes.Endpoints,
+		"policy": &cfg.Sizes.Policy, "conntrack": &cfg.Sizes.Conntrack, "fragments": &cfg.Sizes.Fragments,
+	}
+	for name, p := range sizes {
+		flag.Func("map-size-"+name, fmt.Sprintf("capacity of the %s map (default %d)", name, defaultSize(name)), func(s string) error {
+			var v uint32
+			if _, err := fmt.Sscan(s, &v); err != nil || v == 0 {
+				return fmt.Errorf("want a positive number, got %q", s)
+			}
+			*p = v
+			return nil
+		})
+	}
+	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.StringVar(&logFormat, "log-format", "text", "text or json")
+	version := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	_ = stateDir
+	cfg.Datapath.TraceSample = uint32(trace)
+
+	if *version {
+		fmt.Println(agent.Version)
+		return
+	}
+	if underlay != "" {
+		cfg.Underlay = strings.Split(underlay, ",")
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "membrane-agent: --log-level: %v\n", err)
+		os.Exit(2)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
+	if logFormat == "json" {
+		h = slog.NewJSONHandler(os.Stderr, opts)
+	}
+	cfg.Logger = slog.New(h)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := agent.Run(ctx, cfg); err != nil {
+		cfg.Logger.Error("agent failed", "err", err)
+		time.Sleep(10 * time.Millisecond)
+		os.Exit(1)
+	}
+}
+
+func defaultSize(name string) uint32 {
+	d := datapath.DefaultSizes
+	return map[string]uint32{
+		"ipcache-host": d.IPCacheHost, "ipcache-lpm": d.IPCacheLPM, "endpoints": d.Endpoints,
+		"policy": d.Policy, "conntrack": d.Conntrack, "fragments": d.Fragments,
+	}[name]
+}
