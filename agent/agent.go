@@ -24,11 +24,9 @@ import (
 	"github.com/membrane-mesh/membrane/datastore"
 	"github.com/membrane-mesh/membrane/identity"
 	"github.com/membrane-mesh/membrane/internal/ifname"
+	"github.com/membrane-mesh/membrane/internal/version"
 	"github.com/membrane-mesh/membrane/policy"
 )
-
-// Version is the agent's version string, set at build time.
-var Version = "dev"
 
 // Config configures an agent.
 type Config struct {
@@ -69,6 +67,7 @@ type Agent struct {
 
 	adoptedEntries map[uint16]map[policy.EntryKey]policy.Value
 	hostAddrs      []netip.Addr
+	compileErrors  map[datastore.Key]string // policies the engine refused
 
 	mu          sync.Mutex // guards the fields below, read by the API
 	snap        *policy.Snapshot
@@ -133,9 +132,10 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg: cfg, log: log, dp: dp, eng: eng, app: app, store: store, start: time.Now(),
 		adoptedEntries: adopted,
 		rejected:       map[string]string{},
+		compileErrors:  map[datastore.Key]string{},
 		events:         newEventRing(cfg.EventRing),
 	}
-	log.Info("agent starting", "version", Version, "datapath", dp.Mode(), "pins", cfg.PinDir,
+	log.Info("agent starting", "version", version.Version, "datapath", dp.Mode(), "pins", cfg.PinDir,
 		"adoptedEndpoints", len(app.adopted), "ipcache", len(app.ipcache))
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -245,19 +245,16 @@ func drain[T any](ch chan T) {
 func (a *Agent) ingest(b datastore.Batch) {
 	if b.Full {
 		a.eng.ResetInputs()
+		a.compileErrors = map[datastore.Key]string{}
 	}
-	a.mu.Lock()
-	if b.Full {
-		a.rejected = map[string]string{}
-	}
+	// Batch.Rejected lists every file that is invalid now; policies the
+	// engine cannot compile are added below.
+	rejected := map[string]string{}
 	for _, r := range b.Rejected {
-		a.rejected[r.Source] = r.Err.Error()
+		rejected[r.Source] = r.Err.Error()
 	}
-	a.mu.Unlock()
 	for _, o := range b.Upserts {
-		a.mu.Lock()
-		delete(a.rejected, o.Source)
-		a.mu.Unlock()
+		delete(a.compileErrors, o.Key)
 		switch obj := o.Obj.(type) {
 		case *corev1.Namespace:
 			a.eng.SetNamespace(obj.Name, obj.Labels)
@@ -268,9 +265,7 @@ func (a *Agent) ingest(b datastore.Batch) {
 		case *networkingv1.NetworkPolicy:
 			p, err := policy.FromNetworkPolicy(obj)
 			if err != nil {
-				a.mu.Lock()
-				a.rejected[o.Source] = err.Error()
-				a.mu.Unlock()
+				a.compileErrors[o.Key] = fmt.Sprintf("%s: %v", o.Source, err)
 				a.log.Warn("policy rejected; enforcement of it is unchanged", "source", o.Source, "err", err)
 				continue
 			}
@@ -278,6 +273,7 @@ func (a *Agent) ingest(b datastore.Batch) {
 		}
 	}
 	for _, k := range b.Deletes {
+		delete(a.compileErrors, k)
 		switch k.Kind {
 		case "Namespace":
 			a.eng.DeleteNamespace(k.Name)
@@ -289,6 +285,12 @@ func (a *Agent) ingest(b datastore.Batch) {
 			a.eng.DeletePolicy(fmt.Sprintf("NetworkPolicy %s/%s", k.Namespace, k.Name))
 		}
 	}
+	for k, msg := range a.compileErrors {
+		rejected[k.String()] = msg
+	}
+	a.mu.Lock()
+	a.rejected = rejected
+	a.mu.Unlock()
 }
 
 func nodeFrom(n *corev1.Node) policy.Node {

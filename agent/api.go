@@ -14,6 +14,7 @@ import (
 	"github.com/membrane-mesh/membrane/api"
 	"github.com/membrane-mesh/membrane/datapath"
 	"github.com/membrane-mesh/membrane/identity"
+	"github.com/membrane-mesh/membrane/internal/version"
 	"github.com/membrane-mesh/membrane/policy"
 )
 
@@ -58,7 +59,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	s := api.Status{
 		Node:     a.cfg.Node,
 		PID:      os.Getpid(),
-		Version:  Version,
+		Version:  version.Version,
 		Started:  a.start,
 		Datapath: a.dp.Mode(),
 		Drops:    map[string]uint64{},

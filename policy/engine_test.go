@@ -10,18 +10,17 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/membrane-mesh/membrane/identity"
+	"github.com/membrane-mesh/membrane/test/netpolref"
 )
 
 // The property test: random NetworkPolicies over a small cluster are
 // compiled by the engine, and the resulting state is queried with a Go copy
 // of the datapath's lookup. Every answer must equal that of a naive
-// evaluator written straight from the Kubernetes API documentation, which
-// shares no code with the engine (selectors are matched with
-// k8s.io/apimachinery's own implementation).
+// evaluator written straight from the Kubernetes API documentation
+// (package test/netpolref), which shares no code with the engine.
 
 type testPod struct {
 	ns, name string
@@ -35,6 +34,7 @@ type testCluster struct {
 	pods     []*testPod
 	outside  []netip.Addr // addresses that are not pods
 	pols     []*networkingv1.NetworkPolicy
+	ref      *netpolref.Cluster
 }
 
 func (c *testCluster) engine(t *testing.T) (*Engine, *Snapshot) {
@@ -143,7 +143,7 @@ func simAllowed(snap *Snapshot, src, dst netip.Addr, proto uint8, port uint16) b
 	return true
 }
 
-// ---- Kubernetes semantics, naively ------------------------------------------
+// ---- Kubernetes semantics, from the reference model ---------------------------
 
 func (c *testCluster) podByIP(a netip.Addr) *testPod {
 	for _, p := range c.pods {
@@ -154,145 +154,20 @@ func (c *testCluster) podByIP(a netip.Addr) *testPod {
 	return nil
 }
 
-func selects(ls *metav1.LabelSelector, l map[string]string) bool {
-	s, err := metav1.LabelSelectorAsSelector(ls)
-	if err != nil {
-		panic(err)
+func (c *testCluster) reference() *netpolref.Cluster {
+	if c.ref != nil {
+		return c.ref
 	}
-	return s.Matches(labels.Set(l))
-}
-
-func (c *testCluster) peerMatches(peers []networkingv1.NetworkPolicyPeer, polNS string, a netip.Addr) bool {
-	if len(peers) == 0 {
-		return true
+	ref := &netpolref.Cluster{Namespaces: c.nsLabels, Policies: c.pols}
+	for _, p := range c.pods {
+		ref.Pods = append(ref.Pods, netpolref.Pod{Namespace: p.ns, Name: p.name, Labels: p.labels, IPs: []netip.Addr{p.ip}, Ports: p.ports})
 	}
-	pod := c.podByIP(a)
-	for _, peer := range peers {
-		if peer.IPBlock != nil {
-			cidr := netip.MustParsePrefix(peer.IPBlock.CIDR)
-			if !cidr.Contains(a) {
-				continue
-			}
-			excluded := false
-			for _, e := range peer.IPBlock.Except {
-				if netip.MustParsePrefix(e).Contains(a) {
-					excluded = true
-				}
-			}
-			if !excluded {
-				return true
-			}
-			continue
-		}
-		if pod == nil {
-			continue
-		}
-		if peer.NamespaceSelector == nil {
-			if pod.ns == polNS && selects(peer.PodSelector, pod.labels) {
-				return true
-			}
-			continue
-		}
-		if !selects(peer.NamespaceSelector, c.nsLabels[pod.ns]) {
-			continue
-		}
-		if peer.PodSelector == nil || selects(peer.PodSelector, pod.labels) {
-			return true
-		}
-	}
-	return false
-}
-
-func portMatches(ports []networkingv1.NetworkPolicyPort, dstPod *testPod, proto uint8, port uint16) bool {
-	if len(ports) == 0 {
-		return true
-	}
-	for _, p := range ports {
-		pp := corev1.ProtocolTCP
-		if p.Protocol != nil {
-			pp = *p.Protocol
-		}
-		if string(pp) != ProtoName(proto) {
-			continue
-		}
-		if p.Port == nil {
-			return true
-		}
-		if p.Port.Type == intstr.String {
-			if dstPod == nil {
-				continue
-			}
-			for _, cp := range dstPod.ports {
-				if cp.Name == p.Port.StrVal && cp.Protocol == pp && uint16(cp.ContainerPort) == port {
-					return true
-				}
-			}
-			continue
-		}
-		lo, hi := p.Port.IntVal, p.Port.IntVal
-		if p.EndPort != nil {
-			hi = *p.EndPort
-		}
-		if int32(port) >= lo && int32(port) <= hi {
-			return true
-		}
-	}
-	return false
-}
-
-func policyTypes(np *networkingv1.NetworkPolicy) (ingress, egress bool) {
-	if len(np.Spec.PolicyTypes) == 0 {
-		return true, len(np.Spec.Egress) > 0
-	}
-	for _, t := range np.Spec.PolicyTypes {
-		if t == networkingv1.PolicyTypeIngress {
-			ingress = true
-		} else {
-			egress = true
-		}
-	}
-	return
+	c.ref = ref
+	return ref
 }
 
 func (c *testCluster) naiveAllowed(src, dst netip.Addr, proto uint8, port uint16) bool {
-	srcPod, dstPod := c.podByIP(src), c.podByIP(dst)
-	if srcPod != nil {
-		selected, ok := false, false
-		for _, np := range c.pols {
-			_, eg := policyTypes(np)
-			if !eg || np.Namespace != srcPod.ns || !selects(&np.Spec.PodSelector, srcPod.labels) {
-				continue
-			}
-			selected = true
-			for _, r := range np.Spec.Egress {
-				if c.peerMatches(r.To, np.Namespace, dst) && portMatches(r.Ports, dstPod, proto, port) {
-					ok = true
-				}
-			}
-		}
-		if selected && !ok {
-			return false
-		}
-	}
-	if dstPod != nil {
-		selected, ok := false, false
-		for _, np := range c.pols {
-			in, _ := policyTypes(np)
-			if !in || np.Namespace != dstPod.ns || !selects(&np.Spec.PodSelector, dstPod.labels) {
-				continue
-			}
-			selected = true
-			for _, r := range np.Spec.Ingress {
-				if c.peerMatches(r.From, np.Namespace, src) && portMatches(r.Ports, dstPod, proto, port) {
-					ok = true
-				}
-			}
-		}
-		if selected && !ok {
-			return false
-		}
-	}
-	return true
+	return c.reference().Allowed(src, dst, corev1.Protocol(ProtoName(proto)), int(port))
 }
 
 // ---- random clusters and policies --------------------------------------------
