@@ -16,6 +16,7 @@ import (
 
 	"github.com/membrane-mesh/membrane/agent"
 	"github.com/membrane-mesh/membrane/datapath"
+	"github.com/membrane-mesh/membrane/internal/version"
 )
 
 func main() {
@@ -50,13 +51,13 @@ func main() {
 	}
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.StringVar(&logFormat, "log-format", "text", "text or json")
-	version := flag.Bool("version", false, "print the version and exit")
+	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	_ = stateDir
 	cfg.Datapath.TraceSample = uint32(trace)
 
-	if *version {
-		fmt.Println(agent.Version)
+	if *showVersion {
+		fmt.Println(version.Version)
 		return
 	}
 	if underlay != "" {
