@@ -71,6 +71,8 @@ static __always_inline __u64 ct_lifetime(const struct config *cfg, const struct 
 					 __u8 proto)
 {
 	if (proto == IPPROTO_TCP) {
+		if (e->flags & CT_F_DENIED)
+			return seconds_or(cfg->ct_tcp_established, 21600);
 		if (e->flags & CT_F_CLOSING)
 			return seconds_or(cfg->ct_tcp_closing, 10);
 		if (e->flags & CT_F_SYN_ONLY)
@@ -313,6 +315,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	if (e) {
 		if (reply)
 			ei.flags |= EVF_REPLY;
+		if ((e->flags & CT_F_DENIED) && e->rev == cfg->policy_rev) {
+			/* Still denied: drop either direction. */
+			ei.flags |= EVF_REVALIDATED;
+			ei.dir = e->deny_dir;
+			ei.ep_id = e->deny_ep;
+			ei.rule_id = e->deny_rule;
+			if (e->last_seen + NSEC < now)
+				e->last_seen = now;
+			return drop(skb, &p, cfg, e->deny_reason, &ei);
+		}
 		if (e->rev != cfg->policy_rev) {
 			struct decision d = {};
 			const struct ct_key *orig = reply ? &rk : ck;
@@ -320,9 +332,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 			if (s)
 				s->ct_revalidated++;
 			if (ct_revalidate(cfg, e, orig, &d, &ei) < 0) {
-				bpf_map_delete_elem(&ct, orig);
+				e->flags |= CT_F_DENIED;
+				e->rev = cfg->policy_rev;
+				e->deny_reason = d.reason;
+				e->deny_dir = ei.dir;
+				e->deny_ep = ei.ep_id;
+				e->deny_rule = d.rule_id;
+				e->last_seen = now;
 				return drop(skb, &p, cfg, d.reason, &ei);
 			}
+			e->flags &= ~CT_F_DENIED;
 		}
 		if (!p.icmp_error)
 			ct_refresh(e, &p, reply, now);

@@ -44,6 +44,10 @@ type DatapathCtEntry struct {
 	ProxyPort   uint16
 	RuleEgress  uint32
 	RuleIngress uint32
+	DenyReason  uint8
+	DenyDir     uint8
+	DenyEp      uint16
+	DenyRule    uint32
 }
 
 type DatapathCtKey struct {

@@ -20,6 +20,7 @@ const (
 	CTClosing   = 1 << 3
 	CTRedirect  = 1 << 4
 	CTSynOnly   = 1 << 5
+	CTDenied    = 1 << 6 // cut by a policy change; both directions drop
 )
 
 // Conn is a tracked connection.

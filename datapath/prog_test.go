@@ -421,3 +421,33 @@ func TestClosedConnectionPortReuse(t *testing.T) {
 	}
 	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, tcpSYN), retDrop)
 }
+
+// After a policy change cuts a connection, neither side may open it again
+// mid-stream: the server's packets (its egress is open) must not create an
+// entry in the other orientation that the client's packets would then ride
+// as "replies". A later policy that allows it again restores it.
+func TestCutConnectionStaysCut(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(2, selR, protoTCP, 80, 16, 1)
+	h.policy(k, v)
+	fwd := tcp(addrR, addrB, 6000, 80, tcpACK)
+	h.expect(FromNetdev, tcp(addrR, addrB, 6000, 80, tcpSYN), retNext)
+	h.expect(FromNetdev, fwd, retNext)
+
+	if err := h.d.PolicyDelete([]PolicyKey{k}); err != nil {
+		t.Fatal(err)
+	}
+	h.bump()
+	h.expect(FromNetdev, fwd, retDrop)
+	// B answers: its egress is open, but this connection is cut.
+	h.expect(FromContainer, fwd.reply(tcpACK), retDrop)
+	h.expect(FromNetdev, fwd, retDrop)
+	h.expect(FromContainer, fwd.reply(tcpACK|tcpFIN), retDrop)
+
+	// Allowed again: the same connection flows.
+	h.policy(k, v)
+	h.bump()
+	h.expect(FromNetdev, fwd, retNext)
+	h.expect(FromContainer, fwd.reply(tcpACK), retNext)
+}

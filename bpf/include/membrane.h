@@ -125,6 +125,10 @@ enum ct_flags {
 	CT_F_CLOSING = 1 << 3,    /* FIN or RST seen */
 	CT_F_REDIRECT = 1 << 4,   /* delivered to the node proxy */
 	CT_F_SYN_ONLY = 1 << 5,   /* TCP handshake not complete */
+	/* A policy change denied this established connection. The entry stays,
+	 * so that neither side's next packet can open it again in the other
+	 * direction, until it expires or a later policy allows it. */
+	CT_F_DENIED = 1 << 6,
 };
 
 struct ct_entry {
@@ -134,6 +138,11 @@ struct ct_entry {
 	__u16 proxy_port;
 	__u32 rule_egress;
 	__u32 rule_ingress;
+	/* Why a CT_F_DENIED entry was denied, for its drop events. */
+	__u8 deny_reason;
+	__u8 deny_dir;
+	__u16 deny_ep;
+	__u32 deny_rule;
 };
 
 /* Fragments: the first fragment's ports, for the ones that follow. */
