@@ -92,6 +92,11 @@ func (c *Client) WaitRevision(ctx context.Context, rev int64) error {
 			return nil
 		}
 		if err != nil {
+			if ctx.Err() != nil && last != nil {
+				// The deadline cut this request short: report what the
+				// agent said before, not the deadline twice.
+				return fmt.Errorf("%w (%v)", ctx.Err(), last)
+			}
 			last = err
 		} else {
 			last = fmt.Errorf("agent %s has applied revision %d, waiting for %d", s.Node, s.AppliedRevision, rev)

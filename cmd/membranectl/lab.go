@@ -1,0 +1,304 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/membrane-mesh/membrane/lab"
+)
+
+func init() { commands = append(commands, newLabCommand) }
+
+func newLabCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "lab",
+		Short: "Run a Membrane test bed of network namespaces on this machine",
+		Long: `A lab turns Kubernetes-style YAML (Namespace, Pod, NetworkPolicy and an
+optional membrane.dev/v1alpha1 Lab) into nodes and pods made of network
+namespaces, with each pod's containers running as processes and one
+membrane-agent per node. Nothing touches the host's own network namespace.`,
+	}
+	cmd.AddCommand(newLabUpCommand(), newLabDownCommand(), newLabStatusCommand(),
+		newLabLogsCommand(), newLabExecCommand(), newLabProbeCommand(), newLabMatrixCommand())
+	for _, name := range []string{lab.HelperResponder, lab.HelperSupervise} {
+		cmd.AddCommand(&cobra.Command{
+			Use:                name,
+			Short:              "internal: run the lab's " + name,
+			Hidden:             true,
+			DisableFlagParsing: true,
+			RunE: func(_ *cobra.Command, args []string) error {
+				if code := lab.RunHelper(append([]string{name}, args...)); code != 0 {
+					return &exitError{code: code}
+				}
+				return nil
+			},
+		})
+	}
+	return cmd
+}
+
+func addNameFlag(cmd *cobra.Command, name *string) {
+	cmd.Flags().StringVar(name, "name", "", "the lab (default: the only lab on this machine)")
+}
+
+func newLabUpCommand() *cobra.Command {
+	var opts lab.Options
+	cmd := &cobra.Command{
+		Use:   "up -f FILE_OR_DIR",
+		Short: "Create a lab from YAML and wait until it is ready",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			opts.Logger = logger(cmd)
+			start := time.Now()
+			l, err := lab.Up(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			mode := "with agents"
+			if l.NoAgent() {
+				mode = "without agents (plain routing)"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s is up %s: %d nodes, %d pods in %s\n",
+				l.Name(), mode, len(l.Nodes()), len(l.Pods()), time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(cmd.OutOrStdout(), "try: membranectl lab matrix --name %s; membranectl lab down --name %s\n", l.Name(), l.Name())
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&opts.Path, "filename", "f", "", "YAML file or directory with the lab's objects")
+	cmd.MarkFlagRequired("filename")
+	cmd.Flags().StringVar(&opts.Name, "name", "", `lab name when no Lab object names it (default "`+lab.DefaultName+`")`)
+	cmd.Flags().BoolVar(&opts.NoAgent, "no-agent", false, "run without agents: plain routing, no datapath")
+	cmd.Flags().StringVar(&opts.AgentBinary, "agent-binary", "", "membrane-agent executable (default: next to membranectl, else in $PATH)")
+	cmd.Flags().DurationVar(&opts.ReadyTimeout, "timeout", lab.DefaultReadyTimeout, "how long to wait for each agent")
+	return cmd
+}
+
+func newLabDownCommand() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "down",
+		Short: "Remove a lab and everything it created (also after a crash)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if name == "" {
+				names, err := lab.List()
+				if err != nil {
+					return err
+				}
+				switch len(names) {
+				case 0:
+					fmt.Fprintln(cmd.OutOrStdout(), "no lab to remove")
+					return nil
+				case 1:
+					name = names[0]
+				default:
+					return fmt.Errorf("several labs exist (%s): choose one with --name", strings.Join(names, ", "))
+				}
+			}
+			l, err := lab.Open(name)
+			if err == nil {
+				l.SetLogger(logger(cmd))
+				err = l.Down(cmd.Context())
+			} else {
+				err = lab.Down(cmd.Context(), name)
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s is down\n", name)
+			return nil
+		},
+	}
+	addNameFlag(cmd, &name)
+	return cmd
+}
+
+func newLabStatusCommand() *cobra.Command {
+	var name, output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show a lab's nodes, agents and pods",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := lab.OpenOnly(name)
+			if err != nil {
+				return err
+			}
+			st, err := l.Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if output == "json" {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			agents := "with agents"
+			if st.NoAgent {
+				agents = "without agents"
+			}
+			fmt.Fprintf(out, "lab %s: %s, %s, datastore revision %d\n\n", st.Name, st.Phase, agents, st.Revision)
+			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "NODE\tUNDERLAY\tPOD CIDRS\tAGENT\tPID\tAPPLIED\tPROBLEM")
+			for _, n := range st.Nodes {
+				agent, pid, applied := "-", "-", "-"
+				if !st.NoAgent {
+					agent, pid, applied = n.Agent, strconv.Itoa(n.AgentPID), strconv.FormatInt(n.AppliedRevision, 10)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, strings.Join(n.Underlay, ","), strings.Join(n.PodCIDRs, ","), agent, pid, applied, n.Problem)
+			}
+			fmt.Fprintln(tw)
+			fmt.Fprintln(tw, "POD\tNODE\tIPS\tSTATE\tENDPOINT")
+			for _, p := range st.Pods {
+				ep := p.Endpoint
+				if ep == "" {
+					ep = "-"
+				}
+				fmt.Fprintf(tw, "%s/%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.Node, strings.Join(p.IPs, ","), p.State, ep)
+			}
+			return tw.Flush()
+		},
+	}
+	addNameFlag(cmd, &name)
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table or json")
+	return cmd
+}
+
+func newLabLogsCommand() *cobra.Command {
+	var name string
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs [node/NAME | NAMESPACE/POD]",
+		Short: "Print an agent's or a pod's logs (all logs without an argument)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.OpenOnly(name)
+			if err != nil {
+				return err
+			}
+			target := ""
+			if len(args) == 1 {
+				target = args[0]
+			}
+			files, err := l.LogFiles(target)
+			if err != nil {
+				return err
+			}
+			return lab.CopyLogs(cmd.Context(), cmd.OutOrStdout(), files, follow)
+		},
+	}
+	addNameFlag(cmd, &name)
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new lines")
+	return cmd
+}
+
+func newLabExecCommand() *cobra.Command {
+	var name string
+	cmd := &cobra.Command{
+		Use:   "exec NAMESPACE/POD -- COMMAND [ARG…]",
+		Short: "Run a command inside a pod's network namespace",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.OpenOnly(name)
+			if err != nil {
+				return err
+			}
+			code, err := l.Exec(cmd.Context(), args[0], args[1:], lab.Stdio{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &exitError{code: code}
+			}
+			return nil
+		},
+	}
+	addNameFlag(cmd, &name)
+	return cmd
+}
+
+func newLabProbeCommand() *cobra.Command {
+	var name string
+	var spec lab.ProbeSpec
+	cmd := &cobra.Command{
+		Use:   "probe FROM TO PORT",
+		Short: "Probe TO from FROM (pods as NAMESPACE/NAME): prints allowed (exit 0) or denied (exit 1)",
+		Long: `Probe connects from one pod to another pod's built-in responder and
+prints "allowed" (exit status 0) if it answered, or "denied" (exit status 1)
+if nothing came back in time. Other errors exit with status 2.`,
+		Args: cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			l, err := lab.OpenOnly(name)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			port, err := strconv.Atoi(args[2])
+			if err != nil {
+				return &exitError{code: 2, err: fmt.Errorf("port %q: %w", args[2], err)}
+			}
+			spec.From, spec.To, spec.Port = args[0], args[1], port
+			res, err := l.Probe(cmd.Context(), spec)
+			if err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res)
+			logger(cmd).Info("probe", "result", res.String(), "detail", res.Detail, "elapsed", res.Elapsed)
+			if !res.Allowed {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	addNameFlag(cmd, &name)
+	cmd.Flags().StringVar(&spec.Protocol, "protocol", "tcp", "tcp or udp")
+	cmd.Flags().DurationVar(&spec.Timeout, "timeout", lab.DefaultProbeTimeout, "how long to wait for an answer")
+	cmd.Flags().IntVar(&spec.Family, "family", 4, "IP family of TO's address: 4 or 6")
+	return cmd
+}
+
+func newLabMatrixCommand() *cobra.Command {
+	var name, output string
+	var spec lab.MatrixSpec
+	cmd := &cobra.Command{
+		Use:   "matrix",
+		Short: "Probe every ordered pair of pods and print the reachability matrix",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "table" && output != "tsv" && output != "json" {
+				return fmt.Errorf("output %q: want table, tsv or json", output)
+			}
+			l, err := lab.OpenOnly(name)
+			if err != nil {
+				return err
+			}
+			m, err := l.Matrix(cmd.Context(), spec)
+			if err != nil {
+				return err
+			}
+			switch output {
+			case "table":
+				return m.WriteTable(cmd.OutOrStdout())
+			case "tsv":
+				return m.WriteTSV(cmd.OutOrStdout())
+			default:
+				return m.WriteJSON(cmd.OutOrStdout())
+			}
+		},
+	}
+	addNameFlag(cmd, &name)
+	cmd.Flags().IntSliceVar(&spec.Ports, "ports", nil, "ports to probe (default: every declared containerPort)")
+	cmd.Flags().StringSliceVar(&spec.Protocols, "protocols", []string{"tcp", "udp"}, "protocols to probe")
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, tsv or json")
+	cmd.Flags().DurationVar(&spec.Timeout, "timeout", lab.DefaultProbeTimeout, "how long each probe waits for an answer")
+	cmd.Flags().IntVar(&spec.Family, "family", 4, "IP family: 4 or 6")
+	cmd.Flags().IntVar(&spec.Concurrency, "concurrency", lab.DefaultMatrixConcurrency, "probes in flight at once")
+	return cmd
+}

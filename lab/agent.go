@@ -1,0 +1,157 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"time"
+
+	"github.com/membrane-mesh/membrane/api"
+)
+
+// AgentBinaryName is the agent's executable name.
+const AgentBinaryName = "membrane-agent"
+
+// DefaultReadyTimeout bounds each wait for an agent: for an endpoint to
+// become ready, and for a datastore revision to be applied.
+const DefaultReadyTimeout = 30 * time.Second
+
+// findAgentBinary returns the agent executable: explicit if set, else
+// membrane-agent next to the running executable, else in $PATH.
+func findAgentBinary(explicit string) (string, error) {
+	if explicit != "" {
+		p, err := exec.LookPath(explicit)
+		if err != nil {
+			return "", fmt.Errorf("agent binary %s: %w", explicit, err)
+		}
+		return filepath.Abs(p)
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), AgentBinaryName)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(AgentBinaryName); err == nil {
+		return filepath.Abs(p)
+	}
+	return "", fmt.Errorf("%s not found next to this program or in $PATH: build it (go build ./cmd/membrane-agent), pass --agent-binary, or run without a datapath (--no-agent)", AgentBinaryName)
+}
+
+// startAgent starts node n's agent, under a supervisor, inside the node's
+// namespace.
+func (l *Lab) startAgent(n *nodePlan) error {
+	exe, agent := l.programs()
+	for _, d := range []string{l.y.nodeDir(n.Name), l.y.agentStateDir(n.Name), l.y.nodeBpffs(n.Name)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("node %s: %w", n.Name, err)
+		}
+	}
+	logPath := l.y.agentLog(n.Name)
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("node %s: open agent log: %w", n.Name, err)
+	}
+	defer logFile.Close()
+	args := []string{"lab", HelperSupervise,
+		"--pidfile", l.y.agentPIDFile(n.Name), "--log", logPath, "--",
+		agent,
+		"--node", n.Name,
+		"--datastore", l.y.datastoreDir(),
+		"--bpffs", l.y.nodeBpffs(n.Name),
+		"--state-dir", l.y.agentStateDir(n.Name),
+		"--api-socket", l.y.agentSocket(n.Name),
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Dir = l.y.nodeDir(n.Name)
+	proc, err := startInNetns(l.y.nodeNetns(n.Name), cmd, KindSupervisor, "", logPath)
+	if err != nil {
+		return fmt.Errorf("node %s: start agent: %w", n.Name, err)
+	}
+	return l.update(func(st *State) {
+		if ns := st.node(n.Name); ns != nil {
+			ns.Supervisor = &proc
+			ns.AgentSocket = l.y.agentSocket(n.Name)
+		}
+	})
+}
+
+// waitEndpointReady waits until p's node's agent reports p's endpoint
+// ready.
+func (l *Lab) waitEndpointReady(ctx context.Context, p *podPlan) error {
+	c := l.Agent(p.Node)
+	if c == nil {
+		return fmt.Errorf("pod %s: node %s has no agent", p.key(), p.Node)
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.timeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	last := "the agent has not answered"
+	for {
+		eps, err := c.Endpoints(ctx)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			// Our own deadline cut the request short: keep the last
+			// real answer for the error message.
+		case err != nil:
+			last = err.Error()
+		default:
+			last = "the agent does not list the endpoint"
+			for _, ep := range eps {
+				if ep.Namespace != p.Namespace || ep.Pod != p.Name {
+					continue
+				}
+				switch ep.State {
+				case api.EndpointReady:
+					return nil
+				case api.EndpointFailed:
+					return fmt.Errorf("pod %s on node %s: the agent failed the endpoint: %s%s", p.key(), p.Node, ep.Message, l.agentLogHint(p.Node))
+				}
+				last = fmt.Sprintf("endpoint state %q", ep.State)
+				if ep.Message != "" {
+					last += ": " + ep.Message
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("pod %s on node %s: endpoint not ready after %s (%s)%s", p.key(), p.Node, l.timeout, last, l.agentLogHint(p.Node))
+			}
+			return fmt.Errorf("pod %s on node %s: wait for endpoint: %w", p.key(), p.Node, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// waitApplied waits until every agent has applied datastore revision rev.
+func (l *Lab) waitApplied(ctx context.Context, rev int64) error {
+	if l.NoAgent() {
+		return nil
+	}
+	nodes := l.Nodes()
+	return parallel(ctx, len(nodes), len(nodes), func(ctx context.Context, i int) error {
+		n := nodes[i].Name
+		wctx, cancel := context.WithTimeout(ctx, l.timeout)
+		defer cancel()
+		if err := l.Agent(n).WaitRevision(wctx, rev); err != nil {
+			return fmt.Errorf("node %s: agent has not applied datastore revision %d: %w%s", n, rev, err, l.agentLogHint(n))
+		}
+		return nil
+	})
+}
+
+// agentLogHint is the tail of node's agent log, for error messages.
+func (l *Lab) agentLogHint(node string) string {
+	path := l.y.agentLog(node)
+	tail := logTail(path, 5)
+	if tail == "" {
+		return ""
+	}
+	return fmt.Sprintf("; agent log %s ends with:\n%s", path, tail)
+}

@@ -1,0 +1,610 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/membrane-mesh/membrane/datastore"
+	"github.com/membrane-mesh/membrane/internal/netns"
+)
+
+// hostNetwork describes the host namespace's links, addresses and routes.
+func hostNetwork(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		fmt.Fprintf(&b, "link %d %s\n", l.Attrs().Index, l.Attrs().Name)
+	}
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		fmt.Fprintf(&b, "addr %d %s\n", a.LinkIndex, a.IPNet)
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: 0}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range routes {
+		fmt.Fprintf(&b, "route %d %v %v %v\n", r.Table, r.Dst, r.Gw, r.LinkIndex)
+	}
+	return b.String()
+}
+
+func TestXYZModelTwoNodes(t *testing.T) {
+	needRoot(t)
+	before := hostNetwork(t)
+	l := up(t, xyzObjects(), Options{NoAgent: true})
+
+	pods := l.Pods()
+	if got := podNames(pods); !slices.Equal(got, []string{"x/a", "x/b", "x/c", "y/a", "y/b", "y/c", "z/a", "z/b", "z/c"}) {
+		t.Fatalf("pods = %v", got)
+	}
+	perNode := map[string]int{}
+	for _, p := range pods {
+		perNode[p.Node]++
+		if len(p.IPs) != 1 || !p.IPs[0].Is4() {
+			t.Errorf("pod %s IPs = %v, want one IPv4", p, p.IPs)
+		}
+	}
+	// Sorted by name, alternating over the two nodes: 5 and 4.
+	if perNode["node1"] != 5 || perNode["node2"] != 4 {
+		t.Errorf("pods per node = %v, want node1:5 node2:4", perNode)
+	}
+	if p, _ := l.Pod("x/a"); p.Node != "node1" || p.IPs[0].String() != "10.244.0.1" {
+		t.Errorf("x/a on %s with %v, want node1 10.244.0.1", p.Node, p.IPs)
+	}
+	if p, _ := l.Pod("x/b"); p.Node != "node2" || p.IPs[0].String() != "10.244.1.1" {
+		t.Errorf("x/b on %s with %v, want node2 10.244.1.1", p.Node, p.IPs)
+	}
+
+	ctx := context.Background()
+	m, err := l.Matrix(ctx, MatrixSpec{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed, denied := m.Counts()
+	t.Logf("matrix: %d probes in %s", len(m.Results), m.Elapsed.Round(time.Millisecond))
+	if allowed != 288 || denied != 0 {
+		var b bytes.Buffer
+		m.WriteTable(&b)
+		t.Fatalf("matrix: %d allowed, %d denied, want 288/0\n%s", allowed, denied, b.String())
+	}
+
+	// A port nobody serves is denied, fast (refused).
+	res, err := l.Probe(ctx, ProbeSpec{From: "x/a", To: "y/b", Port: 82})
+	if err != nil || res.Allowed {
+		t.Errorf("probe to an unserved port: %v, %v; want denied", res, err)
+	}
+	res, err = l.Probe(ctx, ProbeSpec{From: "x/a", To: "y/b", Port: 82, Protocol: "udp"})
+	if err != nil || res.Allowed {
+		t.Errorf("udp probe to an unserved port: %v, %v; want denied", res, err)
+	}
+	if _, err := l.Probe(ctx, ProbeSpec{From: "x/a", To: "nope/x", Port: 80}); err == nil {
+		t.Error("probe to an unknown pod: no error")
+	}
+	if _, err := l.Probe(ctx, ProbeSpec{From: "x/a", To: "y/b", Port: 80, Family: 6}); err == nil {
+		t.Error("IPv6 probe in an IPv4 lab: no error")
+	}
+
+	// Nothing reached the host's namespace.
+	if after := hostNetwork(t); after != before {
+		t.Errorf("host network changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+
+	// Re-opening the lab from its state file works, and a second Up of the
+	// same name is refused.
+	l2, err := Open(l.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := podNames(l2.Pods()); len(got) != 9 {
+		t.Errorf("Open: pods = %v", got)
+	}
+	_, err = Up(ctx, Options{Path: writeFile(t, "again.yaml", strings.ReplaceAll(xyzObjects(), "NAME", l.Name())), NoAgent: true})
+	if err == nil || !strings.Contains(err.Error(), "lab down") {
+		t.Errorf("second Up: %v, want an error that says to run lab down", err)
+	}
+	st, err := l.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Pods {
+		if p.State != "running" {
+			t.Errorf("status of %s/%s: %s", p.Namespace, p.Name, p.State)
+		}
+	}
+}
+
+const dualStack = `
+apiVersion: membrane.dev/v1alpha1
+kind: Lab
+metadata:
+  name: NAME
+spec:
+  nodes:
+  - name: n1
+    podCIDRs: [10.10.1.0/24, "fd00:10:1::/64"]
+  - name: n2
+    podCIDRs: [10.10.2.0/24, "fd00:10:2::/64"]
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: ds
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: ds}
+spec:
+  nodeName: n1
+  containers:
+  - name: c
+    ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: ds}
+spec:
+  nodeName: n2
+  containers:
+  - name: c
+    ports: [{containerPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: ds}
+spec:
+  containers:
+  - name: c
+    ports: [{containerPort: 8080}]
+status:
+  podIPs: [{ip: 10.10.2.77}, {ip: "fd00:10:2::77"}]
+`
+
+func TestDualStack(t *testing.T) {
+	l := up(t, dualStack, Options{NoAgent: true})
+	c, err := l.Pod("ds/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Node != "n2" || fmt.Sprint(c.IPs) != "[10.10.2.77 fd00:10:2::77]" {
+		t.Errorf("ds/c: node %s IPs %v; want n2 with its given IPs", c.Node, c.IPs)
+	}
+	a, _ := l.Pod("ds/a")
+	if fmt.Sprint(a.IPs) != "[10.10.1.1 fd00:10:1::1]" {
+		t.Errorf("ds/a IPs = %v", a.IPs)
+	}
+	ctx := context.Background()
+	for _, family := range []int{4, 6} {
+		m, err := l.Matrix(ctx, MatrixSpec{Family: family})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if allowed, denied := m.Counts(); allowed != 12 || denied != 0 {
+			var b bytes.Buffer
+			m.WriteTable(&b)
+			t.Errorf("IPv%d matrix: %d allowed, %d denied\n%s", family, allowed, denied, b.String())
+		}
+	}
+}
+
+const commandPods = `
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: cmd
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: shell, namespace: cmd}
+spec:
+  containers:
+  - name: main
+    command: [sh, -c]
+    args: ['ip -o addr show dev eth0; echo "greeting=$(GREETING) pwd=$(pwd)"; exec sleep 600']
+    env:
+    - {name: GREETING, value: hello}
+    workingDir: /tmp
+  - name: web
+    ports: [{containerPort: 80}]
+`
+
+func TestCommandsAndExec(t *testing.T) {
+	l := up(t, commandPods, Options{NoAgent: true})
+	p, err := l.Pod("cmd/shell")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Processes) != 2 {
+		t.Fatalf("processes = %+v, want 2", p.Processes)
+	}
+	for _, proc := range p.Processes {
+		if !proc.running() || proc.PGID != proc.PID {
+			t.Errorf("process %+v: running=%v, want running in its own group", proc, proc.running())
+		}
+		ino, _ := netnsInode(proc.PID)
+		if want, _ := netns.Inode(p.Netns); ino != want {
+			t.Errorf("process %d (%s) in netns %d, want the pod's %d", proc.PID, proc.Container, ino, want)
+		}
+	}
+	logPath := l.y.containerLog("cmd", "shell", "main")
+	var log string
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(logPath)
+		if log = string(b); strings.Contains(log, "greeting=") {
+			break
+		}
+	}
+	if !strings.Contains(log, "inet "+p.IPs[0].String()+"/32") || !strings.Contains(log, "eth0") {
+		t.Errorf("container log does not show the pod's eth0 and IP %s:\n%s", p.IPs[0], log)
+	}
+	if !strings.Contains(log, "greeting=hello pwd=/tmp") {
+		t.Errorf("container log lacks env expansion / workingDir:\n%s", log)
+	}
+
+	ctx := context.Background()
+	var out bytes.Buffer
+	code, err := l.Exec(ctx, "cmd/shell", []string{"ip", "-o", "-4", "addr", "show", "dev", "eth0"}, Stdio{Stdout: &out})
+	if err != nil || code != 0 {
+		t.Fatalf("exec ip: code %d, err %v", code, err)
+	}
+	if !strings.Contains(out.String(), p.IPs[0].String()) {
+		t.Errorf("exec ran outside the pod: %s", out.String())
+	}
+	for _, c := range []struct {
+		argv []string
+		code int
+	}{
+		{[]string{"true"}, 0},
+		{[]string{"sh", "-c", "exit 3"}, 3},
+		{[]string{"sh", "-c", "kill -TERM $$"}, 128 + 15},
+	} {
+		code, err := l.Exec(ctx, "cmd/shell", c.argv, Stdio{})
+		if err != nil || code != c.code {
+			t.Errorf("exec %v: code %d, err %v; want %d", c.argv, code, err, c.code)
+		}
+	}
+	if _, err := l.Exec(ctx, "cmd/shell", []string{"/nonexistent"}, Stdio{}); err == nil {
+		t.Error("exec of a missing program: no error")
+	}
+	var stdout bytes.Buffer
+	if code, err := l.Exec(ctx, "cmd/shell", []string{"cat"}, Stdio{Stdin: strings.NewReader("piped"), Stdout: &stdout}); err != nil || code != 0 || stdout.String() != "piped" {
+		t.Errorf("exec cat: %q, code %d, err %v", stdout.String(), code, err)
+	}
+
+	files, err := l.LogFiles("cmd/shell")
+	if err != nil || len(files) != 2 {
+		t.Fatalf("LogFiles = %v, %v", files, err)
+	}
+	var logs bytes.Buffer
+	if err := CopyLogs(ctx, &logs, files, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "[cmd/shell/main] ") || !strings.Contains(logs.String(), "greeting=hello") {
+		t.Errorf("CopyLogs:\n%s", logs.String())
+	}
+}
+
+func TestUpFailuresLeaveNothing(t *testing.T) {
+	needRoot(t)
+	ctx := context.Background()
+	cases := map[string]string{
+		"yaml": "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec:\n  containers:\n  - name: c\n    bogusField: 1\n",
+		"node": "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec:\n  nodeName: nowhere\n  containers: [{name: c}]\n",
+		// Fails late: after nodes and the first pods exist.
+		"command": "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x}\nspec:\n  containers:\n  - {name: c, ports: [{containerPort: 80}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: x}\nspec:\n  containers:\n  - {name: c, command: [/nonexistent/program]}\n",
+	}
+	for name, yaml := range cases {
+		t.Run(name, func(t *testing.T) {
+			lab := labName(t)
+			t.Cleanup(func() { Down(context.Background(), lab) })
+			_, err := Up(ctx, Options{Path: writeFile(t, "bad.yaml", yaml), Name: lab, NoAgent: true})
+			if err == nil {
+				Down(ctx, lab)
+				t.Fatal("Up succeeded")
+			}
+			t.Logf("Up: %v", err)
+			assertGone(t, lab, nil)
+		})
+	}
+}
+
+func TestProbeRejectsImpostor(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml := fmt.Sprintf(`
+apiVersion: v1
+kind: Namespace
+metadata: {name: p}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: p}
+spec:
+  containers: [{name: c, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: p}
+spec:
+  containers:
+  - name: impostor
+    command: [%q, lab, responder, --pod, p/someone-else, --port, "80"]
+`, self)
+	l := up(t, yaml, Options{NoAgent: true})
+	ctx := context.Background()
+	if res, err := l.Probe(ctx, ProbeSpec{From: "p/b", To: "p/a", Port: 80}); err != nil || !res.Allowed {
+		t.Fatalf("probe b->a: %v %v", res, err)
+	}
+	var err2 error
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		_, err2 = l.Probe(ctx, ProbeSpec{From: "p/a", To: "p/b", Port: 80})
+		if err2 != nil {
+			break
+		}
+	}
+	if err2 == nil || !strings.Contains(err2.Error(), "someone-else") {
+		t.Errorf("probe a->b answered by an impostor: err = %v, want an error", err2)
+	}
+	if _, err := l.Probe(ctx, ProbeSpec{From: "p/a", To: "p/b", Port: 80, Protocol: "udp"}); err == nil {
+		t.Error("udp probe answered by an impostor: no error")
+	}
+}
+
+func TestApplyAndDelete(t *testing.T) {
+	base := `
+apiVersion: membrane.dev/v1alpha1
+kind: Lab
+metadata: {name: NAME}
+spec:
+  nodes: [{name: node1}, {name: node2}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: ns}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: ns}
+spec:
+  containers: [{name: c, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: ns}
+spec:
+  containers: [{name: c, ports: [{containerPort: 80}]}]
+`
+	l := up(t, base, Options{NoAgent: true})
+	ctx := context.Background()
+	added := writeFile(t, "c.yaml", `
+apiVersion: v1
+kind: Pod
+metadata: {name: c, namespace: ns, labels: {new: "yes"}}
+spec:
+  containers: [{name: c, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: ns, labels: {relabelled: "yes"}}
+spec:
+  containers: [{name: c, ports: [{containerPort: 80}]}]
+`)
+	objs, err := datastore.DecodePath(added)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aBefore, _ := l.Pod("ns/a")
+	changes, err := l.Apply(ctx, objs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range changes {
+		got = append(got, c.String())
+	}
+	slices.Sort(got)
+	if want := []string{"Pod ns/a configured", "Pod ns/c created"}; !slices.Equal(got, want) {
+		t.Errorf("changes = %q, want %q", got, want)
+	}
+	c, err := l.Pod("ns/c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fewest pods: node1 has a, node2 has b; a tie goes to node1, whose
+	// lowest free IP is .2.
+	if c.Node != "node1" || c.IPs[0].String() != "10.244.0.2" {
+		t.Errorf("new pod on %s with %v, want node1 10.244.0.2", c.Node, c.IPs)
+	}
+	aAfter, _ := l.Pod("ns/a")
+	if !reflect.DeepEqual(aBefore.Processes, aAfter.Processes) {
+		t.Errorf("relabelling restarted ns/a: %v -> %v", aBefore.Processes, aAfter.Processes)
+	}
+	for _, pair := range [][2]string{{"ns/a", "ns/c"}, {"ns/c", "ns/b"}, {"ns/b", "ns/c"}} {
+		if res, err := l.Probe(ctx, ProbeSpec{From: pair[0], To: pair[1], Port: 80}); err != nil || !res.Allowed {
+			t.Errorf("probe %s -> %s: %v %v", pair[0], pair[1], res, err)
+		}
+	}
+
+	// Changing a running pod's containers is refused and changes nothing.
+	changed := writeFile(t, "changed.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: c, namespace: ns}\nspec:\n  containers: [{name: c, ports: [{containerPort: 81}]}]\n")
+	objs, err = datastore.DecodePath(changed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Apply(ctx, objs); err == nil {
+		t.Error("changing a running pod's containers: no error")
+	}
+
+	cBefore, _ := l.Pod("ns/c")
+	changes, err = l.Delete(ctx, []datastore.Key{{Kind: "Pod", Namespace: "ns", Name: "c"}}, datastore.DeleteOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(changes) != 1 || changes[0].String() != "Pod ns/c deleted" {
+		t.Errorf("delete changes = %v", changes)
+	}
+	if _, err := l.Pod("ns/c"); err == nil {
+		t.Error("ns/c still in the lab after delete")
+	}
+	if netns.Exists(cBefore.Netns) {
+		t.Errorf("netns %s left after delete", cBefore.Netns)
+	}
+	for _, p := range cBefore.Processes {
+		if p.running() {
+			t.Errorf("process %d of deleted pod still running", p.PID)
+		}
+	}
+	// Its name and IP can be used again.
+	objs, _ = datastore.DecodePath(added)
+	if _, err := l.Apply(ctx, objs); err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := l.Pod("ns/c"); len(c.IPs) == 0 || c.IPs[0].String() != "10.244.0.2" {
+		t.Errorf("re-applied pod IPs = %v", c.IPs)
+	}
+	if res, err := l.Probe(ctx, ProbeSpec{From: "ns/b", To: "ns/c", Port: 80, Protocol: "udp"}); err != nil || !res.Allowed {
+		t.Errorf("probe to re-created pod: %v %v", res, err)
+	}
+}
+
+// crashUpEnv makes the test binary run Up (spec "PATH,NAME") and exit.
+const crashUpEnv = "MEMBRANE_LABTEST_CRASH_UP"
+
+func runCrashUp(spec string) int {
+	path, name, _ := strings.Cut(spec, ",")
+	if _, err := Up(context.Background(), Options{Path: path, Name: name, NoAgent: true}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	select {} // stay until killed
+}
+
+func TestDownAfterCrash(t *testing.T) {
+	needRoot(t)
+	name := labName(t)
+	var b strings.Builder
+	b.WriteString("apiVersion: v1\nkind: Namespace\nmetadata: {name: crash}\n")
+	for i := range 40 {
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p%02d, namespace: crash}\nspec:\n  containers: [{name: c, ports: [{containerPort: 80}]}]\n", i)
+	}
+	path := writeFile(t, "crash.yaml", b.String())
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), crashUpEnv+"="+path+","+name)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Down(context.Background(), name) })
+	y := newLayout(name)
+	var st *State
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("lab up never recorded 5 pods")
+		}
+		if s, err := readState(y.statePath()); err == nil && len(s.Pods) >= 5 {
+			st = s
+			break
+		}
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	st, _ = readState(y.statePath())
+	t.Logf("killed lab up in phase %s with %d pods recorded", st.Phase, len(st.Pods))
+	var procs []Process
+	for _, p := range st.Pods {
+		procs = append(procs, p.Processes...)
+	}
+	if err := Down(context.Background(), name); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, name, procs)
+}
+
+func TestDownFromPartialState(t *testing.T) {
+	needRoot(t)
+	name := labName(t)
+	y := newLayout(name)
+	t.Cleanup(func() { Down(context.Background(), name) })
+	if err := os.MkdirAll(y.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Recorded: one namespace with a process; not recorded (a crash
+	// before the state was written): another namespace with a process,
+	// and a stray file that was never mounted on.
+	recorded, unrecorded := y.podNetns("a", "b"), y.nodeNetns("n")
+	for _, n := range []string{recorded, unrecorded} {
+		if err := netns.Create(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.WriteFile(netns.Path(y.netnsPrefix()+"pod-stray-file"), nil, 0o444)
+	var procs []Process
+	for _, n := range []string{recorded, unrecorded} {
+		cmd := exec.Command("sleep", "600")
+		p, err := startInNetns(n, cmd, KindCommand, "c", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		procs = append(procs, p)
+	}
+	if err := writeState(y.statePath(), &State{Name: name, Phase: PhaseCreating, Netns: []string{recorded}, Pods: []PodState{{Namespace: "a", Name: "b", Netns: recorded}}}); err != nil {
+		t.Fatal(err)
+	}
+	// A mount, as the bpffs would be.
+	mnt := y.bpffsDir()
+	os.MkdirAll(mnt, 0o700)
+	if err := mountBpf(mnt); err != nil {
+		t.Fatal(err)
+	}
+	if err := Down(context.Background(), name); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, name, procs)
+}
+
+// TestDownLeavesOtherLabsAlone: lab "tX" must not touch lab "tX-node"'s
+// namespaces although their names share a prefix.
+func TestDownLeavesOtherLabsAlone(t *testing.T) {
+	needRoot(t)
+	short := labName(t)
+	long := short + "-node"
+	other := newLayout(long)
+	t.Cleanup(func() { Down(context.Background(), long) })
+	if err := os.MkdirAll(other.dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	theirs := other.fabricNetns() // "mbr-tX-node-fabric": also matches tX's "node-*"
+	if err := netns.Create(theirs); err != nil {
+		t.Fatal(err)
+	}
+	if err := Down(context.Background(), short); err != nil {
+		t.Fatal(err)
+	}
+	if !netns.Exists(theirs) {
+		t.Fatalf("down of lab %s removed lab %s's netns %s", short, long, theirs)
+	}
+}

@@ -1,0 +1,223 @@
+package lab
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/membrane-mesh/membrane/internal/netns"
+)
+
+// DefaultProbeTimeout is how long a probe waits for an answer.
+const DefaultProbeTimeout = time.Second
+
+// udpResend is how often a UDP probe resends its datagram.
+const udpResend = 100 * time.Millisecond
+
+// ProbeSpec says what to probe.
+type ProbeSpec struct {
+	// From and To are pods, "namespace/name".
+	From, To string
+	Port     int
+	// Protocol is "tcp" (default) or "udp".
+	Protocol string
+	// Family is the IP family of To's address: 4 (default) or 6.
+	Family int
+	// Timeout bounds the probe; default DefaultProbeTimeout.
+	Timeout time.Duration
+}
+
+func (s *ProbeSpec) defaults() error {
+	s.Protocol = strings.ToLower(s.Protocol)
+	if s.Protocol == "" {
+		s.Protocol = "tcp"
+	}
+	if s.Protocol != "tcp" && s.Protocol != "udp" {
+		return fmt.Errorf("protocol %q: want tcp or udp", s.Protocol)
+	}
+	if s.Family == 0 {
+		s.Family = 4
+	}
+	if s.Family != 4 && s.Family != 6 {
+		return fmt.Errorf("IP family %d: want 4 or 6", s.Family)
+	}
+	if s.Port < 1 || s.Port > 65535 {
+		return fmt.Errorf("port %d out of range", s.Port)
+	}
+	if s.Timeout <= 0 {
+		s.Timeout = DefaultProbeTimeout
+	}
+	return nil
+}
+
+// ProbeResult is the outcome of a probe that ran.
+type ProbeResult struct {
+	Allowed bool
+	// Detail says why a probe was denied: "timeout", "connection
+	// refused", …
+	Detail  string
+	Elapsed time.Duration
+}
+
+// String returns "allowed" or "denied".
+func (r ProbeResult) String() string {
+	if r.Allowed {
+		return "allowed"
+	}
+	return "denied"
+}
+
+// Probe connects from one pod to another and sends the responder's probe
+// request. It is allowed if To's responder answered with its name and the
+// probe's nonce, denied if nothing (or a refusal) came back in time. A reply
+// from anyone else is an error, as are unknown pods.
+func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
+	if err := spec.defaults(); err != nil {
+		return ProbeResult{}, err
+	}
+	from, err := l.Pod(spec.From)
+	if err != nil {
+		return ProbeResult{}, err
+	}
+	to, err := l.Pod(spec.To)
+	if err != nil {
+		return ProbeResult{}, err
+	}
+	ip, ok := to.IP(spec.Family)
+	if !ok {
+		return ProbeResult{}, fmt.Errorf("pod %s has no IPv%d address", to, spec.Family)
+	}
+	return probe(ctx, from.Netns, to.String(), netip.AddrPortFrom(ip, uint16(spec.Port)), spec.Protocol, spec.Timeout)
+}
+
+// probe runs one probe from inside the network namespace src.
+func probe(ctx context.Context, src, want string, dst netip.AddrPort, proto string, timeout time.Duration) (ProbeResult, error) {
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	nonce := newNonce()
+	desc := fmt.Sprintf("probe %s %s/%s", want, proto, dst)
+
+	// The socket must be created inside src; once created it stays there,
+	// so only the dial runs on a thread in src.
+	var conn net.Conn
+	var dialErr error
+	if err := netns.Do(src, func() error {
+		var d net.Dialer
+		conn, dialErr = d.DialContext(pctx, proto, dst.String())
+		return nil
+	}); err != nil {
+		return ProbeResult{}, fmt.Errorf("%s: %w", desc, err)
+	}
+	denied := func(err error) (ProbeResult, error) {
+		if ctx.Err() != nil {
+			return ProbeResult{}, fmt.Errorf("%s: %w", desc, ctx.Err())
+		}
+		return ProbeResult{Detail: denyReason(err), Elapsed: time.Since(start)}, nil
+	}
+	if dialErr != nil {
+		return denied(dialErr)
+	}
+	defer conn.Close()
+	deadline, _ := pctx.Deadline()
+	stop := context.AfterFunc(pctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+
+	var reply string
+	var err error
+	if proto == "tcp" {
+		reply, err = probeTCP(conn, nonce, deadline)
+	} else {
+		reply, err = probeUDP(conn, nonce, deadline)
+	}
+	if err != nil {
+		return denied(err)
+	}
+	if reply != want+" "+nonce {
+		return ProbeResult{}, fmt.Errorf("%s: got reply %q, want %q: something other than the pod's responder answered", desc, reply, want+" "+nonce)
+	}
+	return ProbeResult{Allowed: true, Elapsed: time.Since(start)}, nil
+}
+
+func probeTCP(conn net.Conn, nonce string, deadline time.Time) (string, error) {
+	conn.SetDeadline(deadline)
+	if _, err := conn.Write([]byte(probeVerb + " " + nonce + "\n")); err != nil {
+		return "", err
+	}
+	line, err := bufio.NewReaderSize(conn, 512).ReadString('\n')
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimRight(line, "\r\n"), nil
+}
+
+func probeUDP(conn net.Conn, nonce string, deadline time.Time) (string, error) {
+	msg := []byte(probeVerb + " " + nonce)
+	buf := make([]byte, 512)
+	for {
+		if _, err := conn.Write(msg); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+			return "", err
+		}
+		conn.SetReadDeadline(minTime(time.Now().Add(udpResend), deadline))
+		n, err := conn.Read(buf)
+		if err == nil {
+			return strings.TrimSpace(string(buf[:n])), nil
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return "", err
+		}
+		if !errors.Is(err, os.ErrDeadlineExceeded) || !time.Now().Before(deadline) {
+			return "", err
+		}
+	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// denyReason names why a probe got no answer.
+func denyReason(err error) string {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	case errors.Is(err, syscall.EPERM), errors.Is(err, syscall.EACCES):
+		return "refused locally"
+	default:
+		return err.Error()
+	}
+}
+
+func newNonce() string {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// formatPorts renders ports as "80,81".
+func formatPorts(ports []int) string {
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ",")
+}

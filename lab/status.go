@@ -1,0 +1,107 @@
+package lab
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/membrane-mesh/membrane/api"
+)
+
+// Status is a lab's health, as `membranectl lab status` shows it.
+type Status struct {
+	Name     string       `json:"name"`
+	Phase    string       `json:"phase"`
+	NoAgent  bool         `json:"noAgent"`
+	Revision int64        `json:"revision"`
+	Nodes    []NodeStatus `json:"nodes"`
+	Pods     []PodStatus  `json:"pods"`
+}
+
+// NodeStatus is one node and its agent.
+type NodeStatus struct {
+	Name     string   `json:"name"`
+	Underlay []string `json:"underlay"`
+	PodCIDRs []string `json:"podCIDRs"`
+	// Agent is empty without agents, else "healthy", "unhealthy" or
+	// "down".
+	Agent           string `json:"agent,omitempty"`
+	AgentPID        int    `json:"agentPID,omitempty"`
+	AppliedRevision int64  `json:"appliedRevision,omitempty"`
+	// Problem says why the agent is not healthy.
+	Problem string `json:"problem,omitempty"`
+}
+
+// PodStatus is one pod.
+type PodStatus struct {
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Node      string   `json:"node"`
+	IPs       []string `json:"ips"`
+	// State is "running", "creating", or "N/M running" when some of its
+	// processes have exited.
+	State string `json:"state"`
+	// Endpoint is the agent's state of the pod's endpoint.
+	Endpoint string `json:"endpoint,omitempty"`
+}
+
+// Status asks every agent how it is and checks every pod's processes.
+func (l *Lab) Status(ctx context.Context) (*Status, error) {
+	if err := l.reload(); err != nil {
+		return nil, err
+	}
+	st := l.State()
+	slices.SortFunc(st.Nodes, func(a, b NodeState) int { return cmp.Compare(a.Index, b.Index) })
+	slices.SortFunc(st.Pods, func(a, b PodState) int {
+		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	})
+	s := &Status{Name: st.Name, Phase: st.Phase, NoAgent: st.NoAgent, Revision: st.Revision}
+	endpoints := map[string]string{}
+	for _, n := range st.Nodes {
+		ns := NodeStatus{Name: n.Name, Underlay: n.Underlay, PodCIDRs: n.PodCIDRs}
+		if !st.NoAgent {
+			ns.AgentPID = l.AgentPID(n.Name)
+			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			as, err := l.Agent(n.Name).Status(actx)
+			var eps []api.Endpoint
+			if err == nil {
+				eps, err = l.Agent(n.Name).Endpoints(actx)
+			}
+			cancel()
+			switch {
+			case err != nil:
+				ns.Agent, ns.Problem = "down", err.Error()
+			case as.Healthy:
+				ns.Agent, ns.AppliedRevision = "healthy", as.AppliedRevision
+			default:
+				ns.Agent, ns.AppliedRevision = "unhealthy", as.AppliedRevision
+				ns.Problem = fmt.Sprint(as.Problems)
+			}
+			for _, ep := range eps {
+				endpoints[ep.Namespace+"/"+ep.Pod] = ep.State
+			}
+		}
+		s.Nodes = append(s.Nodes, ns)
+	}
+	for _, p := range st.Pods {
+		ps := PodStatus{Namespace: p.Namespace, Name: p.Name, Node: p.Node, IPs: p.IPs, Endpoint: endpoints[p.key()]}
+		running := 0
+		for _, proc := range p.Processes {
+			if proc.running() {
+				running++
+			}
+		}
+		switch {
+		case !p.Ready:
+			ps.State = "creating"
+		case running == len(p.Processes):
+			ps.State = "running"
+		default:
+			ps.State = fmt.Sprintf("%d/%d running", running, len(p.Processes))
+		}
+		s.Pods = append(s.Pods, ps)
+	}
+	return s, nil
+}
