@@ -1,0 +1,251 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/membrane-mesh/membrane/api"
+	"github.com/membrane-mesh/membrane/internal/version"
+	"github.com/membrane-mesh/membrane/lab"
+)
+
+func init() {
+	commands = append(commands, newStatusCommand, newPolicyCommand, newVersionCommand)
+}
+
+// agentTarget picks the agents a command talks to: those of a lab, or one
+// agent by its socket.
+type agentTarget struct {
+	lab    string
+	socket string
+}
+
+func (t *agentTarget) addFlags(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&t.lab, "lab", "", "the lab whose agents to ask (default: the only lab on this machine)")
+	cmd.Flags().StringVar(&t.socket, "agent-socket", "", "ask the agent listening on this unix socket instead of a lab")
+	cmd.MarkFlagsMutuallyExclusive("lab", "agent-socket")
+}
+
+type namedAgent struct {
+	node   string
+	client *api.Client
+}
+
+func (t *agentTarget) agents() ([]namedAgent, *lab.Lab, error) {
+	if t.socket != "" {
+		return []namedAgent{{node: t.socket, client: api.NewClient(t.socket)}}, nil, nil
+	}
+	l, err := lab.OpenOnly(t.lab)
+	if err != nil {
+		return nil, nil, err
+	}
+	if l.NoAgent() {
+		return nil, nil, fmt.Errorf("lab %s runs without agents (--no-agent)", l.Name())
+	}
+	var out []namedAgent
+	for _, n := range l.Nodes() {
+		out = append(out, namedAgent{node: n.Name, client: l.Agent(n.Name)})
+	}
+	return out, l, nil
+}
+
+func newStatusCommand() *cobra.Command {
+	var t agentTarget
+	var output string
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show each agent's health, datapath, maps and drop counters",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			agents, _, err := t.agents()
+			if err != nil {
+				return err
+			}
+			var all []*api.Status
+			unhealthy := false
+			for _, a := range agents {
+				s, err := a.client.Status(cmd.Context())
+				if err != nil {
+					unhealthy = true
+					fmt.Fprintf(cmd.ErrOrStderr(), "node %s: agent not reachable: %v\n", a.node, err)
+					continue
+				}
+				if !s.Healthy {
+					unhealthy = true
+				}
+				all = append(all, s)
+			}
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(all); err != nil {
+					return err
+				}
+			} else {
+				for _, s := range all {
+					printStatus(cmd.OutOrStdout(), s)
+				}
+			}
+			if unhealthy {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	t.addFlags(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+func printStatus(w io.Writer, s *api.Status) {
+	health := "healthy"
+	if !s.Healthy {
+		health = "UNHEALTHY"
+	}
+	fmt.Fprintf(w, "Node %s: %s (agent pid %d, %s, datapath %s)\n", s.Node, health, s.PID, s.Version, s.Datapath)
+	fmt.Fprintf(w, "  datastore revision %d, applied %d; last regeneration %s\n", s.DatastoreRevision, s.AppliedRevision, s.LastRegeneration)
+	fmt.Fprintf(w, "  endpoints %d, identities %d, policies %d\n", s.Endpoints, s.Identities, s.Policies)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  MAP\tENTRIES\tCAPACITY\tFILL")
+	for _, m := range s.Maps {
+		fill := 0.0
+		if m.MaxEntries > 0 {
+			fill = 100 * float64(m.Entries) / float64(m.MaxEntries)
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t%.1f%%\n", m.Name, m.Entries, m.MaxEntries, fill)
+	}
+	tw.Flush()
+	if len(s.Drops) > 0 {
+		fmt.Fprintln(w, "  drops:")
+		keys := make([]string, 0, len(s.Drops))
+		for k := range s.Drops {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			fmt.Fprintf(w, "    %-40s %d\n", k, s.Drops[k])
+		}
+	}
+	fmt.Fprintf(w, "  lost events: %d\n", s.LostEvents)
+	for _, p := range s.Problems {
+		fmt.Fprintf(w, "  problem: %s\n", p)
+	}
+	for _, r := range s.Rejected {
+		fmt.Fprintf(w, "  rejected: %s\n", r)
+	}
+}
+
+func newPolicyCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Inspect computed policy",
+	}
+	var t agentTarget
+	var output string
+	get := &cobra.Command{
+		Use:   "get NAMESPACE/POD",
+		Short: "Print an endpoint's computed policy: peers (with their identities), ports, verdicts and the rule behind each",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ns, pod, ok := strings.Cut(args[0], "/")
+			if !ok || ns == "" || pod == "" {
+				return fmt.Errorf("want NAMESPACE/POD, got %q", args[0])
+			}
+			agents, l, err := t.agents()
+			if err != nil {
+				return err
+			}
+			client := agents[0].client
+			if l != nil {
+				p, err := l.Pod(args[0])
+				if err != nil {
+					return err
+				}
+				client = l.Agent(p.Node)
+			}
+			pol, err := client.Policy(cmd.Context(), ns, pod)
+			if err != nil {
+				return err
+			}
+			if output == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(pol)
+			}
+			printPolicy(cmd.OutOrStdout(), pol)
+			return nil
+		},
+	}
+	t.addFlags(get)
+	get.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.AddCommand(get)
+	return cmd
+}
+
+func printPolicy(w io.Writer, p *api.EndpointPolicy) {
+	e := p.Endpoint
+	fmt.Fprintf(w, "Endpoint %s/%s: id %d, identity %d, addresses %s, interface %s, %s\n",
+		e.Namespace, e.Pod, e.ID, e.Identity, strings.Join(e.IPs, " "), e.Interface, e.State)
+	fmt.Fprintf(w, "  ingress %s, egress %s; %d map entries\n\n", enforced(e.IngressEnforced), enforced(e.EgressEnforced), e.PolicyEntries)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DIRECTION\tREMOTE\tPROTOCOL\tPORTS\tVERDICT\tPOLICY")
+	for _, en := range p.Entries {
+		verdict := en.Verdict
+		if en.ProxyPort != 0 {
+			verdict = fmt.Sprintf("%s (proxy :%d)", verdict, en.ProxyPort)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", en.Direction, en.Remote, en.Protocol, en.Ports, verdict, en.Policy)
+		for _, id := range en.RemoteIdentities {
+			fmt.Fprintf(tw, "\t  identity %d %s\t\t\t\t\n", id.ID, compactLabels(id.Labels))
+		}
+	}
+	tw.Flush()
+}
+
+// compactLabels shows an identity as people think of it: namespace and pod
+// labels, without the labels derived from the namespace's own labels, the
+// cluster, or a default service account (-o json has them all).
+func compactLabels(labels []string) string {
+	var ns string
+	var rest []string
+	for _, l := range labels {
+		switch {
+		case strings.HasPrefix(l, "io.kubernetes.pod.namespace="):
+			ns = strings.TrimPrefix(l, "io.kubernetes.pod.namespace=")
+		case strings.HasPrefix(l, "io.cilium.k8s.namespace.labels."),
+			strings.HasPrefix(l, "io.cilium.k8s.policy.cluster="),
+			l == "io.cilium.k8s.policy.serviceaccount=default":
+		default:
+			rest = append(rest, l)
+		}
+	}
+	if ns == "" {
+		return "[" + strings.Join(rest, " ") + "]"
+	}
+	return "[" + ns + ": " + strings.Join(rest, " ") + "]"
+}
+
+func enforced(b bool) string {
+	if b {
+		return "default deny"
+	}
+	return "open"
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintf(cmd.OutOrStdout(), "membranectl %s\n", version.Version)
+		},
+	}
+}
