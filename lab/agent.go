@@ -65,6 +65,9 @@ func (l *Lab) startAgent(n *nodePlan) error {
 		"--state-dir", l.y.agentStateDir(n.Name),
 		"--api-socket", l.y.agentSocket(n.Name),
 	}
+	l.mu.Lock()
+	args = append(args, l.st.AgentArgs...)
+	l.mu.Unlock()
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Dir = l.y.nodeDir(n.Name)

@@ -168,12 +168,12 @@ func (a *allocator) placePinned(p *podPlan) error {
 			}
 		}
 		if p.Node == "" {
-			return fmt.Errorf("pod %s: status.podIP %s is in no node's pod CIDR", p.key(), p.IPs[0])
+			return fmt.Errorf("Pod %s: status.podIP: %s is in no node's pod CIDR (nodes: %s); use an address inside one, or leave status.podIP out to have one allocated", p.key(), p.IPs[0], a.nodeNames())
 		}
 	}
 	n := a.node(p.Node)
 	if n == nil {
-		return fmt.Errorf("pod %s: spec.nodeName %q is not a lab node (nodes: %s)", p.key(), p.Node, a.nodeNames())
+		return fmt.Errorf("Pod %s: spec.nodeName: %q is not a lab node (nodes: %s)", p.key(), p.Node, a.nodeNames())
 	}
 	for _, ip := range p.IPs {
 		in := false
@@ -181,10 +181,10 @@ func (a *allocator) placePinned(p *podPlan) error {
 			in = in || c.Contains(ip)
 		}
 		if !in {
-			return fmt.Errorf("pod %s: IP %s is outside the pod CIDRs of node %s (%v)", p.key(), ip, n.Name, n.PodCIDRs)
+			return fmt.Errorf("Pod %s: status.podIP: %s is outside the pod CIDRs of node %s (%v); use an address inside them, schedule the pod on another node, or leave status.podIP out", p.key(), ip, n.Name, n.PodCIDRs)
 		}
 		if other, ok := a.used[ip]; ok && other != p.key() {
-			return fmt.Errorf("pod %s: IP %s is taken by pod %s", p.key(), ip, other)
+			return fmt.Errorf("Pod %s: status.podIP: %s is already the address of pod %s; pick another address or leave status.podIP out", p.key(), ip, other)
 		}
 	}
 	if len(p.IPs) > 0 {

@@ -81,7 +81,7 @@ func TestPlanPlacement(t *testing.T) {
 	}, {
 		name: "duplicate IP",
 		objs: []datastore.Object{podObj("x", "a", "", "10.244.0.5"), podObj("x", "b", "", "10.244.0.5")},
-		err:  "taken by pod x/a",
+		err:  "already the address of pod x/a",
 	}, {
 		name: "full CIDR (/30: two usable addresses)",
 		objs: []datastore.Object{labObj("l", datastore.LabNode{Name: "n1", PodCIDR: "10.0.0.0/30"}), podObj("x", "a", ""), podObj("x", "b", ""), podObj("x", "c", "")},

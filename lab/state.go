@@ -15,9 +15,10 @@ type State struct {
 	Name    string    `json:"name"`
 	Created time.Time `json:"created"`
 	// Phase is "creating" until Up has finished, then "ready".
-	Phase       string `json:"phase"`
-	NoAgent     bool   `json:"noAgent,omitempty"`
-	AgentBinary string `json:"agentBinary,omitempty"`
+	Phase       string   `json:"phase"`
+	NoAgent     bool     `json:"noAgent,omitempty"`
+	AgentBinary string   `json:"agentBinary,omitempty"`
+	AgentArgs   []string `json:"agentArgs,omitempty"`
 	// Executable runs the lab's helpers (supervisor, responder).
 	Executable string `json:"executable"`
 	// Revision is the newest datastore revision the lab wrote.

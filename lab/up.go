@@ -29,6 +29,9 @@ type Options struct {
 	// AgentBinary is the membrane-agent executable; default: the one next
 	// to the running executable, else the one in $PATH.
 	AgentBinary string
+	// AgentArgs are extra flags for every agent, e.g. map sizes or
+	// --log-level=debug.
+	AgentArgs []string
 	// Executable runs the lab's helpers ("EXECUTABLE lab responder|supervise
 	// …", see RunHelper); default: the running executable.
 	Executable string
@@ -103,7 +106,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		agents: map[string]*api.Client{},
 		st: &State{
 			Name: y.name, Created: time.Now().UTC(), Phase: PhaseCreating,
-			NoAgent: opts.NoAgent, AgentBinary: agentBin, Executable: exe,
+			NoAgent: opts.NoAgent, AgentBinary: agentBin, AgentArgs: opts.AgentArgs, Executable: exe,
 		},
 	}
 	lock, err := lockFile(ctx, y.lockPath())

@@ -75,6 +75,7 @@ func newLabUpCommand() *cobra.Command {
 	cmd.MarkFlagRequired("filename")
 	cmd.Flags().StringVar(&opts.Name, "name", "", `lab name when no Lab object names it (default "`+lab.DefaultName+`")`)
 	cmd.Flags().BoolVar(&opts.NoAgent, "no-agent", false, "run without agents: plain routing, no datapath")
+	cmd.Flags().StringArrayVar(&opts.AgentArgs, "agent-arg", nil, "extra flag for every agent, e.g. --agent-arg=--log-level=debug (repeatable)")
 	cmd.Flags().StringVar(&opts.AgentBinary, "agent-binary", "", "membrane-agent executable (default: next to membranectl, else in $PATH)")
 	cmd.Flags().DurationVar(&opts.ReadyTimeout, "timeout", lab.DefaultReadyTimeout, "how long to wait for each agent")
 	return cmd
