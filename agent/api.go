@@ -64,8 +64,11 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		Datapath: a.dp.Mode(),
 		Drops:    map[string]uint64{},
 	}
+	a.mu.Lock()
+	full := maps.Clone(a.app.full)
+	a.mu.Unlock()
 	for _, m := range a.dp.MapStats() {
-		s.Maps = append(s.Maps, api.MapStats{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries})
+		s.Maps = append(s.Maps, api.MapStats{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries, Full: full[m.Name]})
 	}
 	if c, err := a.dp.Counters(); err == nil {
 		for reason := 1; reason < datapath.NumReasons; reason++ {

@@ -42,6 +42,15 @@ type applier struct {
 	// adopted: endpoint IDs and generations found in the maps at startup,
 	// by address.
 	adopted map[netip.Addr]datapath.EndpointInfo
+	// full counts updates each map refused because it was full.
+	full map[string]uint64
+}
+
+// noteFull counts err against a map if it is a map-full error.
+func (a *applier) noteFull(name string, err error) {
+	if errors.Is(err, datapath.ErrMapFull) {
+		a.full[name]++
+	}
 }
 
 // epState is what the maps hold for one endpoint.
@@ -69,6 +78,7 @@ func newApplier(dp *datapath.Datapath, log *slog.Logger) (*applier, error) {
 		endpoints: map[policy.PodKey]*epState{},
 		usedIDs:   map[uint16]bool{},
 		adopted:   map[netip.Addr]datapath.EndpointInfo{},
+		full:      map[string]uint64{},
 	}
 	ipc, err := dp.IPCacheList()
 	if err != nil {
@@ -192,6 +202,11 @@ func (a *applier) apply(snap *policy.Snapshot, ifindexOf ifindexFunc, adoptedEnt
 			continue
 		}
 		if err := a.dp.IPCachePut(want); err != nil {
+			name := "ipcache_lpm"
+			if p.Bits() == p.Addr().BitLen() {
+				name = "ipcache_host"
+			}
+			a.noteFull(name, err)
 			problem("ipcache %s: %v", p, err)
 			continue
 		}
@@ -363,6 +378,7 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 			vals = append(vals, datapath.PolicyValue{Verdict: datapath.Verdict(v.Verdict), ProxyPort: v.ProxyPort, RuleID: v.RuleID})
 		}
 		if err := a.dp.PolicyPut(keys, vals); err != nil {
+			a.noteFull("policy", err)
 			// Fail closed: the endpoint drops new connections until a
 			// later apply succeeds.
 			problem("endpoint %s: cannot program %d policy entries: %v", key, len(keys), err)
@@ -427,6 +443,7 @@ func (a *applier) writeEndpointMasks(st *epState, ifindex uint32, flags uint16, 
 	for _, addr := range st.addrs {
 		info := datapath.EndpointInfo{Addr: addr, ID: st.id, Ifindex: ifindex, Identity: uint32(st.identity), Flags: flags, Masks: masks}
 		if err := a.dp.EndpointPut(info); err != nil {
+			a.noteFull("endpoints", err)
 			problem("endpoint %s: write %s: %v", st.key, addr, err)
 			st.state = api.EndpointFailed
 			st.message = err.Error()

@@ -23,7 +23,8 @@ import (
 //	membrane-echo          the responder echoes every later byte until EOF
 //	an HTTP request line   the responder serves HTTP: 200, body "NAMESPACE/POD\n"
 //
-// Over UDP, a datagram "membrane-probe NONCE" is answered by the datagram
+// Over UDP, a datagram starting "membrane-echo" is sent back whole, and a
+// datagram "membrane-probe NONCE" is answered by the datagram
 // "NAMESPACE/POD NONCE".
 const (
 	probeVerb = "membrane-probe"
@@ -179,7 +180,7 @@ func isHTTPRequestLine(s string) bool {
 }
 
 func (r *responder) udpLoop(pc net.PacketConn) {
-	buf := make([]byte, 2048)
+	buf := make([]byte, 65536) // a whole datagram, fragmented or not
 	for {
 		n, addr, err := pc.ReadFrom(buf)
 		if err != nil {
@@ -188,6 +189,14 @@ func (r *responder) udpLoop(pc net.PacketConn) {
 				continue
 			}
 			return
+		}
+		if strings.HasPrefix(string(buf[:min(n, len(echoVerb))]), echoVerb) {
+			// Echo the datagram as it came: tests send datagrams larger
+			// than the MTU to exercise IP fragments both ways.
+			if _, err := pc.WriteTo(buf[:n], addr); err != nil {
+				r.log.Warn("udp echo", "to", addr, "err", err)
+			}
+			continue
 		}
 		msg := strings.TrimSpace(string(buf[:n]))
 		if !strings.HasPrefix(msg, probeVerb+" ") {
