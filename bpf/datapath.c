@@ -37,7 +37,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Keeps struct event in BTF so bpf2go generates its Go twin. */
 const struct event *unused_event __attribute__((unused));
 
-#define NSEC 1000000000ULL
+/* Conntrack keeps time in jiffies: reading them costs a load, reading a
+ * clock costs far more. The agent measures HZ. */
+static __always_inline __u64 hz(const struct config *cfg)
+{
+	return cfg->hz ? cfg->hz : 250;
+}
 
 static __always_inline struct config *config_get(void)
 {
@@ -62,9 +67,9 @@ static __always_inline struct ipcache_value ipcache_lookup(const struct addr *a)
 	return world;
 }
 
-static __always_inline __u64 seconds_or(__u32 s, __u32 dflt)
+static __always_inline __u64 seconds_or(const struct config *cfg, __u32 s, __u32 dflt)
 {
-	return (__u64)(s ? s : dflt) * NSEC;
+	return (__u64)(s ? s : dflt) * hz(cfg);
 }
 
 static __always_inline __u64 ct_lifetime(const struct config *cfg, const struct ct_entry *e,
@@ -72,18 +77,18 @@ static __always_inline __u64 ct_lifetime(const struct config *cfg, const struct 
 {
 	if (proto == IPPROTO_TCP) {
 		if (e->flags & CT_F_DENIED)
-			return seconds_or(cfg->ct_tcp_established, 21600);
+			return seconds_or(cfg, cfg->ct_tcp_established, 21600);
 		if (e->flags & CT_F_CLOSING)
-			return seconds_or(cfg->ct_tcp_closing, 10);
+			return seconds_or(cfg, cfg->ct_tcp_closing, 10);
 		if (e->flags & CT_F_SYN_ONLY)
-			return seconds_or(cfg->ct_tcp_syn, 60);
-		return seconds_or(cfg->ct_tcp_established, 21600);
+			return seconds_or(cfg, cfg->ct_tcp_syn, 60);
+		return seconds_or(cfg, cfg->ct_tcp_established, 21600);
 	}
-	return seconds_or(cfg->ct_other, 60);
+	return seconds_or(cfg, cfg->ct_other, 60);
 }
 
-static __always_inline void ct_refresh(struct ct_entry *e, const struct pkt *p, __u8 reply,
-				       __u64 now)
+static __always_inline void ct_refresh(const struct config *cfg, struct ct_entry *e,
+				       const struct pkt *p, __u8 reply, __u64 now)
 {
 	if (p->t.proto == IPPROTO_TCP) {
 		__u8 f = p->tcp_flags;
@@ -95,7 +100,7 @@ static __always_inline void ct_refresh(struct ct_entry *e, const struct pkt *p, 
 	if (reply && !(e->flags & CT_F_REPLY_SEEN))
 		e->flags |= CT_F_REPLY_SEEN;
 	/* Writing on every packet would bounce the cache line between CPUs. */
-	if (now - e->last_seen > NSEC)
+	if (now - e->last_seen > hz(cfg))
 		e->last_seen = now;
 }
 
@@ -296,16 +301,18 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	struct ct_key *ck = p.icmp_error ? &p.inner : &p.t;
 	struct ct_key rk;
 	__u8 reply = 0;
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_jiffies64();
 
 	struct ct_entry *e = bpf_map_lookup_elem(&ct, ck);
-	if (!e) {
-		tuple_reverse(&rk, ck);
+	tuple_reverse(&rk, ck);
+	/* A bare SYN opens a connection; it is never a reply. */
+	if (!e && !(ck->proto == IPPROTO_TCP && !p.icmp_error &&
+		    (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)) {
 		e = bpf_map_lookup_elem(&ct, &rk);
 		reply = e != NULL;
 	}
 	if (e) {
-		if (now - e->last_seen > ct_lifetime(cfg, e, ck->proto) + NSEC)
+		if (now - e->last_seen > ct_lifetime(cfg, e, ck->proto) + hz(cfg))
 			e = NULL; /* expired: decide afresh */
 		else if (!reply && p.t.proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING) &&
 			 (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK))
@@ -321,7 +328,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 			ei.dir = e->deny_dir;
 			ei.ep_id = e->deny_ep;
 			ei.rule_id = e->deny_rule;
-			if (e->last_seen + NSEC < now)
+			if (e->last_seen + hz(cfg) < now)
 				e->last_seen = now;
 			return drop(skb, &p, cfg, e->deny_reason, &ei);
 		}
@@ -344,7 +351,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 			e->flags &= ~CT_F_DENIED;
 		}
 		if (!p.icmp_error)
-			ct_refresh(e, &p, reply, now);
+			ct_refresh(cfg, e, &p, reply, now);
 		if ((e->flags & CT_F_REDIRECT) && !reply && !p.icmp_error) {
 			if (obs == OBS_TO_ENDPOINT)
 				return drop(skb, &p, cfg, REASON_REDIRECT_EGRESS_HOOK, &ei);
@@ -457,4 +464,12 @@ SEC("tc")
 int from_netdev(struct __sk_buff *skb)
 {
 	return handle(skb, OBS_FROM_NETDEV);
+}
+
+/* Returns the low 32 bits of jiffies: the agent runs it twice, some time
+ * apart, to learn HZ. */
+SEC("tc")
+int jiffies_probe(struct __sk_buff *skb)
+{
+	return (int)(bpf_jiffies64() & 0x7fffffff);
 }

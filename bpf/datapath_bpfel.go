@@ -28,6 +28,7 @@ type DatapathConfig struct {
 	CtTcpClosing     uint32
 	CtOther          uint32
 	ProxyAddr4       uint32
+	Hz               uint32
 }
 
 type DatapathCounter struct {
@@ -162,6 +163,7 @@ const (
 	DatapathMapPolicy         = "policy"
 	DatapathProgFromContainer = "from_container"
 	DatapathProgFromNetdev    = "from_netdev"
+	DatapathProgJiffiesProbe  = "jiffies_probe"
 	DatapathProgToContainer   = "to_container"
 	DatapathVarUnusedEvent    = "unused_event"
 )
@@ -210,6 +212,7 @@ type DatapathSpecs struct {
 type DatapathProgramSpecs struct {
 	FromContainer *ebpf.ProgramSpec `ebpf:"from_container"`
 	FromNetdev    *ebpf.ProgramSpec `ebpf:"from_netdev"`
+	JiffiesProbe  *ebpf.ProgramSpec `ebpf:"jiffies_probe"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
 }
 
@@ -296,6 +299,7 @@ type DatapathVariables struct {
 type DatapathPrograms struct {
 	FromContainer *ebpf.Program `ebpf:"from_container"`
 	FromNetdev    *ebpf.Program `ebpf:"from_netdev"`
+	JiffiesProbe  *ebpf.Program `ebpf:"jiffies_probe"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
 }
 
@@ -303,6 +307,7 @@ func (p *DatapathPrograms) Close() error {
 	return _DatapathClose(
 		p.FromContainer,
 		p.FromNetdev,
+		p.JiffiesProbe,
 		p.ToContainer,
 	)
 }

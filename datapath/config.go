@@ -73,6 +73,7 @@ func (d *Datapath) SetConfig(c Config) error {
 	raw.CtTcpSyn = uint32(c.CTTCPSyn / time.Second)
 	raw.CtTcpClosing = uint32(c.CTTCPClosing / time.Second)
 	raw.CtOther = uint32(c.CTOther / time.Second)
+	raw.Hz = d.hz
 	raw.ProxyAddr4 = 0
 	if c.ProxyAddr.Is4() {
 		b := c.ProxyAddr.As4()

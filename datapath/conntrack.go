@@ -28,21 +28,25 @@ type Conn struct {
 	Src, Dst    netip.AddrPort
 	Proto       uint8
 	Flags       uint16
-	LastSeen    time.Duration // monotonic
+	Idle        time.Duration // since the last refresh (refreshed at most once a second)
 	Rev         uint32
 	ProxyPort   uint16
 	RuleEgress  uint32
 	RuleIngress uint32
 }
 
-func monotonicNow() time.Duration {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return time.Duration(ts.Nano())
+// idle converts a jiffies timestamp into time since.
+func (d *Datapath) idle(now uint32, lastSeen uint64) time.Duration {
+	ticks := (now - uint32(lastSeen&0x7fffffff)) & 0x7fffffff
+	return time.Duration(ticks) * time.Second / time.Duration(d.hz)
 }
 
 // Conns returns up to max tracked connections (0: all).
 func (d *Datapath) Conns(max int) ([]Conn, error) {
+	now, err := d.jiffies()
+	if err != nil {
+		return nil, err
+	}
 	var out []Conn
 	var k bpf.DatapathCtKey
 	var v bpf.DatapathCtEntry
@@ -53,7 +57,7 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 			Dst:         netip.AddrPortFrom(fromAddr(k.Daddr), ntohs(k.Dport)),
 			Proto:       k.Proto,
 			Flags:       v.Flags,
-			LastSeen:    time.Duration(v.LastSeen),
+			Idle:        d.idle(now, v.LastSeen),
 			Rev:         v.Rev,
 			ProxyPort:   v.ProxyPort,
 			RuleEgress:  v.RuleEgress,
@@ -73,7 +77,10 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 // The datapath already ignores expired entries; collecting them keeps the
 // LRU from evicting live ones.
 func (d *Datapath) CTCollect(c Config) (int, error) {
-	now := monotonicNow()
+	now, err := d.jiffies()
+	if err != nil {
+		return 0, err
+	}
 	var expired []bpf.DatapathCtKey
 	var k bpf.DatapathCtKey
 	var v bpf.DatapathCtEntry
@@ -82,6 +89,8 @@ func (d *Datapath) CTCollect(c Config) (int, error) {
 		life := c.CTOther
 		if k.Proto == unix.IPPROTO_TCP {
 			switch {
+			case v.Flags&CTDenied != 0:
+				life = c.CTTCPEstablished
 			case v.Flags&CTClosing != 0:
 				life = c.CTTCPClosing
 			case v.Flags&CTSynOnly != 0:
@@ -90,7 +99,7 @@ func (d *Datapath) CTCollect(c Config) (int, error) {
 				life = c.CTTCPEstablished
 			}
 		}
-		if now-time.Duration(v.LastSeen) > life+time.Second {
+		if d.idle(now, v.LastSeen) > life+time.Second {
 			expired = append(expired, k)
 		}
 	}

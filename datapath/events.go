@@ -71,10 +71,18 @@ type Event struct {
 }
 
 // EventReader reads the datapath's ring buffer.
+//
+// The programs submit events without waking the reader (a wakeup costs
+// more than the event) until a batch has accumulated, so Read polls the
+// ring every PollInterval: an event waits at most that long.
 type EventReader struct {
 	rd       *ringbuf.Reader
 	bootWall time.Time // wall-clock time of monotonic zero
+	deadline time.Time
 }
+
+// PollInterval bounds how long an event can sit in the ring unread.
+const PollInterval = 10 * time.Millisecond
 
 // NewEventReader opens the ring buffer. Events produced while no reader
 // was open (an agent restart) are still in it, up to its size.
@@ -95,20 +103,32 @@ func (d *Datapath) NewEventReader() (*EventReader, error) {
 // ErrClosed is returned by Read after Close.
 var ErrClosed = errors.New("event reader closed")
 
-// SetDeadline makes Read return os.ErrDeadlineExceeded after t.
-func (r *EventReader) SetDeadline(t time.Time) { r.rd.SetDeadline(t) }
+// SetDeadline makes Read return os.ErrDeadlineExceeded after t (zero:
+// no deadline).
+func (r *EventReader) SetDeadline(t time.Time) { r.deadline = t }
 
-// Read blocks until an event arrives.
+// Read blocks until an event arrives, the deadline passes, or Close.
 func (r *EventReader) Read() (Event, error) {
-	rec, err := r.rd.Read()
-	if err != nil {
+	var rec ringbuf.Record
+	for {
+		wake := time.Now().Add(PollInterval)
+		if !r.deadline.IsZero() && r.deadline.Before(wake) {
+			wake = r.deadline
+		}
+		r.rd.SetDeadline(wake)
+		err := r.rd.ReadInto(&rec)
+		if err == nil {
+			break
+		}
 		if errors.Is(err, ringbuf.ErrClosed) {
 			return Event{}, ErrClosed
 		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			return Event{}, fmt.Errorf("read event: %w", err)
+		}
+		if !r.deadline.IsZero() && !time.Now().Before(r.deadline) {
 			return Event{}, err
 		}
-		return Event{}, fmt.Errorf("read event: %w", err)
 	}
 	var raw bpf.DatapathEvent
 	if len(rec.RawSample) < int(unsafe.Sizeof(raw)) {

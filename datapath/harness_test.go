@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/membrane-mesh/membrane/internal/packet"
 )
 
 // The harness loads the real programs (unpinned, so each test has private
@@ -102,11 +104,11 @@ func (h *harness) run(hook Hook, frame []byte, mark uint32) (int32, uint32) {
 	return int32(ret), out.Mark
 }
 
-func (h *harness) expect(hook Hook, p pktSpec, want int32) uint32 {
+func (h *harness) expect(hook Hook, p packet.Spec, want int32) uint32 {
 	h.t.Helper()
-	got, mark := h.run(hook, p.frame(), 0)
+	got, mark := h.run(hook, p.Frame(), 0)
 	if got != want {
-		h.t.Fatalf("%s %v:%d -> %v:%d proto %d: verdict %d, want %d", hook, p.src, p.sport, p.dst, p.dport, p.proto, got, want)
+		h.t.Fatalf("%s %v:%d -> %v:%d proto %d: verdict %d, want %d", hook, p.Src, p.Sport, p.Dst, p.Dport, p.Proto, got, want)
 	}
 	return mark
 }
@@ -178,3 +180,5 @@ func portMask(plen ...int) uint32 {
 	}
 	return m
 }
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -3,9 +3,11 @@ package datapath
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -94,6 +96,8 @@ type Datapath struct {
 
 	mu    sync.Mutex
 	links map[string]link.Link // key: ifname_hook (tcx only)
+
+	hz uint32 // kernel jiffies per second
 }
 
 const bpffsMagic = 0xcafe4a11
@@ -159,8 +163,47 @@ func Load(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		return nil, fmt.Errorf("create registry map: %w", err)
 	}
+	if d.hz, err = d.measureHZ(); err != nil {
+		d.Close()
+		return nil, err
+	}
 	return d, nil
 }
+
+// jiffies returns the low 31 bits of the kernel's jiffies counter.
+func (d *Datapath) jiffies() (uint32, error) {
+	ret, err := d.objs.JiffiesProbe.Run(&ebpf.RunOptions{Data: make([]byte, 14)})
+	if err != nil {
+		return 0, fmt.Errorf("read jiffies: %w", err)
+	}
+	return ret & 0x7fffffff, nil
+}
+
+// measureHZ learns the kernel's tick rate, which conntrack lifetimes are
+// counted in, by reading jiffies twice against the monotonic clock.
+func (d *Datapath) measureHZ() (uint32, error) {
+	j0, err := d.jiffies()
+	if err != nil {
+		return 0, err
+	}
+	t0 := time.Now()
+	time.Sleep(60 * time.Millisecond)
+	j1, err := d.jiffies()
+	if err != nil {
+		return 0, err
+	}
+	rate := float64((j1-j0)&0x7fffffff) / time.Since(t0).Seconds()
+	best := uint32(0)
+	for _, c := range []uint32{100, 250, 300, 1000} {
+		if best == 0 || math.Abs(rate-float64(c)) < math.Abs(rate-float64(best)) {
+			best = c
+		}
+	}
+	return best, nil
+}
+
+// HZ is the kernel's tick rate as measured at load.
+func (d *Datapath) HZ() uint32 { return d.hz }
 
 // ensureBPFFS makes dir, which must be on a bpffs. If dir is /sys/fs/bpf or
 // below it and nothing is mounted there yet, it mounts one.

@@ -2,6 +2,8 @@ package datapath
 
 import (
 	"testing"
+
+	"github.com/membrane-mesh/membrane/internal/packet"
 )
 
 // Addresses used by the program tests. Nothing here reaches a network:
@@ -31,12 +33,12 @@ func basic(t *testing.T) *harness {
 	return h
 }
 
-func tcp(src, dst string, sport, dport uint16, flags uint8) pktSpec {
-	return pktSpec{src: mustAddr(src), dst: mustAddr(dst), proto: protoTCP, sport: sport, dport: dport, tcpFlags: flags}
+func tcp(src, dst string, sport, dport uint16, flags uint8) packet.Spec {
+	return packet.Spec{Src: mustAddr(src), Dst: mustAddr(dst), Proto: packet.TCP, Sport: sport, Dport: dport, TCPFlags: flags}
 }
 
-func udp(src, dst string, sport, dport uint16) pktSpec {
-	return pktSpec{src: mustAddr(src), dst: mustAddr(dst), proto: protoUDP, sport: sport, dport: dport}
+func udp(src, dst string, sport, dport uint16) packet.Spec {
+	return packet.Spec{Src: mustAddr(src), Dst: mustAddr(dst), Proto: packet.UDP, Sport: sport, Dport: dport}
 }
 
 func allowIn(ep uint16, sel uint32, proto uint8, port uint16, plen uint8, rule uint32) (PolicyKey, PolicyValue) {
@@ -48,15 +50,15 @@ func TestNonIPTraffic(t *testing.T) {
 	h := basic(t)
 	// ARP passes everywhere, even with no endpoint known.
 	for _, hook := range []Hook{FromContainer, ToContainer, FromNetdev} {
-		if got, _ := h.run(hook, arpFrame(), 0); got != retNext {
+		if got, _ := h.run(hook, packet.ARP(), 0); got != retNext {
 			t.Errorf("ARP at %s: %d, want pass", hook, got)
 		}
 	}
 	// Neighbour discovery passes.
-	ns := pktSpec{src: mustAddr("fe80::2"), dst: mustAddr("ff02::1:ff00:1"), proto: protoICMPv6, icmpType: 135}
+	ns := packet.Spec{Src: mustAddr("fe80::2"), Dst: mustAddr("ff02::1:ff00:1"), Proto: packet.ICMPv6, ICMPType: 135}
 	h.expect(FromContainer, ns, retNext)
 	// Anything else that is not IP is dropped with a reason.
-	if got, _ := h.run(FromContainer, ethernet(0x88cc, make([]byte, 46)), 0); got != retDrop {
+	if got, _ := h.run(FromContainer, packet.Ethernet(0x88cc, make([]byte, 46)), 0); got != retDrop {
 		t.Fatalf("LLDP frame: %d, want drop", got)
 	}
 	if e := h.event(EventDrop); e.Reason != ReasonUnsupportedL3 {
@@ -68,17 +70,17 @@ func TestSpoofedSourceDropped(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrA, 1, 0, [2][2]uint32{})
 	// addrB is not an endpoint on this interface.
-	h.expect(FromContainer, tcp(addrB, addrR, 1000, 80, tcpSYN), retDrop)
+	h.expect(FromContainer, tcp(addrB, addrR, 1000, 80, packet.SYN), retDrop)
 	if e := h.event(EventDrop); e.Reason != ReasonSpoofed {
 		t.Fatalf("reason %v, want %v", e.Reason, ReasonSpoofed)
 	}
-	h.expect(FromContainer, tcp(addrA, addrR, 1000, 80, tcpSYN), retNext)
+	h.expect(FromContainer, tcp(addrA, addrR, 1000, 80, packet.SYN), retNext)
 }
 
 func TestUnselectedEndpointIsOpen(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, 0, [2][2]uint32{})
-	h.expect(FromNetdev, tcp(addrR, addrB, 1000, 80, tcpSYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1000, 80, packet.SYN), retNext)
 	e := h.event(EventVerdict)
 	if e.Dir != Ingress || e.EndpointID != 2 || e.SrcIdentity != 1003 || e.DstIdentity != 1002 || e.Dst.Port() != 80 {
 		t.Fatalf("verdict event %+v", e)
@@ -88,9 +90,9 @@ func TestUnselectedEndpointIsOpen(t *testing.T) {
 func TestDefaultDenyAndAllowRule(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	h.policy(allowIn(2, selR, protoTCP, 80, 16, 7))
+	h.policy(allowIn(2, selR, packet.TCP, 80, 16, 7))
 
-	mark := h.expect(FromNetdev, tcp(addrR, addrB, 1000, 80, tcpSYN), retNext)
+	mark := h.expect(FromNetdev, tcp(addrR, addrB, 1000, 80, packet.SYN), retNext)
 	if mark&MarkMagicMask != MarkIngressDone {
 		t.Fatalf("mark %#x: ingress-done not set", mark)
 	}
@@ -99,10 +101,10 @@ func TestDefaultDenyAndAllowRule(t *testing.T) {
 	}
 
 	// Other port, other protocol, other peer: default deny.
-	for _, p := range []pktSpec{
-		tcp(addrR, addrB, 1001, 81, tcpSYN),
+	for _, p := range []packet.Spec{
+		tcp(addrR, addrB, 1001, 81, packet.SYN),
 		udp(addrR, addrB, 1001, 80),
-		tcp(addrA, addrB, 1001, 80, tcpSYN),
+		tcp(addrA, addrB, 1001, 80, packet.SYN),
 	} {
 		h.drain()
 		h.expect(FromNetdev, p, retDrop)
@@ -127,25 +129,25 @@ func TestPortRangeAnyPeerAnyProto(t *testing.T) {
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{
 		Ingress: {MaskSelset: MaskAnyProto, MaskAny: portMask(10)},
 	})
-	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: 0, Proto: protoTCP, Port: 8000 &^ 63, Plen: 10}, PolicyValue{Verdict: VerdictAllow, RuleID: 1})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: 0, Proto: packet.TCP, Port: 8000 &^ 63, Plen: 10}, PolicyValue{Verdict: VerdictAllow, RuleID: 1})
 	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR}, PolicyValue{Verdict: VerdictAllow, RuleID: 2})
 
-	h.expect(FromNetdev, tcp(addrA, addrB, 1, 8000, tcpSYN), retNext)
-	h.expect(FromNetdev, tcp(addrA, addrB, 2, 8063, tcpSYN), retNext)
-	h.expect(FromNetdev, tcp(addrA, addrB, 3, 8064, tcpSYN), retDrop)
-	h.expect(FromNetdev, tcp(addrA, addrB, 4, 7999, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp(addrA, addrB, 1, 8000, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp(addrA, addrB, 2, 8063, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp(addrA, addrB, 3, 8064, packet.SYN), retDrop)
+	h.expect(FromNetdev, tcp(addrA, addrB, 4, 7999, packet.SYN), retDrop)
 	h.expect(FromNetdev, udp(addrR, addrB, 5, 53), retNext)
-	h.expect(FromNetdev, pktSpec{src: mustAddr(addrR), dst: mustAddr(addrB), proto: protoICMP, icmpType: 8, icmpID: 9}, retNext)
+	h.expect(FromNetdev, packet.Spec{Src: mustAddr(addrR), Dst: mustAddr(addrB), Proto: packet.ICMP, ICMPType: 8, ICMPID: 9}, retNext)
 }
 
 func TestDenyEntry(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, 0, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: protoTCP, Port: 22, Plen: 16}, PolicyValue{Verdict: VerdictDeny, RuleID: 9})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: packet.TCP, Port: 22, Plen: 16}, PolicyValue{Verdict: VerdictDeny, RuleID: 9})
 	// Not enforced, so everything else is open, but the deny holds.
-	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, tcpSYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, packet.SYN), retNext)
 	h.drain()
-	h.expect(FromNetdev, tcp(addrR, addrB, 1, 22, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 22, packet.SYN), retDrop)
 	if e := h.event(EventDrop); e.Reason != ReasonPolicyDeny || e.RuleID != 9 {
 		t.Fatalf("drop event %+v", e)
 	}
@@ -154,36 +156,36 @@ func TestDenyEntry(t *testing.T) {
 func TestGenerationFlipIsAtomic(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	h.policy(allowIn(2, selR, protoTCP, 80, 16, 1))
+	h.policy(allowIn(2, selR, packet.TCP, 80, 16, 1))
 	// The next generation allows 81 instead of 80: invisible until the flip.
-	k, v := allowIn(2, selR, protoTCP, 81, 16, 2)
+	k, v := allowIn(2, selR, packet.TCP, 81, 16, 2)
 	k.Gen = 1
 	h.policy(k, v)
-	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, tcpSYN), retNext)
-	h.expect(FromNetdev, tcp(addrR, addrB, 2, 81, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 2, 81, packet.SYN), retDrop)
 
 	h.endpoint(addrB, 2, EndpointIngressEnforced|EndpointGen, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
 	h.bump()
-	h.expect(FromNetdev, tcp(addrR, addrB, 3, 80, tcpSYN), retDrop)
-	h.expect(FromNetdev, tcp(addrR, addrB, 4, 81, tcpSYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 3, 80, packet.SYN), retDrop)
+	h.expect(FromNetdev, tcp(addrR, addrB, 4, 81, packet.SYN), retNext)
 }
 
 func TestRepliesPassByConntrack(t *testing.T) {
 	h := basic(t)
 	// A may talk to R on 80; A's ingress is default deny.
 	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
-	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: protoTCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 3})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 3})
 
-	syn := tcp(addrA, addrR, 40000, 80, tcpSYN)
+	syn := tcp(addrA, addrR, 40000, 80, packet.SYN)
 	h.expect(FromContainer, syn, retNext)
 	// The reply arrives from the other node.
-	mark := h.expect(FromNetdev, syn.reply(tcpSYN|tcpACK), retNext)
+	mark := h.expect(FromNetdev, syn.Reply(packet.SYN|packet.ACK), retNext)
 	if mark&MarkMagicMask != MarkIngressDone {
 		t.Fatalf("reply mark %#x", mark)
 	}
-	h.expect(FromContainer, syn.reply(tcpACK).reply(tcpACK), retNext)
+	h.expect(FromContainer, syn.Reply(packet.ACK).Reply(packet.ACK), retNext)
 	// R cannot open its own connection to A.
-	h.expect(FromNetdev, tcp(addrR, addrA, 80, 40001, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp(addrR, addrA, 80, 40001, packet.SYN), retDrop)
 }
 
 func TestLocalDeliveryChecksBothEndpoints(t *testing.T) {
@@ -191,30 +193,30 @@ func TestLocalDeliveryChecksBothEndpoints(t *testing.T) {
 	// A's egress allows B:80; B's ingress allows only A:81.
 	h.endpoint(addrA, 1, EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: protoTCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
-	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: protoTCP, Port: 81, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
-	h.policy(allowIn(2, selA, protoTCP, 81, 16, 0))
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: packet.TCP, Port: 81, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(allowIn(2, selA, packet.TCP, 81, 16, 0))
 
-	h.expect(FromContainer, tcp(addrA, addrB, 1, 80, tcpSYN), retDrop)
+	h.expect(FromContainer, tcp(addrA, addrB, 1, 80, packet.SYN), retDrop)
 	if e := h.event(EventDrop); e.Dir != Ingress || e.EndpointID != 2 {
 		t.Fatalf("drop should be B's ingress: %+v", e)
 	}
-	mark := h.expect(FromContainer, tcp(addrA, addrB, 2, 81, tcpSYN), retNext)
+	mark := h.expect(FromContainer, tcp(addrA, addrB, 2, 81, packet.SYN), retNext)
 	// to_container trusts the mark; without it, it decides itself.
-	if got, _ := h.run(ToContainer, tcp(addrA, addrB, 2, 81, tcpSYN).frame(), mark); got != retNext {
+	if got, _ := h.run(ToContainer, tcp(addrA, addrB, 2, 81, packet.SYN).Frame(), mark); got != retNext {
 		t.Fatal("to_container dropped a packet from_container had allowed")
 	}
-	h.expect(ToContainer, tcp(addrR, addrB, 3, 81, tcpSYN), retDrop)
+	h.expect(ToContainer, tcp(addrR, addrB, 3, 81, packet.SYN), retDrop)
 }
 
 func TestPolicyChangeCutsEstablishedConnection(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	k, v := allowIn(2, selR, protoTCP, 80, 16, 1)
+	k, v := allowIn(2, selR, packet.TCP, 80, 16, 1)
 	h.policy(k, v)
-	syn := tcp(addrR, addrB, 5000, 80, tcpSYN)
+	syn := tcp(addrR, addrB, 5000, 80, packet.SYN)
 	h.expect(FromNetdev, syn, retNext)
-	data := tcp(addrR, addrB, 5000, 80, tcpACK)
+	data := tcp(addrR, addrB, 5000, 80, packet.ACK)
 	h.expect(FromNetdev, data, retNext)
 
 	// Removing the entry alone changes nothing for the connection until
@@ -225,7 +227,7 @@ func TestPolicyChangeCutsEstablishedConnection(t *testing.T) {
 	h.expect(FromNetdev, data, retNext)
 	h.bump()
 	h.drain()
-	h.expect(FromContainer, data.reply(tcpACK), retDrop) // B's reply
+	h.expect(FromContainer, data.Reply(packet.ACK), retDrop) // B's reply
 	e := h.event(EventDrop)
 	if e.Flags&EventFlagRevalidated == 0 || e.Reason != ReasonPolicy {
 		t.Fatalf("drop event %+v: want a revalidation drop", e)
@@ -237,10 +239,10 @@ func TestPolicyChangeCutsEstablishedConnection(t *testing.T) {
 func TestRevalidationKeepsAllowedConnections(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	h.policy(allowIn(2, selR, protoTCP, 80, 16, 1))
-	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, tcpSYN), retNext)
+	h.policy(allowIn(2, selR, packet.TCP, 80, 16, 1))
+	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, packet.SYN), retNext)
 	h.bump()
-	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, tcpACK), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, packet.ACK), retNext)
 	s, err := h.d.Stats()
 	if err != nil {
 		t.Fatal(err)
@@ -253,29 +255,29 @@ func TestRevalidationKeepsAllowedConnections(t *testing.T) {
 func TestIdentityChangeCutsConnection(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	h.policy(allowIn(2, selR, protoTCP, 80, 16, 1))
-	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, tcpSYN), retNext)
+	h.policy(allowIn(2, selR, packet.TCP, 80, 16, 1))
+	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, packet.SYN), retNext)
 	// R is relabelled: new identity, a selector set the policy does not name.
 	h.ipcache(addrR, 2000, 99)
 	h.bump()
-	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, tcpACK), retDrop)
+	h.expect(FromNetdev, tcp(addrR, addrB, 5000, 80, packet.ACK), retDrop)
 }
 
 func TestFragments(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	h.policy(allowIn(2, selR, protoUDP, 53, 16, 1))
+	h.policy(allowIn(2, selR, packet.UDP, 53, 16, 1))
 
 	first := udp(addrR, addrB, 3333, 53)
-	first.moreFrags, first.fragID = true, 77
-	first.payload = make([]byte, 64)
+	first.MoreFrags, first.FragID = true, 77
+	first.Payload = make([]byte, 64)
 	h.expect(FromNetdev, first, retNext)
-	later := pktSpec{src: mustAddr(addrR), dst: mustAddr(addrB), proto: protoUDP, noL4: true, fragOffset: 9, fragID: 77, payload: make([]byte, 32)}
+	later := packet.Spec{Src: mustAddr(addrR), Dst: mustAddr(addrB), Proto: packet.UDP, NoL4: true, FragOffset: 9, FragID: 77, Payload: make([]byte, 32)}
 	h.expect(FromNetdev, later, retNext)
 
 	// A later fragment of a datagram whose head was never seen.
 	orphan := later
-	orphan.fragID = 78
+	orphan.FragID = 78
 	h.drain()
 	h.expect(FromNetdev, orphan, retDrop)
 	if e := h.event(EventDrop); e.Reason != ReasonFragNoHead {
@@ -284,10 +286,10 @@ func TestFragments(t *testing.T) {
 
 	// A denied first fragment: its followers are denied too.
 	denied := udp(addrR, addrB, 3334, 54)
-	denied.moreFrags, denied.fragID = true, 79
+	denied.MoreFrags, denied.FragID = true, 79
 	h.expect(FromNetdev, denied, retDrop)
 	follower := later
-	follower.fragID = 79
+	follower.FragID = 79
 	h.expect(FromNetdev, follower, retDrop)
 }
 
@@ -295,26 +297,26 @@ func TestIPv6(t *testing.T) {
 	h := basic(t)
 	h.ipcache("fd01::5", 1003, selR)
 	h.endpoint(addrB6, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	h.policy(allowIn(2, selR, protoTCP, 443, 16, 1))
+	h.policy(allowIn(2, selR, packet.TCP, 443, 16, 1))
 
-	h.expect(FromNetdev, tcp("fd01::5", addrB6, 1, 443, tcpSYN), retNext)
-	h.expect(FromNetdev, tcp("fd01::5", addrB6, 2, 444, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp("fd01::5", addrB6, 1, 443, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp("fd01::5", addrB6, 2, 444, packet.SYN), retDrop)
 	// Extension headers do not hide the transport header.
-	ext := tcp("fd01::5", addrB6, 3, 443, tcpSYN)
-	ext.v6ext = []uint8{0, 60} // hop-by-hop, destination options
+	ext := tcp("fd01::5", addrB6, 3, 443, packet.SYN)
+	ext.V6Ext = []uint8{0, 60} // hop-by-hop, destination options
 	h.expect(FromNetdev, ext, retNext)
 	extDeny := ext
-	extDeny.dport, extDeny.sport = 22, 4
+	extDeny.Dport, extDeny.Sport = 22, 4
 	h.expect(FromNetdev, extDeny, retDrop)
 	// Fragments: head allowed, follower passes; orphan dropped.
 	head := udp("fd01::5", addrB6, 5, 443)
-	head.proto = protoTCP
-	head.tcpFlags = tcpSYN
-	head.moreFrags, head.fragID = true, 0x11223344
+	head.Proto = packet.TCP
+	head.TCPFlags = packet.SYN
+	head.MoreFrags, head.FragID = true, 0x11223344
 	h.expect(FromNetdev, head, retNext)
-	tail := pktSpec{src: mustAddr("fd01::5"), dst: mustAddr(addrB6), proto: protoTCP, noL4: true, fragOffset: 4, fragID: 0x11223344, payload: make([]byte, 16)}
+	tail := packet.Spec{Src: mustAddr("fd01::5"), Dst: mustAddr(addrB6), Proto: packet.TCP, NoL4: true, FragOffset: 4, FragID: 0x11223344, Payload: make([]byte, 16)}
 	h.expect(FromNetdev, tail, retNext)
-	tail.fragID = 1
+	tail.FragID = 1
 	h.expect(FromNetdev, tail, retDrop)
 }
 
@@ -322,25 +324,25 @@ func TestICMP(t *testing.T) {
 	h := basic(t)
 	// A may reach R on TCP 80 and ping anything; A's ingress is closed.
 	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16), MaskAny: portMask(16)}})
-	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: protoTCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
-	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: 0, Proto: protoICMP, Port: 8, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: 0, Proto: packet.ICMP, Port: 8, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
 
-	echo := pktSpec{src: mustAddr(addrA), dst: mustAddr(addrR), proto: protoICMP, icmpType: 8, icmpID: 42}
+	echo := packet.Spec{Src: mustAddr(addrA), Dst: mustAddr(addrR), Proto: packet.ICMP, ICMPType: 8, ICMPID: 42}
 	h.expect(FromContainer, echo, retNext)
-	reply := pktSpec{src: mustAddr(addrR), dst: mustAddr(addrA), proto: protoICMP, icmpType: 0, icmpID: 42}
+	reply := packet.Spec{Src: mustAddr(addrR), Dst: mustAddr(addrA), Proto: packet.ICMP, ICMPType: 0, ICMPID: 42}
 	h.expect(FromNetdev, reply, retNext)
-	reply.icmpID = 43
+	reply.ICMPID = 43
 	h.expect(FromNetdev, reply, retDrop)
 
 	// An ICMP error about a tracked connection passes; about anything
 	// else it is policy's call (denied here).
-	syn := tcp(addrA, addrR, 41000, 80, tcpSYN)
+	syn := tcp(addrA, addrR, 41000, 80, packet.SYN)
 	h.expect(FromContainer, syn, retNext)
-	quoted := syn.ipPacket()[:28]
-	unreach := pktSpec{src: mustAddr(addrR), dst: mustAddr(addrA), proto: protoICMP, icmpType: 3, icmpCode: 4, payload: quoted}
+	quoted := syn.IP()[:28]
+	unreach := packet.Spec{Src: mustAddr(addrR), Dst: mustAddr(addrA), Proto: packet.ICMP, ICMPType: 3, ICMPCode: 4, Payload: quoted}
 	h.expect(FromNetdev, unreach, retNext)
-	other := tcp(addrA, addrR, 41001, 80, tcpSYN).ipPacket()[:28]
-	unreach.payload = other
+	other := tcp(addrA, addrR, 41001, 80, packet.SYN).IP()[:28]
+	unreach.Payload = other
 	h.expect(FromNetdev, unreach, retDrop)
 }
 
@@ -348,13 +350,13 @@ func TestAllowHost(t *testing.T) {
 	h := basic(t)
 	h.ipcache("169.254.1.1", IdentityHost, 0)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{})
-	h.expect(ToContainer, tcp("169.254.1.1", addrB, 1, 8080, tcpSYN), retNext)
+	h.expect(ToContainer, tcp("169.254.1.1", addrB, 1, 8080, packet.SYN), retNext)
 	cfg := DefaultConfig
 	cfg.AllowHost = false
 	if err := h.d.SetConfig(cfg); err != nil {
 		t.Fatal(err)
 	}
-	h.expect(ToContainer, tcp("169.254.1.1", addrB, 2, 8080, tcpSYN), retDrop)
+	h.expect(ToContainer, tcp("169.254.1.1", addrB, 2, 8080, packet.SYN), retDrop)
 }
 
 func TestWorldAndCIDRs(t *testing.T) {
@@ -362,9 +364,9 @@ func TestWorldAndCIDRs(t *testing.T) {
 	h.ipcache("0.0.0.0/0", IdentityWorld, 50)
 	h.ipcache("203.0.113.0/24", IdentityWorld, 51)
 	h.endpoint(addrA, 1, EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
-	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: 51, Proto: protoTCP, Port: 443, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
-	h.expect(FromContainer, tcp(addrA, addrW, 1, 443, tcpSYN), retNext)
-	h.expect(FromContainer, tcp(addrA, "198.51.100.7", 1, 443, tcpSYN), retDrop)
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: 51, Proto: packet.TCP, Port: 443, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.expect(FromContainer, tcp(addrA, addrW, 1, 443, packet.SYN), retNext)
+	h.expect(FromContainer, tcp(addrA, "198.51.100.7", 1, 443, packet.SYN), retDrop)
 	if e := h.event(EventDrop); e.DstIdentity != IdentityWorld {
 		t.Fatalf("drop event %+v", e)
 	}
@@ -373,15 +375,15 @@ func TestWorldAndCIDRs(t *testing.T) {
 func TestRedirectFailsClosedWithoutProxy(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: protoTCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictRedirect, ProxyPort: 15001, RuleID: 4})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictRedirect, ProxyPort: 15001, RuleID: 4})
 	// No proxy listens on 127.0.0.1:15001 in this test's view.
-	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, packet.SYN), retDrop)
 	e := h.event(EventDrop)
 	if e.Reason != ReasonProxyUnavailable || e.Flags&EventFlagRedirect == 0 {
 		t.Fatalf("drop event %+v", e)
 	}
 	// to_container cannot redirect: it refuses rather than bypass L7.
-	h.expect(ToContainer, tcp(addrR, addrB, 2, 80, tcpSYN), retDrop)
+	h.expect(ToContainer, tcp(addrR, addrB, 2, 80, packet.SYN), retDrop)
 	if e := h.event(EventDrop); e.Reason != ReasonRedirectEgressHook {
 		t.Fatalf("reason %v", e.Reason)
 	}
@@ -390,7 +392,7 @@ func TestRedirectFailsClosedWithoutProxy(t *testing.T) {
 func TestFailClosedEndpoint(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointFailClosed, [2][2]uint32{})
-	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, packet.SYN), retDrop)
 	if e := h.event(EventDrop); e.Reason != ReasonFailClosed {
 		t.Fatalf("reason %v", e.Reason)
 	}
@@ -399,8 +401,8 @@ func TestFailClosedEndpoint(t *testing.T) {
 func TestMalformed(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, 0, [2][2]uint32{})
-	p := tcp(addrR, addrB, 1, 80, tcpSYN)
-	p.truncateL4 = 3
+	p := tcp(addrR, addrB, 1, 80, packet.SYN)
+	p.TruncateL4 = 3
 	h.expect(FromNetdev, p, retDrop)
 	if e := h.event(EventDrop); e.Reason != ReasonMalformed {
 		t.Fatalf("reason %v", e.Reason)
@@ -410,16 +412,16 @@ func TestMalformed(t *testing.T) {
 func TestClosedConnectionPortReuse(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	k, v := allowIn(2, selR, protoTCP, 80, 16, 1)
+	k, v := allowIn(2, selR, packet.TCP, 80, 16, 1)
 	h.policy(k, v)
-	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, tcpSYN), retNext)
-	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, tcpFIN|tcpACK), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, packet.FIN|packet.ACK), retNext)
 	// Policy now denies, without a revision bump: a new SYN on the closed
 	// connection's tuple must be decided afresh, not ride the old entry.
 	if err := h.d.PolicyDelete([]PolicyKey{k}); err != nil {
 		t.Fatal(err)
 	}
-	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, tcpSYN), retDrop)
+	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, packet.SYN), retDrop)
 }
 
 // After a policy change cuts a connection, neither side may open it again
@@ -429,10 +431,10 @@ func TestClosedConnectionPortReuse(t *testing.T) {
 func TestCutConnectionStaysCut(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	k, v := allowIn(2, selR, protoTCP, 80, 16, 1)
+	k, v := allowIn(2, selR, packet.TCP, 80, 16, 1)
 	h.policy(k, v)
-	fwd := tcp(addrR, addrB, 6000, 80, tcpACK)
-	h.expect(FromNetdev, tcp(addrR, addrB, 6000, 80, tcpSYN), retNext)
+	fwd := tcp(addrR, addrB, 6000, 80, packet.ACK)
+	h.expect(FromNetdev, tcp(addrR, addrB, 6000, 80, packet.SYN), retNext)
 	h.expect(FromNetdev, fwd, retNext)
 
 	if err := h.d.PolicyDelete([]PolicyKey{k}); err != nil {
@@ -441,13 +443,13 @@ func TestCutConnectionStaysCut(t *testing.T) {
 	h.bump()
 	h.expect(FromNetdev, fwd, retDrop)
 	// B answers: its egress is open, but this connection is cut.
-	h.expect(FromContainer, fwd.reply(tcpACK), retDrop)
+	h.expect(FromContainer, fwd.Reply(packet.ACK), retDrop)
 	h.expect(FromNetdev, fwd, retDrop)
-	h.expect(FromContainer, fwd.reply(tcpACK|tcpFIN), retDrop)
+	h.expect(FromContainer, fwd.Reply(packet.ACK|packet.FIN), retDrop)
 
 	// Allowed again: the same connection flows.
 	h.policy(k, v)
 	h.bump()
 	h.expect(FromNetdev, fwd, retNext)
-	h.expect(FromContainer, fwd.reply(tcpACK), retNext)
+	h.expect(FromContainer, fwd.Reply(packet.ACK), retNext)
 }

@@ -10,6 +10,11 @@
 #include "maps.h"
 #include "parse.h"
 
+/* Wake the reader once this much is waiting (about 300 events). */
+#define EVENTS_WAKEUP_BYTES (32 * 1024)
+/* A record in the ring: the event plus the ring's 8-byte header. */
+#define EVENT_RECORD_BYTES (sizeof(struct event) + 8)
+
 struct ev_info {
 	__u32 src_identity;
 	__u32 dst_identity;
@@ -69,7 +74,16 @@ static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u
 	e->pad[0] = e->pad[1] = e->pad[2] = 0;
 	e->saddr = p->t.saddr;
 	e->daddr = p->t.daddr;
-	bpf_ringbuf_submit(e, 0);
+	/* Waking the reader costs more than the event: wake it only with the
+	 * event that makes the waiting data cross a threshold (once per
+	 * batch, and never again while a slow reader lets data pile up). The
+	 * agent also polls the ring every few milliseconds, so a lone event
+	 * is not stranded. */
+	__u64 flags = BPF_RB_NO_WAKEUP;
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	if (avail >= EVENTS_WAKEUP_BYTES && avail < EVENTS_WAKEUP_BYTES + EVENT_RECORD_BYTES)
+		flags = BPF_RB_FORCE_WAKEUP;
+	bpf_ringbuf_submit(e, flags);
 }
 
 #endif /* MEMBRANE_EVENTS_H */

@@ -132,7 +132,7 @@ enum ct_flags {
 };
 
 struct ct_entry {
-	__u64 last_seen; /* bpf_ktime_get_ns, refreshed at most once a second */
+	__u64 last_seen; /* bpf_jiffies64, refreshed at most once a second */
 	__u32 rev;       /* config.policy_rev when last checked against policy */
 	__u16 flags;
 	__u16 proxy_port;
@@ -175,6 +175,7 @@ struct config {
 	__u32 ct_tcp_closing;
 	__u32 ct_other;
 	__u32 proxy_addr4; /* IPv4 address the proxy's transparent listeners bind (network order) */
+	__u32 hz;          /* jiffies per second, measured by the agent */
 };
 
 /* ---- events and counters ------------------------------------------------ */
