@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -52,7 +53,9 @@ type Config struct {
 	Datapath datapath.Config
 	// EventRing is how many recent datapath events the agent keeps.
 	EventRing int
-	Logger    *slog.Logger
+	// Pprof serves Go's profiler under /debug/pprof/ on the API socket.
+	Pprof  bool
+	Logger *slog.Logger
 }
 
 // Agent is a running node agent.
@@ -322,7 +325,8 @@ func (a *Agent) regenerate(rev int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	res := a.app.apply(snap, a.ifindexOf, a.adoptedEntries)
-	if !a.ready {
+	firstSync := !a.ready
+	if firstSync {
 		a.app.forgetAdopted(a.adoptedEntries)
 		a.adoptedEntries = nil
 		if err := a.attachUnderlay(); err != nil {
@@ -341,6 +345,12 @@ func (a *Agent) regenerate(rev int64) {
 	}
 	a.ready = true
 	a.lastRegen = took
+	if firstSync {
+		// The first full sync decodes every datastore object and builds
+		// all state at once; hand that transient peak back to the OS
+		// rather than keep it as heap headroom for the agent's lifetime.
+		debug.FreeOSMemory()
+	}
 	a.log.Debug("regenerated", "revision", rev, "endpoints", len(snap.Endpoints), "ipcache", len(snap.IPCache), "took", took)
 }
 

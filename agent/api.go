@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,6 +33,11 @@ func (a *Agent) serveAPI(socket string) (*http.Server, error) {
 	mux.HandleFunc("GET /v1/status", a.handleStatus)
 	mux.HandleFunc("GET /v1/endpoints", a.handleEndpoints)
 	mux.HandleFunc("GET /v1/endpoints/{namespace}/{pod}/policy", a.handlePolicy)
+	if a.cfg.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	return srv, nil

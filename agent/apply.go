@@ -7,6 +7,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"sync"
 
 	"github.com/membrane-mesh/membrane/api"
 	"github.com/membrane-mesh/membrane/datapath"
@@ -44,6 +45,50 @@ type applier struct {
 	adopted map[netip.Addr]datapath.EndpointInfo
 	// full counts updates each map refused because it was full.
 	full map[string]uint64
+	// pending are endpoints whose maps are written and whose programs
+	// still need attaching, done in parallel at the end of the endpoint
+	// pass.
+	pending []*epState
+}
+
+// attachWorkers bounds concurrent attachments: each waits for an RCU grace
+// period in the kernel, so they overlap well.
+const attachWorkers = 32
+
+// attachPending attaches the programs of every pending endpoint.
+func (a *applier) attachPending(problem func(string, ...any)) {
+	if len(a.pending) == 0 {
+		return
+	}
+	var mu sync.Mutex
+	work := make(chan *epState)
+	var wg sync.WaitGroup
+	for range min(attachWorkers, len(a.pending)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for st := range work {
+				err := a.dp.AttachEndpoint(st.ifname)
+				mu.Lock()
+				if err != nil {
+					problem("endpoint %s: %v", st.key, err)
+					st.state = api.EndpointFailed
+					st.message = err.Error()
+				} else {
+					st.attached = true
+					st.state = api.EndpointReady
+					st.message = ""
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, st := range a.pending {
+		work <- st
+	}
+	close(work)
+	wg.Wait()
+	a.pending = a.pending[:0]
 }
 
 // noteFull counts err against a map if it is a map-full error.
@@ -68,6 +113,9 @@ type epState struct {
 	identity identity.ID
 	state    string
 	message  string
+	// attached: this process attached (or adopted) the programs on
+	// ifindex.
+	attached bool
 }
 
 func newApplier(dp *datapath.Datapath, log *slog.Logger) (*applier, error) {
@@ -194,6 +242,7 @@ func (a *applier) apply(snap *policy.Snapshot, ifindexOf ifindexFunc, adoptedEnt
 			delete(a.endpoints, key)
 		}
 	}
+	a.attachPending(problem)
 
 	// 3. ipcache.
 	for p, addr := range snap.IPCache {
@@ -364,7 +413,13 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 	sameEntries := maps.Equal(desired, st.entries)
 	sameAddrs := slices.Equal(st.addrs, ep.Pod.IPs) && st.ifindex == ifindex
 	wasFailed := st.flags&datapath.EndpointFailClosed != 0
-	if sameEntries && sameAddrs && !wasFailed && st.flags&^datapath.EndpointGen == flags && st.state == api.EndpointReady {
+	if st.ifindex != ifindex {
+		st.attached = false // the interface was recreated
+	}
+	if sameEntries && sameAddrs && !wasFailed && st.flags&^datapath.EndpointGen == flags {
+		if !st.attached {
+			a.pending = append(a.pending, st)
+		}
 		return
 	}
 
@@ -421,12 +476,10 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 		a.deleteGen(st, oldGen, old, problem)
 	}
 
-	// Programs last: when they first see this endpoint, its state is
-	// complete.
-	if err := a.dp.AttachEndpoint(st.ifname); err != nil {
-		problem("endpoint %s: %v", key, err)
-		st.state = api.EndpointFailed
-		st.message = err.Error()
+	// Programs last (attachPending): when they first see this endpoint,
+	// its state is complete.
+	if !st.attached {
+		a.pending = append(a.pending, st)
 		return
 	}
 	st.state = api.EndpointReady

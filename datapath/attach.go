@@ -32,7 +32,7 @@ const (
 
 // Mode reports how programs are attached: "tcx" or "tc".
 func (d *Datapath) Mode() string {
-	if d.legacy {
+	if d.isLegacy() {
 		return "tc"
 	}
 	return "tcx"
@@ -70,6 +70,11 @@ func (d *Datapath) DetachEndpoint(ifname string) error {
 // Attach attaches hook h's program to ifname, replacing a previous
 // attachment (a pinned link from an earlier agent run included) without a
 // window where no program runs.
+//
+// Attaching waits for an RCU grace period in the kernel, so callers with
+// many interfaces attach them concurrently; the lock here covers only the
+// link table, not the system calls. Attach and Detach of one interface must
+// not run concurrently.
 func (d *Datapath) Attach(ifname string, h Hook) error {
 	ifc, err := netlink.LinkByName(ifname)
 	if err != nil {
@@ -78,22 +83,23 @@ func (d *Datapath) Attach(ifname string, h Hook) error {
 	ifindex := ifc.Attrs().Index
 	prog, at, ingress := d.program(h)
 
-	d.mu.Lock()
-	defer d.mu.Unlock()
-
-	if d.legacy {
+	if d.isLegacy() {
 		return attachLegacy(ifindex, ifname, prog, ingress, h)
 	}
 
 	key := ifname + "_" + string(h)
-	if l := d.links[key]; l != nil {
+	d.mu.Lock()
+	l := d.links[key]
+	delete(d.links, key)
+	d.mu.Unlock()
+	if l != nil {
 		if linkIfindex(l) == ifindex {
 			if err := l.Update(prog); err == nil {
+				d.setLink(key, l)
 				return nil
 			}
 		}
 		l.Close()
-		delete(d.links, key)
 	}
 
 	pin := d.linkPin(key)
@@ -101,7 +107,7 @@ func (d *Datapath) Attach(ifname string, h Hook) error {
 		if l, err := link.LoadPinnedLink(pin, nil); err == nil {
 			if linkIfindex(l) == ifindex {
 				if err := l.Update(prog); err == nil {
-					d.links[key] = l
+					d.setLink(key, l)
 					return nil
 				}
 			}
@@ -111,14 +117,16 @@ func (d *Datapath) Attach(ifname string, h Hook) error {
 		}
 	}
 
-	l, err := link.AttachTCX(link.TCXOptions{
+	l, err = link.AttachTCX(link.TCXOptions{
 		Interface: ifindex,
 		Program:   prog,
 		Attach:    at,
 		Anchor:    link.Head(),
 	})
 	if errors.Is(err, ebpf.ErrNotSupported) {
+		d.mu.Lock()
 		d.legacy = true
+		d.mu.Unlock()
 		return attachLegacy(ifindex, ifname, prog, ingress, h)
 	}
 	if err != nil {
@@ -134,16 +142,26 @@ func (d *Datapath) Attach(ifname string, h Hook) error {
 			return fmt.Errorf("attach %s to %s: pin link: %w", h, ifname, err)
 		}
 	}
-	d.links[key] = l
+	d.setLink(key, l)
 	return nil
+}
+
+func (d *Datapath) setLink(key string, l link.Link) {
+	d.mu.Lock()
+	d.links[key] = l
+	d.mu.Unlock()
+}
+
+func (d *Datapath) isLegacy() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.legacy
 }
 
 // Detach removes hook h's program from ifname.
 func (d *Datapath) Detach(ifname string, h Hook) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	key := ifname + "_" + string(h)
-	if d.legacy {
+	if d.isLegacy() {
 		ifc, err := netlink.LinkByName(ifname)
 		if err != nil {
 			return nil // gone with its filters
@@ -151,8 +169,10 @@ func (d *Datapath) Detach(ifname string, h Hook) error {
 		_, _, ingress := d.program(h)
 		return detachLegacy(ifc.Attrs().Index, ingress)
 	}
+	d.mu.Lock()
 	l := d.links[key]
 	delete(d.links, key)
+	d.mu.Unlock()
 	if l == nil {
 		if pin := d.linkPin(key); pin != "" {
 			if pl, err := link.LoadPinnedLink(pin, nil); err == nil {

@@ -49,6 +49,7 @@ func main() {
 			return nil
 		})
 	}
+	flag.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the API socket")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.StringVar(&logFormat, "log-format", "text", "text or json")
 	showVersion := flag.Bool("version", false, "print the version and exit")
