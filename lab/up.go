@@ -131,6 +131,9 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		return nil, err
 	}
 
+	if err := l.mountDatastore(); err != nil {
+		return nil, err
+	}
 	store, err := datastore.Open(y.datastoreDir())
 	if err != nil {
 		return nil, fmt.Errorf("open datastore: %w", err)
