@@ -206,12 +206,10 @@ func TestWatch1000Objects(t *testing.T) {
 	if n > 3 {
 		t.Errorf("1000 objects arrived in %d batches, want at most 3", n)
 	}
-	// ~100 ms is the target; leave room for a loaded machine and for the
-	// race detector, which makes decoding several times slower.
-	limit := 250 * time.Millisecond
-	if raceEnabled {
-		limit = time.Second
-	}
+	// Latency is a benchmark figure (make bench measures apply-to-
+	// enforcement); this test only catches a pathology, with room for CI
+	// running every package at once, and for the race detector.
+	limit := 5 * time.Second
 	if latency > limit {
 		t.Errorf("1000 objects arrived %v after Apply returned, want at most %v", latency, limit)
 	}

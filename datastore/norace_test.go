@@ -1,5 +1,0 @@
-//go:build !race
-
-package datastore
-
-const raceEnabled = false
