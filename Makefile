@@ -41,7 +41,7 @@ bench: deps build
 demo: deps build
 	@$(BIN)/membranectl lab down --name demo >/dev/null 2>&1 || true
 	$(BIN)/membranectl lab up -f examples/quickstart
-	$(BIN)/membranectl lab matrix --name demo
+	$(BIN)/membranectl lab matrix --name demo --protocols tcp
 	$(BIN)/membranectl policy get shop/web --lab demo
 	@echo
 	@echo "The lab 'demo' is running. Try:"
