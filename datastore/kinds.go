@@ -59,6 +59,22 @@ var kinds = []*kindInfo{
 		validate:    func(obj any) fieldErrors { return validateNetworkPolicy(obj.(*networkingv1.NetworkPolicy)) },
 	},
 	{
+		apiVersion: "cilium.io/v2", kind: "CiliumNetworkPolicy", namespaced: true,
+		newObj:      func() any { return new(CiliumNetworkPolicy) },
+		supported:   ciliumPolicyFields,
+		setDefaults: func(any) {},
+		validate:    func(obj any) fieldErrors { return validateCiliumNetworkPolicy(obj.(*CiliumNetworkPolicy)) },
+	},
+	{
+		apiVersion: "cilium.io/v2", kind: "CiliumClusterwideNetworkPolicy", namespaced: false,
+		newObj:      func() any { return new(CiliumClusterwideNetworkPolicy) },
+		supported:   ciliumPolicyFields,
+		setDefaults: func(any) {},
+		validate: func(obj any) fieldErrors {
+			return validateCiliumClusterwideNetworkPolicy(obj.(*CiliumClusterwideNetworkPolicy))
+		},
+	},
+	{
 		apiVersion: "membrane.dev/v1alpha1", kind: "Lab", namespaced: false,
 		newObj:      func() any { return new(Lab) },
 		supported:   fieldSet{"apiVersion": nil, "kind": nil, "metadata": metadataFields, "spec": nil},
@@ -66,6 +82,12 @@ var kinds = []*kindInfo{
 		validate:    func(obj any) fieldErrors { return validateLab(obj.(*Lab)) },
 	},
 }
+
+// ciliumPolicyFields are the top-level fields of both Cilium policy kinds.
+// Everything under spec and specs is decoded into Membrane's own types
+// (cilium.go), which hold exactly the fields Cilium defines; the fields
+// Membrane does not enforce yet are reported by validate_cilium.go.
+var ciliumPolicyFields = fieldSet{"apiVersion": nil, "kind": nil, "metadata": metadataFields, "spec": nil, "specs": nil}
 
 // lookupKind returns the registry row for apiVersion and kind, or nil.
 func lookupKind(apiVersion, kind string) *kindInfo {
@@ -100,6 +122,10 @@ func kindOf(obj any) *kindInfo {
 		kind = "Node"
 	case *networkingv1.NetworkPolicy:
 		kind = "NetworkPolicy"
+	case *CiliumNetworkPolicy:
+		kind = "CiliumNetworkPolicy"
+	case *CiliumClusterwideNetworkPolicy:
+		kind = "CiliumClusterwideNetworkPolicy"
 	case *Lab:
 		kind = "Lab"
 	default:

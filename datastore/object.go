@@ -36,7 +36,8 @@ type Object struct {
 	// written; 0 when it did not come from a store.
 	Revision int64
 	// Obj is one of *corev1.Namespace, *corev1.Pod, *corev1.Node,
-	// *networkingv1.NetworkPolicy or *Lab.
+	// *networkingv1.NetworkPolicy, *CiliumNetworkPolicy,
+	// *CiliumClusterwideNetworkPolicy or *Lab.
 	Obj any
 }
 

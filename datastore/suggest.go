@@ -65,6 +65,14 @@ func structAt(root reflect.Type, p string) reflect.Type {
 	return nil
 }
 
+// fieldExplainer is implemented by (pointers to) types that know better
+// than a spelling hint why a field is not theirs, typically because the
+// API defines it elsewhere (a deny rule's toPorts has no L7 rules).
+// explainUnknownField returns "" for a field it has nothing to say about.
+type fieldExplainer interface {
+	explainUnknownField(name string) string
+}
+
 // unknownFieldMsg explains an unknown field at path p of an object of
 // type root and suggests the field the user probably meant.
 func unknownFieldMsg(root reflect.Type, p string) string {
@@ -73,6 +81,11 @@ func unknownFieldMsg(root reflect.Type, p string) string {
 	st := structAt(root, p)
 	if st == nil {
 		return "unknown field; remove it"
+	}
+	if ex, ok := reflect.New(st).Interface().(fieldExplainer); ok {
+		if msg := ex.explainUnknownField(name); msg != "" {
+			return msg
+		}
 	}
 	known := sortedKeys(jsonFields(st))
 	if best := closest(name, known); best != "" {

@@ -34,6 +34,7 @@ func (e *Engine) computeEndpoint(ps *podState, policyKeys []string, snap *Snapsh
 		for d := range 2 {
 			if p.Enforce[d] {
 				ep.Enforce[d] = true
+				ep.EnforcedBy[d] = append(ep.EnforcedBy[d], k)
 			}
 		}
 		for i := range p.Rules {
@@ -45,15 +46,48 @@ func (e *Engine) computeEndpoint(ps *podState, policyKeys []string, snap *Snapsh
 		}
 	}
 
+	// Requirements (fromRequires/toRequires) of every rule selecting the
+	// endpoint apply to all its allow rules in that direction.
+	var reqs [2][]Selector
+	for d := range 2 {
+		seen := map[string]bool{}
+		for _, or := range rules[d] {
+			for _, q := range or.r.Requires {
+				if !seen[q.Key()] {
+					seen[q.Key()] = true
+					reqs[d] = append(reqs[d], q)
+				}
+			}
+		}
+	}
+
 	for d := Ingress; d <= Egress; d++ {
 		rs := rules[d]
 		if len(rs) == 0 {
 			continue
 		}
+		req := reqs[d]
+		satisfies := func(set *Selset) bool {
+			for _, q := range req {
+				if _, ok := slices.BinarySearch(set.Selectors, q.Key()); !ok {
+					return false
+				}
+			}
+			return true
+		}
 		relevant := map[uint32]bool{}
-		var anyRules []orderedRule
+		var anyRules []orderedRule // rules for selector set 0: any peer
 		for _, or := range rs {
-			if or.r.AnyPeer {
+			switch {
+			case or.r.NoPeer:
+				continue
+			case or.r.AnyPeer && or.r.Verdict != Deny && len(req) > 0:
+				// "Any peer" narrowed by requirements: only peers in
+				// selector sets that carry every requirement.
+				for _, ss := range idx.bySel[req[0].Key()] {
+					relevant[ss] = true
+				}
+			case or.r.AnyPeer:
 				anyRules = append(anyRules, or)
 				if d == Egress {
 					// A named port of an any-peer egress rule resolves
@@ -67,21 +101,25 @@ func (e *Engine) computeEndpoint(ps *podState, policyKeys []string, snap *Snapsh
 						}
 					}
 				}
-				continue
-			}
-			for _, s := range or.r.Peers {
-				for _, ss := range idx.bySel[s.Key()] {
-					relevant[ss] = true
+			default:
+				for _, sel := range or.r.Peers {
+					for _, ss := range idx.bySel[sel.Key()] {
+						relevant[ss] = true
+					}
 				}
 			}
 		}
 
 		for _, K := range slices.Sorted(maps.Keys(relevant)) {
 			set := snap.Selsets[K]
+			ok := satisfies(set)
 			var prs []portRule
 			for _, or := range rs {
-				if !or.r.AnyPeer && !ruleSelects(or.r, set) {
+				if or.r.NoPeer || (!or.r.AnyPeer && !ruleSelects(or.r, set)) {
 					continue
+				}
+				if or.r.Verdict != Deny && !ok {
+					continue // requirements not met: this rule allows nothing here
 				}
 				prs = appendPortRules(prs, or, ps, d, set, snap)
 			}
@@ -97,6 +135,7 @@ func (e *Engine) computeEndpoint(ps *podState, policyKeys []string, snap *Snapsh
 			ep.Entries[EntryKey{Dir: d, Selset: 0, Entry: en}] = v
 		})
 	}
+	ep.Masks = Masks(ep)
 	ep.Hash = hashEndpoint(ep)
 	return ep
 }

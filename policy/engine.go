@@ -105,6 +105,10 @@ type Endpoint struct {
 	Enforce [2]bool
 	// Policies selecting the endpoint, by key.
 	Policies []string
+	// EnforcedBy[dir]: the selecting policies that make dir default-deny.
+	EnforcedBy [2][]string
+	// Masks summarise Entries as the datapath's endpoint record does.
+	Masks [2][2]uint32
 	// Rules that apply to the endpoint, in evaluation order.
 	Rules   []*Rule
 	Entries map[EntryKey]Value
@@ -153,7 +157,8 @@ type Engine struct {
 	namespaces map[string]map[string]string
 	pods       map[PodKey]*podState
 	nodes      map[string]Node
-	policies   map[string]*Policy
+	policies   map[string]*Policy  // by Policy.Key
+	groups     map[string][]string // source object -> keys of its policies
 	hostAddrs  []netip.Addr
 
 	// Label selector matches, cached per identity.
@@ -184,6 +189,7 @@ func NewEngine(opts Options) *Engine {
 		pods:       map[PodKey]*podState{},
 		nodes:      map[string]Node{},
 		policies:   map[string]*Policy{},
+		groups:     map[string][]string{},
 		idLabels:   map[identity.ID]identity.Labels{},
 		idMatches:  map[identity.ID][]string{},
 		matchSels:  map[string]bool{},
@@ -207,6 +213,7 @@ func (e *Engine) ResetInputs() {
 	e.pods = map[PodKey]*podState{}
 	e.nodes = map[string]Node{}
 	e.policies = map[string]*Policy{}
+	e.groups = map[string][]string{}
 }
 
 // SetNamespace adds or updates a namespace's labels.
@@ -229,11 +236,32 @@ func (e *Engine) SetNode(n Node) { e.nodes[n.Name] = n }
 // DeleteNode forgets a node.
 func (e *Engine) DeleteNode(name string) { delete(e.nodes, name) }
 
-// SetPolicy adds or replaces a compiled policy.
-func (e *Engine) SetPolicy(p *Policy) { e.policies[p.Key] = p }
+// SetPolicy adds or replaces a compiled policy that is its own source
+// object (a NetworkPolicy).
+func (e *Engine) SetPolicy(p *Policy) { e.SetPolicies(p.Key, []*Policy{p}) }
 
-// DeletePolicy forgets a policy.
-func (e *Engine) DeletePolicy(key string) { delete(e.policies, key) }
+// SetPolicies replaces the policies compiled from one source object (a
+// CiliumNetworkPolicy with several rules becomes several policies).
+func (e *Engine) SetPolicies(source string, ps []*Policy) {
+	e.DeletePolicies(source)
+	keys := make([]string, 0, len(ps))
+	for _, p := range ps {
+		e.policies[p.Key] = p
+		keys = append(keys, p.Key)
+	}
+	e.groups[source] = keys
+}
+
+// DeletePolicy forgets the policies of a source object.
+func (e *Engine) DeletePolicy(source string) { e.DeletePolicies(source) }
+
+// DeletePolicies forgets the policies compiled from a source object.
+func (e *Engine) DeletePolicies(source string) {
+	for _, k := range e.groups[source] {
+		delete(e.policies, k)
+	}
+	delete(e.groups, source)
+}
 
 // SetHostAddrs sets the addresses of this node itself (reserved:host).
 func (e *Engine) SetHostAddrs(addrs []netip.Addr) { e.hostAddrs = slices.Clone(addrs) }
@@ -241,8 +269,8 @@ func (e *Engine) SetHostAddrs(addrs []netip.Addr) { e.hostAddrs = slices.Clone(a
 // Policy returns a policy by key.
 func (e *Engine) Policy(key string) *Policy { return e.policies[key] }
 
-// NumPolicies is the number of policies.
-func (e *Engine) NumPolicies() int { return len(e.policies) }
+// NumPolicies is the number of policy objects.
+func (e *Engine) NumPolicies() int { return len(e.groups) }
 
 // Compute derives the desired state. Identities for new label sets are
 // allocated on the way.
@@ -269,7 +297,7 @@ func (e *Engine) Compute() (*Snapshot, error) {
 	for _, p := range e.policies {
 		for i := range p.Rules {
 			r := &p.Rules[i]
-			for _, s := range r.Peers {
+			for _, s := range slices.Concat(r.Peers, r.Requires) {
 				snap.Selectors[s.Key()] = s
 				switch s := s.(type) {
 				case *LabelSelector:
@@ -300,9 +328,14 @@ func (e *Engine) Compute() (*Snapshot, error) {
 		pod  *PodKey
 	}
 	addrs := map[netip.Prefix]*addrInfo{}
-	cidrMatches := func(p netip.Prefix) []string {
+	// A CIDR selector matches an address in range; a world-only one only
+	// if the address is outside the cluster.
+	cidrMatches := func(p netip.Prefix, id identity.ID) []string {
 		var out []string
 		for _, s := range cidrSels {
+			if s.WorldOnly && id != identity.World {
+				continue
+			}
 			if s.Matches(p) {
 				out = append(out, s.Key())
 			}
@@ -331,7 +364,7 @@ func (e *Engine) Compute() (*Snapshot, error) {
 		for _, ip := range ps.IPs {
 			pfx := netip.PrefixFrom(ip, ip.BitLen())
 			sels := slices.Clone(e.idMatches[ps.id])
-			sels = append(sels, cidrMatches(pfx)...)
+			sels = append(sels, cidrMatches(pfx, ps.id)...)
 			for _, np := range ps.NamedPorts {
 				if egressNames[namedKey{np.Name, np.Proto}] {
 					s := NewNamedPortSelector(np.Name, np.Proto, np.Number)
@@ -352,7 +385,7 @@ func (e *Engine) Compute() (*Snapshot, error) {
 		if _, ok := addrs[pfx]; ok {
 			return
 		}
-		all := append(slices.Clone(sels), cidrMatches(pfx)...)
+		all := append(slices.Clone(sels), cidrMatches(pfx, id)...)
 		addrs[pfx] = &addrInfo{id: id, sels: all}
 	}
 	for _, ip := range e.hostAddrs {
@@ -376,7 +409,7 @@ func (e *Engine) Compute() (*Snapshot, error) {
 		if _, ok := addrs[p]; ok {
 			continue
 		}
-		sels := append(slices.Clone(worldSels), cidrMatches(p)...)
+		sels := append(slices.Clone(worldSels), cidrMatches(p, identity.World)...)
 		addrs[p] = &addrInfo{id: identity.World, sels: sels}
 	}
 

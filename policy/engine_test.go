@@ -12,7 +12,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/membrane-mesh/membrane/identity"
 	"github.com/membrane-mesh/membrane/test/netpolref"
 )
 
@@ -71,76 +70,10 @@ func (c *testCluster) populate(t *testing.T, e *Engine) *Snapshot {
 
 // ---- the datapath, in Go ---------------------------------------------------
 
-func simIPCache(snap *Snapshot, a netip.Addr) Address {
-	if v, ok := snap.IPCache[netip.PrefixFrom(a, a.BitLen())]; ok {
-		return v
-	}
-	best, bits := Address{Identity: identity.World}, -1
-	for p, v := range snap.IPCache {
-		if p.Contains(a) && p.Bits() > bits {
-			best, bits = v, p.Bits()
-		}
-	}
-	return best
-}
-
-// simDecide mirrors policy_decide in bpf/include/policy.h, using the masks
-// the agent would write.
-func simDecide(ep *Endpoint, d Dir, selset uint32, proto uint8, port uint16) (Verdict, uint32) {
-	masks := Masks(ep)
-	probe := func(ss uint32, mask uint32) (Value, bool) {
-		for plen := 16; plen >= 0; plen-- {
-			if mask&(1<<plen) == 0 {
-				continue
-			}
-			m := uint16(0)
-			if plen > 0 {
-				m = uint16(0xffff << (16 - plen))
-			}
-			if v, ok := ep.Entries[EntryKey{Dir: d, Selset: ss, Entry: Entry{Proto: proto, Port: port & m, Plen: uint8(plen)}}]; ok {
-				return v, true
-			}
-		}
-		if mask&MaskAnyProto != 0 {
-			if v, ok := ep.Entries[EntryKey{Dir: d, Selset: ss, Entry: Entry{Proto: ProtoAny}}]; ok {
-				return v, true
-			}
-		}
-		return Value{}, false
-	}
-	if m := masks[d][0]; m != 0 && selset != 0 {
-		if v, ok := probe(selset, m); ok {
-			return v.Verdict, v.RuleID
-		}
-	}
-	if m := masks[d][1]; m != 0 {
-		if v, ok := probe(0, m); ok {
-			return v.Verdict, v.RuleID
-		}
-	}
-	if ep.Enforce[d] {
-		return Deny, 0
-	}
-	return Allow, 0
-}
-
+// simAllowed is what the datapath decides, through Snapshot.Explain: the
+// same lookup the datapath does (Lookup), on the state that programs it.
 func simAllowed(snap *Snapshot, src, dst netip.Addr, proto uint8, port uint16) bool {
-	srcA, dstA := simIPCache(snap, src), simIPCache(snap, dst)
-	if srcA.Pod != nil {
-		if ep := snap.Endpoints[*srcA.Pod]; ep != nil {
-			if v, _ := simDecide(ep, Egress, dstA.Selset, proto, port); v == Deny {
-				return false
-			}
-		}
-	}
-	if dstA.Pod != nil {
-		if ep := snap.Endpoints[*dstA.Pod]; ep != nil {
-			if v, _ := simDecide(ep, Ingress, srcA.Selset, proto, port); v == Deny {
-				return false
-			}
-		}
-	}
-	return true
+	return snap.Explain(src, dst, proto, port, false).Allowed()
 }
 
 // ---- Kubernetes semantics, from the reference model ---------------------------

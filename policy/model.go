@@ -147,6 +147,16 @@ type Rule struct {
 	Peers []Selector
 	// Ports are alternatives; empty means every protocol and port.
 	Ports []PortRange
+	// Requires are selectors a peer must all match, on top of Peers, for
+	// any allow rule of the endpoints this rule's policy selects in this
+	// direction (CiliumNetworkPolicy fromRequires/toRequires: "requirements
+	// apply to every rule that selects the endpoint"). A rule may carry
+	// only requirements and allow nothing itself (NoPeer).
+	Requires []Selector
+	// NoPeer: the rule selects no peer (an explicit empty peer list, or a
+	// rule with no peer and no port); it allows nothing, but still counts
+	// for default deny and may carry Requires.
+	NoPeer bool
 }
 
 // Policy is one input policy compiled to Membrane's model.

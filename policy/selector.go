@@ -170,12 +170,27 @@ func RequirementsFrom(ls *metav1.LabelSelector, keyPrefix string) ([]Requirement
 type CIDRSelector struct {
 	Prefix netip.Prefix
 	Except []netip.Prefix // sorted
-	key    string
+	// WorldOnly: only addresses outside the cluster match (CiliumNetworkPolicy
+	// CIDR rules never select pods or nodes). Without it, pod and node
+	// addresses match too (Kubernetes NetworkPolicy ipBlock).
+	WorldOnly bool
+	key       string
 }
 
 // NewCIDRSelector masks the prefixes (host bits are ignored, as Kubernetes
-// does) and computes the key.
+// does) and computes the key. The selector matches any address in range,
+// pod addresses included, as a NetworkPolicy ipBlock does.
 func NewCIDRSelector(p netip.Prefix, except []netip.Prefix) *CIDRSelector {
+	return newCIDRSelector(p, except, false)
+}
+
+// NewWorldCIDRSelector is NewCIDRSelector for addresses outside the cluster
+// only, as a CiliumNetworkPolicy fromCIDR/toCIDR rule is.
+func NewWorldCIDRSelector(p netip.Prefix, except []netip.Prefix) *CIDRSelector {
+	return newCIDRSelector(p, except, true)
+}
+
+func newCIDRSelector(p netip.Prefix, except []netip.Prefix, worldOnly bool) *CIDRSelector {
 	p = p.Masked()
 	ex := make([]netip.Prefix, 0, len(except))
 	for _, e := range except {
@@ -183,9 +198,13 @@ func NewCIDRSelector(p netip.Prefix, except []netip.Prefix) *CIDRSelector {
 	}
 	slices.SortFunc(ex, comparePrefix)
 	ex = slices.Compact(ex)
-	s := &CIDRSelector{Prefix: p, Except: ex}
+	s := &CIDRSelector{Prefix: p, Except: ex, WorldOnly: worldOnly}
 	var b strings.Builder
-	b.WriteString("cidr:")
+	if worldOnly {
+		b.WriteString("cidr-world:")
+	} else {
+		b.WriteString("cidr:")
+	}
 	b.WriteString(p.String())
 	for _, e := range ex {
 		b.WriteString("!")
@@ -223,14 +242,18 @@ func (s *CIDRSelector) Matches(q netip.Prefix) bool {
 func (s *CIDRSelector) Key() string { return s.key }
 
 func (s *CIDRSelector) String() string {
+	suffix := ""
+	if s.WorldOnly {
+		suffix = " (outside the cluster)"
+	}
 	if len(s.Except) == 0 {
-		return s.Prefix.String()
+		return s.Prefix.String() + suffix
 	}
 	ex := make([]string, len(s.Except))
 	for i, e := range s.Except {
 		ex[i] = e.String()
 	}
-	return s.Prefix.String() + " except " + strings.Join(ex, ",")
+	return s.Prefix.String() + " except " + strings.Join(ex, ",") + suffix
 }
 
 // Prefixes are the prefixes the selector needs in the ipcache so that every

@@ -186,6 +186,9 @@ func newPolicyCommand() *cobra.Command {
 	t.addFlags(get)
 	get.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	cmd.AddCommand(get)
+	for _, c := range explainCommands {
+		cmd.AddCommand(c())
+	}
 	return cmd
 }
 

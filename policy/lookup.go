@@ -1,0 +1,180 @@
+package policy
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/membrane-mesh/membrane/identity"
+)
+
+// Lookup finds the entry the datapath finds for a peer in selector set
+// selset, with protocol proto and policy port port (the destination port,
+// or the ICMP type), in the same order as policy_decide in
+// bpf/include/policy.h: the peer's selector set first, then entries for any
+// peer; within each, the longest port prefix first, then any protocol.
+// false means no entry: the endpoint's default for the direction applies.
+func Lookup(ep *Endpoint, d Dir, selset uint32, proto uint8, port uint16) (Value, bool) {
+	probe := func(ss uint32, mask uint32) (Value, bool) {
+		for plen := 16; plen >= 0; plen-- {
+			if mask&(1<<plen) == 0 {
+				continue
+			}
+			m := uint16(0)
+			if plen > 0 {
+				m = uint16(0xffff << (16 - plen))
+			}
+			if v, ok := ep.Entries[EntryKey{Dir: d, Selset: ss, Entry: Entry{Proto: proto, Port: port & m, Plen: uint8(plen)}}]; ok {
+				return v, true
+			}
+		}
+		if mask&MaskAnyProto != 0 {
+			if v, ok := ep.Entries[EntryKey{Dir: d, Selset: ss, Entry: Entry{Proto: ProtoAny}}]; ok {
+				return v, true
+			}
+		}
+		return Value{}, false
+	}
+	if m := ep.Masks[d][0]; m != 0 && selset != 0 {
+		if v, ok := probe(selset, m); ok {
+			return v, true
+		}
+	}
+	if m := ep.Masks[d][1]; m != 0 {
+		if v, ok := probe(0, m); ok {
+			return v, true
+		}
+	}
+	return Value{}, false
+}
+
+// AddressInfo is what the ipcache says about an address.
+type AddressInfo struct {
+	Addr     netip.Addr
+	Identity identity.ID
+	Labels   identity.Labels
+	Selset   uint32
+	Pod      *PodKey
+}
+
+// Resolve looks an address up in the snapshot's ipcache as the datapath
+// does: an exact entry, else the longest prefix, else the world.
+func (s *Snapshot) Resolve(a netip.Addr) AddressInfo {
+	a = a.Unmap()
+	info := AddressInfo{Addr: a, Identity: identity.World}
+	found := false
+	for bits := a.BitLen(); bits >= 0 && !found; bits-- {
+		p, _ := a.Prefix(bits)
+		if e, ok := s.IPCache[p]; ok {
+			info.Identity, info.Selset, info.Pod = e.Identity, e.Selset, e.Pod
+			found = true
+		}
+	}
+	if l, ok := s.Identities[info.Identity]; ok {
+		info.Labels = l
+	} else {
+		info.Labels = identity.ReservedLabels(info.Identity)
+	}
+	return info
+}
+
+// Decision is one endpoint's verdict on a connection, and why.
+type Decision struct {
+	Dir      Dir
+	Endpoint PodKey
+	Verdict  Verdict
+	// Rule is the rule that decided ("" when the endpoint's default did).
+	Rule   string
+	RuleID uint32
+	// Reason explains the verdict in a sentence.
+	Reason string
+}
+
+// Explanation says what this node's policy does with traffic from Src to
+// Dst. Egress is set when the source is an endpoint of this node, Ingress
+// when the destination is.
+type Explanation struct {
+	Src, Dst AddressInfo
+	Proto    uint8
+	Port     uint16
+	Egress   *Decision
+	Ingress  *Decision
+}
+
+// Allowed reports whether every decided side allows the traffic.
+func (x *Explanation) Allowed() bool {
+	for _, d := range []*Decision{x.Egress, x.Ingress} {
+		if d != nil && d.Verdict == Deny {
+			return false
+		}
+	}
+	return true
+}
+
+// Explain computes, from the same state that programs the maps, what this
+// node does with a connection from src to dst on proto/port (ICMP: port is
+// the type). allowHost mirrors the datapath setting that lets the node
+// itself reach its workloads.
+func (s *Snapshot) Explain(src, dst netip.Addr, proto uint8, port uint16, allowHost bool) *Explanation {
+	x := &Explanation{Src: s.Resolve(src), Dst: s.Resolve(dst), Proto: proto, Port: port}
+	if x.Src.Pod != nil {
+		if ep := s.Endpoints[*x.Src.Pod]; ep != nil {
+			x.Egress = s.decide(ep, Egress, x.Dst, proto, port)
+		}
+	}
+	if x.Dst.Pod != nil {
+		if ep := s.Endpoints[*x.Dst.Pod]; ep != nil {
+			if allowHost && x.Src.Identity == identity.Host {
+				x.Ingress = &Decision{Dir: Ingress, Endpoint: ep.Pod.Key, Verdict: Allow,
+					Reason: "allowed: traffic from the node itself always reaches its workloads (Kubernetes semantics)"}
+			} else {
+				x.Ingress = s.decide(ep, Ingress, x.Src, proto, port)
+			}
+		}
+	}
+	return x
+}
+
+func (s *Snapshot) decide(ep *Endpoint, d Dir, peer AddressInfo, proto uint8, port uint16) *Decision {
+	dec := &Decision{Dir: d, Endpoint: ep.Pod.Key}
+	what := fmt.Sprintf("%s/%d", ProtoName(proto), port)
+	if proto == ProtoICMP || proto == ProtoICMPv6 {
+		what = fmt.Sprintf("%s type %d", ProtoName(proto), port)
+	}
+	from := "from"
+	if d == Egress {
+		from = "to"
+	}
+	if v, ok := Lookup(ep, d, peer.Selset, proto, port); ok {
+		dec.Verdict, dec.RuleID = v.Verdict, v.RuleID
+		dec.Rule = s.Rules[v.RuleID]
+		switch v.Verdict {
+		case Deny:
+			dec.Reason = fmt.Sprintf("denied by %s (a deny rule wins over every allow)", dec.Rule)
+		case Redirect:
+			dec.Reason = fmt.Sprintf("allowed through the L7 proxy (port %d) by %s", v.ProxyPort, dec.Rule)
+		default:
+			dec.Reason = fmt.Sprintf("allowed by %s", dec.Rule)
+		}
+		return dec
+	}
+	if ep.Enforce[d] {
+		dec.Verdict = Deny
+		dec.Reason = fmt.Sprintf("default deny: %s is selected for %s by %s, and no rule allows %s %s %s",
+			ep.Pod.Key, d, strings.Join(ep.EnforcedBy[d], ", "), what, from, describePeer(peer))
+		return dec
+	}
+	dec.Verdict = Allow
+	dec.Reason = fmt.Sprintf("allowed: no policy selects %s for %s", ep.Pod.Key, d)
+	return dec
+}
+
+func describePeer(a AddressInfo) string {
+	if a.Pod != nil {
+		return fmt.Sprintf("%s (identity %d)", a.Pod, a.Identity)
+	}
+	if a.Identity.IsReserved() {
+		return fmt.Sprintf("%s (%s)", a.Addr, a.Identity)
+	}
+	return fmt.Sprintf("%s (identity %d)", a.Addr, a.Identity)
+}
