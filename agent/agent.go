@@ -51,8 +51,11 @@ type Config struct {
 	LegacyTC bool
 	// Datapath configuration.
 	Datapath datapath.Config
-	// EventRing is how many recent datapath events the agent keeps.
-	EventRing int
+	// FlowRing is how many recent flows the agent keeps for
+	// `membranectl observe` (0: DefaultFlowRing).
+	FlowRing int
+	// MetricsAddr, if set, also serves /metrics over TCP on this host:port.
+	MetricsAddr string
 	// Pprof serves Go's profiler under /debug/pprof/ on the API socket.
 	Pprof  bool
 	Logger *slog.Logger
@@ -81,7 +84,9 @@ type Agent struct {
 	problems    []string
 	lastRegen   time.Duration
 	numPolicies int
-	events      *eventRing
+
+	flows   *flowObserver // flows.go, events.go; not guarded by mu
+	metrics *agentMetrics // metrics.go
 }
 
 // Run runs an agent until ctx ends. Enforcement outlives it: the programs
@@ -95,9 +100,6 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
-	}
-	if cfg.EventRing == 0 {
-		cfg.EventRing = 8192
 	}
 	log := cfg.Logger.With("node", cfg.Node)
 
@@ -136,16 +138,19 @@ func Run(ctx context.Context, cfg Config) error {
 		adoptedEntries: adopted,
 		rejected:       map[string]string{},
 		compileErrors:  map[datastore.Key]string{},
-		events:         newEventRing(cfg.EventRing),
 	}
 	log.Info("agent starting", "version", version.Version, "datapath", dp.Mode(), "pins", cfg.PinDir,
 		"adoptedEndpoints", len(app.adopted), "ipcache", len(app.ipcache))
 
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-
 	var wg sync.WaitGroup
+	// Stop every goroutine, then wait for them (in this order: they wait
+	// for ctx).
 	defer wg.Wait()
+	defer cancel()
+	if err := a.startObservability(ctx, &wg); err != nil { // flows and metrics (metrics.go)
+		return err
+	}
 	if cfg.APISocket != "" {
 		srv, err := a.serveAPI(cfg.APISocket)
 		if err != nil {
@@ -268,11 +273,24 @@ func (a *Agent) ingest(b datastore.Batch) {
 		case *networkingv1.NetworkPolicy:
 			p, err := policy.FromNetworkPolicy(obj)
 			if err != nil {
-				a.compileErrors[o.Key] = fmt.Sprintf("%s: %v", o.Source, err)
-				a.log.Warn("policy rejected; enforcement of it is unchanged", "source", o.Source, "err", err)
+				a.rejectPolicy(o, err)
 				continue
 			}
 			a.eng.SetPolicy(p)
+		case *datastore.CiliumNetworkPolicy:
+			source, ps, err := policy.FromCiliumNetworkPolicy(obj)
+			if err != nil {
+				a.rejectPolicy(o, err)
+				continue
+			}
+			a.eng.SetPolicies(source, ps)
+		case *datastore.CiliumClusterwideNetworkPolicy:
+			source, ps, err := policy.FromCiliumClusterwideNetworkPolicy(obj)
+			if err != nil {
+				a.rejectPolicy(o, err)
+				continue
+			}
+			a.eng.SetPolicies(source, ps)
 		}
 	}
 	for _, k := range b.Deletes {
@@ -284,8 +302,10 @@ func (a *Agent) ingest(b datastore.Batch) {
 			a.eng.DeletePod(policy.PodKey{Namespace: k.Namespace, Name: k.Name})
 		case "Node":
 			a.eng.DeleteNode(k.Name)
-		case "NetworkPolicy":
-			a.eng.DeletePolicy(fmt.Sprintf("NetworkPolicy %s/%s", k.Namespace, k.Name))
+		case "NetworkPolicy", "CiliumNetworkPolicy":
+			a.eng.DeletePolicies(fmt.Sprintf("%s %s/%s", k.Kind, k.Namespace, k.Name))
+		case "CiliumClusterwideNetworkPolicy":
+			a.eng.DeletePolicies(k.Kind + " " + k.Name)
 		}
 	}
 	for k, msg := range a.compileErrors {
@@ -294,6 +314,13 @@ func (a *Agent) ingest(b datastore.Batch) {
 	a.mu.Lock()
 	a.rejected = rejected
 	a.mu.Unlock()
+}
+
+// rejectPolicy records a policy the engine cannot compile. What was
+// enforced for it before (if anything) stays enforced.
+func (a *Agent) rejectPolicy(o datastore.Object, err error) {
+	a.compileErrors[o.Key] = fmt.Sprintf("%s: %v", o.Source, err)
+	a.log.Warn("policy rejected; enforcement of it is unchanged", "source", o.Source, "err", err)
 }
 
 func nodeFrom(n *corev1.Node) policy.Node {
@@ -345,6 +372,7 @@ func (a *Agent) regenerate(rev int64) {
 	}
 	a.ready = true
 	a.lastRegen = took
+	a.regenerated(snap, took) // flow context and metrics (flows.go)
 	if firstSync {
 		// The first full sync decodes every datastore object and builds
 		// all state at once; hand that transient peak back to the OS

@@ -33,6 +33,9 @@ func (a *Agent) serveAPI(socket string) (*http.Server, error) {
 	mux.HandleFunc("GET /v1/status", a.handleStatus)
 	mux.HandleFunc("GET /v1/endpoints", a.handleEndpoints)
 	mux.HandleFunc("GET /v1/endpoints/{namespace}/{pod}/policy", a.handlePolicy)
+	mux.HandleFunc("GET /v1/flows", a.handleFlows)  // flows.go
+	mux.Handle("GET /metrics", a.metrics.handler()) // metrics.go
+	mux.HandleFunc("GET /v1/explain", a.handleExplain)
 	if a.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -88,6 +91,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	if st, err := a.dp.Stats(); err == nil {
 		s.LostEvents = st.LostEvents
 	}
+	s.Flows = a.flows.status() // events.go
 	a.mu.Lock()
 	s.DatastoreRevision = a.dsRev
 	s.AppliedRevision = a.applied

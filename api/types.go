@@ -25,6 +25,9 @@ type Status struct {
 	// "reason/direction".
 	Drops      map[string]uint64 `json:"drops,omitempty"`
 	LostEvents uint64            `json:"lostEvents"`
+	// Flows counts flows by verdict and the flows lost on the way to
+	// `membranectl observe` (datapath ring full, followers behind).
+	Flows *FlowStatus `json:"flows,omitempty"`
 	// Rejected lists datastore objects the agent refused, with the reason.
 	Rejected []string `json:"rejected,omitempty"`
 	Problems []string `json:"problems,omitempty"`

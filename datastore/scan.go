@@ -47,8 +47,9 @@ func parseFileName(name string) (Key, bool) {
 // fileID is the same as in prev are not read again: their entry in prev
 // is reused, so a changed file is one whose entry pointer differs.
 // Hidden files (temporary files of writers) and files not ending in .yaml
-// are skipped.
-func scanObjects(dir string, prev map[string]*fileState) (map[string]*fileState, error) {
+// are skipped. With keep, only files keep accepts (by name) are read; the
+// others keep their entry from prev, unchecked.
+func scanObjects(dir string, prev map[string]*fileState, keep ...func(name string) bool) (map[string]*fileState, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", dir, err)
@@ -58,6 +59,12 @@ func scanObjects(dir string, prev map[string]*fileState) (map[string]*fileState,
 	for _, e := range entries {
 		name := e.Name()
 		if strings.HasPrefix(name, ".") || !strings.HasSuffix(name, ".yaml") {
+			continue
+		}
+		if len(keep) > 0 && !keep[0](name) {
+			if p := prev[name]; p != nil {
+				next[name] = p
+			}
 			continue
 		}
 		fi, err := e.Info()
@@ -148,3 +155,27 @@ func readRevision(file string) (int64, error) {
 	}
 	return rev, nil
 }
+
+// kindFilter accepts the files of the given kinds, and any file named in
+// extra.
+func kindFilter(kinds []string, extra map[string]bool) func(string) bool {
+	prefixes := make([]string, len(kinds))
+	for i, k := range kinds {
+		prefixes[i] = strings.ToLower(k) + "_"
+	}
+	return func(name string) bool {
+		if extra[name] {
+			return true
+		}
+		for _, p := range prefixes {
+			if strings.HasPrefix(name, p) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// unionKinds are the kinds that rules across objects look at: policies
+// never do, so applying a thousand policies reads none of the stored ones.
+var unionKinds = []string{"Namespace", "Pod", "Node", "Lab"}

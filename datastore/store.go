@@ -69,6 +69,16 @@ func (s *Store) revisionPath() string { return filepath.Join(s.dir, "revision") 
 // consistent. Files that do not decode or validate are returned as
 // rejections, and so are errors reading the store.
 func (s *Store) List() (objs []Object, rev int64, rejected []Rejection) {
+	return s.list(nil)
+}
+
+// ListKinds is List for the objects of some kinds only; it reads no file of
+// the other kinds.
+func (s *Store) ListKinds(kinds ...string) (objs []Object, rev int64, rejected []Rejection) {
+	return s.list(kindFilter(kinds, nil))
+}
+
+func (s *Store) list(keep func(string) bool) (objs []Object, rev int64, rejected []Rejection) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	unlock, err := lockFile(s.lockPath(), lockShared)
@@ -80,12 +90,20 @@ func (s *Store) List() (objs []Object, rev int64, rejected []Rejection) {
 	if err != nil {
 		rejected = append(rejected, Rejection{Source: s.revisionPath(), Err: err})
 	}
-	states, err := scanObjects(s.objectsDir(), s.cache)
+	var states map[string]*fileState
+	if keep != nil {
+		states, err = scanObjects(s.objectsDir(), s.cache, keep)
+	} else {
+		states, err = scanObjects(s.objectsDir(), s.cache)
+	}
 	if err != nil {
 		return nil, rev, append(rejected, Rejection{Source: s.objectsDir(), Err: err})
 	}
 	s.cache = states
 	for _, name := range sortedKeys(states) {
+		if keep != nil && !keep(name) {
+			continue
+		}
 		if st := states[name]; st.obj != nil {
 			objs = append(objs, copyObject(st.obj))
 		} else {
@@ -114,14 +132,21 @@ func (s *Store) Apply(objs []Object) (int64, error) {
 	removeTempFiles(s.objectsDir())
 	removeTempFiles(s.dir)
 
-	states, err := scanObjects(s.objectsDir(), s.cache)
+	// Read what the rules across objects need (and the files being
+	// replaced, to keep their UIDs), not every stored policy.
+	replaced := make(map[string]bool, len(prepared))
+	for i := range prepared {
+		replaced[fileName(prepared[i].Key)] = true
+	}
+	keep := kindFilter(unionKinds, replaced)
+	states, err := scanObjects(s.objectsDir(), s.cache, keep)
 	if err != nil {
 		return 0, fmt.Errorf("apply: %w", err)
 	}
 	s.cache = states
 	union := make(map[Key]*Object, len(states)+len(prepared))
-	for _, st := range states {
-		if st.obj != nil {
+	for name, st := range states {
+		if st.obj != nil && keep(name) {
 			union[st.obj.Key] = st.obj
 		}
 	}

@@ -2,6 +2,7 @@ package identity
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 )
 
@@ -16,23 +17,56 @@ type Allocator interface {
 	Len() int
 }
 
-// table is the in-memory index both allocators keep.
+// table is the in-memory index both allocators keep. It holds each label
+// set once, as its canonical string (a million identities cost tens of
+// megabytes, not hundreds); Lookup parses it back.
 type table struct {
 	byLabels map[string]ID
-	byID     map[ID]Labels
-	next     ID
+	// byID[id-MinCluster]: identities are handed out in order, so a slice
+	// indexes them densely.
+	byID []string
+	n    int
+	next ID
 }
 
 func newTable() table {
-	return table{byLabels: map[string]ID{}, byID: map[ID]Labels{}, next: MinCluster}
+	return table{byLabels: map[string]ID{}, next: MinCluster}
 }
 
 func (t *table) add(id ID, l Labels) {
-	t.byLabels[l.String()] = id
-	t.byID[id] = l
+	s := l.String()
+	t.byLabels[s] = id
+	i := int(id - MinCluster)
+	if i >= len(t.byID) {
+		t.byID = append(t.byID, make([]string, i+1-len(t.byID))...)
+	}
+	if t.byID[i] == "" {
+		t.n++
+	}
+	t.byID[i] = s
 	if id >= t.next {
 		t.next = id + 1
 	}
+}
+
+func (t *table) lookup(id ID) (Labels, bool) {
+	i := int(id) - int(MinCluster)
+	if i < 0 || i >= len(t.byID) || t.byID[i] == "" {
+		return Labels{}, false
+	}
+	return ParseLabels(t.byID[i]), true
+}
+
+// ParseLabels parses the canonical form Labels.String returns.
+func ParseLabels(s string) Labels {
+	m := map[string]string{}
+	if s != "" {
+		for _, kv := range strings.Split(s, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			m[k] = v
+		}
+	}
+	return NewLabels(m)
 }
 
 // Memory is an allocator that lives in one process: for tests and for a
@@ -66,12 +100,11 @@ func (m *Memory) Allocate(sets []Labels) ([]ID, error) {
 func (m *Memory) Lookup(id ID) (Labels, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	l, ok := m.t.byID[id]
-	return l, ok
+	return m.t.lookup(id)
 }
 
 func (m *Memory) Len() int {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return len(m.t.byID)
+	return m.t.n
 }

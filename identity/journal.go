@@ -85,14 +85,7 @@ func parseJournalLine(line []byte) (ID, Labels, error) {
 	if err != nil || n < uint64(MinCluster) {
 		return 0, Labels{}, fmt.Errorf("malformed identity in line %q", line)
 	}
-	m := map[string]string{}
-	if rest != "" {
-		for _, kv := range strings.Split(rest, ",") {
-			k, v, _ := strings.Cut(kv, "=")
-			m[k] = v
-		}
-	}
-	return ID(n), NewLabels(m), nil
+	return ID(n), ParseLabels(rest), nil
 }
 
 // Allocate implements Allocator.
@@ -178,13 +171,12 @@ func (j *Journal) Allocate(sets []Labels) ([]ID, error) {
 func (j *Journal) Lookup(id ID) (Labels, bool) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	l, ok := j.t.byID[id]
-	return l, ok
+	return j.t.lookup(id)
 }
 
 // Len implements Allocator.
 func (j *Journal) Len() int {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	return len(j.t.byID)
+	return j.t.n
 }

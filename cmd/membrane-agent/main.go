@@ -50,6 +50,8 @@ func main() {
 		})
 	}
 	flag.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the API socket")
+	flag.IntVar(&cfg.FlowRing, "flow-ring", agent.DefaultFlowRing, "how many recent flows to keep for membranectl observe")
+	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "also serve Prometheus /metrics over TCP on this host:port (it is always on the API socket)")
 	flag.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.StringVar(&logFormat, "log-format", "text", "text or json")
 	showVersion := flag.Bool("version", false, "print the version and exit")

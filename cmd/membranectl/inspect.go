@@ -134,6 +134,9 @@ func printStatus(w io.Writer, s *api.Status) {
 		}
 	}
 	fmt.Fprintf(w, "  lost events: %d\n", s.LostEvents)
+	if f := s.Flows; f != nil {
+		fmt.Fprintf(w, "  flows: %v; lost: %d in the datapath (ring buffer full), %d by followers that fell behind\n", f.ByVerdict, f.LostDatapath, f.LostFollowers)
+	}
 	for _, p := range s.Problems {
 		fmt.Fprintf(w, "  problem: %s\n", p)
 	}

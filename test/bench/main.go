@@ -24,7 +24,7 @@ import (
 func main() {
 	out := flag.String("out", "bench/results.txt", "results file")
 	rounds := flag.Int("rounds", 7, "interleaved rounds per comparison")
-	only := flag.String("only", "", "comma-separated sections to run: perpacket,throughput,connrate,converge,memory (default all)")
+	only := flag.String("only", "", "comma-separated sections to run: perpacket,identities,throughput,connrate,converge,memory (default all)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: needs root (BPF programs, network namespaces)")
@@ -43,6 +43,10 @@ func main() {
 	if want("perpacket") {
 		step("per-packet cost")
 		benchPerPacket(r, *rounds)
+	}
+	if want("identities") {
+		step("identity scale")
+		benchIdentityScale(r, *rounds)
 	}
 	if want("throughput") || want("connrate") {
 		step("throughput and connection rate")

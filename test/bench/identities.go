@@ -1,0 +1,222 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"strings"
+	"time"
+
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/membrane-mesh/membrane/datapath"
+	"github.com/membrane-mesh/membrane/identity"
+	"github.com/membrane-mesh/membrane/internal/packet"
+	"github.com/membrane-mesh/membrane/policy"
+)
+
+// Identity scale: one allow rule that selects N identities costs one policy
+// entry; per-packet cost must not grow with N. Compared side by side: a
+// rule selecting 10 identities and one selecting 100,000 (each with its own
+// address in the ipcache), with a million identities allocated for the
+// large case. Also reported: the memory the engine needs for it.
+
+type idSetup struct {
+	n   int
+	dp  *datapath.Datapath
+	evs *datapath.EventReader
+	src []netip.Addr // addresses of selected peers
+}
+
+func clientAddr(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, byte(2 + i>>16), byte(i >> 8), byte(i)})
+}
+
+func newIDSetup(n int) (*idSetup, error) {
+	dp, err := datapath.Load(datapath.Options{})
+	if err != nil {
+		return nil, err
+	}
+	s := &idSetup{n: n, dp: dp}
+	if err := dp.SetConfig(datapath.DefaultConfig); err != nil {
+		return nil, err
+	}
+	// Every selected peer shares selector set 1; the endpoint has one
+	// entry for it.
+	for i := range n {
+		a := clientAddr(i)
+		if err := dp.IPCachePut(datapath.IPCacheEntry{Prefix: netip.PrefixFrom(a, 32), Identity: uint32(256 + i), Selset: 1}); err != nil {
+			return nil, fmt.Errorf("ipcache entry %d: %w", i, err)
+		}
+		if i%(n/10+1) == 0 {
+			s.src = append(s.src, a)
+		}
+	}
+	dst := netip.MustParseAddr(dstAddr)
+	if err := dp.IPCachePut(datapath.IPCacheEntry{Prefix: netip.PrefixFrom(dst, 32), Identity: 100000000, Selset: 2}); err != nil {
+		return nil, err
+	}
+	var masks [2][2]uint32
+	masks[datapath.Ingress][datapath.MaskSelset] = datapath.MaskAnyProto
+	if err := dp.EndpointPut(datapath.EndpointInfo{Addr: dst, ID: 1, Ifindex: 1, Flags: datapath.EndpointIngressEnforced, Masks: masks}); err != nil {
+		return nil, err
+	}
+	if err := dp.PolicyPut([]datapath.PolicyKey{{EpID: 1, Dir: datapath.Ingress, Selset: 1}},
+		[]datapath.PolicyValue{{Verdict: datapath.VerdictAllow, RuleID: 1}}); err != nil {
+		return nil, err
+	}
+	s.evs, err = dp.NewEventReader()
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		for {
+			if _, err := s.evs.Read(); err == datapath.ErrClosed {
+				return
+			}
+		}
+	}()
+	return s, nil
+}
+
+func (s *idSetup) close() { s.evs.Close(); s.dp.Close() }
+
+// engineMemory computes, with the policy engine, a cluster where a million
+// identities are allocated and one rule selects 100,000 of them (each a pod
+// with its own address), and returns the live heap it takes and the number
+// of policy entries the rule costs.
+func engineMemory() (mb float64, entries int, took time.Duration, err error) {
+	live := func() float64 {
+		var ms runtime.MemStats
+		runtime.GC()
+		runtime.GC()
+		runtime.ReadMemStats(&ms)
+		return float64(ms.HeapAlloc) / 1e6
+	}
+	base := live()
+	start := time.Now()
+	alloc := identity.NewMemory()
+	sets := make([]identity.Labels, 0, 1_000_000)
+	for i := range 1_000_000 {
+		sets = append(sets, identity.NewLabels(map[string]string{"churned": fmt.Sprint(i)}))
+	}
+	if _, err := alloc.Allocate(sets); err != nil {
+		return 0, 0, 0, err
+	}
+	sets = nil
+	e := policy.NewEngine(policy.Options{Node: "n1", Allocator: alloc})
+	e.SetNamespace("x", nil)
+	e.SetNamespace("big", map[string]string{"tier": "clients"})
+	e.SetPod(policy.Pod{Key: policy.PodKey{Namespace: "x", Name: "server"}, Labels: map[string]string{"app": "server"}, Node: "n1",
+		IPs: []netip.Addr{netip.MustParseAddr(dstAddr)}})
+	for i := range 100_000 {
+		e.SetPod(policy.Pod{Key: policy.PodKey{Namespace: "big", Name: fmt.Sprintf("c%d", i)},
+			Labels: map[string]string{"app": fmt.Sprintf("client-%d", i)}, Node: "n2", IPs: []netip.Addr{clientAddr(i)}})
+	}
+	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "from-clients"}}
+	np.Spec.PodSelector = metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}}
+	np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{From: []networkingv1.NetworkPolicyPeer{
+		{NamespaceSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"tier": "clients"}}}}}}
+	p, err := policy.FromNetworkPolicy(np)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	e.SetPolicy(p)
+	snap, err := e.Compute()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	took = time.Since(start)
+	mb = live() - base
+	entries = len(snap.Endpoints[policy.PodKey{Namespace: "x", Name: "server"}].Entries)
+	runtime.KeepAlive(e)
+	runtime.KeepAlive(alloc)
+	return mb, entries, took, nil
+}
+
+func benchIdentityScale(r *report, rounds int) {
+	const name = "per-packet cost ratio, rule selecting 100k identities vs 10"
+	mb, entries, took, err := engineMemory()
+	if err != nil {
+		r.failed(name, "≤ 1.05", err)
+		return
+	}
+	small, err := newIDSetup(10)
+	if err != nil {
+		r.failed(name, "≤ 1.05", err)
+		return
+	}
+	defer small.close()
+	large, err := newIDSetup(100_000)
+	if err != nil {
+		r.failed(name, "≤ 1.05", err)
+		return
+	}
+	defer large.close()
+	_, _, fromNetdev := small.dp.Programs()
+	_, _, fromNetdevL := large.dp.Programs()
+	progs := map[int]*idSetup{10: small, 100_000: large}
+	progOf := func(s *idSetup) interface {
+		Benchmark([]byte, int, func()) (uint32, time.Duration, error)
+	} {
+		if s == small {
+			return fromNetdev
+		}
+		return fromNetdevL
+	}
+
+	ct := map[int][]float64{}
+	nf := map[int][]float64{}
+	sport := uint16(1024)
+	for round := 0; round < rounds; round++ {
+		cs := map[int][]float64{}
+		ns := map[int][]float64{}
+		for sl := 0; sl < 12; sl++ {
+			for _, n := range []int{10, 100_000} {
+				if (sl+round)%2 == 1 {
+					n = map[int]int{10: 100_000, 100_000: 10}[n]
+				}
+				s := progs[n]
+				prog := progOf(s)
+				src := s.src[sl%len(s.src)].String()
+				// Conntrack hit: an established connection's packet.
+				if _, _, err := prog.Benchmark(tcpFrame(src, dstAddr, 40000+uint16(sl), packet.SYN), 1, nil); err != nil {
+					r.failed(name, "≤ 1.05", err)
+					return
+				}
+				_, d, err := prog.Benchmark(tcpFrame(src, dstAddr, 40000+uint16(sl), packet.ACK), 20000, nil)
+				if err != nil {
+					r.failed(name, "≤ 1.05", err)
+					return
+				}
+				cs[n] = append(cs[n], float64(d.Nanoseconds()))
+				for k := 0; k < 100; k++ {
+					sport++
+					ret, d, err := prog.Benchmark(tcpFrame(src, dstAddr, sport, packet.SYN), 1, nil)
+					if err != nil || int32(ret) != -1 {
+						r.failed(name, "≤ 1.05", fmt.Errorf("new flow from a selected peer: verdict %d, %v", int32(ret), err))
+						return
+					}
+					ns[n] = append(ns[n], float64(d.Nanoseconds()))
+				}
+			}
+		}
+		for _, n := range []int{10, 100_000} {
+			ct[n] = append(ct[n], median(cs[n]))
+			nf[n] = append(nf[n], median(ns[n]))
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "One allow rule selecting N identities, each with its own ipcache entry: N = 10 vs N = 100,000,\n")
+	fmt.Fprintf(&b, "%d interleaved rounds, from-netdev, BPF_PROG_TEST_RUN (new flows raw, timer floor not subtracted).\n", rounds)
+	fmt.Fprintf(&b, "  conntrack hit: 10 -> median %.1f ns [%s]; 100k -> median %.1f ns [%s]\n", median(ct[10]), fmtList(ct[10]), median(ct[100_000]), fmtList(ct[100_000]))
+	fmt.Fprintf(&b, "  new flow:      10 -> median %.1f ns [%s]; 100k -> median %.1f ns [%s]\n", median(nf[10]), fmtList(nf[10]), median(nf[100_000]), fmtList(nf[100_000]))
+	fmt.Fprintf(&b, "Policy engine with 1,000,000 identities allocated and a rule selecting 100,000 of them: %d policy entry,\n", entries)
+	fmt.Fprintf(&b, "computed in %s, %.0f MB live heap (allocator, engine state and snapshot).\n", took.Round(time.Millisecond), mb)
+	r.section("Identity scale", b.String())
+	r.check("conntrack hit ratio, rule selecting 100k identities vs 10", median(ct[100_000])/median(ct[10]), "x", 1.05, true)
+	r.check("new flow ratio, rule selecting 100k identities vs 10", median(nf[100_000])/median(nf[10]), "x", 1.05, true)
+	r.check("policy entries for one rule selecting 100k of 1M identities", float64(entries), "entries", 1, true)
+	r.info("engine memory, 1M identities allocated, 100k selected", mb, "MB")
+}
