@@ -187,10 +187,18 @@ func deletedChanges(keys []datastore.Key, before []datastore.Object, still map[d
 	return changes
 }
 
-// settle reconciles the pods with the datastore, waits for the agents to
-// apply rev, and records rev.
+// settle reconciles the pods with the datastore, has the world host and
+// the nodes serve any new pod port, waits for the agents to apply rev, and
+// records rev.
 func (l *Lab) settle(ctx context.Context, store *datastore.Store, rev int64) error {
 	if err := l.reconcile(ctx, store); err != nil {
+		return err
+	}
+	var ports [][]int
+	for _, ps := range l.State().Pods {
+		ports = append(ports, ps.Ports)
+	}
+	if err := l.serveHostPorts(ctx, hostPorts(ports...)); err != nil {
 		return err
 	}
 	if err := l.waitApplied(ctx, rev); err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -55,11 +56,7 @@ func (l *Lab) startContainers(ctx context.Context, p *podPlan) error {
 		kind := KindCommand
 		if len(c.Argv) == 0 {
 			kind = KindResponder
-			args := []string{"lab", "responder", "--pod", p.key(), "--ready-fd", "3"}
-			for _, port := range c.Ports {
-				args = append(args, "--port", strconv.Itoa(port))
-			}
-			cmd = exec.Command(exe, args...)
+			cmd = exec.Command(exe, responderArgs(p.key(), c.Ports)...)
 			if readyR, readyW, err = os.Pipe(); err != nil {
 				logFile.Close()
 				return fmt.Errorf("pod %s container %s: %w", p.key(), c.Name, err)
@@ -97,20 +94,81 @@ func (l *Lab) startContainers(ctx context.Context, p *podPlan) error {
 		}
 	}
 	for _, w := range waits {
-		deadline := time.Now().Add(responderStartTimeout)
-		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-			deadline = d
+		if err := awaitReady(ctx, w.ready, w.log); err != nil {
+			return fmt.Errorf("pod %s container %s: %w", p.key(), w.container, err)
 		}
-		w.ready.SetReadDeadline(deadline)
-		b, err := io.ReadAll(w.ready)
-		if err != nil || strings.TrimSpace(string(b)) != "ready" {
-			why := "exited before listening"
-			if err != nil {
-				why = err.Error()
-			}
-			return fmt.Errorf("pod %s container %s: responder did not start (%s); its log %s says: %s",
-				p.key(), w.container, why, w.log, logTail(w.log, 5))
+	}
+	return nil
+}
+
+// awaitReady waits until a responder writes "ready" to the pipe r.
+func awaitReady(ctx context.Context, r *os.File, log string) error {
+	deadline := time.Now().Add(responderStartTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	r.SetReadDeadline(deadline)
+	b, err := io.ReadAll(r)
+	if err != nil || strings.TrimSpace(string(b)) != "ready" {
+		why := "exited before listening"
+		if err != nil {
+			why = err.Error()
 		}
+		return fmt.Errorf("responder did not start (%s); its log %s says: %s", why, log, logTail(log, 5))
+	}
+	return nil
+}
+
+// responderArgs are the arguments that make the lab's executable the
+// responder called name, serving ports, announcing readiness on fd 3.
+func responderArgs(name string, ports []int) []string {
+	args := []string{"lab", HelperResponder, "--pod", name, "--ready-fd", "3"}
+	for _, port := range ports {
+		args = append(args, "--port", strconv.Itoa(port))
+	}
+	return args
+}
+
+// startResponder starts a responder that names itself name in the
+// namespace ns, serving ports and logging to logPath; it calls started
+// with the record of the process as soon as it runs (to record it), then
+// waits until it listens. It is how the world host and the nodes answer
+// probes.
+func (l *Lab) startResponder(ctx context.Context, ns, name string, ports []int, logPath string, started func(Process) error) error {
+	exe, _ := l.programs()
+	dir := filepath.Dir(logPath)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("responder %s: %w", name, err)
+	}
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("responder %s: open log: %w", name, err)
+	}
+	defer logFile.Close()
+	readyR, readyW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("responder %s: %w", name, err)
+	}
+	defer readyR.Close()
+	cmd := exec.Command(exe, responderArgs(name, ports)...)
+	cmd.ExtraFiles = []*os.File{readyW}
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = defaultPath
+	}
+	cmd.Env = []string{"PATH=" + path, "HOME=/root"}
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	proc, err := startInNetns(ns, cmd, KindResponder, "", logPath)
+	readyW.Close()
+	if err != nil {
+		return fmt.Errorf("responder %s: %w", name, err)
+	}
+	if err := started(proc); err != nil {
+		return err
+	}
+	if err := awaitReady(ctx, readyR, logPath); err != nil {
+		return fmt.Errorf("responder %s: %w", name, err)
 	}
 	return nil
 }

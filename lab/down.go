@@ -78,6 +78,12 @@ func teardown(ctx context.Context, y layout, st *State, log *slog.Logger) error 
 			sups = append(sups, *n.Supervisor)
 		}
 	}
+	for _, n := range st.Nodes {
+		others = append(others, n.Responders...)
+	}
+	if st.World != nil {
+		others = append(others, st.World.Responders...)
+	}
 	for _, p := range st.Pods {
 		others = append(others, p.Processes...)
 	}
@@ -122,9 +128,9 @@ func teardown(ctx context.Context, y layout, st *State, log *slog.Logger) error 
 
 // ownedNetns returns the network namespaces of lab y: those recorded,
 // plus those whose names the lab's naming scheme produces
-// (mbr-LAB-fabric, mbr-LAB-node-*, mbr-LAB-pod-*), except names that
-// belong to another lab whose name starts with y's (lab "a" must not
-// touch lab "a-b"'s "mbr-a-b-fabric").
+// (mbr-LAB-fabric, mbr-LAB-world, mbr-LAB-node-*, mbr-LAB-pod-*), except
+// names that belong to another lab whose name starts with y's (lab "a"
+// must not touch lab "a-b"'s "mbr-a-b-fabric").
 func ownedNetns(y layout, recorded []string) ([]string, error) {
 	found, err := netns.List(y.netnsPrefix())
 	if err != nil {
@@ -139,7 +145,7 @@ func ownedNetns(y layout, recorded []string) ([]string, error) {
 	names := slices.Clone(recorded)
 	for _, n := range found {
 		rest := strings.TrimPrefix(n, y.netnsPrefix())
-		if rest != "fabric" && !strings.HasPrefix(rest, "node-") && !strings.HasPrefix(rest, "pod-") {
+		if rest != "fabric" && rest != "world" && !strings.HasPrefix(rest, "node-") && !strings.HasPrefix(rest, "pod-") {
 			continue
 		}
 		if slices.ContainsFunc(others, func(p string) bool { return strings.HasPrefix(n, p) }) {

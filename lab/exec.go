@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 
 	"github.com/membrane-mesh/membrane/internal/netns"
@@ -19,22 +20,26 @@ type Stdio struct {
 	Stdout, Stderr io.Writer
 }
 
-// Exec runs argv inside pod's network namespace with the caller's
-// environment, and returns its exit code (128+N if killed by signal N).
-// Ending ctx kills the command.
-func (l *Lab) Exec(ctx context.Context, pod string, argv []string, stdio Stdio) (int, error) {
+// Exec runs argv inside the network namespace of target (a pod
+// "NAMESPACE/NAME", "world" or "node/NAME") with the caller's environment,
+// and returns its exit code (128+N if killed by signal N). Ending ctx kills
+// the command.
+func (l *Lab) Exec(ctx context.Context, target string, argv []string, stdio Stdio) (int, error) {
 	if len(argv) == 0 {
 		return 0, errors.New("exec: no command")
 	}
-	p, err := l.Pod(pod)
+	if strings.HasPrefix(target, worldAddrPrefix) {
+		return 0, fmt.Errorf("exec in %s: a command runs in the world host as a whole: use %q", target, WorldName)
+	}
+	e, err := l.resolve(target)
 	if err != nil {
 		return 0, err
 	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = stdio.Stdin, stdio.Stdout, stdio.Stderr
-	cmd.Env = append(os.Environ(), "HOSTNAME="+p.Name)
-	if err := netns.Do(p.Netns, cmd.Start); err != nil {
-		return 0, fmt.Errorf("exec in pod %s: %w", p, err)
+	cmd.Env = append(os.Environ(), "HOSTNAME="+e.host)
+	if err := netns.Do(e.netns, cmd.Start); err != nil {
+		return 0, fmt.Errorf("exec in %s: %w", e.desc, err)
 	}
 	err = cmd.Wait()
 	var exitErr *exec.ExitError
@@ -47,6 +52,6 @@ func (l *Lab) Exec(ctx context.Context, pod string, argv []string, stdio Stdio) 
 		}
 		return exitErr.ExitCode(), nil
 	default:
-		return 0, fmt.Errorf("exec in pod %s: %w", p, err)
+		return 0, fmt.Errorf("exec in %s: %w", e.desc, err)
 	}
 }

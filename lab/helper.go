@@ -36,7 +36,7 @@ func MaybeRunHelper(args []string) (code int, ran bool) {
 // RunHelper runs the helper args[0] with the flags args[1:] until SIGTERM
 // or SIGINT, and returns its exit code:
 //
-//	responder --pod NAMESPACE/NAME [--port N]… [--ready-fd FD]
+//	responder --pod NAME [--port N]… [--ready-fd FD]   (NAME: NAMESPACE/POD, world or node/NODE)
 //	supervise --pidfile FILE --log FILE -- ARGV…
 func RunHelper(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
@@ -82,7 +82,7 @@ func runResponder(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("lab responder", flag.ContinueOnError)
 	var cfg ResponderConfig
 	var ports intList
-	fs.StringVar(&cfg.Pod, "pod", "", "identity in replies, NAMESPACE/NAME")
+	fs.StringVar(&cfg.Pod, "pod", "", "identity in replies: NAMESPACE/NAME, world or node/NODE")
 	fs.Var(&ports, "port", "port to serve over TCP and UDP (repeatable)")
 	readyFD := fs.Int("ready-fd", -1, "file descriptor to write \"ready\" to once listening")
 	if err := fs.Parse(args); err != nil {

@@ -534,7 +534,10 @@ func TestDownAfterCrash(t *testing.T) {
 	cmd.Wait()
 	st, _ = readState(y.statePath())
 	t.Logf("killed lab up in phase %s with %d pods recorded", st.Phase, len(st.Pods))
-	var procs []Process
+	if st.World == nil || !slices.Contains(st.Netns, st.World.Netns) || len(st.World.Responders) == 0 {
+		t.Errorf("world host not recorded before the pods: %+v", st.World)
+	}
+	procs := hostResponders(st)
 	for _, p := range st.Pods {
 		procs = append(procs, p.Processes...)
 	}

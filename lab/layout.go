@@ -51,6 +51,13 @@ func (y layout) agentPIDFile(n string) string {
 }
 func (y layout) agentLog(n string) string      { return filepath.Join(y.nodeDir(n), "agent.log") }
 func (y layout) agentStateDir(n string) string { return filepath.Join(y.nodeDir(n), "state") }
+func (y layout) nodeResponderLog(n string) string {
+	return filepath.Join(y.nodeDir(n), "responder.log")
+}
+func (y layout) worldDir() string { return filepath.Join(y.dir, "world") }
+func (y layout) worldResponderLog() string {
+	return filepath.Join(y.worldDir(), "responder.log")
+}
 func (y layout) podDir(ns, pod string) string {
 	return filepath.Join(y.dir, "pods", ns+"_"+pod)
 }
@@ -61,6 +68,7 @@ func (y layout) containerLog(ns, pod, container string) string {
 // netnsPrefix starts the name of every network namespace of the lab.
 func (y layout) netnsPrefix() string          { return "mbr-" + y.name + "-" }
 func (y layout) fabricNetns() string          { return y.netnsPrefix() + "fabric" }
+func (y layout) worldNetns() string           { return y.netnsPrefix() + "world" }
 func (y layout) nodeNetns(node string) string { return y.netnsPrefix() + "node-" + node }
 func (y layout) podNetns(ns, pod string) string {
 	return y.netnsPrefix() + "pod-" + ns + "-" + pod

@@ -20,13 +20,25 @@ type LogFile struct {
 }
 
 // LogFiles returns the logs of target: "node/NAME" (the node's agent),
-// "NAMESPACE/POD" (its containers), or "" (every log of the lab).
+// "node/NAME/responder" (the node's responder), "world" (the world host's
+// responder), "NAMESPACE/POD" (its containers), or "" (every log of the
+// lab).
 func (l *Lab) LogFiles(target string) ([]LogFile, error) {
 	st := l.State()
 	var out []LogFile
 	agents := func(n NodeState) {
 		if !st.NoAgent {
 			out = append(out, LogFile{Label: "node/" + n.Name, Path: l.y.agentLog(n.Name)})
+		}
+	}
+	nodeResponder := func(n NodeState) {
+		if len(n.Responders) > 0 {
+			out = append(out, LogFile{Label: "node/" + n.Name + "/responder", Path: l.y.nodeResponderLog(n.Name)})
+		}
+	}
+	world := func() {
+		if st.World != nil && len(st.World.Responders) > 0 {
+			out = append(out, LogFile{Label: WorldName, Path: l.y.worldResponderLog()})
 		}
 	}
 	containers := func(p PodState) {
@@ -39,16 +51,32 @@ func (l *Lab) LogFiles(target string) ([]LogFile, error) {
 	if target == "" {
 		for _, n := range st.Nodes {
 			agents(n)
+			nodeResponder(n)
 		}
+		world()
 		for _, p := range st.Pods {
 			containers(p)
 		}
 		return out, nil
 	}
+	if target == WorldName {
+		if world(); len(out) == 0 {
+			return nil, fmt.Errorf("lab %s has no world host", l.y.name)
+		}
+		return out, nil
+	}
+	if name, ok := strings.CutSuffix(strings.TrimPrefix(target, "node/"), "/responder"); ok && strings.HasPrefix(target, "node/") {
+		if n := st.node(name); n != nil {
+			if nodeResponder(*n); len(out) == 0 {
+				return nil, fmt.Errorf("lab %s: node %s has no responder", l.y.name, name)
+			}
+			return out, nil
+		}
+	}
 	if name, ok := strings.CutPrefix(target, "node/"); ok {
 		if n := st.node(name); n != nil {
 			if st.NoAgent {
-				return nil, fmt.Errorf("lab %s runs without agents: node %s has no log", l.y.name, name)
+				return nil, fmt.Errorf("lab %s runs without agents: node %s has no agent log (its responder's is node/%s/responder)", l.y.name, name, name)
 			}
 			agents(*n)
 			return out, nil

@@ -99,6 +99,7 @@ func downAndCheck(t *testing.T, name string, l *Lab) {
 		for _, p := range st.Pods {
 			procs = append(procs, p.Processes...)
 		}
+		procs = append(procs, hostResponders(st)...)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -111,6 +112,18 @@ func downAndCheck(t *testing.T, name string, l *Lab) {
 	if err := Down(ctx, name); err != nil {
 		t.Errorf("second lab down: %v", err)
 	}
+}
+
+// hostResponders are the responders of the world host and the nodes.
+func hostResponders(st *State) []Process {
+	var procs []Process
+	for _, n := range st.Nodes {
+		procs = append(procs, n.Responders...)
+	}
+	if st.World != nil {
+		procs = append(procs, st.World.Responders...)
+	}
+	return procs
 }
 
 func assertGone(t *testing.T, name string, procs []Process) {

@@ -29,10 +29,17 @@ type MatrixSpec struct {
 	// Concurrency bounds the probes in flight; default
 	// DefaultMatrixConcurrency.
 	Concurrency int
+	// Nodes adds every node ("node/NAME") as a source and a destination.
+	Nodes bool
+	// World adds the world host ("world") as a source and a destination.
+	World bool
 }
 
-// Matrix is the reachability of every ordered pair of distinct pods.
+// Matrix is the reachability of every ordered pair of distinct pods (and,
+// if asked, nodes and the world host).
 type Matrix struct {
+	// Pods are the sources and destinations: the pods ("NAMESPACE/NAME")
+	// sorted, then the nodes ("node/NAME") in their order, then "world".
 	Pods      []string
 	Protocols []string
 	Ports     []int
@@ -57,8 +64,8 @@ func compareResults(a, b MatrixResult) int {
 		cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
 }
 
-// Matrix probes every ordered pair of distinct pods on every protocol and
-// port, in parallel.
+// Matrix probes every ordered pair of distinct pods (and nodes and the
+// world host, if spec asks) on every protocol and port, in parallel.
 func (l *Lab) Matrix(ctx context.Context, spec MatrixSpec) (*Matrix, error) {
 	start := time.Now()
 	pods := l.Pods()
@@ -95,8 +102,42 @@ func (l *Lab) Matrix(ctx context.Context, spec MatrixSpec) (*Matrix, error) {
 	if m.Family != 4 && m.Family != 6 {
 		return nil, fmt.Errorf("IP family %d: want 4 or 6", m.Family)
 	}
+	byName := map[string]endpoint{}
+	add := func(e endpoint) error {
+		if _, dup := byName[e.name]; dup {
+			return fmt.Errorf("lab %s: %s names both a node and a pod; the matrix cannot show both", l.y.name, e.name)
+		}
+		if _, err := e.dst(m.Family); err != nil {
+			return err
+		}
+		byName[e.name] = e
+		m.Pods = append(m.Pods, e.name)
+		return nil
+	}
 	for _, p := range pods {
-		m.Pods = append(m.Pods, p.String())
+		if err := add(podEndpoint(p)); err != nil {
+			return nil, err
+		}
+	}
+	if spec.Nodes {
+		for _, n := range l.Nodes() {
+			e, err := l.resolve(NodeEndpoint(n.Name))
+			if err == nil {
+				err = add(e)
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+	}
+	if spec.World {
+		e, err := l.resolve(WorldName)
+		if err == nil {
+			err = add(e)
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	for _, from := range m.Pods {
 		for _, to := range m.Pods {
@@ -114,21 +155,18 @@ func (l *Lab) Matrix(ctx context.Context, spec MatrixSpec) (*Matrix, error) {
 	if limit <= 0 {
 		limit = DefaultMatrixConcurrency
 	}
-	byName := map[string]Pod{}
-	for _, p := range pods {
-		byName[p.String()] = p
-	}
 	timeout := spec.Timeout
 	if timeout <= 0 {
 		timeout = DefaultProbeTimeout
 	}
 	err := parallel(ctx, len(m.Results), limit, func(ctx context.Context, i int) error {
 		r := &m.Results[i]
-		ip, ok := byName[r.To].IP(m.Family)
-		if !ok {
-			return fmt.Errorf("pod %s has no IPv%d address", r.To, m.Family)
+		from, to := byName[r.From], byName[r.To]
+		ip, err := to.dst(m.Family)
+		if err != nil {
+			return err
 		}
-		res, err := probe(ctx, byName[r.From].Netns, r.To, netip.AddrPortFrom(ip, uint16(r.Port)), r.Protocol, timeout)
+		res, err := probe(ctx, from.netns, from.src(m.Family), to.name, netip.AddrPortFrom(ip, uint16(r.Port)), r.Protocol, timeout)
 		if err != nil {
 			return err
 		}
@@ -191,8 +229,8 @@ func (m *Matrix) WriteJSON(w io.Writer) error {
 }
 
 // WriteTable writes, per protocol and port, a grid with one row per
-// source pod and one column per destination: "." allowed, "X" denied,
-// "-" not probed (a pod and itself); then a summary.
+// source and one column per destination: "." allowed, "X" denied, "-" not
+// probed (a pod and itself); then a summary.
 func (m *Matrix) WriteTable(w io.Writer) error {
 	var b strings.Builder
 	for _, proto := range m.Protocols {

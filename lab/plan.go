@@ -15,7 +15,7 @@ import (
 )
 
 // maxNodes bounds the node count so that underlay addresses stay in
-// 192.0.2.10–192.0.2.254.
+// 192.0.2.10–192.0.2.209, below the world host's 192.0.2.254.
 const maxNodes = 200
 
 // nodePlan is a node as the lab builds it.

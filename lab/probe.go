@@ -26,12 +26,14 @@ const udpResend = 100 * time.Millisecond
 
 // ProbeSpec says what to probe.
 type ProbeSpec struct {
-	// From and To are pods, "namespace/name".
+	// From and To are pods ("namespace/name"), "world", "world:ADDRESS"
+	// or "node/NAME"; see WorldName for what these mean.
 	From, To string
 	Port     int
 	// Protocol is "tcp" (default) or "udp".
 	Protocol string
-	// Family is the IP family of To's address: 4 (default) or 6.
+	// Family is the IP family of the probe: 4 or 6. Default: the family
+	// of a "world:ADDRESS" endpoint, else 4.
 	Family int
 	// Timeout bounds the probe; default DefaultProbeTimeout.
 	Timeout time.Duration
@@ -45,10 +47,7 @@ func (s *ProbeSpec) defaults() error {
 	if s.Protocol != "tcp" && s.Protocol != "udp" {
 		return fmt.Errorf("protocol %q: want tcp or udp", s.Protocol)
 	}
-	if s.Family == 0 {
-		s.Family = 4
-	}
-	if s.Family != 4 && s.Family != 6 {
+	if s.Family != 0 && s.Family != 4 && s.Family != 6 {
 		return fmt.Errorf("IP family %d: want 4 or 6", s.Family)
 	}
 	if s.Port < 1 || s.Port > 65535 {
@@ -67,6 +66,12 @@ type ProbeResult struct {
 	// refused", …
 	Detail  string
 	Elapsed time.Duration
+	// Target is the address and port probed.
+	Target netip.AddrPort
+	// Source is the address and port the responder saw the probe come
+	// from, if it was allowed (and the responder is recent enough to
+	// say).
+	Source netip.AddrPort
 }
 
 // String returns "allowed" or "denied".
@@ -77,36 +82,58 @@ func (r ProbeResult) String() string {
 	return "denied"
 }
 
-// Probe connects from one pod to another and sends the responder's probe
-// request. It is allowed if To's responder answered with its name and the
-// probe's nonce, denied if nothing (or a refusal) came back in time. A reply
-// from anyone else is an error, as are unknown pods.
+// Probe connects from one endpoint (a pod, the world host or a node) to
+// another and sends the responder's probe request. It is allowed if To's
+// responder answered with its name and the probe's nonce, denied if
+// nothing (or a refusal) came back in time. A reply from anyone else is an
+// error, as are unknown endpoints.
 func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
 	if err := spec.defaults(); err != nil {
 		return ProbeResult{}, err
 	}
-	from, err := l.Pod(spec.From)
+	from, err := l.resolve(spec.From)
 	if err != nil {
 		return ProbeResult{}, err
 	}
-	to, err := l.Pod(spec.To)
+	to, err := l.resolve(spec.To)
 	if err != nil {
 		return ProbeResult{}, err
 	}
-	ip, ok := to.IP(spec.Family)
-	if !ok {
-		return ProbeResult{}, fmt.Errorf("pod %s has no IPv%d address", to, spec.Family)
+	family := spec.Family
+	for _, e := range []endpoint{from, to} {
+		if f := e.family(); f != 0 {
+			if family != 0 && family != f {
+				return ProbeResult{}, fmt.Errorf("probe %s -> %s: %s is an IPv%d address, but the probe is IPv%d", spec.From, spec.To, e.fixed, f, family)
+			}
+			family = f
+		}
 	}
-	return probe(ctx, from.Netns, to.String(), netip.AddrPortFrom(ip, uint16(spec.Port)), spec.Protocol, spec.Timeout)
+	if family == 0 {
+		family = 4
+	}
+	ip, err := to.dst(family)
+	if err != nil {
+		return ProbeResult{}, err
+	}
+	// A pod without an address of the family cannot send: that is the
+	// lab's shape, not a verdict.
+	if _, err := from.dst(family); err != nil {
+		return ProbeResult{}, err
+	}
+	return probe(ctx, from.netns, from.src(family), to.name, netip.AddrPortFrom(ip, uint16(spec.Port)), spec.Protocol, spec.Timeout)
 }
 
-// probe runs one probe from inside the network namespace src.
-func probe(ctx context.Context, src, want string, dst netip.AddrPort, proto string, timeout time.Duration) (ProbeResult, error) {
+// probe runs one probe from inside the network namespace src, from the
+// address bind (if valid; else the kernel chooses).
+func probe(ctx context.Context, src string, bind netip.Addr, want string, dst netip.AddrPort, proto string, timeout time.Duration) (ProbeResult, error) {
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	nonce := newNonce()
 	desc := fmt.Sprintf("probe %s %s/%s", want, proto, dst)
+	if bind.IsValid() {
+		desc += " from " + bind.String()
+	}
 
 	// The socket must be created inside src; once created it stays there,
 	// so only the dial runs on a thread in src.
@@ -114,6 +141,13 @@ func probe(ctx context.Context, src, want string, dst netip.AddrPort, proto stri
 	var dialErr error
 	if err := netns.Do(src, func() error {
 		var d net.Dialer
+		if bind.IsValid() {
+			if proto == "tcp" {
+				d.LocalAddr = &net.TCPAddr{IP: bind.AsSlice()}
+			} else {
+				d.LocalAddr = &net.UDPAddr{IP: bind.AsSlice()}
+			}
+		}
 		conn, dialErr = d.DialContext(pctx, proto, dst.String())
 		return nil
 	}); err != nil {
@@ -123,7 +157,7 @@ func probe(ctx context.Context, src, want string, dst netip.AddrPort, proto stri
 		if ctx.Err() != nil {
 			return ProbeResult{}, fmt.Errorf("%s: %w", desc, ctx.Err())
 		}
-		return ProbeResult{Detail: denyReason(err), Elapsed: time.Since(start)}, nil
+		return ProbeResult{Detail: denyReason(err), Elapsed: time.Since(start), Target: dst}, nil
 	}
 	if dialErr != nil {
 		return denied(dialErr)
@@ -143,10 +177,28 @@ func probe(ctx context.Context, src, want string, dst netip.AddrPort, proto stri
 	if err != nil {
 		return denied(err)
 	}
-	if reply != want+" "+nonce {
-		return ProbeResult{}, fmt.Errorf("%s: got reply %q, want %q: something other than the pod's responder answered", desc, reply, want+" "+nonce)
+	source, ok := parseProbeReply(reply, want, nonce)
+	if !ok {
+		return ProbeResult{}, fmt.Errorf("%s: got reply %q, want %q: something other than %s's responder answered", desc, reply, want+" "+nonce+" SOURCE", want)
 	}
-	return ProbeResult{Allowed: true, Elapsed: time.Since(start)}, nil
+	return ProbeResult{Allowed: true, Elapsed: time.Since(start), Target: dst, Source: source}, nil
+}
+
+// parseProbeReply checks a reply "NAME NONCE [SOURCE]" and returns the
+// source address the responder saw (zero if it did not say).
+func parseProbeReply(reply, want, nonce string) (netip.AddrPort, bool) {
+	f := strings.Fields(reply)
+	if len(f) < 2 || len(f) > 3 || f[0] != want || f[1] != nonce {
+		return netip.AddrPort{}, false
+	}
+	if len(f) == 2 {
+		return netip.AddrPort{}, true
+	}
+	ap, err := netip.ParseAddrPort(f[2])
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return ap, true
 }
 
 func probeTCP(conn net.Conn, nonce string, deadline time.Time) (string, error) {

@@ -4,28 +4,36 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Probe protocol, spoken by the responder and Probe. Over TCP a client
 // sends one line:
 //
-//	membrane-probe NONCE   the responder answers "NAMESPACE/POD NONCE\n" and closes
+//	membrane-probe NONCE   the responder answers "NAME NONCE SOURCE\n" and closes
 //	membrane-echo          the responder echoes every later byte until EOF
-//	an HTTP request line   the responder serves HTTP: 200, body "NAMESPACE/POD\n"
+//	an HTTP request line   the responder serves HTTP: 200, body "NAME\n"
 //
 // Over UDP, a datagram starting "membrane-echo" is sent back whole, and a
 // datagram "membrane-probe NONCE" is answered by the datagram
-// "NAMESPACE/POD NONCE".
+// "NAME NONCE SOURCE". NAME is the responder's name ("NAMESPACE/POD",
+// "world" or "node/NODE"), SOURCE the address and port it saw the request
+// come from ("10.244.0.1:4242", "[fd00::1]:4242"). UDP replies leave from
+// the address the request was sent to, so that a responder with several
+// addresses (the world host) answers connected sockets.
 const (
 	probeVerb = "membrane-probe"
 	echoVerb  = "membrane-echo"
@@ -37,7 +45,8 @@ const firstLineTimeout = 10 * time.Second
 
 // ResponderConfig configures Respond.
 type ResponderConfig struct {
-	// Pod is the identity ("namespace/name") in every reply.
+	// Pod is the identity in every reply: "namespace/name", "world" or
+	// "node/NAME".
 	Pod string
 	// Ports are served over both TCP and UDP, on all addresses.
 	Ports []int
@@ -143,7 +152,7 @@ func (r *responder) serveConn(c net.Conn) {
 	case strings.HasPrefix(text, probeVerb+" "):
 		nonce := strings.TrimSpace(strings.TrimPrefix(text, probeVerb+" "))
 		c.SetWriteDeadline(time.Now().Add(firstLineTimeout))
-		io.WriteString(c, r.pod+" "+nonce+"\n")
+		io.WriteString(c, r.pod+" "+nonce+" "+peerString(c.RemoteAddr())+"\n")
 		c.Close()
 	case text == echoVerb:
 		c.SetReadDeadline(time.Time{})
@@ -179,10 +188,31 @@ func isHTTPRequestLine(s string) bool {
 	return true
 }
 
+// peerString formats a connection's remote address as "IP:PORT", with
+// IPv4 addresses unmapped.
+func peerString(a net.Addr) string {
+	switch v := a.(type) {
+	case *net.TCPAddr:
+		ap := v.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+	case *net.UDPAddr:
+		ap := v.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()).String()
+	}
+	return a.String()
+}
+
 func (r *responder) udpLoop(pc net.PacketConn) {
+	uc, ok := pc.(*net.UDPConn)
+	if !ok {
+		r.log.Warn("udp: not a *net.UDPConn", "type", fmt.Sprintf("%T", pc))
+		return
+	}
+	enablePktinfo(uc)
 	buf := make([]byte, 65536) // a whole datagram, fragmented or not
+	oob := make([]byte, 256)
 	for {
-		n, addr, err := pc.ReadFrom(buf)
+		n, oobn, _, addr, err := uc.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if !errors.Is(err, net.ErrClosed) {
 				r.log.Warn("udp read", "err", err)
@@ -190,10 +220,12 @@ func (r *responder) udpLoop(pc net.PacketConn) {
 			}
 			return
 		}
+		// Answer from the address the datagram was sent to.
+		reply := replyPktinfo(oob[:oobn])
 		if strings.HasPrefix(string(buf[:min(n, len(echoVerb))]), echoVerb) {
 			// Echo the datagram as it came: tests send datagrams larger
 			// than the MTU to exercise IP fragments both ways.
-			if _, err := pc.WriteTo(buf[:n], addr); err != nil {
+			if _, _, err := uc.WriteMsgUDPAddrPort(buf[:n], reply, addr); err != nil {
 				r.log.Warn("udp echo", "to", addr, "err", err)
 			}
 			continue
@@ -203,10 +235,62 @@ func (r *responder) udpLoop(pc net.PacketConn) {
 			continue
 		}
 		nonce := strings.TrimSpace(strings.TrimPrefix(msg, probeVerb+" "))
-		if _, err := pc.WriteTo([]byte(r.pod+" "+nonce), addr); err != nil {
+		peer := netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+		if _, _, err := uc.WriteMsgUDPAddrPort([]byte(r.pod+" "+nonce+" "+peer.String()), reply, addr); err != nil {
 			r.log.Warn("udp reply", "to", addr, "err", err)
 		}
 	}
+}
+
+// enablePktinfo asks the kernel to tell the destination address of every
+// datagram uc receives: IPV6_PKTINFO on a (dual-stack) IPv6 socket, which
+// covers IPv4 datagrams too, else IP_PKTINFO. Without it, replies leave
+// from whatever address the kernel picks, which is right for a pod (one
+// address per family) but not for the world host.
+func enablePktinfo(uc *net.UDPConn) {
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, 1) != nil {
+			unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_PKTINFO, 1)
+		}
+	})
+}
+
+// replyPktinfo turns the packet info of a received datagram into the
+// control message that sends the reply from the address it was sent to.
+// It leaves the interface to the routing table, except for link-local
+// addresses (169.254.1.1 is on every pod's veth), which need it.
+func replyPktinfo(oob []byte) []byte {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	for _, m := range msgs {
+		switch {
+		case m.Header.Level == unix.IPPROTO_IPV6 && m.Header.Type == unix.IPV6_PKTINFO && len(m.Data) >= unix.SizeofInet6Pktinfo:
+			// struct in6_pktinfo: the address (IPv4-mapped for IPv4), then
+			// the interface index.
+			var out unix.Inet6Pktinfo
+			copy(out.Addr[:], m.Data[:16])
+			if netip.AddrFrom16(out.Addr).IsLinkLocalUnicast() {
+				out.Ifindex = binary.NativeEndian.Uint32(m.Data[16:20])
+			}
+			return unix.PktInfo6(&out)
+		case m.Header.Level == unix.IPPROTO_IP && m.Header.Type == unix.IP_PKTINFO && len(m.Data) >= unix.SizeofInet4Pktinfo:
+			// struct in_pktinfo: interface index, local address, and the
+			// header's destination address.
+			var out unix.Inet4Pktinfo
+			copy(out.Spec_dst[:], m.Data[8:12])
+			if netip.AddrFrom4(out.Spec_dst).IsLinkLocalUnicast() {
+				out.Ifindex = int32(binary.NativeEndian.Uint32(m.Data[0:4]))
+			}
+			return unix.PktInfo4(&out)
+		}
+	}
+	return nil
 }
 
 // prereadConn replays bytes already read from a connection before

@@ -30,6 +30,9 @@ type State struct {
 	Mounts []string    `json:"mounts,omitempty"`
 	Nodes  []NodeState `json:"nodes"`
 	Pods   []PodState  `json:"pods"`
+	// World is the lab's outside world; nil in a lab made before labs
+	// had one.
+	World *WorldState `json:"world,omitempty"`
 }
 
 // NodeState is one lab node.
@@ -44,6 +47,24 @@ type NodeState struct {
 	Supervisor *Process `json:"supervisor,omitempty"`
 	// AgentSocket is the agent's API socket.
 	AgentSocket string `json:"agentSocket,omitempty"`
+	// ResponderPorts are the ports that Responders serve together, in
+	// the node's own namespace.
+	ResponderPorts []int     `json:"responderPorts,omitempty"`
+	Responders     []Process `json:"responders,omitempty"`
+}
+
+// WorldState is the lab's world host: a namespace on the fabric that
+// stands for the internet.
+type WorldState struct {
+	Netns string `json:"netns"`
+	// Underlay are its addresses on the fabric, as prefixes.
+	Underlay []string `json:"underlay"`
+	// Addrs are its public addresses; the first of each family is its
+	// default address.
+	Addrs []string `json:"addrs"`
+	// ResponderPorts are the ports that Responders serve together.
+	ResponderPorts []int     `json:"responderPorts,omitempty"`
+	Responders     []Process `json:"responders,omitempty"`
 }
 
 // PodState is one pod wired into the lab.

@@ -18,6 +18,17 @@ type Status struct {
 	Revision int64        `json:"revision"`
 	Nodes    []NodeStatus `json:"nodes"`
 	Pods     []PodStatus  `json:"pods"`
+	// World is nil in a lab from before world hosts.
+	World *WorldStatus `json:"world,omitempty"`
+}
+
+// WorldStatus is the world host.
+type WorldStatus struct {
+	Underlay []string `json:"underlay"`
+	Addrs    []string `json:"addrs"`
+	// Responder is "running", "N/M running" or "none".
+	Responder string `json:"responder"`
+	Ports     []int  `json:"ports,omitempty"`
 }
 
 // NodeStatus is one node and its agent.
@@ -32,6 +43,9 @@ type NodeStatus struct {
 	AppliedRevision int64  `json:"appliedRevision,omitempty"`
 	// Problem says why the agent is not healthy.
 	Problem string `json:"problem,omitempty"`
+	// Responder is the state of the node's own responder: "running",
+	// "N/M running" or "none".
+	Responder string `json:"responder,omitempty"`
 }
 
 // PodStatus is one pod.
@@ -61,6 +75,9 @@ func (l *Lab) Status(ctx context.Context) (*Status, error) {
 	endpoints := map[string]string{}
 	for _, n := range st.Nodes {
 		ns := NodeStatus{Name: n.Name, Underlay: n.Underlay, PodCIDRs: n.PodCIDRs}
+		if st.World != nil {
+			ns.Responder = processesState(n.Responders)
+		}
 		if !st.NoAgent {
 			ns.AgentPID = l.AgentPID(n.Name)
 			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -85,6 +102,9 @@ func (l *Lab) Status(ctx context.Context) (*Status, error) {
 		}
 		s.Nodes = append(s.Nodes, ns)
 	}
+	if w := st.World; w != nil {
+		s.World = &WorldStatus{Underlay: w.Underlay, Addrs: w.Addrs, Responder: processesState(w.Responders), Ports: w.ResponderPorts}
+	}
 	for _, p := range st.Pods {
 		ps := PodStatus{Namespace: p.Namespace, Name: p.Name, Node: p.Node, IPs: p.IPs, Endpoint: endpoints[p.key()]}
 		running := 0
@@ -104,4 +124,22 @@ func (l *Lab) Status(ctx context.Context) (*Status, error) {
 		s.Pods = append(s.Pods, ps)
 	}
 	return s, nil
+}
+
+// processesState is "running" if all of procs run, "N/M running" if some
+// do not, or "none".
+func processesState(procs []Process) string {
+	if len(procs) == 0 {
+		return "none"
+	}
+	running := 0
+	for _, p := range procs {
+		if p.running() {
+			running++
+		}
+	}
+	if running == len(procs) {
+		return "running"
+	}
+	return fmt.Sprintf("%d/%d running", running, len(procs))
 }

@@ -84,7 +84,8 @@ func (l *Lab) createFabric() error {
 }
 
 // createNode creates node n's namespace, plugs it into the fabric and
-// routes the other nodes' pod CIDRs through their underlay addresses.
+// routes the other nodes' pod CIDRs through their underlay addresses and
+// the world's prefixes through the world host.
 func (l *Lab) createNode(ctx context.Context, n *nodePlan, all []*nodePlan) error {
 	name := l.y.nodeNetns(n.Name)
 	if err := l.update(func(st *State) {
@@ -167,6 +168,14 @@ func (l *Lab) createNode(ctx context.Context, n *nodePlan, all []*nodePlan) erro
 			if err := h.RouteAdd(r); err != nil {
 				return fmt.Errorf("node %s: add route %s via %s (node %s): %w", n.Name, c, gw, other.Name, err)
 			}
+		}
+	}
+	// The internet is behind the world host.
+	for _, p := range worldPrefixes {
+		gw := worldGateway(p.Addr().Is6())
+		r := &netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: prefixNet(p), Gw: gw.AsSlice()}
+		if err := h.RouteAdd(r); err != nil {
+			return fmt.Errorf("node %s: add route %s via %s (world): %w", n.Name, p, gw, err)
 		}
 	}
 	return nil

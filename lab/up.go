@@ -150,12 +150,23 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	if err := l.createFabric(); err != nil {
 		return nil, err
 	}
-	if err := parallel(ctx, len(pl.nodes), len(pl.nodes), func(ctx context.Context, i int) error {
+	// The nodes and the world host, all at once.
+	if err := parallel(ctx, len(pl.nodes)+1, len(pl.nodes)+1, func(ctx context.Context, i int) error {
+		if i == len(pl.nodes) {
+			return l.createWorld(ctx, pl.nodes)
+		}
 		return l.createNode(ctx, pl.nodes[i], pl.nodes)
 	}); err != nil {
 		return nil, err
 	}
-	l.log.Info("nodes created", "nodes", len(pl.nodes), "elapsed", time.Since(start).Round(time.Millisecond))
+	var ports [][]int
+	for _, p := range pl.pods {
+		ports = append(ports, p.Ports)
+	}
+	if err := l.serveHostPorts(ctx, hostPorts(ports...)); err != nil {
+		return nil, err
+	}
+	l.log.Info("nodes and world host created", "nodes", len(pl.nodes), "elapsed", time.Since(start).Round(time.Millisecond))
 	if !opts.NoAgent {
 		if err := l.mountBpffs(); err != nil {
 			return nil, err

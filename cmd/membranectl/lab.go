@@ -157,6 +157,15 @@ func newLabStatusCommand() *cobra.Command {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, strings.Join(n.Underlay, ","), strings.Join(n.PodCIDRs, ","), agent, pid, applied, n.Problem)
 			}
 			fmt.Fprintln(tw)
+			if w := st.World; w != nil {
+				fmt.Fprintln(tw, "WORLD\tUNDERLAY\tADDRESSES\tRESPONDER\tPORTS")
+				ports := make([]string, len(w.Ports))
+				for i, p := range w.Ports {
+					ports[i] = strconv.Itoa(p)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", lab.WorldName, strings.Join(w.Underlay, ","), strings.Join(w.Addrs, ","), w.Responder, strings.Join(ports, ","))
+				fmt.Fprintln(tw)
+			}
 			fmt.Fprintln(tw, "POD\tNODE\tIPS\tSTATE\tENDPOINT")
 			for _, p := range st.Pods {
 				ep := p.Endpoint
@@ -177,8 +186,8 @@ func newLabLogsCommand() *cobra.Command {
 	var name string
 	var follow bool
 	cmd := &cobra.Command{
-		Use:   "logs [node/NAME | NAMESPACE/POD]",
-		Short: "Print an agent's or a pod's logs (all logs without an argument)",
+		Use:   "logs [node/NAME | node/NAME/responder | world | NAMESPACE/POD]",
+		Short: "Print an agent's, a responder's or a pod's logs (all logs without an argument)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.OpenOnly(name)
@@ -204,8 +213,8 @@ func newLabLogsCommand() *cobra.Command {
 func newLabExecCommand() *cobra.Command {
 	var name string
 	cmd := &cobra.Command{
-		Use:   "exec NAMESPACE/POD -- COMMAND [ARG…]",
-		Short: "Run a command inside a pod's network namespace",
+		Use:   "exec NAMESPACE/POD|world|node/NODE -- COMMAND [ARG…]",
+		Short: "Run a command inside the network namespace of a pod, the world host or a node",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.OpenOnly(name)
@@ -231,10 +240,25 @@ func newLabProbeCommand() *cobra.Command {
 	var spec lab.ProbeSpec
 	cmd := &cobra.Command{
 		Use:   "probe FROM TO PORT",
-		Short: "Probe TO from FROM (pods as NAMESPACE/NAME): prints allowed (exit 0) or denied (exit 1)",
-		Long: `Probe connects from one pod to another pod's built-in responder and
+		Short: "Probe TO from FROM: prints allowed (exit 0) or denied (exit 1)",
+		Long: `Probe connects from one endpoint to another's built-in responder and
 prints "allowed" (exit status 0) if it answered, or "denied" (exit status 1)
-if nothing came back in time. Other errors exit with status 2.`,
+if nothing came back in time. Other errors exit with status 2.
+
+FROM and TO are each one of:
+  NAMESPACE/NAME   a pod
+  world            the world host (the internet), at 203.0.113.10 or
+                   2001:db8:ffff::10, as source and as destination
+  world:ADDRESS    the world host at one of its addresses (203.0.113.10,
+                   203.0.113.20, 198.51.100.10, 2001:db8:ffff::10,
+                   2001:db8:ffff::20, or its underlay 192.0.2.254,
+                   2001:db8:0:ff::fe): probes from it leave from ADDRESS
+  node/NODE        a node itself, at its underlay address; probes from it
+                   leave from the address the kernel picks (169.254.1.1
+                   toward its own pods, its underlay address otherwise)
+
+With --verbose, the address the responder saw the probe come from is
+logged.`,
 		Args: cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.OpenOnly(name)
@@ -251,7 +275,14 @@ if nothing came back in time. Other errors exit with status 2.`,
 				return &exitError{code: 2, err: err}
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), res)
-			logger(cmd).Info("probe", "result", res.String(), "detail", res.Detail, "elapsed", res.Elapsed)
+			kv := []any{"result", res.String(), "target", res.Target, "elapsed", res.Elapsed}
+			if res.Detail != "" {
+				kv = append(kv, "detail", res.Detail)
+			}
+			if res.Source.IsValid() {
+				kv = append(kv, "source", res.Source)
+			}
+			logger(cmd).Info("probe", kv...)
 			if !res.Allowed {
 				return &exitError{code: 1}
 			}
@@ -261,7 +292,7 @@ if nothing came back in time. Other errors exit with status 2.`,
 	addNameFlag(cmd, &name)
 	cmd.Flags().StringVar(&spec.Protocol, "protocol", "tcp", "tcp or udp")
 	cmd.Flags().DurationVar(&spec.Timeout, "timeout", lab.DefaultProbeTimeout, "how long to wait for an answer")
-	cmd.Flags().IntVar(&spec.Family, "family", 4, "IP family of TO's address: 4 or 6")
+	cmd.Flags().IntVar(&spec.Family, "family", 0, "IP family: 4 or 6 (default 4, or that of a world:ADDRESS)")
 	return cmd
 }
 
@@ -270,7 +301,7 @@ func newLabMatrixCommand() *cobra.Command {
 	var spec lab.MatrixSpec
 	cmd := &cobra.Command{
 		Use:   "matrix",
-		Short: "Probe every ordered pair of pods and print the reachability matrix",
+		Short: "Probe every ordered pair of pods (and nodes, world) and print the reachability matrix",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "tsv" && output != "json" {
@@ -301,5 +332,7 @@ func newLabMatrixCommand() *cobra.Command {
 	cmd.Flags().DurationVar(&spec.Timeout, "timeout", lab.DefaultProbeTimeout, "how long each probe waits for an answer")
 	cmd.Flags().IntVar(&spec.Family, "family", 4, "IP family: 4 or 6")
 	cmd.Flags().IntVar(&spec.Concurrency, "concurrency", lab.DefaultMatrixConcurrency, "probes in flight at once")
+	cmd.Flags().BoolVar(&spec.World, "world", false, `add the world host ("world") as a source and a destination`)
+	cmd.Flags().BoolVar(&spec.Nodes, "nodes", false, `add every node ("node/NAME") as a source and a destination`)
 	return cmd
 }
