@@ -132,8 +132,8 @@ func TestCiliumStoreRoundTrip(t *testing.T) {
 	cnpFile := filepath.Join(s.Dir(), "objects", "ciliumnetworkpolicy_shop_peers.yaml")
 	ccnpFile := filepath.Join(s.Dir(), "objects", "ciliumclusterwidenetworkpolicy__peers.yaml")
 	for file, want := range map[string][]string{
-		cnpFile:  {"- fromCIDR: []\n", "  fromEndpoints: []\n", "fromCIDR: null\n", "toEndpoints: []\n"},
-		ccnpFile: {"fromEndpoints: []\n", "toCIDR: []\n", "toEndpoints: null\n"},
+		cnpFile:  {`"fromCIDR": [],`, `"fromEndpoints": [],`, `"fromCIDR": null,`, `"toEndpoints": [],`},
+		ccnpFile: {`"fromEndpoints": [],`, `"toCIDR": [],`, `"toEndpoints": null,`},
 	} {
 		data, err := os.ReadFile(file)
 		if err != nil {

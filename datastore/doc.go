@@ -51,15 +51,19 @@
 //
 // A store is a directory:
 //
-//	<dir>/objects/<kind>_<namespace>_<name>.yaml   one object per file; kind lower-cased,
-//	                                               namespace empty for cluster-scoped kinds
+//	<dir>/objects/<kind>_<namespace>_<name>.yaml   one object per file, written as JSON (which
+//	                                               is YAML, and decodes several times faster);
+//	                                               kind lower-cased, namespace empty for
+//	                                               cluster-scoped kinds
 //	<dir>/revision                                 the store's revision, a decimal int64
 //	<dir>/.lock                                    flock: exclusive for writers, shared for readers
 //
 // Kubernetes names cannot contain "_", so file names are unambiguous. Other
-// entries in <dir> belong to other packages and are ignored. Every file is
-// written atomically (temporary file, fsync, rename); temporary files start
-// with "." and readers skip them.
+// entries in <dir> belong to other packages and are ignored. Files are
+// written atomically: every object of an apply to a temporary file, one
+// file-system sync, then the renames; temporary files start with "." and
+// readers skip them. Apply reads only the kinds that rules across objects
+// look at (namespaces, pods, nodes, the lab), never the stored policies.
 //
 // # Revisions
 //

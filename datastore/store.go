@@ -10,9 +10,9 @@ import (
 	"strings"
 	"sync"
 
+	"encoding/json"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
-	"sigs.k8s.io/yaml"
 )
 
 // Store is a datastore directory. Its methods may be called concurrently,
@@ -70,6 +70,17 @@ func (s *Store) revisionPath() string { return filepath.Join(s.dir, "revision") 
 // rejections, and so are errors reading the store.
 func (s *Store) List() (objs []Object, rev int64, rejected []Rejection) {
 	return s.list(nil)
+}
+
+// Exists reports whether an object with key k is stored (valid or not),
+// without reading it.
+func (s *Store) Exists(k Key) bool {
+	k, err := normalizeKey(k)
+	if err != nil {
+		return false
+	}
+	_, err = os.Stat(filepath.Join(s.objectsDir(), fileName(k)))
+	return err == nil
 }
 
 // ListKinds is List for the objects of some kinds only; it reads no file of
@@ -244,10 +255,13 @@ func (s *Store) writeObjects(objs []Object) error {
 		}
 	}
 	err := parallel(len(objs), writeWorkers, func(i int) error {
-		data, err := yaml.Marshal(objs[i].Obj)
+		// JSON (which is YAML): readers decode it without the YAML parser,
+		// several times faster; nil and empty lists stay apart.
+		data, err := json.MarshalIndent(objs[i].Obj, "", "  ")
 		if err != nil {
 			return fmt.Errorf("encode %s: %w", objs[i].Key, err)
 		}
+		data = append(data, '\n')
 		tmps[i], err = writeTemp(dir, fileName(objs[i].Key), data)
 		return err
 	})

@@ -42,7 +42,9 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 	if err != nil {
 		return nil, fmt.Errorf("open datastore: %w", err)
 	}
-	current, _, _ := store.List()
+	// Only pods matter for placement; other objects are only checked for
+	// existence (created or configured), without reading them.
+	current, _, _ := store.ListKinds("Pod")
 	existing := map[datastore.Key]datastore.Object{}
 	for _, o := range current {
 		existing[o.Key] = o
@@ -116,6 +118,12 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 		out = append(out, o)
 	}
 
+	stored := make(map[datastore.Key]bool, len(objs))
+	for _, o := range objs {
+		if _, ok := existing[o.Key]; ok || store.Exists(o.Key) {
+			stored[o.Key] = true
+		}
+	}
 	rev, err := store.Apply(out)
 	if err != nil {
 		return nil, err
@@ -123,7 +131,7 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 	var changes []Change
 	for _, o := range objs { // in input order, like kubectl
 		action := "created"
-		if _, ok := existing[o.Key]; ok {
+		if stored[o.Key] {
 			action = "configured"
 		}
 		changes = append(changes, Change{Key: o.Key, Action: action})
@@ -210,7 +218,7 @@ func (l *Lab) settle(ctx context.Context, store *datastore.Store, rev int64) err
 // reconcile makes the lab's pods those of the datastore: pods that are no
 // longer there (or were left half made) are removed, new ones created.
 func (l *Lab) reconcile(ctx context.Context, store *datastore.Store) error {
-	objs, _, rejected := store.List()
+	objs, _, rejected := store.ListKinds("Pod")
 	for _, r := range rejected {
 		l.log.Warn("datastore holds a rejected file", "source", r.Source, "err", r.Err)
 	}
