@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/membrane-mesh/membrane/api"
 	"github.com/membrane-mesh/membrane/datastore"
 	"github.com/membrane-mesh/membrane/lab"
 )
@@ -162,6 +164,7 @@ func checkMatrix(t *testing.T, l *lab.Lab, name string, pols []*networkingv1.Net
 	}
 	var wrong []string
 	allowedN, deniedN := 0, 0
+	explained := explainMatrix(t, l)
 	for _, from := range l.Pods() {
 		for _, to := range l.Pods() {
 			if from.String() == to.String() {
@@ -186,16 +189,26 @@ func checkMatrix(t *testing.T, l *lab.Lab, name string, pols []*networkingv1.Net
 						wrong = append(wrong, fmt.Sprintf("%s -> %s %s/%d: observed %s, expected %s",
 							from, to, proto, port, verdict(got), verdict(want)))
 					}
+					// explain must say what the wire does.
+					x := explained[cellKey{from.String(), to.String(), proto, port}]
+					if x == nil || (x.Verdict == "allowed") != got {
+						why := "no answer"
+						if x != nil {
+							why = x.Verdict + ": " + explainWhy(x)
+						}
+						wrong = append(wrong, fmt.Sprintf("%s -> %s %s/%d: observed %s, but explain says %s",
+							from, to, proto, port, verdict(got), why))
+					}
 				}
 			}
 		}
 	}
 	if len(wrong) > 0 {
 		slices.Sort(wrong)
-		t.Errorf("%s: %d of %d probes differ from the expected matrix:\n  %s", name, len(wrong), allowedN+deniedN, strings.Join(wrong, "\n  "))
+		t.Errorf("%s: %d problems in %d probes:\n  %s", name, len(wrong), allowedN+deniedN, strings.Join(wrong, "\n  "))
 		return
 	}
-	t.Logf("%s: %d allowed and %d denied probes as expected", name, allowedN, deniedN)
+	t.Logf("%s: %d allowed and %d denied probes as expected, and explain agrees with each", name, allowedN, deniedN)
 }
 
 func verdict(b bool) string {
@@ -203,4 +216,50 @@ func verdict(b bool) string {
 		return "allowed"
 	}
 	return "denied"
+}
+
+type cellKey struct {
+	from, to, proto string
+	port            int
+}
+
+// explainMatrix asks the agents to explain every cell of the model's
+// matrix, concurrently.
+func explainMatrix(t *testing.T, l *lab.Lab) map[cellKey]*api.Explanation {
+	t.Helper()
+	agents := agentClients(l)
+	pods := l.Pods()
+	out := map[cellKey]*api.Explanation{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for _, from := range pods {
+		for _, to := range pods {
+			if from.String() == to.String() {
+				continue
+			}
+			src, _ := from.IP(4)
+			dst, _ := to.IP(4)
+			for _, proto := range []string{"tcp", "udp"} {
+				for _, port := range []int{80, 81} {
+					wg.Add(1)
+					sem <- struct{}{}
+					go func() {
+						defer wg.Done()
+						defer func() { <-sem }()
+						x, err := api.ExplainAcross(context.Background(), agents, src.String(), dst.String(), proto, port)
+						if err != nil {
+							t.Errorf("explain %s -> %s: %v", from, to, err)
+							return
+						}
+						mu.Lock()
+						out[cellKey{from.String(), to.String(), proto, port}] = x
+						mu.Unlock()
+					}()
+				}
+			}
+		}
+	}
+	wg.Wait()
+	return out
 }
