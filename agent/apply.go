@@ -270,6 +270,21 @@ func (a *applier) apply(snap *policy.Snapshot, ifindexOf ifindexFunc, adoptedEnt
 			delete(a.ipcache, p)
 		}
 	}
+	// Addresses the ipcache could not take would be mistaken for the
+	// world: until every one fits, the datapath fails closed on peers
+	// without an entry of their own.
+	missing := 0
+	for p, addr := range snap.IPCache {
+		if cur, ok := a.ipcache[p]; !ok || cur.Identity != uint32(addr.Identity) || cur.Selset != addr.Selset {
+			missing++
+		}
+	}
+	if missing > 0 {
+		problem("ipcache: %d addresses do not fit (map full: raise --map-size-ipcache-host/-lpm); new connections with peers that have no entry fail closed", missing)
+	}
+	if err := a.dp.SetIPCacheIncomplete(missing > 0); err != nil {
+		problem("ipcache: %v", err)
+	}
 
 	// 4. Re-check established connections.
 	if _, err := a.dp.BumpPolicyRevision(); err != nil {

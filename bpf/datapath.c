@@ -51,10 +51,12 @@ static __always_inline struct config *config_get(void)
 }
 
 /* Identity and selector set of an address. An address no entry covers is
- * the world, selected by nothing. */
-static __always_inline struct ipcache_value ipcache_lookup(const struct addr *a)
+ * the world, selected by nothing. *exact says whether the address has its
+ * own entry. */
+static __always_inline struct ipcache_value ipcache_lookup_exact(const struct addr *a, int *exact)
 {
 	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache_host, a);
+	*exact = v != NULL;
 	if (v)
 		return *v;
 
@@ -65,6 +67,12 @@ static __always_inline struct ipcache_value ipcache_lookup(const struct addr *a)
 
 	struct ipcache_value world = { .identity = ID_WORLD, .selset = 0 };
 	return world;
+}
+
+static __always_inline struct ipcache_value ipcache_lookup(const struct addr *a)
+{
+	int exact;
+	return ipcache_lookup_exact(a, &exact);
 }
 
 static __always_inline __u64 seconds_or(const struct config *cfg, __u32 s, __u32 dflt)
@@ -365,13 +373,22 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 
 	/* A new connection: the source's egress policy, then the destination's
 	 * ingress policy; either may deny. */
-	struct ipcache_value srcv = ipcache_lookup(&p.t.saddr);
-	struct ipcache_value dstv = ipcache_lookup(&p.t.daddr);
+	int src_exact, dst_exact;
+	struct ipcache_value srcv = ipcache_lookup_exact(&p.t.saddr, &src_exact);
+	struct ipcache_value dstv = ipcache_lookup_exact(&p.t.daddr, &dst_exact);
 	struct decision de = { .verdict = VERDICT_ALLOW }, di = { .verdict = VERDICT_ALLOW };
 	__u16 ctflags = 0;
 
 	ei.src_identity = srcv.identity;
 	ei.dst_identity = dstv.identity;
+
+	/* With an incomplete ipcache, a peer without its own entry may be a
+	 * pod the agent could not record: refuse rather than guess. */
+	if ((cfg->flags & CFG_IPCACHE_INCOMPLETE) &&
+	    ((src_ep && !dst_exact) || (dst_ep && !src_exact))) {
+		ei.dir = src_ep ? DIR_EGRESS : DIR_INGRESS;
+		return drop(skb, &p, cfg, REASON_FAIL_CLOSED, &ei);
+	}
 
 	if (src_ep) {
 		policy_decide(src_ep, DIR_EGRESS, dstv.selset, p.t.proto, p.port, &de);

@@ -58,7 +58,7 @@ func (d *Datapath) SetConfig(c Config) error {
 	if err != nil {
 		return err
 	}
-	raw.Flags = 0
+	raw.Flags &= configIPCacheIncomplete // the agent's, not the config's
 	if c.AllowHost {
 		raw.Flags |= configAllowHost
 	}
@@ -100,6 +100,31 @@ func (d *Datapath) BumpPolicyRevision() (uint32, error) {
 		return 0, fmt.Errorf("write global_cfg: %w", err)
 	}
 	return raw.PolicyRev, nil
+}
+
+// SetIPCacheIncomplete tells the datapath whether the ipcache lacks
+// addresses it should hold (it was full): while set, new connections whose
+// peer has no entry of its own are dropped (fail closed) instead of being
+// taken for the world.
+func (d *Datapath) SetIPCacheIncomplete(incomplete bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	raw, err := d.readConfig()
+	if err != nil {
+		return err
+	}
+	was := raw.Flags&configIPCacheIncomplete != 0
+	if was == incomplete {
+		return nil
+	}
+	raw.Flags &^= configIPCacheIncomplete
+	if incomplete {
+		raw.Flags |= configIPCacheIncomplete
+	}
+	if err := d.objs.GlobalCfg.Put(uint32(0), &raw); err != nil {
+		return fmt.Errorf("write global_cfg: %w", err)
+	}
+	return nil
 }
 
 // PolicyRevision returns the current revision.

@@ -453,3 +453,27 @@ func TestCutConnectionStaysCut(t *testing.T) {
 	h.expect(FromNetdev, fwd, retNext)
 	h.expect(FromContainer, fwd.Reply(packet.ACK), retNext)
 }
+
+// When the agent could not fit every address in the ipcache, a peer
+// without its own entry may be a missing pod: new connections with it fail
+// closed instead of being taken for the world. Established ones go on.
+func TestIncompleteIPCacheFailsClosed(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, 0, [2][2]uint32{}) // open: allows anyone, the world included
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp("10.9.9.9", addrB, 2, 80, packet.SYN), retNext) // not in the ipcache: world
+	if err := h.d.SetIPCacheIncomplete(true); err != nil {
+		t.Fatal(err)
+	}
+	h.drain()
+	h.expect(FromNetdev, tcp("10.9.9.9", addrB, 3, 80, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonFailClosed {
+		t.Fatalf("reason %v", e.Reason)
+	}
+	h.expect(FromNetdev, tcp(addrR, addrB, 4, 80, packet.SYN), retNext)      // known peer
+	h.expect(FromNetdev, tcp("10.9.9.9", addrB, 2, 80, packet.ACK), retNext) // established
+	if err := h.d.SetIPCacheIncomplete(false); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(FromNetdev, tcp("10.9.9.9", addrB, 5, 80, packet.SYN), retNext)
+}

@@ -125,9 +125,10 @@ func (r Reason) Description() string {
 
 // Config flags (struct config.flags).
 const (
-	configAllowHost     = 1 << 0
-	configVerdictEvents = 1 << 1
-	configDropEvents    = 1 << 2
+	configAllowHost         = 1 << 0
+	configVerdictEvents     = 1 << 1
+	configDropEvents        = 1 << 2
+	configIPCacheIncomplete = 1 << 3
 )
 
 // Reserved identities (DESIGN.md).

@@ -164,6 +164,10 @@ enum config_flags {
 	CFG_ALLOW_HOST = 1 << 0,       /* traffic from the local node is always allowed (Kubernetes) */
 	CFG_VERDICT_EVENTS = 1 << 1,   /* an event for every new connection */
 	CFG_DROP_EVENTS = 1 << 2,      /* an event for every drop */
+	/* The ipcache could not hold every cluster address: an address not
+	 * found exactly may be a pod that is missing, not the world. New
+	 * connections with such a peer fail closed. */
+	CFG_IPCACHE_INCOMPLETE = 1 << 3,
 };
 
 struct config {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"syscall"
@@ -274,4 +275,34 @@ func anyContains(list []string, sub string) bool {
 		}
 	}
 	return false
+}
+
+// An ipcache too small for the cluster must not turn pods into "the world":
+// with a policy that admits the world, a pod missing from the ipcache would
+// otherwise get in. The agent flags the ipcache incomplete and the datapath
+// refuses new connections with peers that have no entry of their own.
+func TestFullIPCacheFailsClosed(t *testing.T) {
+	objs := []datastore.Object{
+		labObject("ipc", datastore.LabNode{Name: "node1", PodCIDR: "10.244.1.0/24"}),
+		namespace("x", nil),
+		pod("x", "server", "node1", map[string]string{"app": "server"}, servePorts...),
+		netpolObj(policy("x", "world-only").selecting(serverSel).ingress(peers(ipPeer("0.0.0.0/0", "10.244.0.0/16"))).build()),
+	}
+	for i := range 8 {
+		objs = append(objs, pod("x", fmt.Sprintf("c%d", i), "node1", map[string]string{"app": "client"}, servePorts...))
+	}
+	l := startLabWith(t, objs, "--map-size-ipcache-host=10")
+	s, err := l.Agent("node1").Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Healthy || !anyContains(s.Problems, "do not fit") {
+		t.Fatalf("status does not report the full ipcache: healthy=%v problems=%q", s.Healthy, s.Problems)
+	}
+	for i := range 8 {
+		from := fmt.Sprintf("x/c%d", i)
+		if probe(t, l, from, "x/server", 80, "tcp", 300*time.Millisecond) {
+			t.Errorf("%s reaches x/server: a pod missing from a full ipcache was taken for the world (fail open)", from)
+		}
+	}
 }
