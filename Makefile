@@ -14,13 +14,16 @@ deps:
 build:
 	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./cmd/...
 
-# Regenerate the committed eBPF objects and their Go bindings (needs clang).
+# Regenerate the committed eBPF objects and their Go bindings (needs clang),
+# and the Go code of Membrane's protobuf types (needs protoc).
 generate:
-	$(GO) generate ./bpf/
+	$(GO) generate ./bpf/ ./xds/l7pb/
 
-# CI: the committed objects must be exactly what clang produces from the C.
+# CI: the committed generated files must be exactly what the generators
+# produce from the sources.
 check-generated: generate
-	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: committed generated files are stale: run 'make generate' and commit" >&2; exit 1; }
+	@git diff --exit-code --stat -- bpf/ xds/l7pb/ || { echo "committed generated files are stale: run 'make generate' and commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- bpf/ xds/l7pb/)" || { echo "generation produced files that are not committed:"; git status --porcelain -- bpf/ xds/l7pb/; exit 1; }
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }

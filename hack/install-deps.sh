@@ -6,9 +6,11 @@ set -euo pipefail
 
 pkgs=(
   clang llvm libbpf-dev gcc-multilib   # compile the eBPF programs (make generate)
+  protobuf-compiler                    # protoc for Membrane's .proto files (make generate)
   bpftool                              # inspect maps and programs
   iproute2 nftables                    # network namespaces, veths, rules
   iperf3 wrk                           # benchmarks
+  curl                                 # L7 tests use a real HTTP client too
   procps psmisc                        # ps, for humans debugging a lab
 )
 

@@ -114,6 +114,9 @@ type Endpoint struct {
 	Entries map[EntryKey]Value
 	// Hash changes whenever Enforce or Entries change.
 	Hash uint64
+	// L7[dir] lists the port ranges whose policy in dir has L7 rules,
+	// sorted by port (see l7.go). The node proxy enforces them.
+	L7 [2][]L7Port
 }
 
 // Selset is a set of selectors that together pick some addresses.

@@ -141,6 +141,9 @@ type Rule struct {
 	Verdict Verdict
 	// ProxyPort is the node proxy's port when Verdict is Redirect.
 	ProxyPort uint16
+	// L7 holds the rule's L7 rules (Verdict Redirect); nil for an L3/L4
+	// rule.
+	L7 *L7Rules
 	// AnyPeer: the rule applies to every peer (Peers is empty).
 	AnyPeer bool
 	// Peers are alternatives: a peer selected by any of them matches.
