@@ -78,4 +78,7 @@ type L7PeerRule struct {
 type L7CIDR struct {
 	Prefix netip.Prefix
 	Except []netip.Prefix
+	// IncludeCluster: cluster addresses in the prefix match too (ipBlock);
+	// otherwise only world addresses do (fromCIDR, toCIDR, CIDR sets).
+	IncludeCluster bool
 }

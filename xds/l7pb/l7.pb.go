@@ -360,8 +360,7 @@ type PeerRule struct {
 	// identities are the remote numeric identities the rule selects, sorted
 	// ascending, without duplicates.
 	Identities []uint32 `protobuf:"varint,2,rep,packed,name=identities,proto3" json:"identities,omitempty"`
-	// cidrs select remote addresses outside the cluster (remote identity
-	// "world") by address.
+	// cidrs select remote peers by address (see CIDR.include_cluster).
 	Cidrs []*CIDR `protobuf:"bytes,3,rep,name=cidrs,proto3" json:"cidrs,omitempty"`
 	// http rules are alternatives. No rules: every request is allowed (an
 	// L3/L4 rule for these peers on the same port).
@@ -440,11 +439,15 @@ func (x *PeerRule) GetPolicy() string {
 
 // CIDR selects the addresses in prefix and in none of except.
 type CIDR struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Prefix        string                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
-	Except        []string               `protobuf:"bytes,2,rep,name=except,proto3" json:"except,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Prefix string                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Except []string               `protobuf:"bytes,2,rep,name=except,proto3" json:"except,omitempty"`
+	// include_cluster: the prefix also selects addresses of cluster workloads
+	// and nodes, whatever their identity (NetworkPolicy ipBlock semantics).
+	// Without it only remote peers with identity "world" are selected.
+	IncludeCluster bool `protobuf:"varint,3,opt,name=include_cluster,json=includeCluster,proto3" json:"include_cluster,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *CIDR) Reset() {
@@ -489,6 +492,13 @@ func (x *CIDR) GetExcept() []string {
 		return x.Except
 	}
 	return nil
+}
+
+func (x *CIDR) GetIncludeCluster() bool {
+	if x != nil {
+		return x.IncludeCluster
+	}
+	return false
 }
 
 // HTTPRule matches a request. Every set field must match. Regular
@@ -758,10 +768,11 @@ const file_membrane_l7_v1_l7_proto_rawDesc = "" +
 	"identities\x12*\n" +
 	"\x05cidrs\x18\x03 \x03(\v2\x14.membrane.l7.v1.CIDRR\x05cidrs\x12,\n" +
 	"\x04http\x18\x04 \x03(\v2\x18.membrane.l7.v1.HTTPRuleR\x04http\x12\x16\n" +
-	"\x06policy\x18\x05 \x01(\tR\x06policy\"6\n" +
+	"\x06policy\x18\x05 \x01(\tR\x06policy\"_\n" +
 	"\x04CIDR\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x16\n" +
-	"\x06except\x18\x02 \x03(\tR\x06except\"\x81\x01\n" +
+	"\x06except\x18\x02 \x03(\tR\x06except\x12'\n" +
+	"\x0finclude_cluster\x18\x03 \x01(\bR\x0eincludeCluster\"\x81\x01\n" +
 	"\bHTTPRule\x12\x16\n" +
 	"\x06method\x18\x01 \x01(\tR\x06method\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x12\n" +
