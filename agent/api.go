@@ -166,13 +166,13 @@ func (a *Agent) handlePolicy(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, fmt.Sprintf("pod %s is not an endpoint of node %s", key, a.cfg.Node), http.StatusNotFound)
 		return
 	}
-	out := api.EndpointPolicy{Endpoint: a.endpointLocked(ep), Entries: describeRules(a.snap, ep)}
+	out := api.EndpointPolicy{Endpoint: a.endpointLocked(ep), Entries: describeRules(a.snap, ep, a.proxyPorts())}
 	writeJSON(w, out)
 }
 
 // describeRules renders an endpoint's rules for people, followed by the
 // default of each direction.
-func describeRules(snap *policy.Snapshot, ep *policy.Endpoint) []api.PolicyEntry {
+func describeRules(snap *policy.Snapshot, ep *policy.Endpoint, proxyPorts [2]uint16) []api.PolicyEntry {
 	var out []api.PolicyEntry
 	for _, r := range ep.Rules {
 		remotes := []string{"any"}
@@ -201,8 +201,11 @@ func describeRules(snap *policy.Snapshot, ep *policy.Endpoint) []api.PolicyEntry
 					Protocol:         policy.ProtoName(pr.Proto),
 					Ports:            portsString(pr, ep, r.Dir),
 					Verdict:          r.Verdict.String(),
-					ProxyPort:        r.ProxyPort,
 					Policy:           r.Ref,
+				}
+				if r.Verdict == policy.Redirect {
+					e.ProxyPort = proxyPorts[r.Dir]
+					e.HTTP = describeHTTP(r.L7)
 				}
 				out = append(out, e)
 			}
@@ -262,6 +265,43 @@ func matchingIdentities(snap *policy.Snapshot, s policy.Selector) []api.Identity
 		if ls.Matches(l) {
 			out = append(out, api.IdentityRef{ID: uint32(id), Labels: l.List()})
 		}
+	}
+	return out
+}
+
+// describeHTTP renders L7 rules for people, one line per HTTP rule.
+func describeHTTP(l7 *policy.L7Rules) []string {
+	if l7 == nil {
+		return nil
+	}
+	var out []string
+	for _, h := range l7.HTTP {
+		var parts []string
+		add := func(what, v string) {
+			if v != "" {
+				parts = append(parts, what+v)
+			}
+		}
+		add("", h.Method)
+		add("", h.Path)
+		add("host ", h.Host)
+		for _, m := range h.Headers {
+			switch {
+			case m.Exact != nil:
+				parts = append(parts, fmt.Sprintf("header %s=%q", m.Name, *m.Exact))
+			case m.Regex != "":
+				parts = append(parts, fmt.Sprintf("header %s~%q", m.Name, m.Regex))
+			default:
+				parts = append(parts, "header "+m.Name)
+			}
+			if m.Mismatch != policy.MismatchFail {
+				parts[len(parts)-1] += " (mismatch: " + string(m.Mismatch) + ")"
+			}
+		}
+		if len(parts) == 0 {
+			parts = []string{"any request"}
+		}
+		out = append(out, strings.Join(parts, " "))
 	}
 	return out
 }

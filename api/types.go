@@ -92,6 +92,9 @@ type PolicyEntry struct {
 	Verdict string `json:"verdict"` // "allow", "deny", "redirect"
 	// ProxyPort is set when Verdict is "redirect".
 	ProxyPort uint16 `json:"proxyPort,omitempty"`
+	// HTTP lists the rule's HTTP rules when Verdict is "redirect", one
+	// line each, e.g. "GET /public/.*".
+	HTTP []string `json:"http,omitempty"`
 	// Policy names the policy and rule that produced the entry, e.g.
 	// "NetworkPolicy x/allow-web ingress[0]".
 	Policy string `json:"policy"`

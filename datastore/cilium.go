@@ -161,8 +161,8 @@ type CiliumEgressDenyRule struct {
 // CiliumPortRule is a toPorts entry of an allow rule.
 type CiliumPortRule struct {
 	Ports []CiliumPortProtocol `json:"ports,omitempty"`
-	// Rules holds L7 rules (http, kafka, dns, l7proto, l7): not supported
-	// yet.
+	// Rules holds L7 rules. HTTP rules are enforced by the node proxy;
+	// kafka, dns, l7proto and l7 are not supported yet (reported by name).
 	Rules          *CiliumL7Rules `json:"rules,omitempty"`
 	TerminatingTLS any            `json:"terminatingTLS,omitempty"`
 	OriginatingTLS any            `json:"originatingTLS,omitempty"`
@@ -184,13 +184,42 @@ type CiliumPortProtocol struct {
 	Protocol string `json:"protocol,omitempty"`
 }
 
-// CiliumL7Rules are L7 rules; every field is reported as not supported yet.
+// CiliumL7Rules are the L7 rules of a toPorts entry.
 type CiliumL7Rules struct {
-	HTTP    []any  `json:"http,omitempty"`
+	HTTP []CiliumHTTPRule `json:"http,omitempty"`
+	// Not supported yet (reported by name).
 	Kafka   []any  `json:"kafka,omitempty"`
 	DNS     []any  `json:"dns,omitempty"`
 	L7Proto string `json:"l7proto,omitempty"`
 	L7      []any  `json:"l7,omitempty"`
+}
+
+// CiliumHTTPRule is a rules.http entry: every field set must match. Method,
+// path and host are regular expressions matched against the whole value.
+type CiliumHTTPRule struct {
+	Method string `json:"method,omitempty"`
+	Path   string `json:"path,omitempty"`
+	Host   string `json:"host,omitempty"`
+	// Headers must be present: "Name", or "Name: value" / "Name value"
+	// for an exact value.
+	Headers       []string            `json:"headers,omitempty"`
+	HeaderMatches []CiliumHeaderMatch `json:"headerMatches,omitempty"`
+}
+
+// CiliumHeaderMatch is a headerMatches entry.
+type CiliumHeaderMatch struct {
+	// Mismatch is what a mismatch does: empty fails the rule; LOG, ADD,
+	// DELETE or REPLACE keep it matching and act.
+	Mismatch string `json:"mismatch,omitempty"`
+	Name     string `json:"name"`
+	// Value is the exact value to match. Neither value nor regex: the
+	// header must be present.
+	Value string `json:"value,omitempty"`
+	// Regex is a regular expression the value must match as a whole: a
+	// Membrane extension (cilium/cilium#43914), not part of Cilium's API.
+	Regex string `json:"regex,omitempty"`
+	// Secret takes the value from a Kubernetes secret: not supported yet.
+	Secret any `json:"secret,omitempty"`
 }
 
 // CiliumICMPRule is an icmps entry.

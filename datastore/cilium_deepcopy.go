@@ -189,7 +189,7 @@ func (r CiliumPortRule) deepCopy() CiliumPortRule {
 	out.Ports = slices.Clone(r.Ports)
 	if r.Rules != nil {
 		out.Rules = &CiliumL7Rules{
-			HTTP:    copyJSONList(r.Rules.HTTP),
+			HTTP:    copyList(r.Rules.HTTP, CiliumHTTPRule.deepCopy),
 			Kafka:   copyJSONList(r.Rules.Kafka),
 			DNS:     copyJSONList(r.Rules.DNS),
 			L7Proto: r.Rules.L7Proto,
@@ -200,6 +200,19 @@ func (r CiliumPortRule) deepCopy() CiliumPortRule {
 	out.OriginatingTLS = copyJSON(r.OriginatingTLS)
 	out.ServerNames = slices.Clone(r.ServerNames)
 	out.Listener = copyJSON(r.Listener)
+	return out
+}
+
+func (r CiliumHTTPRule) deepCopy() CiliumHTTPRule {
+	out := r
+	out.Headers = slices.Clone(r.Headers)
+	out.HeaderMatches = copyList(r.HeaderMatches, CiliumHeaderMatch.deepCopy)
+	return out
+}
+
+func (m CiliumHeaderMatch) deepCopy() CiliumHeaderMatch {
+	out := m
+	out.Secret = copyJSON(m.Secret)
 	return out
 }
 

@@ -268,7 +268,7 @@ spec: &rule
     fromEntities: [world]
     toPorts:
     - ports: [{port: "80", endPort: 90, protocol: TCP}]
-      rules: {http: [{method: GET}], kafka: [{topic: t}], dns: [{matchName: x}], l7proto: p, l7: [{k: v}]}
+      rules: {http: [{method: GET, path: /, host: h, headers: [X-A], headerMatches: [{name: x-b, value: v, mismatch: LOG}, {name: x-c, regex: r, secret: {name: s}}]}], kafka: [{topic: t}], dns: [{matchName: x}], l7proto: p, l7: [{k: v}]}
       terminatingTLS: {secret: {name: a}}
       originatingTLS: {secret: {name: b}}
       serverNames: [example.com]

@@ -3,6 +3,7 @@ package datastore
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -16,7 +17,8 @@ import (
 // Cilium's documentation defines what the fields mean; this file accepts
 // what Cilium accepts, with these exceptions, each an error that says why:
 //
-//   - fields Membrane does not enforce yet (L7 rules, TLS, toFQDNs,
+//   - fields Membrane does not enforce yet (Kafka/DNS/generic L7 rules,
+//     header values from secrets, TLS, toFQDNs,
 //     toServices, groups, nodes, authentication, host policies, CIDR
 //     groups, the ingress entity) are rejected by name, never ignored;
 //   - in a CiliumNetworkPolicy, peer selectors on namespace labels are
@@ -403,7 +405,7 @@ func parseCIDRSetPrefix(s string) (netip.Prefix, string) {
 func (c *ciliumCheck) portRule(r *CiliumPortRule, p path) {
 	c.ports(r.Ports, p.child("ports"))
 	if r.Rules != nil {
-		c.l7Rules(r.Rules, p.child("rules"))
+		c.l7Rules(r, p)
 	}
 	c.unsupported(r.TerminatingTLS != nil, p.child("terminatingTLS"), "TLS termination (terminatingTLS) is not supported yet; remove it")
 	c.unsupported(r.OriginatingTLS != nil, p.child("originatingTLS"), "TLS origination (originatingTLS) is not supported yet; remove it")
@@ -411,27 +413,119 @@ func (c *ciliumCheck) portRule(r *CiliumPortRule, p path) {
 	c.unsupported(r.Listener != nil, p.child("listener"), "redirecting to an Envoy listener (listener) is not supported yet; remove it")
 }
 
-func (c *ciliumCheck) l7Rules(r *CiliumL7Rules, p path) {
-	const advice = "L7 policy is not supported yet; remove rules only if allowing all traffic on these ports is acceptable"
-	found := false
-	for _, k := range []struct {
-		field, what string
-		set         bool
-	}{
-		{"http", "HTTP rules", r.HTTP != nil},
-		{"kafka", "Kafka rules", r.Kafka != nil},
-		{"dns", "DNS rules", r.DNS != nil},
-		{"l7proto", "a proxylib L7 protocol", r.L7Proto != ""},
-		{"l7", "generic L7 rules", r.L7 != nil},
-	} {
-		if k.set {
-			c.add(p.child(k.field), "%s (%s): %s", k.what, k.field, advice)
-			found = true
+// l7Rules checks the rules of a toPorts entry: HTTP rules are enforced,
+// the other protocols are reported as not supported yet.
+func (c *ciliumCheck) l7Rules(pr *CiliumPortRule, p path) {
+	r, rp := pr.Rules, p.child("rules")
+	const advice = "remove these rules only if allowing every request on these ports is acceptable"
+	c.unsupported(r.Kafka != nil, rp.child("kafka"), "Kafka rules (kafka) are not supported yet; "+advice)
+	c.unsupported(r.DNS != nil, rp.child("dns"), "DNS rules (dns) are not supported yet; "+advice)
+	c.unsupported(r.L7Proto != "", rp.child("l7proto"), "proxylib L7 protocols (l7proto) are not supported yet; "+advice)
+	c.unsupported(r.L7 != nil, rp.child("l7"), "generic L7 rules (l7) are not supported yet; "+advice)
+	switch {
+	case r.HTTP == nil && r.Kafka == nil && r.DNS == nil && r.L7Proto == "" && r.L7 == nil:
+		c.add(rp, "empty; give http rules, or remove rules to allow every request on these ports")
+		return
+	case r.HTTP != nil && len(r.HTTP) == 0:
+		c.add(rp.child("http"), "empty list; list at least one rule (an empty rule {} allows every request, through the proxy)")
+		return
+	case r.HTTP == nil:
+		return
+	}
+	for i, pp := range pr.Ports {
+		if pp.Protocol != "TCP" {
+			got := pp.Protocol
+			if got == "" {
+				got = "ANY (the default)"
+			}
+			c.add(p.child("ports").index(i).child("protocol"), "is %s, but HTTP rules apply to TCP only: set protocol: TCP", got)
 		}
 	}
-	if !found {
-		c.add(p, "empty L7 rules: L7 policy is not supported yet; remove rules")
+	for i := range r.HTTP {
+		c.httpRule(&r.HTTP[i], rp.child("http").index(i))
 	}
+}
+
+func (c *ciliumCheck) httpRule(h *CiliumHTTPRule, p path) {
+	for _, f := range []struct{ name, re string }{{"method", h.Method}, {"path", h.Path}, {"host", h.Host}} {
+		if f.re == "" {
+			continue
+		}
+		if _, err := regexp.Compile(f.re); err != nil {
+			c.add(p.child(f.name), "%q is not a valid regular expression (RE2 syntax; it must match the whole %s): %v", f.re, f.name, regexpReason(err))
+		}
+	}
+	if h.Path != "" && !strings.HasPrefix(h.Path, "/") && !strings.HasPrefix(h.Path, "^/") && !strings.HasPrefix(h.Path, ".") && !strings.HasPrefix(h.Path, "(") && !strings.HasPrefix(h.Path, "[") {
+		c.add(p.child("path"), "%q can never match: paths start with \"/\" (the regular expression must match the whole path)", h.Path)
+	}
+	for i, hdr := range h.Headers {
+		hp := p.child("headers").index(i)
+		name, _, _ := ParseHTTPHeaderRule(hdr)
+		if !isHTTPToken(name) {
+			c.add(hp, "%q: want a header name, optionally followed by \": value\" for an exact value (e.g. \"X-Token\" or \"X-Token: abc\")", hdr)
+		}
+	}
+	for i, m := range h.HeaderMatches {
+		mp := p.child("headerMatches").index(i)
+		if m.Name == "" {
+			c.add(mp.child("name"), "required; name the header to match")
+		} else if !isHTTPToken(m.Name) {
+			c.add(mp.child("name"), "%q is not a valid header name", m.Name)
+		}
+		if m.Secret != nil {
+			c.add(mp.child("secret"), "values from Kubernetes secrets are not supported yet; write the value in value")
+		}
+		if m.Value != "" && m.Regex != "" {
+			c.add(mp.child("regex"), "cannot be combined with value; use value for an exact match or regex for a pattern")
+		}
+		if m.Regex != "" {
+			if _, err := regexp.Compile(m.Regex); err != nil {
+				c.add(mp.child("regex"), "%q is not a valid regular expression (RE2 syntax; it must match the whole value): %v", m.Regex, regexpReason(err))
+			}
+		}
+		switch m.Mismatch {
+		case "", "LOG", "DELETE":
+		case "ADD", "REPLACE":
+			if m.Value == "" {
+				c.add(mp.child("mismatch"), "%s sets the header to value, so it needs value", m.Mismatch)
+			}
+		default:
+			c.add(mp.child("mismatch"), "unknown action %q; want LOG, ADD, DELETE or REPLACE (or omit it to fail the rule on a mismatch)", m.Mismatch)
+		}
+	}
+}
+
+// ParseHTTPHeaderRule splits a rules.http[].headers entry: "Name" requires
+// the header, "Name: value" or "Name value" requires that exact value.
+func ParseHTTPHeaderRule(s string) (name, value string, hasValue bool) {
+	s = strings.TrimSpace(s)
+	if i := strings.IndexAny(s, ": \t"); i >= 0 {
+		name = s[:i]
+		rest := strings.TrimLeft(s[i:], ": \t")
+		return name, strings.TrimSpace(rest), true
+	}
+	return s, "", false
+}
+
+func isHTTPToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		b := s[i]
+		switch {
+		case b >= 'a' && b <= 'z', b >= 'A' && b <= 'Z', b >= '0' && b <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// regexpReason is a regexp error without the "error parsing regexp:" prefix.
+func regexpReason(err error) string {
+	return strings.TrimPrefix(err.Error(), "error parsing regexp: ")
 }
 
 // ports checks the ports of a toPorts entry.

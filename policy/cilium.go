@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -33,7 +34,11 @@ import (
 //   - toPorts: port number ("0": every port), range (endPort) or name;
 //     protocol TCP, UDP, SCTP or ANY (= TCP, UDP and SCTP); icmps add ICMP
 //     types; no ports and no icmps means every protocol and port;
-//   - ingressDeny/egressDeny deny, and deny beats every allow.
+//   - ingressDeny/egressDeny deny, and deny beats every allow;
+//   - a toPorts entry with rules.http redirects its ports' connections to
+//     the node proxy (verdict Redirect), which checks every request
+//     against the HTTP rules; L3/L4 rules on the same ports allow their
+//     peers every request (docs/L7.md).
 
 const (
 	kindCNP  = "CiliumNetworkPolicy"
@@ -134,12 +139,14 @@ func (c ciliumCompiler) rule(path string, r *datastore.CiliumRule, only bool) (*
 
 	for j, in := range r.Ingress {
 		f := fmt.Sprintf("ingress[%d]", j)
-		rule, err := c.peerRule(Ingress, Allow, peerFields{in.FromEndpoints, in.FromCIDR, in.FromCIDRSet, in.FromEntities}, in.FromRequires, allowPorts(in.ToPorts), in.ICMPs)
+		rules, err := c.allowRules(Ingress, peerFields{in.FromEndpoints, in.FromCIDR, in.FromCIDRSet, in.FromEntities}, in.FromRequires, in.ToPorts, in.ICMPs)
 		if err != nil {
 			return nil, fail(f, err)
 		}
-		rule.Ref = refPrefix + f
-		p.Rules = append(p.Rules, rule)
+		for _, rule := range rules {
+			rule.Ref = refPrefix + f
+			p.Rules = append(p.Rules, rule)
+		}
 	}
 	for j, in := range r.IngressDeny {
 		f := fmt.Sprintf("ingressDeny[%d]", j)
@@ -155,12 +162,14 @@ func (c ciliumCompiler) rule(path string, r *datastore.CiliumRule, only bool) (*
 	}
 	for j, eg := range r.Egress {
 		f := fmt.Sprintf("egress[%d]", j)
-		rule, err := c.peerRule(Egress, Allow, peerFields{eg.ToEndpoints, eg.ToCIDR, eg.ToCIDRSet, eg.ToEntities}, eg.ToRequires, allowPorts(eg.ToPorts), eg.ICMPs)
+		rules, err := c.allowRules(Egress, peerFields{eg.ToEndpoints, eg.ToCIDR, eg.ToCIDRSet, eg.ToEntities}, eg.ToRequires, eg.ToPorts, eg.ICMPs)
 		if err != nil {
 			return nil, fail(f, err)
 		}
-		rule.Ref = refPrefix + f
-		p.Rules = append(p.Rules, rule)
+		for _, rule := range rules {
+			rule.Ref = refPrefix + f
+			p.Rules = append(p.Rules, rule)
+		}
 	}
 	for j, eg := range r.EgressDeny {
 		f := fmt.Sprintf("egressDeny[%d]", j)
@@ -192,12 +201,91 @@ func (f peerFields) present() bool {
 // portList is a rule's toPorts, as ports per entry.
 type portList [][]datastore.CiliumPortProtocol
 
-func allowPorts(tp []datastore.CiliumPortRule) portList {
-	out := make(portList, 0, len(tp))
-	for _, e := range tp {
-		out = append(out, e.Ports)
+// allowRules compiles an ingress or egress rule. Its toPorts entries with
+// HTTP rules become rules of their own with the verdict Redirect (their
+// connections go through the node proxy); the other entries and the icmps
+// stay in one L3/L4 rule. Every rule keeps the peers and requirements.
+func (c ciliumCompiler) allowRules(d Dir, peers peerFields, requires []metav1.LabelSelector, tp []datastore.CiliumPortRule, icmps []datastore.CiliumICMPRule) ([]Rule, error) {
+	var l4 portList
+	var l7 []int
+	for i, e := range tp {
+		if e.Rules != nil && len(e.Rules.HTTP) > 0 {
+			l7 = append(l7, i)
+			continue
+		}
+		l4 = append(l4, e.Ports)
 	}
-	return out
+	var out []Rule
+	if len(l7) == 0 || len(l4) > 0 || len(icmps) > 0 {
+		rule, err := c.peerRule(d, Allow, peers, requires, l4, icmps)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rule)
+	}
+	for _, i := range l7 {
+		e := tp[i]
+		for k, pp := range e.Ports {
+			if pp.Protocol != "TCP" {
+				return nil, fmt.Errorf("toPorts[%d].ports[%d].protocol: HTTP rules apply to TCP only: set protocol: TCP", i, k)
+			}
+		}
+		rule, err := c.peerRule(d, Redirect, peers, requires, portList{e.Ports}, nil)
+		if err != nil {
+			return nil, renumberPortsError(err, i)
+		}
+		rules, err := compileHTTP(e.Rules.HTTP)
+		if err != nil {
+			return nil, fmt.Errorf("toPorts[%d].rules.%w", i, err)
+		}
+		rule.L7 = &L7Rules{HTTP: rules}
+		out = append(out, rule)
+	}
+	return out, nil
+}
+
+// renumberPortsError fixes the toPorts index of an error from peerRule,
+// which saw a single entry.
+func renumberPortsError(err error, i int) error {
+	msg := err.Error()
+	if rest, ok := strings.CutPrefix(msg, "toPorts[0]"); ok {
+		return fmt.Errorf("toPorts[%d]%s", i, rest)
+	}
+	return err
+}
+
+// compileHTTP converts rules.http entries; the datastore has validated them.
+func compileHTTP(in []datastore.CiliumHTTPRule) ([]HTTPRule, error) {
+	out := make([]HTTPRule, 0, len(in))
+	for i, h := range in {
+		r := HTTPRule{Method: h.Method, Path: h.Path, Host: h.Host}
+		for _, s := range []string{h.Method, h.Path, h.Host} {
+			if _, err := regexp.Compile(s); err != nil {
+				return nil, fmt.Errorf("http[%d]: invalid regular expression %q: %v", i, s, err)
+			}
+		}
+		for _, hdr := range h.Headers {
+			name, value, has := datastore.ParseHTTPHeaderRule(hdr)
+			m := HeaderMatch{Name: name}
+			if has {
+				m.Exact = &value
+			}
+			r.Headers = append(r.Headers, m)
+		}
+		for k, hm := range h.HeaderMatches {
+			if hm.Secret != nil {
+				return nil, fmt.Errorf("http[%d].headerMatches[%d].secret: not supported yet", i, k)
+			}
+			m := HeaderMatch{Name: hm.Name, Regex: hm.Regex, Mismatch: MismatchAction(hm.Mismatch)}
+			if hm.Value != "" {
+				v := hm.Value
+				m.Exact = &v
+			}
+			r.Headers = append(r.Headers, m)
+		}
+		out = append(out, r)
+	}
+	return out, nil
 }
 
 func denyPorts(tp []datastore.CiliumPortDenyRule) portList {

@@ -22,7 +22,7 @@ type orderedRule struct {
 // including the rules that apply to any peer — so a lookup that finds K's
 // entry needs nothing else. Rules for any peer also get entries under
 // selector set 0, used by peers that no rule names.
-func (e *Engine) computeEndpoint(ps *podState, policyKeys []string, snap *Snapshot, idx *selsetIndex, liveRules map[uint32]bool) *Endpoint {
+func (e *Engine) computeEndpoint(ps *podState, policyKeys []string, snap *Snapshot, idx *selsetIndex, liveRules map[uint32]bool, l7 *l7Resolver) *Endpoint {
 	ep := &Endpoint{Pod: ps.Pod, Identity: ps.id, Labels: ps.labels, Entries: map[EntryKey]Value{}}
 	var rules [2][]orderedRule
 	for _, k := range policyKeys {
@@ -121,7 +121,7 @@ func (e *Engine) computeEndpoint(ps *podState, policyKeys []string, snap *Snapsh
 				if or.r.Verdict != Deny && !ok {
 					continue // requirements not met: this rule allows nothing here
 				}
-				prs = appendPortRules(prs, or, ps, d, set, snap)
+				prs = appendPortRules(prs, or, ps, d, set, snap, e.opts.ProxyPorts[d])
 			}
 			resolvePorts(prs, func(en Entry, v Value) {
 				ep.Entries[EntryKey{Dir: d, Selset: K, Entry: en}] = v
@@ -129,11 +129,12 @@ func (e *Engine) computeEndpoint(ps *podState, policyKeys []string, snap *Snapsh
 		}
 		var prs []portRule
 		for _, or := range anyRules {
-			prs = appendPortRules(prs, or, ps, d, nil, snap)
+			prs = appendPortRules(prs, or, ps, d, nil, snap, e.opts.ProxyPorts[d])
 		}
 		resolvePorts(prs, func(en Entry, v Value) {
 			ep.Entries[EntryKey{Dir: d, Selset: 0, Entry: en}] = v
 		})
+		ep.L7[d] = l7.computeL7(rs, ps, d, snap)
 	}
 	ep.Masks = Masks(ep)
 	ep.Hash = hashEndpoint(ep)
@@ -154,8 +155,11 @@ func ruleSelects(r *Rule, set *Selset) bool {
 // endpoint's own container ports for ingress, and against the peer selector
 // set's named-port selectors for egress; a named port that does not resolve
 // matches nothing (it does not widen to every port).
-func appendPortRules(out []portRule, or orderedRule, ps *podState, d Dir, set *Selset, snap *Snapshot) []portRule {
-	base := portRule{verdict: or.r.Verdict, proxyPort: or.r.ProxyPort, ruleID: or.id, order: or.order}
+func appendPortRules(out []portRule, or orderedRule, ps *podState, d Dir, set *Selset, snap *Snapshot, proxyPort uint16) []portRule {
+	base := portRule{verdict: or.r.Verdict, ruleID: or.id, order: or.order}
+	if or.r.Verdict == Redirect {
+		base.proxyPort = proxyPort
+	}
 	if len(or.r.Ports) == 0 {
 		r := base
 		r.proto, r.first, r.last = ProtoAny, 0, 65535

@@ -150,6 +150,10 @@ type Options struct {
 	Cluster string
 	// Allocator hands out identities.
 	Allocator identity.Allocator
+	// ProxyPorts[dir] is the node proxy's port for connections that L7
+	// rules in dir redirect (0: DefaultIngressProxyPort,
+	// DefaultEgressProxyPort).
+	ProxyPorts [2]uint16
 }
 
 // Engine computes desired datapath state from cluster objects. It is not
@@ -185,6 +189,12 @@ type podState struct {
 func NewEngine(opts Options) *Engine {
 	if opts.Allocator == nil {
 		opts.Allocator = identity.NewMemory()
+	}
+	if opts.ProxyPorts[Ingress] == 0 {
+		opts.ProxyPorts[Ingress] = DefaultIngressProxyPort
+	}
+	if opts.ProxyPorts[Egress] == 0 {
+		opts.ProxyPorts[Egress] = DefaultEgressProxyPort
 	}
 	return &Engine{
 		opts:       opts,
@@ -463,11 +473,12 @@ func (e *Engine) Compute() (*Snapshot, error) {
 	// Local endpoints.
 	liveRules := map[uint32]bool{}
 	policyKeys := slices.Sorted(maps.Keys(e.policies))
+	l7 := &l7Resolver{e: e, cache: map[string][]identity.ID{}}
 	for _, ps := range e.sortedPods() {
 		if ps.Node != e.opts.Node || len(ps.IPs) == 0 || ps.id == identity.Invalid {
 			continue
 		}
-		ep := e.computeEndpoint(ps, policyKeys, snap, idx, liveRules)
+		ep := e.computeEndpoint(ps, policyKeys, snap, idx, liveRules, l7)
 		snap.Endpoints[ps.Key] = ep
 	}
 	e.rules.retain(liveRules)

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/membrane-mesh/membrane/identity"
 )
@@ -81,4 +82,177 @@ type L7CIDR struct {
 	// IncludeCluster: cluster addresses in the prefix match too (ipBlock);
 	// otherwise only world addresses do (fromCIDR, toCIDR, CIDR sets).
 	IncludeCluster bool
+}
+
+// Default proxy ports: where the datapath sends connections that need the
+// node proxy, per direction of the policy that asked for it.
+const (
+	DefaultIngressProxyPort uint16 = 15101
+	DefaultEgressProxyPort  uint16 = 15102
+)
+
+// reservedIDs are the reserved identities a selector can pick.
+var reservedIDs = []identity.ID{identity.Host, identity.World, identity.Unmanaged, identity.Health, identity.Init, identity.RemoteNode, identity.KubeAPIServer}
+
+// l7Resolver turns label selectors into the identities they select, once
+// per Compute, for the L7 policies that need them.
+type l7Resolver struct {
+	e     *Engine
+	cache map[string][]identity.ID
+}
+
+func (r *l7Resolver) identities(s *LabelSelector) []identity.ID {
+	if ids, ok := r.cache[s.Key()]; ok {
+		return ids
+	}
+	var ids []identity.ID
+	for _, id := range reservedIDs {
+		if s.Matches(identity.ReservedLabels(id)) {
+			ids = append(ids, id)
+		}
+	}
+	for id, keys := range r.e.idMatches {
+		if _, ok := slices.BinarySearch(keys, s.Key()); ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.Sort(ids)
+	r.cache[s.Key()] = ids
+	return ids
+}
+
+// peerRule describes who a rule's L7 entry applies to.
+func (r *l7Resolver) peerRule(rule *Rule) L7PeerRule {
+	pr := L7PeerRule{AnyPeer: rule.AnyPeer, Ref: rule.Ref}
+	if rule.L7 != nil {
+		pr.HTTP = rule.L7.HTTP
+		if pr.HTTP == nil {
+			pr.HTTP = []HTTPRule{}
+		}
+	}
+	if pr.AnyPeer {
+		return pr
+	}
+	for _, s := range rule.Peers {
+		switch s := s.(type) {
+		case *LabelSelector:
+			pr.Identities = append(pr.Identities, r.identities(s)...)
+		case *CIDRSelector:
+			pr.CIDRs = append(pr.CIDRs, L7CIDR{Prefix: s.Prefix, Except: slices.Clone(s.Except), IncludeCluster: !s.WorldOnly})
+		}
+	}
+	slices.Sort(pr.Identities)
+	pr.Identities = slices.Compact(pr.Identities)
+	return pr
+}
+
+type portSpan struct{ first, last uint16 }
+
+// tcpSpans are the TCP port ranges a rule covers for this endpoint; named
+// ports resolve against the endpoint's own ports (ingress) or against
+// every destination's (egress).
+func tcpSpans(r *Rule, ps *podState, d Dir, snap *Snapshot) []portSpan {
+	if len(r.Ports) == 0 {
+		return []portSpan{{0, 65535}}
+	}
+	var out []portSpan
+	for _, pr := range r.Ports {
+		switch {
+		case pr.Proto == ProtoAny:
+			out = append(out, portSpan{0, 65535})
+		case pr.Proto != ProtoTCP:
+		case pr.Name == "":
+			out = append(out, portSpan{pr.First, pr.Last})
+		case d == Ingress:
+			for _, np := range ps.NamedPorts {
+				if np.Name == pr.Name && np.Proto == ProtoTCP {
+					out = append(out, portSpan{np.Number, np.Number})
+				}
+			}
+		default:
+			for _, s := range snap.Selectors {
+				if np, ok := s.(*NamedPortSelector); ok && np.Name == pr.Name && np.Proto == ProtoTCP {
+					out = append(out, portSpan{np.Number, np.Number})
+				}
+			}
+		}
+	}
+	return out
+}
+
+// computeL7 lists the TCP port ranges of one direction that have L7 rules,
+// each with every allow rule that covers it: L7 rules with their HTTP
+// rules, L3/L4 rules as "every request" for their own peers only.
+func (r *l7Resolver) computeL7(rs []orderedRule, ps *podState, d Dir, snap *Snapshot) []L7Port {
+	type ruleSpans struct {
+		rule  *Rule
+		spans []portSpan
+	}
+	var all []ruleSpans
+	var l7 []portSpan
+	for _, or := range rs {
+		if or.r.NoPeer || or.r.Verdict == Deny {
+			continue
+		}
+		sp := tcpSpans(or.r, ps, d, snap)
+		if len(sp) == 0 {
+			continue
+		}
+		all = append(all, ruleSpans{or.r, sp})
+		if or.r.Verdict == Redirect {
+			l7 = append(l7, sp...)
+		}
+	}
+	if len(l7) == 0 {
+		return nil
+	}
+	// Elementary intervals: every start and every end+1 of any span.
+	cuts := []int{}
+	for _, rsp := range all {
+		for _, s := range rsp.spans {
+			cuts = append(cuts, int(s.first), int(s.last)+1)
+		}
+	}
+	slices.Sort(cuts)
+	cuts = slices.Compact(cuts)
+	inSpans := func(sp []portSpan, p int) bool {
+		for _, s := range sp {
+			if p >= int(s.first) && p <= int(s.last) {
+				return true
+			}
+		}
+		return false
+	}
+	var out []L7Port
+	var prevRules []int
+	for i := 0; i+1 < len(cuts); i++ {
+		lo, hi := cuts[i], cuts[i+1]-1
+		if !inSpans(l7, lo) {
+			prevRules = nil
+			continue
+		}
+		var idx []int
+		for k, rsp := range all {
+			if inSpans(rsp.spans, lo) {
+				idx = append(idx, k)
+			}
+		}
+		if lo == 0 {
+			lo = 1 // port 0 carries no TCP connection
+			if hi < lo {
+				continue
+			}
+		}
+		if n := len(out); n > 0 && slices.Equal(idx, prevRules) && int(out[n-1].Last)+1 == lo {
+			out[n-1].Last = uint16(hi)
+			continue
+		}
+		port := L7Port{First: uint16(lo), Last: uint16(hi)}
+		for _, k := range idx {
+			port.Rules = append(port.Rules, r.peerRule(all[k].rule))
+		}
+		out = append(out, port)
+		prevRules = idx
+	}
+	return out
 }

@@ -139,10 +139,9 @@ type Rule struct {
 	Ref     string
 	Dir     Dir
 	Verdict Verdict
-	// ProxyPort is the node proxy's port when Verdict is Redirect.
-	ProxyPort uint16
-	// L7 holds the rule's L7 rules (Verdict Redirect); nil for an L3/L4
-	// rule.
+	// L7 holds the rule's L7 rules (Verdict Redirect: the engine gives
+	// its entries the proxy port of the rule's direction); nil for an
+	// L3/L4 rule.
 	L7 *L7Rules
 	// AnyPeer: the rule applies to every peer (Peers is empty).
 	AnyPeer bool

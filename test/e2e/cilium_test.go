@@ -474,8 +474,8 @@ metadata: {name: bad, namespace: x}
 spec:
   endpointSelector: {}
   ingress:
-  - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]
-`, `spec.ingress[0].toPorts[0].rules.http`},
+  - toPorts: [{ports: [{port: "9092", protocol: TCP}], rules: {kafka: [{topic: orders}]}}]
+`, `spec.ingress[0].toPorts[0].rules.kafka`},
 		{"invalid-cidr", `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: bad, namespace: x}
