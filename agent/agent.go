@@ -56,6 +56,13 @@ type Config struct {
 	FlowRing int
 	// MetricsAddr, if set, also serves /metrics over TCP on this host:port.
 	MetricsAddr string
+	// L7 enables the redirect to the node proxy: policy routing for
+	// MARK_TO_PROXY, the to-netdev hook and the datapath's proxy flag.
+	L7 bool
+	// ProxyPorts[dir] are the node proxy's transparent listener ports for
+	// connections redirected by ingress and egress L7 rules (0: the
+	// policy package's defaults).
+	ProxyPorts [2]uint16
 	// Pprof serves Go's profiler under /debug/pprof/ on the API socket.
 	Pprof  bool
 	Logger *slog.Logger
@@ -108,6 +115,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer dp.Close()
+	if cfg.L7 {
+		cfg.Datapath.Proxy = true
+		if err := setupProxyRouting(); err != nil {
+			return err
+		}
+	}
 	if err := dp.SetConfig(cfg.Datapath); err != nil {
 		return err
 	}
@@ -130,7 +143,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	eng := policy.NewEngine(policy.Options{Node: cfg.Node, Cluster: cfg.Cluster, Allocator: alloc})
+	eng := policy.NewEngine(policy.Options{Node: cfg.Node, Cluster: cfg.Cluster, Allocator: alloc, ProxyPorts: cfg.proxyPorts()})
 	eng.SeedNumbers(app.regSelsets, app.regRules)
 
 	a := &Agent{
@@ -428,16 +441,26 @@ func (a *Agent) refreshHost() bool {
 	return true
 }
 
-// attachUnderlay attaches from-netdev to the underlay interfaces.
+// attachUnderlay attaches from-netdev (and, with L7, to-netdev) to the
+// underlay interfaces.
 func (a *Agent) attachUnderlay() error {
 	var errs []error
 	for _, name := range a.underlayNames() {
-		if err := a.dp.Attach(name, datapath.FromNetdev); err != nil {
-			a.log.Warn("attach underlay", "interface", name, "err", err)
-			errs = append(errs, err)
+		for _, h := range a.underlayHooks() {
+			if err := a.dp.Attach(name, h); err != nil {
+				a.log.Warn("attach underlay", "interface", name, "hook", h, "err", err)
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (a *Agent) underlayHooks() []datapath.Hook {
+	if a.cfg.L7 {
+		return []datapath.Hook{datapath.FromNetdev, datapath.ToNetdev}
+	}
+	return []datapath.Hook{datapath.FromNetdev}
 }
 
 func (a *Agent) underlayNames() []string {
@@ -466,7 +489,23 @@ func (a *Agent) liveLinkNames() map[string]bool {
 		live[st.ifname+"_"+string(datapath.ToContainer)] = true
 	}
 	for _, n := range a.underlayNames() {
-		live[n+"_"+string(datapath.FromNetdev)] = true
+		for _, h := range a.underlayHooks() {
+			live[n+"_"+string(h)] = true
+		}
 	}
 	return live
 }
+
+// proxyPorts are the configured proxy ports with defaults filled in.
+func (c Config) proxyPorts() [2]uint16 {
+	p := c.ProxyPorts
+	if p[policy.Ingress] == 0 {
+		p[policy.Ingress] = policy.DefaultIngressProxyPort
+	}
+	if p[policy.Egress] == 0 {
+		p[policy.Egress] = policy.DefaultEgressProxyPort
+	}
+	return p
+}
+
+func (a *Agent) proxyPorts() [2]uint16 { return a.cfg.proxyPorts() }

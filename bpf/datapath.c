@@ -14,6 +14,16 @@
  *   to_container    tc egress of a workload's host-side veth: packets about
  *                   to enter the workload that no ingress hook has checked
  *                   (sent by the node itself). Enforces ingress policy.
+ *   to_netdev       tc egress of the underlay: only notes the connections
+ *                   the node proxy opens to other nodes and the world.
+ *
+ * L7: a new connection whose entry says redirect is assigned to the node
+ * proxy's transparent listener (bpf_sk_assign) at the ingress hook where it
+ * enters the node. The proxy connects onwards from the client's address,
+ * marking its packets MARK_FROM_PROXY; where those leave the node's
+ * namespace (to_container, to_netdev) the connection is recorded in
+ * proxy_ct, and the ingress hooks send its replies to the proxy
+ * (MARK_TO_PROXY, local delivery) instead of to the client.
  *
  * A hook that has applied the destination's ingress policy marks the skb so
  * that to_container lets it through without a second lookup. Connections are
@@ -263,6 +273,29 @@ static __always_inline int forward(struct __sk_buff *skb, const struct pkt *p,
 	return TCX_NEXT;
 }
 
+/* Records a connection the node proxy opens with a workload's address as
+ * source (its packets carry MARK_FROM_PROXY, which only a process of the
+ * node's namespace can set), so that its replies reach the proxy. */
+static __always_inline int track_proxy_upstream(struct __sk_buff *skb, const struct config *cfg)
+{
+	struct pkt p = {};
+	if (parse_packet(skb, &p) != PARSE_OK || p.icmp_error)
+		return TCX_NEXT;
+	__u64 now = bpf_jiffies64();
+	struct ct_entry *e = bpf_map_lookup_elem(&proxy_ct, &p.t);
+	if (e) {
+		if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK))
+			e->flags = CT_F_SYN_ONLY; /* the port is used by a new connection */
+		ct_refresh(cfg, e, &p, 0, now);
+		return TCX_NEXT;
+	}
+	if (p.t.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
+		return TCX_NEXT; /* not the start of a connection: nothing to record */
+	struct ct_entry ne = { .last_seen = now, .rev = cfg->policy_rev, .flags = CT_F_SYN_ONLY };
+	bpf_map_update_elem(&proxy_ct, &p.t, &ne, BPF_ANY);
+	return TCX_NEXT;
+}
+
 static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 {
 	struct config *cfg = config_get();
@@ -271,8 +304,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 
 	if (obs == OBS_TO_ENDPOINT) {
 		__u32 m = skb->mark & MARK_MAGIC_MASK;
-		if (m == MARK_INGRESS_DONE || m == MARK_FROM_PROXY)
+		if (m == MARK_INGRESS_DONE)
 			return TCX_NEXT;
+		if (m == MARK_FROM_PROXY)
+			return track_proxy_upstream(skb, cfg);
 	}
 
 	struct pkt p = {};
@@ -316,6 +351,19 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	/* A bare SYN opens a connection; it is never a reply. */
 	if (!e && !(ck->proto == IPPROTO_TCP && !p.icmp_error &&
 		    (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)) {
+		/* A reply to the node proxy's transparent upstream connection
+		 * goes to the proxy; it was checked when the client's
+		 * connection was redirected. */
+		if ((cfg->flags & CFG_PROXY) && obs != OBS_TO_ENDPOINT) {
+			struct ct_entry *pe = bpf_map_lookup_elem(&proxy_ct, &rk);
+			if (pe) {
+				if (!p.icmp_error)
+					ct_refresh(cfg, pe, &p, 1, now);
+				skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_TO_PROXY;
+				count(REASON_NONE, ei.dir, p.len);
+				return TCX_NEXT;
+			}
+		}
 		e = bpf_map_lookup_elem(&ct, &rk);
 		reply = e != NULL;
 	}
@@ -481,6 +529,17 @@ SEC("tc")
 int from_netdev(struct __sk_buff *skb)
 {
 	return handle(skb, OBS_FROM_NETDEV);
+}
+
+SEC("tc")
+int to_netdev(struct __sk_buff *skb)
+{
+	if ((skb->mark & MARK_MAGIC_MASK) != MARK_FROM_PROXY)
+		return TCX_NEXT;
+	struct config *cfg = config_get();
+	if (!cfg)
+		return TCX_NEXT;
+	return track_proxy_upstream(skb, cfg);
 }
 
 /* Returns the low 32 bits of jiffies: the agent runs it twice, some time

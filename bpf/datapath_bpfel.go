@@ -161,10 +161,12 @@ const (
 	DatapathMapIpcacheHost    = "ipcache_host"
 	DatapathMapIpcacheLpm     = "ipcache_lpm"
 	DatapathMapPolicy         = "policy"
+	DatapathMapProxyCt        = "proxy_ct"
 	DatapathProgFromContainer = "from_container"
 	DatapathProgFromNetdev    = "from_netdev"
 	DatapathProgJiffiesProbe  = "jiffies_probe"
 	DatapathProgToContainer   = "to_container"
+	DatapathProgToNetdev      = "to_netdev"
 	DatapathVarUnusedEvent    = "unused_event"
 )
 
@@ -214,6 +216,7 @@ type DatapathProgramSpecs struct {
 	FromNetdev    *ebpf.ProgramSpec `ebpf:"from_netdev"`
 	JiffiesProbe  *ebpf.ProgramSpec `ebpf:"jiffies_probe"`
 	ToContainer   *ebpf.ProgramSpec `ebpf:"to_container"`
+	ToNetdev      *ebpf.ProgramSpec `ebpf:"to_netdev"`
 }
 
 // DatapathMapSpecs contains maps before they are loaded into the kernel.
@@ -230,6 +233,7 @@ type DatapathMapSpecs struct {
 	IpcacheHost *ebpf.MapSpec `ebpf:"ipcache_host"`
 	IpcacheLpm  *ebpf.MapSpec `ebpf:"ipcache_lpm"`
 	Policy      *ebpf.MapSpec `ebpf:"policy"`
+	ProxyCt     *ebpf.MapSpec `ebpf:"proxy_ct"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
@@ -269,6 +273,7 @@ type DatapathMaps struct {
 	IpcacheHost *ebpf.Map `ebpf:"ipcache_host"`
 	IpcacheLpm  *ebpf.Map `ebpf:"ipcache_lpm"`
 	Policy      *ebpf.Map `ebpf:"policy"`
+	ProxyCt     *ebpf.Map `ebpf:"proxy_ct"`
 }
 
 func (m *DatapathMaps) Close() error {
@@ -283,6 +288,7 @@ func (m *DatapathMaps) Close() error {
 		m.IpcacheHost,
 		m.IpcacheLpm,
 		m.Policy,
+		m.ProxyCt,
 	)
 }
 
@@ -301,6 +307,7 @@ type DatapathPrograms struct {
 	FromNetdev    *ebpf.Program `ebpf:"from_netdev"`
 	JiffiesProbe  *ebpf.Program `ebpf:"jiffies_probe"`
 	ToContainer   *ebpf.Program `ebpf:"to_container"`
+	ToNetdev      *ebpf.Program `ebpf:"to_netdev"`
 }
 
 func (p *DatapathPrograms) Close() error {
@@ -309,6 +316,7 @@ func (p *DatapathPrograms) Close() error {
 		p.FromNetdev,
 		p.JiffiesProbe,
 		p.ToContainer,
+		p.ToNetdev,
 	)
 }
 

@@ -22,6 +22,9 @@ const (
 	ToContainer Hook = "to-container"
 	// FromNetdev: tc ingress of the node's underlay interface.
 	FromNetdev Hook = "from-netdev"
+	// ToNetdev: tc egress of the underlay (the proxy's upstream
+	// connections).
+	ToNetdev Hook = "to-netdev"
 )
 
 // legacyPriority and legacyHandle identify Membrane's cls_bpf filters.
@@ -46,6 +49,8 @@ func (d *Datapath) program(h Hook) (*ebpf.Program, ebpf.AttachType, bool) {
 		return d.objs.ToContainer, ebpf.AttachTCXEgress, false
 	case FromNetdev:
 		return d.objs.FromNetdev, ebpf.AttachTCXIngress, true
+	case ToNetdev:
+		return d.objs.ToNetdev, ebpf.AttachTCXEgress, false
 	}
 	panic("unknown hook " + string(h))
 }

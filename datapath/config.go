@@ -28,6 +28,9 @@ type Config struct {
 	// ProxyAddr is the IPv4 address of the proxy's transparent listeners
 	// (default 127.0.0.1).
 	ProxyAddr netip.Addr
+	// Proxy: the node proxy may run (L7 policy). Ingress hooks then look
+	// for replies to its transparent upstream connections.
+	Proxy bool
 }
 
 // DefaultConfig is what an agent starts with.
@@ -67,6 +70,9 @@ func (d *Datapath) SetConfig(c Config) error {
 	}
 	if c.DropEvents {
 		raw.Flags |= configDropEvents
+	}
+	if c.Proxy {
+		raw.Flags |= configProxy
 	}
 	raw.TraceSample = c.TraceSample
 	raw.CtTcpEstablished = uint32(c.CTTCPEstablished / time.Second)

@@ -81,10 +81,25 @@ func (d *Datapath) CTCollect(c Config) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	n := 0
+	for _, m := range []struct {
+		name string
+		m    *ebpf.Map
+	}{{"conntrack", d.objs.Ct}, {"proxy conntrack", d.objs.ProxyCt}} {
+		k, err := d.collect(m.m, c, now)
+		n += k
+		if err != nil {
+			return n, fmt.Errorf("collect %s: %w", m.name, err)
+		}
+	}
+	return n, nil
+}
+
+func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32) (int, error) {
 	var expired []bpf.DatapathCtKey
 	var k bpf.DatapathCtKey
 	var v bpf.DatapathCtEntry
-	it := d.objs.Ct.Iterate()
+	it := m.Iterate()
 	for it.Next(&k, &v) {
 		life := c.CTOther
 		if k.Proto == unix.IPPROTO_TCP {
@@ -104,14 +119,14 @@ func (d *Datapath) CTCollect(c Config) (int, error) {
 		}
 	}
 	if err := it.Err(); err != nil {
-		return 0, fmt.Errorf("collect conntrack: %w", err)
+		return 0, err
 	}
 	n := 0
 	for i := range expired {
-		if err := d.objs.Ct.Delete(&expired[i]); err == nil {
+		if err := m.Delete(&expired[i]); err == nil {
 			n++
 		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return n, fmt.Errorf("collect conntrack: %w", err)
+			return n, err
 		}
 	}
 	return n, nil

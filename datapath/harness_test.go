@@ -82,14 +82,8 @@ func newHarness(t *testing.T) *harness {
 }
 
 func (h *harness) prog(hook Hook) *ebpf.Program {
-	fc, tc, nd := h.d.Programs()
-	switch hook {
-	case FromContainer:
-		return fc
-	case ToContainer:
-		return tc
-	}
-	return nd
+	p, _, _ := h.d.program(hook)
+	return p
 }
 
 // run returns the program's verdict and the skb mark it left.

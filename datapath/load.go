@@ -32,6 +32,9 @@ type Sizes struct {
 	Conntrack uint32
 	// Fragments tracks first fragments (LRU).
 	Fragments uint32
+	// ProxyConntrack tracks the node proxy's transparent upstream
+	// connections (LRU).
+	ProxyConntrack uint32
 	// EventsBytes is the ring buffer size; a power of two, multiple of the
 	// page size. Events that do not fit are counted as lost.
 	EventsBytes uint32
@@ -42,14 +45,15 @@ type Sizes struct {
 
 // DefaultSizes are used for every zero field of Sizes.
 var DefaultSizes = Sizes{
-	IPCacheHost: 1 << 18,
-	IPCacheLPM:  1 << 16,
-	Endpoints:   1 << 12,
-	Policy:      1 << 18,
-	Conntrack:   1 << 18,
-	Fragments:   1 << 13,
-	EventsBytes: 1 << 22,
-	Registry:    1 << 20,
+	IPCacheHost:    1 << 18,
+	IPCacheLPM:     1 << 16,
+	Endpoints:      1 << 12,
+	Policy:         1 << 18,
+	Conntrack:      1 << 18,
+	Fragments:      1 << 13,
+	ProxyConntrack: 1 << 16,
+	EventsBytes:    1 << 22,
+	Registry:       1 << 20,
 }
 
 func (s Sizes) withDefaults() Sizes {
@@ -61,14 +65,15 @@ func (s Sizes) withDefaults() Sizes {
 		return v
 	}
 	return Sizes{
-		IPCacheHost: pick(s.IPCacheHost, d.IPCacheHost),
-		IPCacheLPM:  pick(s.IPCacheLPM, d.IPCacheLPM),
-		Endpoints:   pick(s.Endpoints, d.Endpoints),
-		Policy:      pick(s.Policy, d.Policy),
-		Conntrack:   pick(s.Conntrack, d.Conntrack),
-		Fragments:   pick(s.Fragments, d.Fragments),
-		EventsBytes: pick(s.EventsBytes, d.EventsBytes),
-		Registry:    pick(s.Registry, d.Registry),
+		IPCacheHost:    pick(s.IPCacheHost, d.IPCacheHost),
+		IPCacheLPM:     pick(s.IPCacheLPM, d.IPCacheLPM),
+		Endpoints:      pick(s.Endpoints, d.Endpoints),
+		Policy:         pick(s.Policy, d.Policy),
+		Conntrack:      pick(s.Conntrack, d.Conntrack),
+		Fragments:      pick(s.Fragments, d.Fragments),
+		ProxyConntrack: pick(s.ProxyConntrack, d.ProxyConntrack),
+		EventsBytes:    pick(s.EventsBytes, d.EventsBytes),
+		Registry:       pick(s.Registry, d.Registry),
 	}
 }
 
@@ -118,6 +123,7 @@ func Load(opts Options) (*Datapath, error) {
 		bpf.DatapathMapPolicy:      sizes.Policy,
 		bpf.DatapathMapCt:          sizes.Conntrack,
 		bpf.DatapathMapFrags:       sizes.Fragments,
+		bpf.DatapathMapProxyCt:     sizes.ProxyConntrack,
 		bpf.DatapathMapEvents:      sizes.EventsBytes,
 	}
 	for name, n := range set {

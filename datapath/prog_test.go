@@ -477,3 +477,64 @@ func TestIncompleteIPCacheFailsClosed(t *testing.T) {
 	}
 	h.expect(FromNetdev, tcp("10.9.9.9", addrB, 5, 80, packet.SYN), retNext)
 }
+
+// TestProxyUpstreamReplies: the node proxy connects onwards from the
+// client's address with MARK_FROM_PROXY; where that connection leaves the
+// node's namespace it is recorded, and its replies are marked for local
+// delivery to the proxy instead of going to the client.
+func TestProxyUpstreamReplies(t *testing.T) {
+	h := basic(t)
+	h.cfg.Proxy = true
+	if err := h.d.SetConfig(h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	// Both workloads are local and default-deny: only tracked replies pass.
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{})
+	h.endpoint(addrB, 2, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{})
+
+	// Same node: the proxy's SYN (source A) enters B through to_container.
+	if got, _ := h.run(ToContainer, tcp(addrA, addrB, 40000, 80, packet.SYN).Frame(), MarkFromProxy); got != retNext {
+		t.Fatalf("proxy SYN at to-container: %d, want pass", got)
+	}
+	if got, mark := h.run(FromContainer, tcp(addrB, addrA, 80, 40000, packet.SYN|packet.ACK).Frame(), 0); got != retNext || mark&0x0F00 != MarkToProxy {
+		t.Fatalf("reply at from-container: verdict %d mark %#x, want pass with %#x", got, mark, MarkToProxy)
+	}
+	// Later segments too.
+	if got, mark := h.run(FromContainer, tcp(addrB, addrA, 80, 40000, packet.ACK).Frame(), 0); got != retNext || mark&0x0F00 != MarkToProxy {
+		t.Fatalf("second reply: verdict %d mark %#x", got, mark)
+	}
+	// A reply to a port the proxy never used is decided by policy.
+	if got, _ := h.run(FromContainer, tcp(addrB, addrA, 80, 40001, packet.SYN|packet.ACK).Frame(), 0); got != retDrop {
+		t.Fatalf("untracked reply: %d, want drop", got)
+	}
+	// The client itself sending on the proxy's tuple gains nothing: its
+	// packet is not a reply and goes to policy (default deny here).
+	if got, _ := h.run(FromContainer, tcp(addrA, addrB, 40000, 80, packet.SYN).Frame(), 0); got != retDrop {
+		t.Fatalf("client reusing the proxy's tuple: %d, want drop", got)
+	}
+
+	// Across nodes: the proxy's SYN leaves through to_netdev; the reply
+	// from the other node enters through from_netdev.
+	if got, _ := h.run(ToNetdev, tcp(addrA, addrR, 40002, 80, packet.SYN).Frame(), MarkFromProxy); got != retNext {
+		t.Fatalf("proxy SYN at to-netdev: %d", got)
+	}
+	if got, mark := h.run(FromNetdev, tcp(addrR, addrA, 80, 40002, packet.SYN|packet.ACK).Frame(), 0); got != retNext || mark&0x0F00 != MarkToProxy {
+		t.Fatalf("remote reply: verdict %d mark %#x", got, mark)
+	}
+	// to_netdev ignores everything else.
+	if got, _ := h.run(ToNetdev, tcp(addrA, addrR, 40003, 80, packet.SYN).Frame(), 0); got != retNext {
+		t.Fatalf("unmarked packet at to-netdev: %d", got)
+	}
+	if got, _ := h.run(FromNetdev, tcp(addrR, addrA, 80, 40003, packet.SYN|packet.ACK).Frame(), 0); got != retDrop {
+		t.Fatalf("reply to an unrecorded connection: %d, want drop", got)
+	}
+
+	// Without the proxy flag, replies are not looked up (the proxy is off).
+	h.cfg.Proxy = false
+	if err := h.d.SetConfig(h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := h.run(FromContainer, tcp(addrB, addrA, 80, 40000, packet.ACK).Frame(), 0); got != retDrop {
+		t.Fatalf("reply with the proxy off: %d, want drop", got)
+	}
+}

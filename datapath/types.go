@@ -129,6 +129,7 @@ const (
 	configVerdictEvents     = 1 << 1
 	configDropEvents        = 1 << 2
 	configIPCacheIncomplete = 1 << 3
+	configProxy             = 1 << 4
 )
 
 // Reserved identities (DESIGN.md).

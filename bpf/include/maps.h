@@ -59,6 +59,20 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } ct SEC(".maps");
 
+/* Connections the node proxy opened to a workload or the world with a
+ * workload's address as source (transparent upstream), keyed by their
+ * original tuple. Their replies must reach the proxy, not the workload.
+ * Kept apart from ct: the proxy's source port may equal the port of a
+ * connection the same workload itself has open. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxy_ct SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 1 << 13);

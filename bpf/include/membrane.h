@@ -168,6 +168,9 @@ enum config_flags {
 	 * found exactly may be a pod that is missing, not the world. New
 	 * connections with such a peer fail closed. */
 	CFG_IPCACHE_INCOMPLETE = 1 << 3,
+	/* The node proxy may have transparent upstream connections: ingress
+	 * hooks look for replies to them (proxy_ct). */
+	CFG_PROXY = 1 << 4,
 };
 
 struct config {

@@ -49,6 +49,7 @@ func main() {
 			return nil
 		})
 	}
+	flag.BoolVar(&cfg.L7, "l7", true, "redirect flows whose policy has L7 rules to the node proxy (membrane-proxy)")
 	flag.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the API socket")
 	flag.IntVar(&cfg.FlowRing, "flow-ring", agent.DefaultFlowRing, "how many recent flows to keep for membranectl observe")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "also serve Prometheus /metrics over TCP on this host:port (it is always on the API socket)")

@@ -1,0 +1,83 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-mesh/membrane/datapath"
+)
+
+// proxyRouteTable is the routing table that delivers packets marked
+// MARK_TO_PROXY locally, to the node proxy's sockets.
+const proxyRouteTable = 2004
+
+// proxyRulePriority places the rule before the main table's (32766).
+const proxyRulePriority = 100
+
+// setupProxyRouting installs, for IPv4 and IPv6, the policy routing the
+// redirect to the node proxy relies on: packets the datapath marked
+// MARK_TO_PROXY are routed locally whatever their destination, where the
+// kernel finds the proxy's socket (the listener bpf_sk_assign picked for a
+// new connection; the proxy's transparent upstream socket for a reply).
+// Idempotent.
+func setupProxyRouting() error {
+	var errs []error
+	for _, fam := range []struct {
+		family int
+		dst    *net.IPNet
+	}{
+		{netlink.FAMILY_V4, &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}},
+		{netlink.FAMILY_V6, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
+	} {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return fmt.Errorf("proxy routing: %w", err)
+		}
+		route := &netlink.Route{
+			LinkIndex: lo.Attrs().Index,
+			Dst:       fam.dst,
+			Table:     proxyRouteTable,
+			Type:      unix.RTN_LOCAL,
+			Scope:     netlink.SCOPE_HOST,
+			Family:    fam.family,
+		}
+		if err := netlink.RouteReplace(route); err != nil {
+			errs = append(errs, fmt.Errorf("proxy routing: local route in table %d (family %d): %w", proxyRouteTable, fam.family, err))
+			continue
+		}
+		rule := netlink.NewRule()
+		rule.Family = fam.family
+		rule.Mark = datapath.MarkToProxy
+		mask := uint32(0x0F00)
+		rule.Mask = &mask
+		rule.Table = proxyRouteTable
+		rule.Priority = proxyRulePriority
+		if exists, err := ruleExists(rule); err != nil {
+			errs = append(errs, err)
+			continue
+		} else if exists {
+			continue
+		}
+		if err := netlink.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+			errs = append(errs, fmt.Errorf("proxy routing: ip rule fwmark %#x/%#x lookup %d (family %d): %w", rule.Mark, mask, proxyRouteTable, fam.family, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func ruleExists(want *netlink.Rule) (bool, error) {
+	rules, err := netlink.RuleList(want.Family)
+	if err != nil {
+		return false, fmt.Errorf("proxy routing: list rules: %w", err)
+	}
+	for _, r := range rules {
+		if r.Table == want.Table && r.Mark == want.Mark && r.Priority == want.Priority {
+			return true, nil
+		}
+	}
+	return false, nil
+}
