@@ -309,7 +309,7 @@ func TestPeerSelection(t *testing.T) {
 		{peer(2, "2001:db8:ffff::1"), false, ""},
 		{peer(2, "198.51.100.9"), true, "cidr"}, // IPv4-mapped prefix
 		{peer(2, "198.51.101.9"), false, ""},
-		{Peer{Identity: 2}, false, ""}, // no address
+		{Peer{Identity: 2}, false, ""},           // no address
 		{peer(301, "10.8.0.5"), true, "ipblock"}, // an ipBlock selects pods too
 		{peer(2, "10.8.0.5"), true, "ipblock"},
 		{peer(301, "10.8.1.5"), false, ""},

@@ -1,0 +1,259 @@
+package config_test
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/membrane-mesh/membrane/l7/config"
+	"github.com/membrane-mesh/membrane/l7/internal/xdstest"
+	"github.com/membrane-mesh/membrane/l7/rules"
+	"github.com/membrane-mesh/membrane/xds/l7pb"
+)
+
+// hcmOf returns the listener's HttpConnectionManager and a function that
+// packs it back.
+func hcmOf(t *testing.T, l *listenerv3.Listener) (*hcmv3.HttpConnectionManager, func()) {
+	t.Helper()
+	f := l.FilterChains[0].Filters[0]
+	var h hcmv3.HttpConnectionManager
+	if err := f.GetTypedConfig().UnmarshalTo(&h); err != nil {
+		t.Fatal(err)
+	}
+	return &h, func() {
+		a, err := anypb.New(&h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+	}
+}
+
+func TestParseListener(t *testing.T) {
+	l, err := config.ParseListener(xdstest.Listener(xdstest.ListenerOptions{
+		Port: 15101, RequestHeadersTimeout: 3 * time.Second, IdleTimeout: time.Minute, MaxHeadersCount: 42,
+		MaxRequestHeadersKB: 16, MaxConcurrentStreams: 7, DeniedBody: "no", Direction: l7pb.Direction_DIRECTION_EGRESS,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:15101"), netip.MustParseAddrPort("[::1]:15101")}
+	if len(l.Addresses) != 2 || l.Addresses[0] != want[0] || l.Addresses[1] != want[1] {
+		t.Errorf("addresses %v", l.Addresses)
+	}
+	h := l.HTTP
+	if l.Name != "membrane/egress-http" || l.DirectionName() != "egress" || l.Mark != 0xC00 || l.RouteName != "membrane/http" ||
+		l.DeniedBody != "no" || l.Codec != config.CodecAuto || l.AccessLog == nil || l.AccessLog.ClusterName != "membrane/agent" ||
+		l.AccessLog.LogName != "membrane" || h.RequestHeadersTimeout != 3*time.Second || h.IdleTimeout != time.Minute ||
+		h.MaxHeadersCount != 42 || h.MaxRequestHeadersBytes != 16<<10 || h.MaxConcurrentStreams != 7 ||
+		h.StreamIdleTimeout != 5*time.Minute || h.InitialStreamWindow != 1<<20 {
+		t.Errorf("parsed %+v", l)
+	}
+}
+
+func TestParseListenerErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name, want string
+		edit       func(t *testing.T, l *listenerv3.Listener)
+	}{
+		{"not transparent", "transparent: must be true", func(t *testing.T, l *listenerv3.Listener) { l.Transparent = wrapperspb.Bool(false) }},
+		{"no original_src", "original_src is required", func(t *testing.T, l *listenerv3.Listener) { l.ListenerFilters = l.ListenerFilters[:1] }},
+		{"unknown listener filter", `listener_filters[1].name: unknown listener filter "envoy.filters.listener.tls_inspector"`, func(t *testing.T, l *listenerv3.Listener) {
+			l.ListenerFilters[1].Name = "envoy.filters.listener.tls_inspector"
+		}},
+		{"two filter chains", "want exactly one filter chain", func(t *testing.T, l *listenerv3.Listener) {
+			l.FilterChains = append(l.FilterChains, l.FilterChains[0])
+		}},
+		{"unknown HTTP filter", `http_filters[1].name: unknown HTTP filter "envoy.filters.http.lua"`, func(t *testing.T, l *listenerv3.Listener) {
+			*l = *xdstest.Listener(xdstest.ListenerOptions{Port: 1, ExtraHTTPFilter: "envoy.filters.http.lua"})
+		}},
+		{"no policy filter", "membrane.l7policy is required", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.HttpFilters = h.HttpFilters[1:]
+			pack()
+		}},
+		{"router not last", "must come before", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.HttpFilters[0], h.HttpFilters[1] = h.HttpFilters[1], h.HttpFilters[0]
+			pack()
+		}},
+		{"policy filter of the wrong type", "want membrane.l7.v1.PolicyFilter", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.HttpFilters[0].ConfigType = h.HttpFilters[1].ConfigType
+			pack()
+		}},
+		{"inline routes", "route_specifier: must be rds", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: xdstest.Route("", "")}
+			pack()
+		}},
+		{"HTTP/3", "codec_type: HTTP3 is not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.CodecType = hcmv3.HttpConnectionManager_HTTP3
+			pack()
+		}},
+		{"no normalisation", "normalize_path: must be true", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.NormalizePath = wrapperspb.Bool(false)
+			pack()
+		}},
+		{"escaped slashes forwarded", "UNESCAPE_AND_FORWARD is not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD
+			pack()
+		}},
+		{"unknown access logger", `access_log[0].name: unknown access logger "envoy.access_loggers.file"`, func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.AccessLog[0].Name = "envoy.access_loggers.file"
+			pack()
+		}},
+		{"access log filter", "access_log[0].filter: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.AccessLog[0].Filter = &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_NotHealthCheckFilter{NotHealthCheckFilter: &accesslogv3.NotHealthCheckFilter{}}}
+			pack()
+		}},
+		{"headers with underscores rejected", "headers_with_underscores_action: REJECT_REQUEST is not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.CommonHttpProtocolOptions.HeadersWithUnderscoresAction = corev3.HttpProtocolOptions_REJECT_REQUEST
+			pack()
+		}},
+		{"ValidateAll", "invalid:", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.StatPrefix = ""
+			pack()
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := xdstest.Listener(xdstest.ListenerOptions{Port: 15101})
+			tc.edit(t, l)
+			_, err := config.ParseListener(l)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), `Listener "`) {
+				t.Fatalf("got %v, want an error naming the listener and containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseCluster(t *testing.T) {
+	c, err := config.ParseCluster(xdstest.OriginalDstCluster(2*time.Second, 30*time.Second))
+	if err != nil || c.Kind != config.OriginalDst || c.ConnectTimeout != 2*time.Second || c.IdleTimeout != 30*time.Second {
+		t.Fatalf("original-dst: %+v %v", c, err)
+	}
+	c, err = config.ParseCluster(xdstest.AgentClusterFor("/run/membrane/xds.sock"))
+	if err != nil || c.Kind != config.Static || c.Target != "unix:///run/membrane/xds.sock" {
+		t.Fatalf("agent: %+v %v", c, err)
+	}
+	eds := xdstest.OriginalDstCluster(time.Second, time.Second)
+	eds.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
+	if _, err := config.ParseCluster(eds); err == nil || !strings.Contains(err.Error(), "EDS is not supported") {
+		t.Errorf("EDS: %v", err)
+	}
+	rr := xdstest.OriginalDstCluster(time.Second, time.Second)
+	rr.LbPolicy = clusterv3.Cluster_ROUND_ROBIN
+	if _, err := config.ParseCluster(rr); err == nil || !strings.Contains(err.Error(), "lb_policy") {
+		t.Errorf("round robin: %v", err)
+	}
+}
+
+func TestParseRoute(t *testing.T) {
+	r, err := config.ParseRoute(xdstest.Route("", ""))
+	if err != nil || r.Cluster != "membrane/original-dst" || r.Timeout != 0 {
+		t.Fatalf("%+v %v", r, err)
+	}
+	two := xdstest.Route("", "")
+	two.VirtualHosts[0].Routes = append(two.VirtualHosts[0].Routes, two.VirtualHosts[0].Routes[0])
+	if _, err := config.ParseRoute(two); err == nil || !strings.Contains(err.Error(), "exactly one route") {
+		t.Errorf("two routes: %v", err)
+	}
+	redirect := xdstest.Route("", "")
+	redirect.VirtualHosts[0].Routes[0].Action = &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}}
+	if _, err := config.ParseRoute(redirect); err == nil || !strings.Contains(err.Error(), "must be route") {
+		t.Errorf("redirect: %v", err)
+	}
+}
+
+func TestParsePolicy(t *testing.T) {
+	ep := xdstest.Endpoint("shop/web", 300, []string{"10.0.0.1"},
+		[]*l7pb.PortPolicy{xdstest.Port(80, xdstest.PeerRule("p", nil, xdstest.HTTP("GET", "/(", "")))}, nil)
+	_, err := config.ParsePolicy(ep)
+	if err == nil || !strings.Contains(err.Error(), `EndpointPolicy "shop/web"`) || !strings.Contains(err.Error(), "path") {
+		t.Fatalf("bad regex: %v", err)
+	}
+}
+
+func build(t *testing.T, edit func(in *config.Input)) (*config.Snapshot, error) {
+	t.Helper()
+	in := config.Input{HaveListeners: true, HaveClusters: true, HavePolicies: true,
+		Listeners: map[string]*config.Listener{}, Clusters: map[string]*config.Cluster{}, Routes: map[string]*config.Route{}}
+	l, err := config.ParseListener(xdstest.Listener(xdstest.ListenerOptions{Port: 15101}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Listeners[l.Name] = l
+	for _, c := range []*clusterv3.Cluster{xdstest.OriginalDstCluster(time.Second, time.Second), xdstest.AgentClusterFor("/x.sock")} {
+		pc, err := config.ParseCluster(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.Clusters[pc.Name] = pc
+	}
+	r, err := config.ParseRoute(xdstest.Route("", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Routes[r.Name] = r
+	in.Policy, _ = rules.NewSet(nil)
+	if edit != nil {
+		edit(&in)
+	}
+	return config.Build(in)
+}
+
+func TestBuild(t *testing.T) {
+	s, err := build(t, nil)
+	if err != nil || !s.Complete() {
+		t.Fatalf("complete: %v %+v", err, s)
+	}
+	l := s.Listeners["membrane/ingress-http"]
+	if l.Upstream.Name != "membrane/original-dst" || l.AccessLog.Cluster.Target != "unix:///x.sock" || l.Route.Name != "membrane/http" {
+		t.Errorf("not resolved: %+v", l)
+	}
+
+	s, err = build(t, func(in *config.Input) { in.Routes = map[string]*config.Route{} })
+	if err != nil || s.Complete() || !strings.Contains(s.Warming["membrane/ingress-http"], "membrane/http") || len(s.Listeners) != 0 {
+		t.Errorf("route missing: %v %+v", err, s)
+	}
+	s, err = build(t, func(in *config.Input) { in.HavePolicies = false })
+	if err != nil || s.Ready || !strings.Contains(s.Waiting, "EndpointPolicy") {
+		t.Errorf("no policies yet: %v %+v", err, s)
+	}
+	for _, tc := range []struct {
+		name, want string
+		edit       func(in *config.Input)
+	}{
+		{"route to a missing cluster", `RouteConfiguration "membrane/http": virtual_hosts[0].routes[0].route.cluster: no Cluster "membrane/original-dst"`,
+			func(in *config.Input) { delete(in.Clusters, "membrane/original-dst") }},
+		{"route to a static cluster", "is STATIC", func(in *config.Input) {
+			in.Routes["membrane/http"] = &config.Route{Name: "membrane/http", Cluster: "membrane/agent"}
+		}},
+		{"access log cluster missing", `no Cluster "membrane/agent"`, func(in *config.Input) { delete(in.Clusters, "membrane/agent") }},
+		{"address used twice", "also an address of", func(in *config.Input) {
+			l, _ := config.ParseListener(xdstest.Listener(xdstest.ListenerOptions{Port: 15101, Direction: l7pb.Direction_DIRECTION_EGRESS}))
+			in.Listeners[l.Name] = l
+		}},
+	} {
+		if _, err := build(t, tc.edit); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+}

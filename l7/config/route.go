@@ -1,0 +1,70 @@
+package config
+
+import (
+	"fmt"
+	"time"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+)
+
+// Route is one parsed RouteConfiguration: the proxy supports the one shape
+// the agent publishes, every request to one cluster.
+type Route struct {
+	Name string
+	// Cluster is the cluster every request goes to.
+	Cluster string
+	// Timeout bounds the wait for an upstream response's header; 0: none
+	// (Envoy bounds the whole response; streams need 0 either way).
+	Timeout time.Duration
+}
+
+// ParseRoute checks a RouteConfiguration resource and returns its parsed
+// form.
+func ParseRoute(r *routev3.RouteConfiguration) (*Route, error) {
+	if err := validate(r); err != nil {
+		return nil, resErr("RouteConfiguration", r.GetName(), "", err)
+	}
+	out, field, err := parseRoute(r)
+	if err != nil {
+		return nil, resErr("RouteConfiguration", r.GetName(), field, err)
+	}
+	return out, nil
+}
+
+func parseRoute(r *routev3.RouteConfiguration) (*Route, string, error) {
+	out := &Route{Name: r.GetName()}
+	if out.Name == "" {
+		return nil, "name", fmt.Errorf("must not be empty")
+	}
+	if r.GetVhds() != nil {
+		return nil, "vhds", fmt.Errorf("not supported")
+	}
+	if n := len(r.GetVirtualHosts()); n != 1 {
+		return nil, "virtual_hosts", fmt.Errorf("want exactly one virtual host, have %d", n)
+	}
+	vh := r.GetVirtualHosts()[0]
+	if d := vh.GetDomains(); len(d) != 1 || d[0] != "*" {
+		return nil, "virtual_hosts[0].domains", fmt.Errorf(`must be ["*"]`)
+	}
+	if n := len(vh.GetRoutes()); n != 1 {
+		return nil, "virtual_hosts[0].routes", fmt.Errorf("want exactly one route, have %d", n)
+	}
+	rt := vh.GetRoutes()[0]
+	m := rt.GetMatch()
+	if m.GetPrefix() != "/" || len(m.GetHeaders()) > 0 || len(m.GetQueryParameters()) > 0 || m.GetGrpc() != nil || m.GetRuntimeFraction() != nil {
+		return nil, "virtual_hosts[0].routes[0].match", fmt.Errorf(`must be prefix "/" alone: membrane-proxy forwards every request to its original destination`)
+	}
+	act := rt.GetRoute()
+	if act == nil {
+		return nil, "virtual_hosts[0].routes[0].action", fmt.Errorf("must be route")
+	}
+	if act.GetCluster() == "" {
+		return nil, "virtual_hosts[0].routes[0].route.cluster_specifier", fmt.Errorf("must be cluster")
+	}
+	out.Cluster = act.GetCluster()
+	var err error
+	if out.Timeout, err = duration(act.GetTimeout(), DefaultRouteTimeout); err != nil {
+		return nil, "virtual_hosts[0].routes[0].route.timeout", err
+	}
+	return out, "", nil
+}

@@ -1,0 +1,46 @@
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// validator is implemented by messages with protoc-gen-validate rules
+// (Envoy's types) and by Membrane's own types (xds/l7pb/validate.go).
+type validator interface{ ValidateAll() error }
+
+// validate runs a message's ValidateAll when it has one.
+func validate(m proto.Message) error {
+	if v, ok := m.(validator); ok {
+		if err := v.ValidateAll(); err != nil {
+			return fmt.Errorf("invalid: %v", err)
+		}
+	}
+	return nil
+}
+
+// resErr names the resource (and field) an error is about.
+func resErr(kind, name, field string, err error) error {
+	if field == "" {
+		return fmt.Errorf("%s %q: %w", kind, name, err)
+	}
+	return fmt.Errorf("%s %q: %s: %w", kind, name, field, err)
+}
+
+// duration converts a protobuf duration; nil gives dflt.
+func duration(d *durationpb.Duration, dflt time.Duration) (time.Duration, error) {
+	if d == nil {
+		return dflt, nil
+	}
+	if err := d.CheckValid(); err != nil {
+		return 0, err
+	}
+	v := d.AsDuration()
+	if v < 0 {
+		return 0, fmt.Errorf("must not be negative")
+	}
+	return v, nil
+}

@@ -1,0 +1,247 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/membrane-mesh/membrane/l7/config"
+	"github.com/membrane-mesh/membrane/l7/rules"
+)
+
+// h2Preface starts every HTTP/2 connection (RFC 9113 section 3.4).
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// sniffTimeout bounds the wait for the bytes that tell HTTP/2 from HTTP/1
+// when the listener sets no request_headers_timeout.
+const sniffTimeout = 10 * time.Second
+
+// conn is one accepted (redirected) connection.
+type conn struct {
+	p  *Proxy
+	l  *listener
+	nc *net.TCPConn
+	tc timedConn
+
+	// src is the original source, dst the original destination.
+	src, dst netip.AddrPort
+	// ids are both sides' identities, looked up once per connection (and
+	// again per request while the lookup fails).
+	ids atomic.Pointer[peerIDs]
+
+	// idle: waiting for the next request; draining: finish the current
+	// request, then close. See drain.
+	idle, draining atomic.Bool
+	// h2 is the HTTP/2 server serving this connection, if any.
+	h2 atomic.Pointer[h2Server]
+}
+
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ap := ta.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// serve runs the connection to its end.
+func (c *conn) serve() {
+	defer c.p.conns.remove(c)
+	defer c.nc.Close()
+	c.tc.c = c.nc
+	c.src, c.dst = addrPort(c.nc.RemoteAddr()), addrPort(c.nc.LocalAddr())
+	if c.p.dstOverride != nil {
+		c.dst = c.p.dstOverride(c.dst)
+	}
+	if ids := c.identities(); ids.err != nil {
+		c.p.log.Warn("connection without identities: its requests are denied until they can be read", "src", c.src, "dst", c.dst, "err", ids.err)
+	}
+	lc := c.l.cfg.Load()
+	br := c.p.bufs.reader(&c.tc)
+	h2, err := c.sniff(br, lc)
+	if err != nil {
+		c.p.bufs.putReader(br)
+		return
+	}
+	if h2 {
+		// x/net/http2 does its own buffering: hand it the peeked bytes and
+		// release the reader.
+		pre, _ := br.Peek(br.Buffered())
+		pre = bytes.Clone(pre)
+		c.p.bufs.putReader(br)
+		c.serveHTTP2(pre, lc)
+		return
+	}
+	defer c.p.bufs.putReader(br)
+	c.serveHTTP1(br)
+}
+
+// peerIDs are the peers of a connection, or why they are unknown.
+type peerIDs struct {
+	src, dst rules.Peer
+	err      error // set: every request is denied with this reason
+}
+
+// identities returns the connection's peers. A failed lookup (the agent's
+// ipcache not readable yet) is tried again on the next request rather than
+// kept for the connection's life.
+func (c *conn) identities() *peerIDs {
+	if ids := c.ids.Load(); ids != nil && ids.err == nil {
+		return ids
+	}
+	ids := &peerIDs{}
+	ids.src, ids.dst, ids.err = c.p.peers(c.src, c.dst)
+	if ids.err != nil {
+		c.p.stats.identityErrors.Add(1)
+	}
+	c.ids.Store(ids)
+	return ids
+}
+
+// sniff waits for the connection's first bytes and reports whether they
+// are the HTTP/2 preface. It reads nothing: the bytes stay in br.
+func (c *conn) sniff(br *bufio.Reader, lc *config.Listener) (bool, error) {
+	if lc.Codec == config.CodecHTTP1 {
+		return false, nil
+	}
+	if lc.Codec == config.CodecHTTP2 {
+		return true, nil
+	}
+	if !c.waitIdle(br, lc.HTTP.IdleTimeout) {
+		return false, net.ErrClosed
+	}
+	headTimeout := lc.HTTP.RequestHeadersTimeout
+	if headTimeout <= 0 {
+		headTimeout = sniffTimeout
+	}
+	c.tc.readBy(time.Now().Add(headTimeout))
+	for n := 1; ; {
+		b, err := br.Peek(n)
+		if err != nil {
+			return false, err
+		}
+		b, _ = br.Peek(min(br.Buffered(), len(h2Preface)))
+		if !bytes.HasPrefix([]byte(h2Preface), b) {
+			return false, nil
+		}
+		if len(b) == len(h2Preface) {
+			return true, nil
+		}
+		n = len(b) + 1
+	}
+}
+
+// waitIdle waits, at most idle, for the first byte of the next request. It
+// returns false if none came or the connection is draining.
+func (c *conn) waitIdle(br *bufio.Reader, idle time.Duration) bool {
+	if br.Buffered() > 0 {
+		return true
+	}
+	c.tc.readWithin(idle)
+	// Set the deadline before idle, so that drain's deadline wins (see
+	// drain).
+	c.idle.Store(true)
+	if c.draining.Load() {
+		c.idle.Store(false)
+		return false
+	}
+	_, err := br.Peek(1)
+	c.idle.Store(false)
+	return err == nil
+}
+
+// drain asks the connection to close after its current request; an idle
+// HTTP/1 connection closes now, an HTTP/2 one gets a GOAWAY.
+func (c *conn) drain() {
+	c.draining.Store(true)
+	if c.idle.Load() {
+		c.nc.SetReadDeadline(time.Unix(1, 0))
+	}
+	if s := c.h2.Load(); s != nil {
+		s.shutdown()
+	}
+}
+
+// connSet tracks live connections, bounded.
+type connSet struct {
+	mu   sync.Mutex
+	m    map[*conn]struct{}
+	n    atomic.Int64
+	cond *sync.Cond
+}
+
+func (s *connSet) init() {
+	s.m = map[*conn]struct{}{}
+	s.cond = sync.NewCond(&s.mu)
+}
+
+// add registers a new connection, or returns nil when max are open.
+func (s *connSet) add(l *listener, nc *net.TCPConn, max int) *conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.m) >= max {
+		return nil
+	}
+	c := &conn{p: l.p, l: l, nc: nc}
+	s.m[c] = struct{}{}
+	s.n.Store(int64(len(s.m)))
+	l.p.stats.connsTotal.Add(1)
+	return c
+}
+
+func (s *connSet) remove(c *conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, c)
+	s.n.Store(int64(len(s.m)))
+	if len(s.m) == 0 {
+		s.cond.Broadcast()
+	}
+}
+
+func (s *connSet) active() int64 { return s.n.Load() }
+
+// drain drains the connections of l (all connections if l is nil).
+func (s *connSet) drain(l *listener) {
+	s.mu.Lock()
+	list := make([]*conn, 0, len(s.m))
+	for c := range s.m {
+		if l == nil || c.l == l {
+			list = append(list, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range list {
+		c.drain()
+	}
+}
+
+// wait waits until no connection is left or ctx ends.
+func (s *connSet) wait(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		s.cond.Broadcast()
+		s.mu.Unlock()
+	})
+	defer stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.m) > 0 && ctx.Err() == nil {
+		s.cond.Wait()
+	}
+	return ctx.Err()
+}
+
+// closeAll closes every connection.
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.m {
+		c.nc.Close()
+	}
+}

@@ -1,0 +1,124 @@
+package proxy
+
+import (
+	"errors"
+	"net"
+	"sync/atomic"
+	"time"
+)
+
+// errAborted ends a read that the request path stopped (a request body
+// nobody will wait for).
+var errAborted = errors.New("read aborted")
+
+// timedConn is what a connection's bufio reader and writer sit on. With an
+// idle timeout set, a Read or Write fails after that long without progress
+// (rather than after a fixed total). The deadline is moved lazily: only when
+// less than 7/8 of the timeout (or more than all of it) is left, so a busy
+// connection changes its deadlines about once per timeout/8 instead of on
+// every read and write. Each change is a timer update that can wake Go's
+// network poller thread; at a thousand requests a second that wake-up
+// costs more than the request. The timeout is thus enforced to within an
+// eighth.
+//
+// Reads and writes may run in two goroutines (a request body is copied
+// while the response is read), each side keeping its own deadline.
+type timedConn struct {
+	c         net.Conn
+	readIdle  atomic.Int64 // time.Duration; 0: leave the read deadline alone
+	writeIdle atomic.Int64
+	aborted   atomic.Bool
+	// readFailed: a Read returned an error (the peer went away, a timeout).
+	readFailed atomic.Bool
+
+	// The deadlines currently set (unix nanoseconds, 0: none), each owned
+	// by the goroutine reading or writing.
+	readDL, writeDL int64
+}
+
+// due reports whether a deadline dl should move to now+idle.
+func due(dl, now int64, idle time.Duration) bool {
+	left := dl - now
+	return dl == 0 || left < int64(idle-idle/8) || left > int64(idle)
+}
+
+func (t *timedConn) Read(b []byte) (int, error) {
+	if t.aborted.Load() {
+		return 0, errAborted
+	}
+	if d := time.Duration(t.readIdle.Load()); d > 0 {
+		if now := time.Now().UnixNano(); due(t.readDL, now, d) {
+			t.readDL = now + int64(d)
+			t.c.SetReadDeadline(time.Unix(0, t.readDL))
+			// abort may have set its deadline before ours replaced it.
+			if t.aborted.Load() {
+				return 0, errAborted
+			}
+		}
+	}
+	n, err := t.c.Read(b)
+	if err != nil {
+		t.readFailed.Store(true)
+		if t.aborted.Load() {
+			err = errAborted
+		}
+	}
+	return n, err
+}
+
+func (t *timedConn) Write(b []byte) (int, error) {
+	if d := time.Duration(t.writeIdle.Load()); d > 0 {
+		if now := time.Now().UnixNano(); due(t.writeDL, now, d) {
+			t.writeDL = now + int64(d)
+			t.c.SetWriteDeadline(time.Unix(0, t.writeDL))
+		}
+	}
+	return t.c.Write(b)
+}
+
+// streamMode idle-times reads and writes with idle (0: no timeout; the
+// deadlines set stay until the next read or write moves them).
+func (t *timedConn) streamMode(idle time.Duration) {
+	t.readIdle.Store(int64(idle))
+	t.writeIdle.Store(int64(idle))
+}
+
+// readWithin makes the read deadline about idle from now (moving it only
+// when due, as idle-timed reads do) and stops idle-timing reads: the
+// deadline then stays put while one read waits.
+func (t *timedConn) readWithin(idle time.Duration) {
+	t.readIdle.Store(0)
+	if idle <= 0 {
+		t.readBy(time.Time{})
+		return
+	}
+	if now := time.Now().UnixNano(); due(t.readDL, now, idle) {
+		t.readDL = now + int64(idle)
+		t.c.SetReadDeadline(time.Unix(0, t.readDL))
+	}
+}
+
+// readBy sets a fixed read deadline (zero: none) and stops idle-timing
+// reads.
+func (t *timedConn) readBy(deadline time.Time) {
+	t.readIdle.Store(0)
+	var dl int64
+	if !deadline.IsZero() {
+		dl = deadline.UnixNano()
+	}
+	if dl != t.readDL {
+		t.readDL = dl
+		t.c.SetReadDeadline(deadline)
+	}
+}
+
+// abort makes the current and every later Read fail.
+func (t *timedConn) abort() {
+	t.aborted.Store(true)
+	t.c.SetReadDeadline(time.Unix(1, 0))
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

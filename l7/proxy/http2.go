@@ -1,0 +1,435 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"github.com/membrane-mesh/membrane/l7/accesslog"
+	"github.com/membrane-mesh/membrane/l7/config"
+	"github.com/membrane-mesh/membrane/l7/normalize"
+	"github.com/membrane-mesh/membrane/l7/rules"
+	"github.com/membrane-mesh/membrane/xds/l7pb"
+)
+
+// gRPC status codes the proxy answers with.
+const (
+	grpcPermissionDenied = 7
+	grpcUnavailable      = 14
+	grpcInternal         = 13
+)
+
+// h2Server is the HTTP/2 server of one listener configuration. The
+// http.Server only carries settings (MaxHeaderBytes) and lets Shutdown send
+// a GOAWAY on every connection the http2.Server serves.
+type h2Server struct {
+	cfg  *config.Listener
+	h1   *http.Server
+	h2   *http2.Server
+	once sync.Once
+}
+
+// h2For returns the HTTP/2 server for the listener's configuration lc.
+func (l *listener) h2For(lc *config.Listener) *h2Server {
+	if s := l.h2.Load(); s != nil && s.cfg == lc {
+		return s
+	}
+	s := newH2Server(l.p, lc)
+	l.h2.Store(s)
+	return s
+}
+
+func newH2Server(p *Proxy, lc *config.Listener) *h2Server {
+	hs := &lc.HTTP
+	h1 := &http.Server{
+		MaxHeaderBytes: hs.MaxRequestHeadersBytes,
+		IdleTimeout:    hs.IdleTimeout,
+		ErrorLog:       log.New(io.Discard, "", 0),
+	}
+	h2 := &http2.Server{
+		MaxConcurrentStreams:         hs.MaxConcurrentStreams,
+		MaxUploadBufferPerConnection: hs.InitialConnWindow,
+		MaxUploadBufferPerStream:     hs.InitialStreamWindow,
+		IdleTimeout:                  hs.IdleTimeout,
+		CountError: func(errType string) {
+			p.stats.h2Errors.Add(1)
+			p.log.Debug("HTTP/2 protocol error", "type", errType)
+		},
+	}
+	if h2.MaxUploadBufferPerConnection > 0 && h2.MaxUploadBufferPerConnection < 65535 {
+		h2.MaxUploadBufferPerConnection = 65535
+	}
+	http2.ConfigureServer(h1, h2)
+	return &h2Server{cfg: lc, h1: h1, h2: h2}
+}
+
+// shutdown sends a GOAWAY on every connection of this server; they close
+// once their streams end.
+func (s *h2Server) shutdown() {
+	s.once.Do(func() {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			s.h1.Shutdown(ctx)
+		}()
+	})
+}
+
+// prefacedConn replays the bytes sniffing peeked before reading the
+// connection.
+type prefacedConn struct {
+	*net.TCPConn
+	pre []byte
+}
+
+func (c *prefacedConn) Read(b []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(b, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.TCPConn.Read(b)
+}
+
+// serveHTTP2 serves an h2c (prior knowledge) connection.
+func (c *conn) serveHTTP2(pre []byte, lc *config.Listener) {
+	c.p.stats.http2Conns.Add(1)
+	s := c.l.h2For(lc)
+	c.h2.Store(s)
+	if c.draining.Load() {
+		s.shutdown()
+	}
+	c.nc.SetDeadline(time.Time{})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s.h2.ServeConn(&prefacedConn{TCPConn: c.nc, pre: pre}, &http2.ServeConnOpts{
+		Context:    ctx,
+		BaseConfig: s.h1,
+		Handler:    http.HandlerFunc(c.serveStream),
+	})
+}
+
+// isGRPC reports whether a request is gRPC (content-type application/grpc,
+// application/grpc+proto, ...).
+func isGRPC(h http.Header) bool {
+	ct := h.Get("Content-Type")
+	return strings.HasPrefix(ct, "application/grpc") && (len(ct) == len("application/grpc") || ct[len("application/grpc")] == '+' || ct[len("application/grpc")] == ';')
+}
+
+// serveStream handles one HTTP/2 stream.
+func (c *conn) serveStream(w http.ResponseWriter, r *http.Request) {
+	lc := c.l.cfg.Load()
+	start := time.Now()
+	rec := c.record(lc, start, accesslog.HTTP2)
+	rec.Method, rec.Authority, rec.Path = r.Method, r.Host, r.RequestURI
+	rec.HeaderBytes = h2HeaderBytes(r)
+	defer c.p.finish(lc, &rec)
+	grpc := isGRPC(r.Header)
+
+	target, err := normalize.Target(r.RequestURI)
+	if err != nil {
+		fail(&rec, 400, detailsInvalidPath, err.Error())
+		if grpc {
+			c.grpcAnswer(w, &rec, grpcInternal, err.Error())
+			return
+		}
+		plain(w, 400, err.Error()+"\n")
+		return
+	}
+	rec.Path = target
+
+	var dec rules.Decision
+	if ids := c.identities(); ids.err != nil {
+		dec.Reason = ids.err.Error()
+	} else {
+		rreq := rules.Request{Method: r.Method, Target: target, Host: r.Host, Header: r.Header}
+		dec = c.p.cfg.Load().Policy.Check(ids.src, ids.dst, c.dst.Port(), &rreq)
+	}
+	rec.Policy, rec.Mismatches = dec.Policy, dec.Mismatches
+	if !dec.Allowed {
+		rec.Verdict = accesslog.Denied
+		rec.StatusDetails = detailsDenied
+		rec.DeniedBy, rec.Reason = dec.DeniedBy, dec.Reason
+		rec.Status = 403
+		if grpc {
+			c.grpcAnswer(w, &rec, grpcPermissionDenied, defaultDeniedBody)
+			return
+		}
+		body := lc.DeniedBody
+		if body == "" {
+			body = defaultDeniedBody
+		}
+		plain(w, 403, body)
+		return
+	}
+	for _, m := range dec.Mutations {
+		mutate2(r.Header, m)
+	}
+	c.forward2(w, r, target, lc, &rec, grpc)
+}
+
+func mutate2(h http.Header, m rules.Mutation) {
+	switch m.Action {
+	case l7pb.MismatchAction_MISMATCH_ACTION_ADD:
+		h.Add(m.Name, m.Value)
+	case l7pb.MismatchAction_MISMATCH_ACTION_DELETE:
+		h.Del(m.Name)
+	case l7pb.MismatchAction_MISMATCH_ACTION_REPLACE:
+		h.Set(m.Name, m.Value)
+	}
+}
+
+func plain(w http.ResponseWriter, status int, body string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain")
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(status)
+	io.WriteString(w, body)
+}
+
+// grpcAnswer ends a gRPC request with a trailers-only response: HTTP 200
+// and grpc-status in the one HEADERS frame (with END_STREAM).
+func (c *conn) grpcAnswer(w http.ResponseWriter, rec *accesslog.Record, code int, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/grpc")
+	h.Set("Grpc-Status", strconv.Itoa(code))
+	h.Set("Grpc-Message", grpcEncode(msg))
+	w.WriteHeader(200)
+	rec.GRPCStatus, rec.HasGRPCStatus = int32(code), true
+}
+
+// grpcEncode percent-encodes a grpc-message.
+func grpcEncode(s string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= ' ' && c <= '~' && c != '%' {
+			b.WriteByte(c)
+		} else {
+			b.WriteByte('%')
+			b.WriteByte(hex[c>>4])
+			b.WriteByte(hex[c&15])
+		}
+	}
+	return b.String()
+}
+
+func h2HeaderBytes(r *http.Request) uint64 {
+	n := len(r.Method) + len(r.RequestURI) + len(r.Host) + 32
+	for k, vv := range r.Header {
+		for _, v := range vv {
+			n += len(k) + len(v) + 32
+		}
+	}
+	return uint64(n)
+}
+
+// dialParams carry a request's upstream settings to the transport's dialer.
+type dialParams struct {
+	mark    uint32
+	timeout time.Duration
+}
+
+type dialParamsKey struct{}
+
+// forward2 sends an allowed stream to the original destination over h2c
+// and relays the response, streaming both ways, trailers included.
+func (c *conn) forward2(w http.ResponseWriter, r *http.Request, target string, lc *config.Listener, rec *accesslog.Record, grpc bool) {
+	rec.Upstream = c.dst
+	failWith := func(status int, details, reason string) {
+		fail(rec, status, details, reason)
+		if grpc {
+			c.grpcAnswer(w, rec, grpcUnavailable, reason)
+			return
+		}
+		plain(w, status, reason+"\n")
+	}
+	idle := config.DefaultUpstreamIdleTimeout
+	dp := &dialParams{mark: lc.Mark, timeout: config.DefaultConnectTimeout}
+	if lc.Upstream != nil {
+		idle, dp.timeout = lc.Upstream.IdleTimeout, lc.Upstream.ConnectTimeout
+	}
+	tr, err := c.p.h2up.get(c.src.Addr(), idle)
+	if err != nil {
+		failWith(503, detailsConnectFailed, err.Error())
+		return
+	}
+
+	ctx, cancel := context.WithCancel(context.WithValue(r.Context(), dialParamsKey{}, dp))
+	defer cancel()
+	rc := http.NewResponseController(w)
+	var timedOut, started atomic.Bool
+	wd := startWatchdog(lc.HTTP.StreamIdleTimeout, func() {
+		timedOut.Store(true)
+		cancel() // the upstream stream, and the wait for its response
+		if started.Load() {
+			// Mid-response: unblock a write the client does not read.
+			past := time.Unix(1, 0)
+			rc.SetReadDeadline(past)
+			rc.SetWriteDeadline(past)
+		}
+	})
+	defer wd.stop()
+
+	path, query, _ := strings.Cut(target, "?")
+	out := &http.Request{
+		Method:        r.Method,
+		URL:           &url.URL{Scheme: "http", Host: c.dst.String(), Opaque: path, RawQuery: query},
+		Proto:         "HTTP/2.0",
+		ProtoMajor:    2,
+		Host:          r.Host,
+		Header:        r.Header,
+		ContentLength: r.ContentLength,
+		Trailer:       r.Trailer,
+		Body:          http.NoBody,
+	}
+	if _, ok := out.Header["User-Agent"]; !ok {
+		out.Header["User-Agent"] = nil // do not let the transport add one
+	}
+	if r.ContentLength != 0 {
+		out.Body = &touchReader{r: r.Body, wd: wd}
+	}
+	out = out.WithContext(ctx)
+	resp, err := tr.RoundTrip(out)
+	if err != nil {
+		var de *dialError
+		switch {
+		case r.Context().Err() != nil:
+			fail(rec, 0, detailsDownstreamReset, "client reset the stream")
+		case timedOut.Load():
+			failWith(504, detailsStreamIdle, "upstream response timeout (stream_idle_timeout)")
+		case errors.As(err, &de):
+			failWith(503, detailsConnectFailed, "upstream connect error: "+de.err.Error())
+		default:
+			failWith(502, detailsUpstreamReset, "upstream reset before response: "+err.Error())
+		}
+		return
+	}
+	defer resp.Body.Close()
+	wd.touch()
+	h := w.Header()
+	for k, vv := range resp.Header {
+		if k == "Trailer" {
+			continue
+		}
+		h[k] = vv
+	}
+	rec.Status = uint32(resp.StatusCode)
+	rec.StatusDetails = detailsUpstream
+	rec.Verdict = accesslog.Forwarded
+	started.Store(true)
+	w.WriteHeader(resp.StatusCode)
+	if resp.ContentLength != 0 {
+		// Stream: the client sees the headers now, not with the first data.
+		// A response with no body (a gRPC trailers-only response) must not
+		// be flushed early: its headers end the stream.
+		if err := rc.Flush(); err != nil {
+			c.abortStream(rec, detailsDownstreamReset, "write response: "+err.Error())
+		}
+	}
+	bp := c.p.bufs.copyBuf()
+	defer c.p.bufs.putCopyBuf(bp)
+	buf := *bp
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			wd.touch()
+			if _, err := w.Write(buf[:n]); err != nil {
+				c.abortStream(rec, detailsDownstreamReset, "write response: "+err.Error())
+			}
+			if err := rc.Flush(); err != nil {
+				c.abortStream(rec, detailsDownstreamReset, "write response: "+err.Error())
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			details := detailsUpstreamAfter
+			if timedOut.Load() {
+				details = detailsStreamIdle
+			}
+			c.abortStream(rec, details, "response body: "+rerr.Error())
+		}
+	}
+	for k, vv := range resp.Trailer {
+		for _, v := range vv {
+			h.Add(http.TrailerPrefix+k, v)
+		}
+	}
+}
+
+// abortStream resets the downstream stream (RST_STREAM) after part of the
+// response went out.
+func (c *conn) abortStream(rec *accesslog.Record, details, reason string) {
+	rec.Verdict = accesslog.Error
+	rec.StatusDetails = details
+	rec.Reason = reason
+	panic(http.ErrAbortHandler)
+}
+
+// touchReader notes progress of a request body for the stream's watchdog.
+type touchReader struct {
+	r  io.ReadCloser
+	wd *watchdog
+}
+
+func (t *touchReader) Read(b []byte) (int, error) {
+	n, err := t.r.Read(b)
+	if n > 0 {
+		t.wd.touch()
+	}
+	return n, err
+}
+
+func (t *touchReader) Close() error { return t.r.Close() }
+
+// watchdog calls onIdle once a stream has made no progress for idle.
+type watchdog struct {
+	idle   time.Duration
+	last   atomic.Int64 // unix nanoseconds of the last progress
+	timer  *time.Timer
+	onIdle func()
+}
+
+func startWatchdog(idle time.Duration, onIdle func()) *watchdog {
+	if idle <= 0 {
+		return nil
+	}
+	w := &watchdog{idle: idle, onIdle: onIdle}
+	w.last.Store(time.Now().UnixNano())
+	w.timer = time.AfterFunc(idle, w.check)
+	return w
+}
+
+func (w *watchdog) check() {
+	since := time.Duration(time.Now().UnixNano() - w.last.Load())
+	if since >= w.idle {
+		w.onIdle()
+		return
+	}
+	w.timer.Reset(w.idle - since)
+}
+
+func (w *watchdog) touch() {
+	if w != nil {
+		w.last.Store(time.Now().UnixNano())
+	}
+}
+
+func (w *watchdog) stop() {
+	if w != nil {
+		w.timer.Stop()
+	}
+}
