@@ -27,6 +27,7 @@ import (
 	"github.com/membrane-mesh/membrane/internal/ifname"
 	"github.com/membrane-mesh/membrane/internal/version"
 	"github.com/membrane-mesh/membrane/policy"
+	"github.com/membrane-mesh/membrane/xds"
 )
 
 // Config configures an agent.
@@ -57,8 +58,13 @@ type Config struct {
 	// MetricsAddr, if set, also serves /metrics over TCP on this host:port.
 	MetricsAddr string
 	// L7 enables the redirect to the node proxy: policy routing for
-	// MARK_TO_PROXY, the to-netdev hook and the datapath's proxy flag.
-	L7 bool
+	// MARK_TO_PROXY, the to-netdev hook, the datapath's proxy flag, and
+	// the xDS server on XDSSocket that configures the proxy.
+	L7        bool
+	XDSSocket string
+	// XDS tunes the proxy's listeners (timeouts, limits); the agent fills
+	// in the node, socket, ports and callbacks.
+	XDS xds.Options
 	// ProxyPorts[dir] are the node proxy's transparent listener ports for
 	// connections redirected by ingress and egress L7 rules (0: the
 	// policy package's defaults).
@@ -94,6 +100,9 @@ type Agent struct {
 
 	flows   *flowObserver // flows.go, events.go; not guarded by mu
 	metrics *agentMetrics // metrics.go
+	xds     *xds.Server   // l7.go; nil without L7
+	// l7Problem is the latest L7 publishing problem (guarded by mu).
+	l7Problem string
 }
 
 // Run runs an agent until ctx ends. Enforcement outlives it: the programs
@@ -162,6 +171,9 @@ func Run(ctx context.Context, cfg Config) error {
 	defer wg.Wait()
 	defer cancel()
 	if err := a.startObservability(ctx, &wg); err != nil { // flows and metrics (metrics.go)
+		return err
+	}
+	if err := a.startXDS(ctx, &wg); err != nil { // l7.go
 		return err
 	}
 	if cfg.APISocket != "" {
@@ -378,10 +390,13 @@ func (a *Agent) regenerate(rev int64) {
 
 	a.snap = snap
 	a.numPolicies = a.eng.NumPolicies()
+	waitProxy := a.publishL7(rev) // l7.go
 	a.problems = append(slices.Clone(snap.Errors), res.problems...)
 	if rev >= 0 {
 		a.dsRev = rev
-		a.applied = rev
+		if !waitProxy {
+			a.applied = rev
+		}
 	}
 	a.ready = true
 	a.lastRegen = took

@@ -95,8 +95,11 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	s.DatastoreRevision = a.dsRev
 	s.AppliedRevision = a.applied
-	s.Healthy = a.ready && len(a.problems) == 0
 	s.Problems = slices.Clone(a.problems)
+	if a.l7Problem != "" {
+		s.Problems = append(s.Problems, a.l7Problem)
+	}
+	s.Healthy = a.ready && len(s.Problems) == 0
 	s.LastRegeneration = a.lastRegen
 	for _, src := range slices.Sorted(maps.Keys(a.rejected)) {
 		s.Rejected = append(s.Rejected, a.rejected[src])
@@ -107,6 +110,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	s.Policies = a.numPolicies
 	a.mu.Unlock()
+	s.XDS = a.xdsStatus()
 	writeJSON(w, s)
 }
 

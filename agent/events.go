@@ -29,7 +29,7 @@ const (
 
 // Indexes of the flow counters: verdicts and types.
 const (
-	numVerdicts = 3 // FORWARDED, DROPPED, REDIRECTED
+	numVerdicts = 4 // FORWARDED, DROPPED, REDIRECTED, ERROR
 	numTypes    = 2 // l3l4, l7
 )
 
@@ -39,6 +39,8 @@ func verdictIndex(v string) int {
 		return 1
 	case api.VerdictRedirected:
 		return 2
+	case api.VerdictError:
+		return 3
 	}
 	return 0
 }
@@ -49,6 +51,8 @@ func verdictName(i int) string {
 		return api.VerdictDropped
 	case 2:
 		return api.VerdictRedirected
+	case 3:
+		return api.VerdictError
 	}
 	return api.VerdictForwarded
 }

@@ -52,9 +52,11 @@ func TestMetrics(t *testing.T) {
 # HELP membrane_flows_total Flow records produced by the agent, by verdict and type.
 # TYPE membrane_flows_total counter
 membrane_flows_total{type="l3l4",verdict="DROPPED"} 2
+membrane_flows_total{type="l3l4",verdict="ERROR"} 0
 membrane_flows_total{type="l3l4",verdict="FORWARDED"} 1
 membrane_flows_total{type="l3l4",verdict="REDIRECTED"} 0
 membrane_flows_total{type="l7",verdict="DROPPED"} 0
+membrane_flows_total{type="l7",verdict="ERROR"} 0
 membrane_flows_total{type="l7",verdict="FORWARDED"} 0
 membrane_flows_total{type="l7",verdict="REDIRECTED"} 0
 # HELP membrane_lost_events_total Events lost on the way to observers: source=datapath, the datapath's ring buffer was full (since the maps were created); source=follower, flows skipped for a follower that fell behind.
@@ -160,9 +162,11 @@ func TestMetricsPerAgent(t *testing.T) {
 # HELP membrane_flows_total Flow records produced by the agent, by verdict and type.
 # TYPE membrane_flows_total counter
 membrane_flows_total{type="l3l4",verdict="DROPPED"} 0
+membrane_flows_total{type="l3l4",verdict="ERROR"} 0
 membrane_flows_total{type="l3l4",verdict="FORWARDED"} 0
 membrane_flows_total{type="l3l4",verdict="REDIRECTED"} 0
 membrane_flows_total{type="l7",verdict="DROPPED"} 0
+membrane_flows_total{type="l7",verdict="ERROR"} 0
 membrane_flows_total{type="l7",verdict="FORWARDED"} 0
 membrane_flows_total{type="l7",verdict="REDIRECTED"} 0
 `), "membrane_flows_total"); err != nil {

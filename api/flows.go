@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -22,12 +23,15 @@ const (
 	VerdictDropped   = "DROPPED"
 	// VerdictRedirected: allowed, through the node's L7 proxy.
 	VerdictRedirected = "REDIRECTED"
+	// VerdictError: the L7 proxy could not complete an allowed request
+	// (upstream unreachable, malformed request).
+	VerdictError = "ERROR"
 )
 
 // Flow types.
 const (
 	FlowL3L4 = "l3l4"
-	FlowL7   = "l7" // proxy access logs (not produced yet)
+	FlowL7   = "l7" // a request the node's L7 proxy checked
 )
 
 // Flow event kinds: which datapath event a flow comes from.
@@ -35,6 +39,7 @@ const (
 	FlowEventDrop    = "drop"           // a dropped packet
 	FlowEventVerdict = "policy-verdict" // a new connection was allowed
 	FlowEventTrace   = "trace"          // a sampled forwarded packet (--trace-sample)
+	FlowEventL7      = "l7-request"     // a request through the L7 proxy
 )
 
 // Flow is one observed verdict of the datapath (or, later, of the proxy):
@@ -86,6 +91,32 @@ type Flow struct {
 	Fragment bool `json:"fragment,omitempty"`
 	// ToProxy: policy sends this connection through the node's L7 proxy.
 	ToProxy bool `json:"toProxy,omitempty"`
+	// L7 describes the request of an FlowL7 flow.
+	L7 *L7Flow `json:"l7,omitempty"`
+}
+
+// L7Flow is what the node proxy saw of one request.
+type L7Flow struct {
+	// LatencyNs is from the request's first byte to the response's last.
+	LatencyNs int64     `json:"latencyNs"`
+	HTTP      *HTTPFlow `json:"http,omitempty"`
+}
+
+// HTTPFlow is an HTTP request and its response.
+type HTTPFlow struct {
+	// Code is the response status (403 when policy denied the request).
+	Code   int    `json:"code"`
+	Method string `json:"method"`
+	// Host is the Host header or :authority.
+	Host string `json:"host,omitempty"`
+	// Path is the normalised path and query the policy checked.
+	Path string `json:"path"`
+	// Protocol is "HTTP/1.0", "HTTP/1.1" or "HTTP/2".
+	Protocol string `json:"protocol,omitempty"`
+	// GRPCStatus is set when the proxy answered a gRPC call itself.
+	GRPCStatus *int `json:"grpcStatus,omitempty"`
+	// Mismatches are header mismatches a LOG action let through.
+	Mismatches []string `json:"mismatches,omitempty"`
 }
 
 // FlowEndpoint is one side of a flow.
@@ -229,11 +260,22 @@ type FlowFilter struct {
 	Protocol []string
 	// Type: FlowL3L4, FlowL7.
 	Type []string
+	// HTTPStatus: an HTTP status code ("403"), or a class ("4+", "5xx").
+	// Any HTTP filter selects L7 flows only.
+	HTTPStatus []string
+	// HTTPMethod: an HTTP method (case-sensitive, as methods are).
+	HTTPMethod []string
+	// HTTPPath: an RE2 regular expression the path must match (unanchored,
+	// as Hubble's --http-path).
+	HTTPPath []string
+
+	// pathREs are HTTPPath compiled (by ParseFlowFilter).
+	pathREs []*regexp.Regexp
 }
 
 // filterParams are the query parameters of FlowFilter, in order.
 var filterParams = []string{"verdict", "namespace", "from-pod", "to-pod", "from-identity", "to-identity",
-	"from-label", "to-label", "port", "protocol", "type"}
+	"from-label", "to-label", "port", "protocol", "type", "http-status", "http-method", "http-path"}
 
 // Values encodes the filter as query parameters of GET /v1/flows.
 func (f FlowFilter) Values() url.Values {
@@ -261,6 +303,9 @@ func (f FlowFilter) Values() url.Values {
 	}
 	add("protocol", f.Protocol)
 	add("type", f.Type)
+	add("http-status", f.HTTPStatus)
+	add("http-method", f.HTTPMethod)
+	add("http-path", f.HTTPPath)
 	return v
 }
 
@@ -272,8 +317,8 @@ func ParseFlowFilter(v url.Values) (FlowFilter, error) {
 	var errs []error
 	for _, s := range v["verdict"] {
 		u := strings.ToUpper(s)
-		if u != VerdictForwarded && u != VerdictDropped && u != VerdictRedirected {
-			errs = append(errs, fmt.Errorf("verdict %q: want FORWARDED, DROPPED or REDIRECTED", s))
+		if u != VerdictForwarded && u != VerdictDropped && u != VerdictRedirected && u != VerdictError {
+			errs = append(errs, fmt.Errorf("verdict %q: want FORWARDED, DROPPED, REDIRECTED or ERROR", s))
 		}
 		f.Verdict = append(f.Verdict, u)
 	}
@@ -327,7 +372,62 @@ func ParseFlowFilter(v url.Values) (FlowFilter, error) {
 		}
 		f.Type = append(f.Type, t)
 	}
+	for _, s := range v["http-status"] {
+		if _, _, ok := parseStatusFilter(s); !ok {
+			errs = append(errs, fmt.Errorf("http-status %q: want a status code (403) or a class (4+, 5xx)", s))
+		}
+		f.HTTPStatus = append(f.HTTPStatus, s)
+	}
+	f.HTTPMethod = v["http-method"]
+	for _, s := range v["http-path"] {
+		re, err := regexp.Compile(s)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("http-path %q: %v", s, err))
+		}
+		f.HTTPPath = append(f.HTTPPath, s)
+		f.pathREs = append(f.pathREs, re)
+	}
 	return f, errors.Join(errs...)
+}
+
+// pathMatches reports whether path matches one of HTTPPath (or there is
+// none).
+func (ff *FlowFilter) pathMatches(path string) bool {
+	if len(ff.HTTPPath) == 0 {
+		return true
+	}
+	for i, s := range ff.HTTPPath {
+		re := (*regexp.Regexp)(nil)
+		if i < len(ff.pathREs) {
+			re = ff.pathREs[i]
+		}
+		if re == nil {
+			var err error
+			if re, err = regexp.Compile(s); err != nil {
+				continue
+			}
+		}
+		if re.MatchString(path) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseStatusFilter reads "403" (lo = hi = 403) or "4+" / "4xx" (400-499).
+func parseStatusFilter(s string) (lo, hi int, ok bool) {
+	if len(s) == 2 && s[1] == '+' || len(s) == 3 && strings.EqualFold(s[1:], "xx") {
+		if s[0] < '1' || s[0] > '5' {
+			return 0, 0, false
+		}
+		c := int(s[0]-'0') * 100
+		return c, c + 99, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 100 || n > 599 {
+		return 0, 0, false
+	}
+	return n, n, true
 }
 
 // protoName is a Flow's Protocol for a filter's protocol, "" if unknown.
@@ -371,6 +471,19 @@ func (ff *FlowFilter) Match(f *Flow) bool {
 		}
 	}
 	idIs := func(vals []uint32, id uint32) bool { return len(vals) == 0 || slices.Contains(vals, id) }
+	if len(ff.HTTPStatus)+len(ff.HTTPMethod)+len(ff.HTTPPath) > 0 {
+		if f.L7 == nil || f.L7.HTTP == nil {
+			return false
+		}
+		h := f.L7.HTTP
+		if !anyOf(ff.HTTPStatus, func(s string) bool {
+			lo, hi, ok := parseStatusFilter(s)
+			return ok && h.Code >= lo && h.Code <= hi
+		}) || !anyOf(ff.HTTPMethod, func(m string) bool { return m == h.Method }) ||
+			!ff.pathMatches(h.Path) {
+			return false
+		}
+	}
 	return anyOf(ff.Verdict, func(v string) bool { return strings.EqualFold(v, f.Verdict) }) &&
 		anyOf(ff.Type, func(t string) bool { return strings.EqualFold(t, f.Type) }) &&
 		anyOf(ff.Namespace, func(ns string) bool { return ns == f.Source.Namespace || ns == f.Destination.Namespace }) &&

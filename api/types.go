@@ -34,6 +34,60 @@ type Status struct {
 	// LastRegeneration is how long the last policy computation and map
 	// update took.
 	LastRegeneration time.Duration `json:"lastRegenerationNs"`
+	// XDS is the state of the xDS server that configures the node's L7
+	// proxy; nil when L7 is off.
+	XDS *XDSStatus `json:"xds,omitempty"`
+}
+
+// XDSStatus describes the agent's xDS server and the proxy it serves.
+type XDSStatus struct {
+	Socket string `json:"socket"`
+	// PolicyVersion is the version of the L7 policy (EndpointPolicy
+	// resources) published now; EndpointPolicies how many there are.
+	PolicyVersion    string `json:"policyVersion"`
+	EndpointPolicies int    `json:"endpointPolicies"`
+	// LastUpdateError names resources that failed validation and were not
+	// published.
+	LastUpdateError string `json:"lastUpdateError,omitempty"`
+	// ProxyConnected: the node's proxy has a stream open;
+	// ProxyAckedPolicy/ProxyAckedListeners: it has accepted the current
+	// policy and its listeners are bound.
+	ProxyConnected      bool        `json:"proxyConnected"`
+	ProxyAckedPolicy    bool        `json:"proxyAckedPolicy"`
+	ProxyAckedListeners bool        `json:"proxyAckedListeners"`
+	Streams             []XDSStream `json:"streams"`
+	// NACKs counts configurations the proxy rejected; LastNACK is the
+	// latest, with the proxy's error text.
+	NACKs    uint64   `json:"nacks"`
+	LastNACK *XDSNACK `json:"lastNack,omitempty"`
+	// RejectedStreams counts streams refused (a node ID that is not this
+	// agent's node); LastRejected says why the latest was.
+	RejectedStreams uint64 `json:"rejectedStreams"`
+	LastRejected    string `json:"lastRejected,omitempty"`
+	AccessLog       struct {
+		Entries uint64 `json:"entries"`
+	} `json:"accessLog"`
+}
+
+// XDSStream is one open ADS stream.
+type XDSStream struct {
+	Mode           string    `json:"mode"` // "sotw" or "delta"
+	Node           string    `json:"node"`
+	ConnectedSince time.Time `json:"connectedSince"`
+	Types          []struct {
+		Type             string `json:"type"`
+		LastSentVersion  string `json:"lastSentVersion,omitempty"`
+		LastAckedVersion string `json:"lastAckedVersion,omitempty"`
+		NACKs            uint64 `json:"nacks"`
+	} `json:"types"`
+}
+
+// XDSNACK is a configuration the proxy rejected.
+type XDSNACK struct {
+	Type    string    `json:"type"`
+	Version string    `json:"version"`
+	Message string    `json:"message"`
+	Time    time.Time `json:"time"`
 }
 
 // MapStats describes one pinned BPF map.

@@ -304,6 +304,7 @@ func (d *Datapath) MapStats() []MapStat {
 		{"policy", d.objs.Policy},
 		{"ct", d.objs.Ct},
 		{"frags", d.objs.Frags},
+		{"proxy_ct", d.objs.ProxyCt},
 		{"registry", d.registry},
 	}
 	out := make([]MapStat, 0, len(maps))

@@ -64,6 +64,7 @@ func (l *Lab) startAgent(n *nodePlan) error {
 		"--bpffs", l.y.nodeBpffs(n.Name),
 		"--state-dir", l.y.agentStateDir(n.Name),
 		"--api-socket", l.y.agentSocket(n.Name),
+		"--xds-socket", l.y.xdsSocket(n.Name),
 	}
 	l.mu.Lock()
 	args = append(args, l.st.AgentArgs...)

@@ -77,6 +77,9 @@ func teardown(ctx context.Context, y layout, st *State, log *slog.Logger) error 
 		if n.Supervisor != nil {
 			sups = append(sups, *n.Supervisor)
 		}
+		if n.ProxySupervisor != nil {
+			sups = append(sups, *n.ProxySupervisor)
+		}
 	}
 	for _, n := range st.Nodes {
 		others = append(others, n.Responders...)
@@ -92,7 +95,7 @@ func teardown(ctx context.Context, y layout, st *State, log *slog.Logger) error 
 	}
 	gctx, cancel := context.WithTimeout(ctx, supervisorGrace)
 	if !waitGone(gctx, sups) {
-		log.Warn("agents did not stop in time; killing them", "grace", supervisorGrace)
+		log.Warn("agents and proxies did not stop in time; killing them", "grace", supervisorGrace)
 	}
 	cancel()
 	for _, p := range slices.Concat(sups, others) {

@@ -36,6 +36,7 @@ func runFakeAgent(args []string) int {
 	bpffs := fs.String("bpffs", "", "")
 	stateDir := fs.String("state-dir", "", "")
 	socket := fs.String("api-socket", "", "")
+	fs.String("xds-socket", "", "")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -155,7 +156,7 @@ kind: Pod
 metadata: {name: b, namespace: ag}
 spec:
   containers: [{name: c, ports: [{containerPort: 80}]}]
-`, Options{AgentBinary: fakeAgentBinary(t), ReadyTimeout: 10 * time.Second})
+`, Options{AgentBinary: fakeAgentBinary(t), NoProxy: true, ReadyTimeout: 10 * time.Second})
 	ctx := context.Background()
 	mounted, _ := os.ReadFile("/proc/self/mountinfo")
 	if !containsLine(string(mounted), l.y.bpffsDir()+" ") {
@@ -230,7 +231,7 @@ func TestAgentTimeouts(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			name := labName(t)
 			t.Cleanup(func() { Down(context.Background(), name) })
-			_, err := Up(context.Background(), Options{Path: writeFile(t, "lab.yaml", yaml), Name: name, AgentBinary: c.agent, ReadyTimeout: 500 * time.Millisecond})
+			_, err := Up(context.Background(), Options{Path: writeFile(t, "lab.yaml", yaml), Name: name, AgentBinary: c.agent, NoProxy: true, ReadyTimeout: 500 * time.Millisecond})
 			if err == nil {
 				Down(context.Background(), name)
 				t.Fatal("Up succeeded")

@@ -298,8 +298,13 @@ func (l *Lab) Agent(node string) *api.Client {
 
 // AgentPID returns the PID of node's agent as its supervisor last wrote
 // it, or 0 if none is running.
-func (l *Lab) AgentPID(node string) int {
-	b, err := os.ReadFile(l.y.agentPIDFile(node))
+func (l *Lab) AgentPID(node string) int { return readPID(l.y.agentPIDFile(node)) }
+
+// ProxyPID returns the PID of node's running L7 proxy, or 0.
+func (l *Lab) ProxyPID(node string) int { return readPID(l.y.proxyPIDFile(node)) }
+
+func readPID(file string) int {
+	b, err := os.ReadFile(file)
 	if err != nil {
 		return 0
 	}

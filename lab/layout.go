@@ -49,8 +49,12 @@ func (y layout) agentSocket(n string) string { return filepath.Join(y.nodeDir(n)
 func (y layout) agentPIDFile(n string) string {
 	return filepath.Join(y.nodeDir(n), "agent.pid")
 }
-func (y layout) agentLog(n string) string      { return filepath.Join(y.nodeDir(n), "agent.log") }
-func (y layout) agentStateDir(n string) string { return filepath.Join(y.nodeDir(n), "state") }
+func (y layout) agentLog(n string) string         { return filepath.Join(y.nodeDir(n), "agent.log") }
+func (y layout) agentStateDir(n string) string    { return filepath.Join(y.nodeDir(n), "state") }
+func (y layout) xdsSocket(n string) string        { return filepath.Join(y.nodeDir(n), "xds.sock") }
+func (y layout) proxyAdminSocket(n string) string { return filepath.Join(y.nodeDir(n), "proxy.sock") }
+func (y layout) proxyLog(n string) string         { return filepath.Join(y.nodeDir(n), "proxy.log") }
+func (y layout) proxyPIDFile(n string) string     { return filepath.Join(y.nodeDir(n), "proxy.pid") }
 func (y layout) nodeResponderLog(n string) string {
 	return filepath.Join(y.nodeDir(n), "responder.log")
 }

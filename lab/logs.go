@@ -20,7 +20,8 @@ type LogFile struct {
 }
 
 // LogFiles returns the logs of target: "node/NAME" (the node's agent),
-// "node/NAME/responder" (the node's responder), "world" (the world host's
+// "node/NAME/proxy" (its L7 proxy), "node/NAME/responder" (the node's
+// responder), "world" (the world host's
 // responder), "NAMESPACE/POD" (its containers), or "" (every log of the
 // lab).
 func (l *Lab) LogFiles(target string) ([]LogFile, error) {
@@ -29,6 +30,11 @@ func (l *Lab) LogFiles(target string) ([]LogFile, error) {
 	agents := func(n NodeState) {
 		if !st.NoAgent {
 			out = append(out, LogFile{Label: "node/" + n.Name, Path: l.y.agentLog(n.Name)})
+		}
+	}
+	proxies := func(n NodeState) {
+		if n.ProxySupervisor != nil {
+			out = append(out, LogFile{Label: "node/" + n.Name + "/proxy", Path: l.y.proxyLog(n.Name)})
 		}
 	}
 	nodeResponder := func(n NodeState) {
@@ -51,6 +57,7 @@ func (l *Lab) LogFiles(target string) ([]LogFile, error) {
 	if target == "" {
 		for _, n := range st.Nodes {
 			agents(n)
+			proxies(n)
 			nodeResponder(n)
 		}
 		world()
@@ -64,6 +71,14 @@ func (l *Lab) LogFiles(target string) ([]LogFile, error) {
 			return nil, fmt.Errorf("lab %s has no world host", l.y.name)
 		}
 		return out, nil
+	}
+	if name, ok := strings.CutSuffix(strings.TrimPrefix(target, "node/"), "/proxy"); ok && strings.HasPrefix(target, "node/") {
+		if n := st.node(name); n != nil {
+			if proxies(*n); len(out) == 0 {
+				return nil, fmt.Errorf("lab %s: node %s runs no proxy", l.y.name, name)
+			}
+			return out, nil
+		}
 	}
 	if name, ok := strings.CutSuffix(strings.TrimPrefix(target, "node/"), "/responder"); ok && strings.HasPrefix(target, "node/") {
 		if n := st.node(name); n != nil {

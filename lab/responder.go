@@ -17,7 +17,11 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/net/http2"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // Probe protocol, spoken by the responder and Probe. Over TCP a client
@@ -25,7 +29,13 @@ import (
 //
 //	membrane-probe NONCE   the responder answers "NAME NONCE SOURCE\n" and closes
 //	membrane-echo          the responder echoes every later byte until EOF
-//	an HTTP request line   the responder serves HTTP: 200, body "NAME\n"
+//	the HTTP/2 preface     h2c: gRPC's standard health service
+//	                       (grpc.health.v1.Health/Check and /Watch), and
+//	                       other requests as over HTTP/1
+//	an HTTP request line   the responder serves HTTP: 200, body "NAME\n",
+//	                       headers X-Membrane-Pod (NAME), X-Membrane-Source,
+//	                       X-Membrane-Request ("METHOD URI PROTO") and
+//	                       X-Echo-H for every request header H
 //
 // Over UDP, a datagram starting "membrane-echo" is sent back whole, and a
 // datagram "membrane-probe NONCE" is answered by the datagram
@@ -62,14 +72,29 @@ func Respond(ctx context.Context, cfg ResponderConfig, ready func()) error {
 	}
 	r := &responder{pod: cfg.Pod, log: cfg.Log}
 	r.http = &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			// What arrived, for L7 tests: who answered, who asked, the
+			// request line and every request header (X-Echo-NAME).
+			h := w.Header()
+			h.Set("Content-Type", "text/plain; charset=utf-8")
+			h.Set("X-Membrane-Pod", r.pod)
+			h.Set("X-Membrane-Source", req.RemoteAddr)
+			h.Set("X-Membrane-Request", req.Method+" "+req.RequestURI+" "+req.Proto)
+			for k, vs := range req.Header {
+				h["X-Echo-"+k] = vs
+			}
+			if req.Body != nil {
+				io.Copy(io.Discard, req.Body)
+			}
 			io.WriteString(w, r.pod+"\n")
 		}),
 		ReadHeaderTimeout: firstLineTimeout,
 		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn),
 	}
 	r.httpConns = &chanListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	r.h2 = &http2.Server{}
+	r.grpc = grpc.NewServer()
+	healthpb.RegisterHealthServer(r.grpc, health.NewServer())
 
 	var closers []io.Closer
 	var tcps []net.Listener
@@ -105,6 +130,7 @@ func Respond(ctx context.Context, cfg ResponderConfig, ready func()) error {
 	<-ctx.Done()
 	closeAll(closers)
 	r.httpConns.Close()
+	r.grpc.Stop()
 	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	r.http.Shutdown(sctx)
 	cancel()
@@ -123,6 +149,21 @@ type responder struct {
 	log       *slog.Logger
 	http      *http.Server
 	httpConns *chanListener
+	h2        *http2.Server
+	grpc      *grpc.Server
+}
+
+// h2Handler serves an HTTP/2 stream: gRPC (the standard health service,
+// grpc.health.v1.Health: Check and the streaming Watch) or a plain
+// request, answered as over HTTP/1.
+func (r *responder) h2Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
+			r.grpc.ServeHTTP(w, req)
+			return
+		}
+		r.http.Handler.ServeHTTP(w, req)
+	})
 }
 
 func (r *responder) acceptLoop(ln net.Listener) {
@@ -161,6 +202,12 @@ func (r *responder) serveConn(c net.Conn) {
 			tc.CloseWrite()
 		}
 		c.Close()
+	case text == "PRI * HTTP/2.0":
+		// HTTP/2 with prior knowledge (h2c): gRPC or plain requests.
+		c.SetReadDeadline(time.Time{})
+		first := bytes.Clone(line)
+		pc := &prereadConn{Conn: c, r: io.MultiReader(bytes.NewReader(first), br)}
+		r.h2.ServeConn(pc, &http2.ServeConnOpts{Handler: r.h2Handler(), BaseConfig: r.http})
 	case isHTTPRequestLine(text):
 		c.SetReadDeadline(time.Time{})
 		first := bytes.Clone(line)

@@ -19,6 +19,10 @@ type State struct {
 	NoAgent     bool     `json:"noAgent,omitempty"`
 	AgentBinary string   `json:"agentBinary,omitempty"`
 	AgentArgs   []string `json:"agentArgs,omitempty"`
+	// NoProxy: the nodes run no L7 proxy.
+	NoProxy     bool     `json:"noProxy,omitempty"`
+	ProxyBinary string   `json:"proxyBinary,omitempty"`
+	ProxyArgs   []string `json:"proxyArgs,omitempty"`
 	// Executable runs the lab's helpers (supervisor, responder).
 	Executable string `json:"executable"`
 	// Revision is the newest datastore revision the lab wrote.
@@ -47,6 +51,10 @@ type NodeState struct {
 	Supervisor *Process `json:"supervisor,omitempty"`
 	// AgentSocket is the agent's API socket.
 	AgentSocket string `json:"agentSocket,omitempty"`
+	// ProxySupervisor runs (and restarts) the node's L7 proxy; ProxyAdmin
+	// is the proxy's admin socket.
+	ProxySupervisor *Process `json:"proxySupervisor,omitempty"`
+	ProxyAdmin      string   `json:"proxyAdmin,omitempty"`
 	// ResponderPorts are the ports that Responders serve together, in
 	// the node's own namespace.
 	ResponderPorts []int     `json:"responderPorts,omitempty"`

@@ -46,6 +46,9 @@ type NodeStatus struct {
 	// Responder is the state of the node's own responder: "running",
 	// "N/M running" or "none".
 	Responder string `json:"responder,omitempty"`
+	// Proxy is empty without a proxy, else "ready", "not ready" or "down".
+	Proxy    string `json:"proxy,omitempty"`
+	ProxyPID int    `json:"proxyPID,omitempty"`
 }
 
 // PodStatus is one pod.
@@ -98,6 +101,20 @@ func (l *Lab) Status(ctx context.Context) (*Status, error) {
 			}
 			for _, ep := range eps {
 				endpoints[ep.Namespace+"/"+ep.Pod] = ep.State
+			}
+		}
+		if n.ProxySupervisor != nil {
+			ns.ProxyPID = l.ProxyPID(n.Name)
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			err := l.ProxyReady(pctx, n.Name)
+			cancel()
+			switch {
+			case err == nil:
+				ns.Proxy = "ready"
+			case ns.ProxyPID == 0:
+				ns.Proxy = "down"
+			default:
+				ns.Proxy = "not ready"
 			}
 		}
 		s.Nodes = append(s.Nodes, ns)

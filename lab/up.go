@@ -32,6 +32,14 @@ type Options struct {
 	// AgentArgs are extra flags for every agent, e.g. map sizes or
 	// --log-level=debug.
 	AgentArgs []string
+	// NoProxy runs no L7 proxy on the nodes: connections that L7 policy
+	// redirects fail closed.
+	NoProxy bool
+	// ProxyBinary is the membrane-proxy executable; default: the one next
+	// to the running executable or the agent, else the one in $PATH.
+	ProxyBinary string
+	// ProxyArgs are extra flags for every proxy.
+	ProxyArgs []string
 	// Executable runs the lab's helpers ("EXECUTABLE lab responder|supervise
 	// …", see RunHelper); default: the running executable.
 	Executable string
@@ -71,10 +79,15 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 			return nil, fmt.Errorf("find own executable: %w", err)
 		}
 	}
-	var agentBin string
+	var agentBin, proxyBin string
 	if !opts.NoAgent {
 		if agentBin, err = findAgentBinary(opts.AgentBinary); err != nil {
 			return nil, err
+		}
+		if !opts.NoProxy {
+			if proxyBin, err = findProxyBinary(opts.ProxyBinary, agentBin); err != nil {
+				return nil, err
+			}
 		}
 	}
 
@@ -107,6 +120,7 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 		st: &State{
 			Name: y.name, Created: time.Now().UTC(), Phase: PhaseCreating,
 			NoAgent: opts.NoAgent, AgentBinary: agentBin, AgentArgs: opts.AgentArgs, Executable: exe,
+			NoProxy: opts.NoAgent || opts.NoProxy, ProxyBinary: proxyBin, ProxyArgs: opts.ProxyArgs,
 		},
 	}
 	lock, err := lockFile(ctx, y.lockPath())
@@ -175,8 +189,13 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 			if err := l.startAgent(n); err != nil {
 				return nil, err
 			}
+			if !opts.NoProxy {
+				if err := l.startProxy(n); err != nil {
+					return nil, err
+				}
+			}
 		}
-		l.log.Info("agents started", "binary", agentBin)
+		l.log.Info("agents started", "binary", agentBin, "proxy", proxyBin)
 	}
 	if err := parallel(ctx, len(pl.pods), podConcurrency, func(ctx context.Context, i int) error {
 		return l.createPod(ctx, pl.pods[i])
@@ -185,6 +204,9 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 	}
 	l.log.Info("pods created", "pods", len(pl.pods), "elapsed", time.Since(start).Round(time.Millisecond))
 	if err := l.waitApplied(ctx, rev); err != nil {
+		return nil, err
+	}
+	if err := l.waitProxies(ctx); err != nil {
 		return nil, err
 	}
 	if err := l.update(func(st *State) { st.Phase = PhaseReady }); err != nil {

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/membrane-mesh/membrane/internal/netns"
+	"github.com/membrane-mesh/membrane/policy"
 )
 
 // The world host stands for the internet: a namespace on the fabric that
@@ -271,7 +272,8 @@ func (l *Lab) serveHostPorts(ctx context.Context, ports []int) error {
 		jobs = append(jobs, job{name: WorldName, netns: st.World.Netns, log: l.y.worldResponderLog(), ports: m})
 	}
 	for _, n := range st.Nodes {
-		if m := missing(n.ResponderPorts); len(m) > 0 {
+		// The node's L7 proxy listens on its own ports there.
+		if m := slices.DeleteFunc(missing(n.ResponderPorts), isProxyPort); len(m) > 0 {
 			jobs = append(jobs, job{name: nodePrefix + n.Name, netns: n.Netns, log: l.y.nodeResponderLog(n.Name), node: n.Name, ports: m})
 		}
 	}
@@ -301,4 +303,10 @@ func (l *Lab) serveHostPorts(ctx context.Context, ports []int) error {
 			*served = slices.Compact(*served)
 		})
 	})
+}
+
+// isProxyPort reports whether port is one of the node proxy's default
+// listener ports, which node responders leave alone.
+func isProxyPort(port int) bool {
+	return port == int(policy.DefaultIngressProxyPort) || port == int(policy.DefaultEgressProxyPort)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/membrane-mesh/membrane/agent"
 	"github.com/membrane-mesh/membrane/datapath"
 	"github.com/membrane-mesh/membrane/internal/version"
+	"github.com/membrane-mesh/membrane/policy"
 )
 
 func main() {
@@ -38,6 +39,7 @@ func main() {
 	sizes := map[string]*uint32{
 		"ipcache-host": &cfg.Sizes.IPCacheHost, "ipcache-lpm": &cfg.Sizes.IPCacheLPM, "endpoints": &cfg.Sizes.Endpoints,
 		"policy": &cfg.Sizes.Policy, "conntrack": &cfg.Sizes.Conntrack, "fragments": &cfg.Sizes.Fragments,
+		"proxy-conntrack": &cfg.Sizes.ProxyConntrack,
 	}
 	for name, p := range sizes {
 		flag.Func("map-size-"+name, fmt.Sprintf("capacity of the %s map (default %d)", name, defaultSize(name)), func(s string) error {
@@ -49,7 +51,15 @@ func main() {
 			return nil
 		})
 	}
-	flag.BoolVar(&cfg.L7, "l7", true, "redirect flows whose policy has L7 rules to the node proxy (membrane-proxy)")
+	flag.BoolVar(&cfg.L7, "l7", true, "redirect flows whose policy has L7 rules to the node proxy (membrane-proxy), and serve its xDS")
+	flag.StringVar(&cfg.XDSSocket, "xds-socket", "/run/membrane/xds.sock", "unix socket of the xDS server the node proxy connects to")
+	var ingressPort, egressPort uint
+	flag.UintVar(&ingressPort, "proxy-port-ingress", uint(policy.DefaultIngressProxyPort), "node proxy listener port for connections ingress L7 rules redirect")
+	flag.UintVar(&egressPort, "proxy-port-egress", uint(policy.DefaultEgressProxyPort), "node proxy listener port for connections egress L7 rules redirect")
+	flag.DurationVar(&cfg.XDS.RequestHeadersTimeout, "l7-request-headers-timeout", 10*time.Second, "the proxy closes a connection whose request headers take longer to arrive")
+	flag.DurationVar(&cfg.XDS.IdleTimeout, "l7-idle-timeout", 10*time.Minute, "the proxy closes a client connection idle for this long")
+	flag.DurationVar(&cfg.XDS.StreamIdleTimeout, "l7-stream-idle-timeout", 5*time.Minute, "the proxy resets a request or stream with no activity for this long")
+	flag.DurationVar(&cfg.XDS.ConnectTimeout, "l7-connect-timeout", 5*time.Second, "the proxy's timeout for connecting to the original destination")
 	flag.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the API socket")
 	flag.IntVar(&cfg.FlowRing, "flow-ring", agent.DefaultFlowRing, "how many recent flows to keep for membranectl observe")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "also serve Prometheus /metrics over TCP on this host:port (it is always on the API socket)")
@@ -59,6 +69,11 @@ func main() {
 	flag.Parse()
 	_ = stateDir
 	cfg.Datapath.TraceSample = uint32(trace)
+	if ingressPort == 0 || ingressPort > 65535 || egressPort == 0 || egressPort > 65535 || ingressPort == egressPort {
+		fmt.Fprintf(os.Stderr, "membrane-agent: --proxy-port-ingress and --proxy-port-egress must be two different ports from 1 to 65535 (got %d and %d)\n", ingressPort, egressPort)
+		os.Exit(2)
+	}
+	cfg.ProxyPorts = [2]uint16{uint16(ingressPort), uint16(egressPort)}
 
 	if *showVersion {
 		fmt.Println(version.Version)
@@ -93,5 +108,6 @@ func defaultSize(name string) uint32 {
 	return map[string]uint32{
 		"ipcache-host": d.IPCacheHost, "ipcache-lpm": d.IPCacheLPM, "endpoints": d.Endpoints,
 		"policy": d.Policy, "conntrack": d.Conntrack, "fragments": d.Fragments,
+		"proxy-conntrack": d.ProxyConntrack,
 	}[name]
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"time"
 
 	"sort"
 	"strings"
@@ -137,12 +138,62 @@ func printStatus(w io.Writer, s *api.Status) {
 	if f := s.Flows; f != nil {
 		fmt.Fprintf(w, "  flows: %v; lost: %d in the datapath (ring buffer full), %d by followers that fell behind\n", f.ByVerdict, f.LostDatapath, f.LostFollowers)
 	}
+	if x := s.XDS; x != nil {
+		printXDS(w, x)
+	}
 	for _, p := range s.Problems {
 		fmt.Fprintf(w, "  problem: %s\n", p)
 	}
 	for _, r := range s.Rejected {
 		fmt.Fprintf(w, "  rejected: %s\n", r)
 	}
+}
+
+// printXDS shows the xDS server and the proxy it configures.
+func printXDS(w io.Writer, x *api.XDSStatus) {
+	proxy := "not connected (connections L7 policy redirects fail closed)"
+	if x.ProxyConnected {
+		var parts []string
+		if x.ProxyAckedPolicy {
+			parts = append(parts, "has the current L7 policy")
+		} else {
+			parts = append(parts, "has NOT accepted the current L7 policy")
+		}
+		if x.ProxyAckedListeners {
+			parts = append(parts, "listening")
+		} else {
+			parts = append(parts, "listeners not bound")
+		}
+		proxy = "connected, " + strings.Join(parts, ", ")
+	}
+	fmt.Fprintf(w, "  L7 proxy: %s\n", proxy)
+	fmt.Fprintf(w, "    xds %s: policy version %s (%d endpoint policies), %d access-log entries\n", x.Socket, x.PolicyVersion, x.EndpointPolicies, x.AccessLog.Entries)
+	for _, st := range x.Streams {
+		fmt.Fprintf(w, "    stream %s from %s since %s\n", st.Mode, st.Node, st.ConnectedSince.Local().Format(time.TimeOnly))
+		for _, t := range st.Types {
+			fmt.Fprintf(w, "      %-40s sent %s, acked %s, nacks %d\n", t.Type, orDash(t.LastSentVersion), orDash(t.LastAckedVersion), t.NACKs)
+		}
+	}
+	if x.NACKs > 0 {
+		fmt.Fprintf(w, "    NACKs: %d", x.NACKs)
+		if n := x.LastNACK; n != nil {
+			fmt.Fprintf(w, "; last at %s: %s version %s: %s", n.Time.Local().Format(time.TimeOnly), n.Type, n.Version, n.Message)
+		}
+		fmt.Fprintln(w)
+	}
+	if x.LastUpdateError != "" {
+		fmt.Fprintf(w, "    not published: %s\n", x.LastUpdateError)
+	}
+	if x.RejectedStreams > 0 {
+		fmt.Fprintf(w, "    refused streams: %d; last: %s\n", x.RejectedStreams, x.LastRejected)
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func newPolicyCommand() *cobra.Command {
@@ -210,6 +261,9 @@ func printPolicy(w io.Writer, p *api.EndpointPolicy) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", en.Direction, en.Remote, en.Protocol, en.Ports, verdict, en.Policy)
 		for _, id := range en.RemoteIdentities {
 			fmt.Fprintf(tw, "\t  identity %d %s\t\t\t\t\n", id.ID, compactLabels(id.Labels))
+		}
+		for _, h := range en.HTTP {
+			fmt.Fprintf(tw, "\t\t\t\t  http: %s\t\n", h)
 		}
 	}
 	tw.Flush()

@@ -26,7 +26,8 @@ namespaces, with each pod's containers running as processes and one
 membrane-agent per node. Nothing touches the host's own network namespace.`,
 	}
 	cmd.AddCommand(newLabUpCommand(), newLabDownCommand(), newLabStatusCommand(),
-		newLabLogsCommand(), newLabExecCommand(), newLabProbeCommand(), newLabMatrixCommand())
+		newLabLogsCommand(), newLabExecCommand(), newLabProbeCommand(), newLabMatrixCommand(),
+		newLabHTTPCommand(), newLabGRPCCommand())
 	for _, name := range []string{lab.HelperResponder, lab.HelperSupervise} {
 		cmd.AddCommand(&cobra.Command{
 			Use:                name,
@@ -77,6 +78,9 @@ func newLabUpCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&opts.NoAgent, "no-agent", false, "run without agents: plain routing, no datapath")
 	cmd.Flags().StringArrayVar(&opts.AgentArgs, "agent-arg", nil, "extra flag for every agent, e.g. --agent-arg=--log-level=debug (repeatable)")
 	cmd.Flags().StringVar(&opts.AgentBinary, "agent-binary", "", "membrane-agent executable (default: next to membranectl, else in $PATH)")
+	cmd.Flags().BoolVar(&opts.NoProxy, "no-proxy", false, "run no L7 proxy on the nodes (connections that L7 policy redirects then fail closed)")
+	cmd.Flags().StringArrayVar(&opts.ProxyArgs, "proxy-arg", nil, "extra flag for every proxy, e.g. --proxy-arg=--log-level=debug (repeatable)")
+	cmd.Flags().StringVar(&opts.ProxyBinary, "proxy-binary", "", "membrane-proxy executable (default: next to membranectl or the agent, else in $PATH)")
 	cmd.Flags().DurationVar(&opts.ReadyTimeout, "timeout", lab.DefaultReadyTimeout, "how long to wait for each agent")
 	return cmd
 }
@@ -148,13 +152,17 @@ func newLabStatusCommand() *cobra.Command {
 			}
 			fmt.Fprintf(out, "lab %s: %s, %s, datastore revision %d\n\n", st.Name, st.Phase, agents, st.Revision)
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "NODE\tUNDERLAY\tPOD CIDRS\tAGENT\tPID\tAPPLIED\tPROBLEM")
+			fmt.Fprintln(tw, "NODE\tUNDERLAY\tPOD CIDRS\tAGENT\tPID\tAPPLIED\tPROXY\tPID\tPROBLEM")
 			for _, n := range st.Nodes {
 				agent, pid, applied := "-", "-", "-"
 				if !st.NoAgent {
 					agent, pid, applied = n.Agent, strconv.Itoa(n.AgentPID), strconv.FormatInt(n.AppliedRevision, 10)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, strings.Join(n.Underlay, ","), strings.Join(n.PodCIDRs, ","), agent, pid, applied, n.Problem)
+				proxy, ppid := "-", "-"
+				if n.Proxy != "" {
+					proxy, ppid = n.Proxy, strconv.Itoa(n.ProxyPID)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, strings.Join(n.Underlay, ","), strings.Join(n.PodCIDRs, ","), agent, pid, applied, proxy, ppid, n.Problem)
 			}
 			fmt.Fprintln(tw)
 			if w := st.World; w != nil {
@@ -186,8 +194,8 @@ func newLabLogsCommand() *cobra.Command {
 	var name string
 	var follow bool
 	cmd := &cobra.Command{
-		Use:   "logs [node/NAME | node/NAME/responder | world | NAMESPACE/POD]",
-		Short: "Print an agent's, a responder's or a pod's logs (all logs without an argument)",
+		Use:   "logs [node/NAME | node/NAME/proxy | node/NAME/responder | world | NAMESPACE/POD]",
+		Short: "Print an agent's, a proxy's, a responder's or a pod's logs (all logs without an argument)",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.OpenOnly(name)

@@ -49,7 +49,9 @@ func newObserveCommand() *cobra.Command {
 		Long: `Show flows: every dropped packet, every new connection the policy allowed,
 and (with the agent's --trace-sample) a sample of forwarded packets, with
 the pods, identities and labels of both sides and the policy rule that
-decided. In a lab, every node's agent is asked and the flows are merged by
+decided. Connections that L7 policy sends through the node proxy also
+give one flow per HTTP request (--type l7): method, host, path, status,
+latency, and the rule that allowed or the policy that denied it. In a lab, every node's agent is asked and the flows are merged by
 time.
 
 Filters are Hubble's: different flags must all match, repeated values of
@@ -60,7 +62,9 @@ JSON) marks where the datapath's ring buffer was full or this stream fell
 behind the agent.`,
 		Example: `  membranectl observe --verdict DROPPED
   membranectl observe --to-pod y/b --follow
-  membranectl observe --namespace x --protocol tcp --port 80 -o json`,
+  membranectl observe --namespace x --protocol tcp --port 80 -o json
+  membranectl observe --type l7 --http-status 403
+  membranectl observe --type l7 --http-method POST --http-path '^/api/'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd) },
 	}
@@ -71,7 +75,7 @@ behind the agent.`,
 		o.filters[name] = v
 		fl.StringArrayVar(v, name, nil, usage+" (repeatable: any of them)")
 	}
-	add("verdict", "`VERDICT`: FORWARDED, DROPPED or REDIRECTED")
+	add("verdict", "`VERDICT`: FORWARDED, DROPPED, REDIRECTED or ERROR")
 	add("namespace", "source or destination `NAMESPACE`")
 	add("from-pod", "source pod, `NAMESPACE/POD`")
 	add("to-pod", "destination pod, `NAMESPACE/POD`")
@@ -82,6 +86,9 @@ behind the agent.`,
 	add("port", "source or destination `PORT`")
 	add("protocol", "`PROTOCOL`: tcp, udp, icmp, icmpv6 or sctp")
 	add("type", "flow `TYPE`: l3l4 or l7")
+	add("http-status", "HTTP response `STATUS` (403) or class (4+, 5xx); L7 flows only")
+	add("http-method", "HTTP `METHOD` (GET, POST, ...); L7 flows only")
+	add("http-path", "`REGEX` the HTTP path must match (RE2, unanchored); L7 flows only")
 	fl.IntVar(&o.last, "last", observeDefaultLast, "show the `N` most recent matching flows (with --follow: none unless given)")
 	fl.BoolVarP(&o.follow, "follow", "f", false, "keep printing new flows as they happen")
 	fl.StringVarP(&o.output, "output", "o", "compact", "compact or json (one Flow object per line)")
@@ -319,6 +326,15 @@ func compactRecord(rec api.FlowRecord) string {
 	} else {
 		b.WriteString(strings.ToLower(f.Protocol))
 	}
+	if h := l7HTTP(f); h != nil {
+		fmt.Fprintf(&b, " %s %s %s%s -> %d", strings.ToLower(h.Protocol), h.Method, h.Host, h.Path, h.Code)
+		if h.GRPCStatus != nil {
+			fmt.Fprintf(&b, " grpc-status %d", *h.GRPCStatus)
+		}
+		if f.L7.LatencyNs > 0 {
+			fmt.Fprintf(&b, " (%s)", time.Duration(f.L7.LatencyNs).Round(time.Microsecond))
+		}
+	}
 	b.WriteString(" " + f.Verdict)
 	var notes []string
 	if f.DropReason != "" {
@@ -345,6 +361,9 @@ func compactRecord(rec api.FlowRecord) string {
 	case api.FlowEventTrace:
 		b.WriteString(" trace " + f.ObservationPoint)
 	}
+	if h := l7HTTP(f); h != nil && len(h.Mismatches) > 0 {
+		b.WriteString(" [" + strings.Join(h.Mismatches, "; ") + "]")
+	}
 	switch p := f.Policy; {
 	case p != nil:
 		b.WriteString(" " + f.Direction + " policy")
@@ -356,6 +375,13 @@ func compactRecord(rec api.FlowRecord) string {
 		b.WriteString(": " + f.DropReasonDesc)
 	}
 	return b.String()
+}
+
+func l7HTTP(f *api.Flow) *api.HTTPFlow {
+	if f.L7 == nil {
+		return nil
+	}
+	return f.L7.HTTP
 }
 
 // compactSide is "ns/pod:port (ID:n)", or "ip:port (world)" for an

@@ -5,8 +5,9 @@
 //
 // Sections: per-packet cost (BPF_PROG_TEST_RUN), pod-to-pod throughput
 // (iperf3) and new-connection rate with and without the datapath, time
-// from applying 1,000 policies to enforcement, and agent memory with 1,000
-// endpoints and 1,000 policies.
+// from applying 1,000 policies to enforcement, agent memory with 1,000
+// endpoints and 1,000 policies, and HTTP through the L7 proxy versus
+// direct (wrk, and a fixed-rate client for latency and proxy CPU).
 package main
 
 import (
@@ -24,7 +25,7 @@ import (
 func main() {
 	out := flag.String("out", "bench/results.txt", "results file")
 	rounds := flag.Int("rounds", 7, "interleaved rounds per comparison")
-	only := flag.String("only", "", "comma-separated sections to run: perpacket,identities,throughput,connrate,converge,memory (default all)")
+	only := flag.String("only", "", "comma-separated sections to run: perpacket,identities,throughput,connrate,converge,memory,l7 (default all)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: needs root (BPF programs, network namespaces)")
@@ -60,6 +61,10 @@ func main() {
 		step("agent memory")
 		benchMemory(r, bins)
 	}
+	if want("l7") {
+		step("HTTP through the L7 proxy")
+		benchL7(r, bins, *rounds)
+	}
 
 	var buf bytes.Buffer
 	r.write(&buf, environment())
@@ -77,7 +82,7 @@ func main() {
 
 func step(s string) { fmt.Fprintf(os.Stderr, "bench: %s …\n", s) }
 
-type binaries struct{ agent, ctl string }
+type binaries struct{ agent, ctl, proxy string }
 
 // buildBinaries builds the agent and membranectl into a temporary
 // directory.
@@ -86,13 +91,13 @@ func buildBinaries() (binaries, func(), error) {
 	if err != nil {
 		return binaries{}, nil, err
 	}
-	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/membrane-agent", "./cmd/membranectl")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/membrane-agent", "./cmd/membranectl", "./cmd/membrane-proxy")
 	cmd.Stderr = os.Stderr
 	if err := cmd.Run(); err != nil {
 		os.RemoveAll(dir)
 		return binaries{}, nil, fmt.Errorf("build binaries (run from the repository root): %w", err)
 	}
-	return binaries{agent: filepath.Join(dir, "membrane-agent"), ctl: filepath.Join(dir, "membranectl")},
+	return binaries{agent: filepath.Join(dir, "membrane-agent"), ctl: filepath.Join(dir, "membranectl"), proxy: filepath.Join(dir, "membrane-proxy")},
 		func() { os.RemoveAll(dir) }, nil
 }
 

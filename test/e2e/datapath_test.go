@@ -25,37 +25,6 @@ import (
 // failing closed when a map is full.
 
 // startLabWith is startLab with extra agent flags.
-func startLabWith(t *testing.T, objs []datastore.Object, agentArgs ...string) *lab.Lab {
-	t.Helper()
-	requireLab(t)
-	name := labName()
-	for i, o := range objs {
-		if lo, ok := o.Obj.(*datastore.Lab); ok {
-			c := lo.DeepCopy()
-			c.Name = name
-			objs = append([]datastore.Object(nil), objs...)
-			objs[i] = obj("Lab", "", name, c)
-		}
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if t.Failed() {
-			dumpLab(t, name)
-		}
-		if err := lab.Down(ctx, name); err != nil {
-			t.Errorf("lab down %s: %v", name, err)
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	l, err := lab.Up(ctx, lab.Options{Objects: objs, Name: name, AgentBinary: agentBin, Executable: ctlBin, AgentArgs: agentArgs})
-	if err != nil {
-		t.Fatalf("lab up: %v", err)
-	}
-	return l
-}
-
 func TestIPv6DualStack(t *testing.T) {
 	objs := []datastore.Object{labObject("v6",
 		datastore.LabNode{Name: "node1", PodCIDRs: []string{"10.244.1.0/24", "fd00:1::/112"}},

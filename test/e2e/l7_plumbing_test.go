@@ -40,7 +40,8 @@ func TestRedirectPlumbing(t *testing.T) {
 		pod("x", "server", "node1", map[string]string{"app": "server"}, ciliumPorts...),
 		pod("x", "far", "node2", map[string]string{"app": "far"}, ciliumPorts...),
 	}
-	l := startLab(t, objs)
+	// No membrane-proxy: the relay below takes its place.
+	l := startLabOpts(t, objs, lab.Options{NoProxy: true})
 	applyYAML(t, l, `
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

@@ -24,6 +24,7 @@ var (
 	binDir   string
 	skipWhy  string
 	agentBin string
+	proxyBin string
 	ctlBin   string
 )
 
@@ -43,13 +44,14 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	binDir = dir
-	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/membrane-agent", "../../cmd/membranectl")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "../../cmd/membrane-agent", "../../cmd/membranectl", "../../cmd/membrane-proxy")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)
 		return 1
 	}
 	agentBin = filepath.Join(dir, "membrane-agent")
+	proxyBin = filepath.Join(dir, "membrane-proxy")
 	ctlBin = filepath.Join(dir, "membranectl")
 	return m.Run()
 }
@@ -71,6 +73,18 @@ func labName() string {
 // startLab brings up a lab from objects and tears it down when the test
 // ends, whatever happened.
 func startLab(t *testing.T, objs []datastore.Object) *lab.Lab {
+	t.Helper()
+	return startLabOpts(t, objs, lab.Options{})
+}
+
+// startLabWith is startLab with extra flags for every agent.
+func startLabWith(t *testing.T, objs []datastore.Object, agentArgs ...string) *lab.Lab {
+	t.Helper()
+	return startLabOpts(t, objs, lab.Options{AgentArgs: agentArgs})
+}
+
+// startLabOpts is startLab with options (binaries and name are filled in).
+func startLabOpts(t *testing.T, objs []datastore.Object, opts lab.Options) *lab.Lab {
 	t.Helper()
 	requireLab(t)
 	name := labName()
@@ -95,16 +109,18 @@ func startLab(t *testing.T, objs []datastore.Object) *lab.Lab {
 			t.Errorf("lab down %s: %v", name, err)
 		}
 	})
-	l, err := lab.Up(ctx, lab.Options{Objects: objs, Name: name, AgentBinary: agentBin, Executable: ctlBin})
+	opts.Objects, opts.Name = objs, name
+	opts.AgentBinary, opts.ProxyBinary, opts.Executable = agentBin, proxyBin, ctlBin
+	l, err := lab.Up(ctx, opts)
 	if err != nil {
 		t.Fatalf("lab up: %v", err)
 	}
 	return l
 }
 
-// dumpLab prints agent logs of a failed test's lab.
+// dumpLab prints agent and proxy logs of a failed test's lab.
 func dumpLab(t *testing.T, name string) {
-	logs, _ := filepath.Glob(filepath.Join("/run/membrane/labs", name, "nodes", "*", "agent.log"))
+	logs, _ := filepath.Glob(filepath.Join("/run/membrane/labs", name, "nodes", "*", "*.log"))
 	for _, f := range logs {
 		b, err := os.ReadFile(f)
 		if err != nil {

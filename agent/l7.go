@@ -1,0 +1,100 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/membrane-mesh/membrane/api"
+	"github.com/membrane-mesh/membrane/xds"
+)
+
+// proxyAckTimeout bounds how long a datastore revision waits for the node
+// proxy to accept its L7 policy before the agent reports it applied anyway
+// (and says so in its problems).
+const proxyAckTimeout = 5 * time.Second
+
+// startXDS starts the xDS server that configures the node's L7 proxy.
+func (a *Agent) startXDS(ctx context.Context, wg *sync.WaitGroup) error {
+	if !a.cfg.L7 || a.cfg.XDSSocket == "" {
+		return nil
+	}
+	o := a.cfg.XDS
+	o.Node = a.cfg.Node
+	o.Socket = a.cfg.XDSSocket
+	ports := a.proxyPorts()
+	o.IngressPort, o.EgressPort = ports[0], ports[1]
+	o.Logger = a.log
+	o.OnAccessLog = a.onAccessLog
+	srv, err := xds.NewServer(o)
+	if err != nil {
+		return fmt.Errorf("xds server: %w", err)
+	}
+	a.xds = srv
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("xds server stopped", "err", err)
+		}
+	}()
+	a.log.Info("xds server listening", "socket", o.Socket, "ingressProxyPort", o.IngressPort, "egressProxyPort", o.EgressPort)
+	return nil
+}
+
+// publishL7 hands a new snapshot's L7 policy to the proxy, with a.mu held.
+// It reports whether datastore revision rev must wait for the proxy to
+// accept it before it counts as applied.
+func (a *Agent) publishL7(rev int64) (wait bool) {
+	if a.xds == nil {
+		return false
+	}
+	ver, err := a.xds.Update(a.snap)
+	a.l7Problem = ""
+	if err != nil {
+		a.l7Problem = "L7 policy: " + err.Error()
+		a.log.Warn("L7 policy not fully published; the proxy keeps the last good version of what failed", "err", err)
+	}
+	if rev < 0 || !a.xds.Status().ProxyConnected {
+		// No proxy to wait for: what it would enforce fails closed at the
+		// datapath until it connects and takes the current version.
+		return false
+	}
+	go a.waitProxyAck(ver, rev)
+	return true
+}
+
+// waitProxyAck marks rev applied once the proxy has accepted policy
+// version ver, or after proxyAckTimeout (noting the problem).
+func (a *Agent) waitProxyAck(ver string, rev int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), proxyAckTimeout)
+	err := a.xds.WaitPolicyAcked(ctx, ver)
+	cancel()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.log.Warn("the node proxy has not accepted the L7 policy in time; reporting the revision applied anyway", "version", ver, "revision", rev, "err", err)
+		a.l7Problem = fmt.Sprintf("the node proxy has not accepted L7 policy version %s (datastore revision %d) within %s: %v", ver, rev, proxyAckTimeout, err)
+	}
+	if rev > a.applied {
+		a.applied = rev
+	}
+}
+
+// xdsStatus is the xDS server's state for the API.
+func (a *Agent) xdsStatus() *api.XDSStatus {
+	if a.xds == nil {
+		return nil
+	}
+	b, err := json.Marshal(a.xds.Status())
+	if err != nil {
+		return nil
+	}
+	var s api.XDSStatus
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil
+	}
+	return &s
+}

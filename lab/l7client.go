@@ -1,0 +1,239 @@
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/net/http2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/membrane-mesh/membrane/internal/netns"
+)
+
+// L7 clients for labs: one HTTP request or one gRPC health call from inside
+// an endpoint, to see what L7 policy does (membranectl lab http, lab grpc).
+// Every responder answers HTTP/1.1, h2c and gRPC's health service on each
+// of its ports.
+
+// HTTPSpec is one HTTP request from an endpoint to another.
+type HTTPSpec struct {
+	// From and To are endpoints as for Probe.
+	From, To string
+	Port     int
+	// Method defaults to GET, Path to "/".
+	Method string
+	Path   string
+	// Host sets the Host header (default: the destination address).
+	Host   string
+	Header http.Header
+	Body   string
+	// HTTP2 speaks h2c (HTTP/2 with prior knowledge) instead of HTTP/1.1.
+	HTTP2   bool
+	Timeout time.Duration
+}
+
+// HTTPResult is the response.
+type HTTPResult struct {
+	Proto  string
+	Status int
+	Header http.Header
+	Body   string
+}
+
+// dialer dials from inside an endpoint's network namespace, from its
+// source address when it has one.
+func (l *Lab) dialer(from endpoint, family int) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d := net.Dialer{}
+		if b := from.src(family); b.IsValid() {
+			d.LocalAddr = &net.TCPAddr{IP: b.AsSlice()}
+		}
+		var c net.Conn
+		err := netns.Do(from.netns, func() error {
+			var err error
+			c, err = d.DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// target resolves From and To and returns the destination address.
+func (l *Lab) l7Target(fromRef, toRef string, port int) (endpoint, netip.AddrPort, error) {
+	from, err := l.resolve(fromRef)
+	if err != nil {
+		return endpoint{}, netip.AddrPort{}, err
+	}
+	to, err := l.resolve(toRef)
+	if err != nil {
+		return endpoint{}, netip.AddrPort{}, err
+	}
+	if port < 1 || port > 65535 {
+		return endpoint{}, netip.AddrPort{}, fmt.Errorf("port %d: want 1-65535", port)
+	}
+	family := 4
+	if f := to.family(); f != 0 {
+		family = f
+	}
+	ip, err := to.dst(family)
+	if err != nil {
+		return endpoint{}, netip.AddrPort{}, err
+	}
+	return from, netip.AddrPortFrom(ip, uint16(port)), nil
+}
+
+// HTTP sends one request and returns the response (any status). An error
+// means no response came: refused, timed out, reset.
+func (l *Lab) HTTP(ctx context.Context, spec HTTPSpec) (*HTTPResult, error) {
+	from, dst, err := l.l7Target(spec.From, spec.To, spec.Port)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Timeout <= 0 {
+		spec.Timeout = 5 * time.Second
+	}
+	if spec.Method == "" {
+		spec.Method = http.MethodGet
+	}
+	if spec.Path == "" {
+		spec.Path = "/"
+	}
+	if !strings.HasPrefix(spec.Path, "/") {
+		return nil, fmt.Errorf("path %q: want a path starting with /", spec.Path)
+	}
+	family := 4
+	if dst.Addr().Is6() {
+		family = 6
+	}
+	dial := l.dialer(from, family)
+	var rt http.RoundTripper
+	if spec.HTTP2 {
+		rt = &http2.Transport{
+			AllowHTTP: true,
+			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+				return dial(ctx, network, addr)
+			},
+		}
+	} else {
+		rt = &http.Transport{DialContext: dial, DisableKeepAlives: true}
+	}
+	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+	defer cancel()
+	var body io.Reader
+	if spec.Body != "" {
+		body = strings.NewReader(spec.Body)
+	}
+	req, err := http.NewRequestWithContext(ctx, spec.Method, "http://"+dst.String()+spec.Path, body)
+	if err != nil {
+		return nil, err
+	}
+	for k, vs := range spec.Header {
+		req.Header[k] = vs
+	}
+	if spec.Host != "" {
+		req.Host = spec.Host
+	}
+	resp, err := rt.RoundTrip(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s from %s: %w", spec.Method, req.URL, spec.From, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s %s from %s: read body: %w", spec.Method, req.URL, spec.From, err)
+	}
+	return &HTTPResult{Proto: resp.Proto, Status: resp.StatusCode, Header: resp.Header, Body: string(b)}, nil
+}
+
+// GRPCSpec is one call of grpc.health.v1.Health from an endpoint to
+// another: Check, or Watch (a server stream; the first message counts).
+type GRPCSpec struct {
+	From, To string
+	Port     int
+	// Service is the health service name to ask about ("" for the server).
+	Service string
+	Watch   bool
+	Timeout time.Duration
+}
+
+// GRPCResult is the call's outcome: Code "OK" with the serving status, or
+// the error code and message (e.g. "PermissionDenied", "Access denied").
+type GRPCResult struct {
+	Method  string
+	Code    string
+	Message string
+	Serving string
+}
+
+// GRPC makes one health call. An error means the call could not be made
+// at all (bad endpoint); a failed call is a result with its code.
+func (l *Lab) GRPC(ctx context.Context, spec GRPCSpec) (*GRPCResult, error) {
+	from, dst, err := l.l7Target(spec.From, spec.To, spec.Port)
+	if err != nil {
+		return nil, err
+	}
+	if spec.Timeout <= 0 {
+		spec.Timeout = 5 * time.Second
+	}
+	family := 4
+	if dst.Addr().Is6() {
+		family = 6
+	}
+	dial := l.dialer(from, family)
+	cc, err := grpc.NewClient("passthrough:///"+dst.String(),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) }))
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
+	defer cancel()
+	hc := healthpb.NewHealthClient(cc)
+	req := &healthpb.HealthCheckRequest{Service: spec.Service}
+	res := &GRPCResult{Method: "/grpc.health.v1.Health/Check"}
+	var resp *healthpb.HealthCheckResponse
+	if spec.Watch {
+		res.Method = "/grpc.health.v1.Health/Watch"
+		var stream grpc.ServerStreamingClient[healthpb.HealthCheckResponse]
+		if stream, err = hc.Watch(ctx, req); err == nil {
+			resp, err = stream.Recv()
+		}
+	} else {
+		resp, err = hc.Check(ctx, req)
+	}
+	if err != nil {
+		st, _ := status.FromError(err)
+		res.Code, res.Message = st.Code().String(), st.Message()
+		return res, nil
+	}
+	res.Code, res.Serving = "OK", resp.GetStatus().String()
+	return res, nil
+}
+
+// String renders a result as "CODE[: message]" or "OK SERVING".
+func (r *GRPCResult) String() string {
+	switch {
+	case r.Code == "OK":
+		return "OK " + r.Serving
+	case r.Message != "":
+		return r.Code + ": " + r.Message
+	}
+	return r.Code
+}
+
+// StatusLine renders an HTTP result's first line.
+func (r *HTTPResult) StatusLine() string {
+	return r.Proto + " " + strconv.Itoa(r.Status) + " " + http.StatusText(r.Status)
+}
