@@ -145,4 +145,3 @@ func describeL7Ports(snap *Snapshot, ports []L7Port) string {
 	}
 	return strings.Join(lines, "\n")
 }
-
