@@ -53,7 +53,7 @@ func addrPort(a net.Addr) netip.AddrPort {
 func (c *conn) serve() {
 	defer c.p.conns.remove(c)
 	defer c.nc.Close()
-	c.tc.c = c.nc
+	c.tc.setConn(c.nc)
 	c.src, c.dst = addrPort(c.nc.RemoteAddr()), addrPort(c.nc.LocalAddr())
 	if c.p.dstOverride != nil {
 		c.dst = c.p.dstOverride(c.dst)

@@ -25,6 +25,7 @@ var errAborted = errors.New("read aborted")
 // while the response is read), each side keeping its own deadline.
 type timedConn struct {
 	c         net.Conn
+	raw       *rawIO       // nil: use c's own Read and Write
 	readIdle  atomic.Int64 // time.Duration; 0: leave the read deadline alone
 	writeIdle atomic.Int64
 	aborted   atomic.Bool
@@ -56,7 +57,13 @@ func (t *timedConn) Read(b []byte) (int, error) {
 			}
 		}
 	}
-	n, err := t.c.Read(b)
+	var n int
+	var err error
+	if t.raw != nil {
+		n, err = t.raw.read(b)
+	} else {
+		n, err = t.c.Read(b)
+	}
 	if err != nil {
 		t.readFailed.Store(true)
 		if t.aborted.Load() {
@@ -73,7 +80,16 @@ func (t *timedConn) Write(b []byte) (int, error) {
 			t.c.SetWriteDeadline(time.Unix(0, t.writeDL))
 		}
 	}
+	if t.raw != nil {
+		return t.raw.write(b)
+	}
 	return t.c.Write(b)
+}
+
+// setConn sets the connection, with raw I/O where it has it.
+func (t *timedConn) setConn(c net.Conn) {
+	t.c = c
+	t.raw = newRawIO(c)
 }
 
 // streamMode idle-times reads and writes with idle (0: no timeout; the

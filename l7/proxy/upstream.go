@@ -168,7 +168,7 @@ func (pl *pool) get(ctx context.Context, src netip.Addr, dst netip.AddrPort, lc 
 		return nil, err
 	}
 	u := &upstream{key: key, nc: nc, bufs: &pl.p.bufs}
-	u.tc.c = nc
+	u.tc.setConn(nc)
 	u.br = pl.p.bufs.reader(&u.tc)
 	u.bw = pl.p.bufs.writer(&u.tc)
 	return u, nil
