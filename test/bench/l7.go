@@ -122,8 +122,11 @@ func runWrk(l *lab.Lab, url string, conns int, seconds int) (wrkResult, error) {
 
 // fixedRate sends GET requests at rate per second for d over conns
 // keep-alive connections from bench/client, and returns every request's
-// latency (the time from its scheduled start, so a slow response delays
-// the ones queued behind it: no coordinated omission).
+// latency: from writing the request to reading the whole response. (Each
+// connection sends every conns/rate seconds, far more than a response
+// takes, so a slow response does not hide the ones behind it; timing from
+// the scheduled start instead would add the client's own wake-up delay on
+// this machine, hundreds of microseconds of noise, to both sides.)
 func fixedRate(l *lab.Lab, addr string, rate, conns int, d time.Duration) ([]time.Duration, error) {
 	client, err := l.Pod("bench/client")
 	if err != nil {
@@ -156,6 +159,7 @@ func fixedRate(l *lab.Lab, addr string, rate, conns int, d time.Duration) ([]tim
 				if wait := time.Until(due); wait > 0 {
 					time.Sleep(wait)
 				}
+				sent := time.Now()
 				if _, err := c.Write(req); err != nil {
 					errs <- err
 					return
@@ -171,7 +175,7 @@ func fixedRate(l *lab.Lab, addr string, rate, conns int, d time.Duration) ([]tim
 					errs <- fmt.Errorf("status %d", resp.StatusCode)
 					return
 				}
-				lat[i] = time.Since(due)
+				lat[i] = time.Since(sent)
 			}
 		}()
 	}
@@ -195,9 +199,16 @@ func pct(v []time.Duration, p float64) time.Duration {
 
 // procStat returns a process's CPU time so far and its resident memory.
 func procStat(pid int) (cpu time.Duration, rss int64, err error) {
+	cpu, rss, _, err = procStatAnon(pid)
+	return cpu, rss, err
+}
+
+// procStatAnon is procStat with the anonymous part of the resident set
+// (heap, stacks: what is not pages of files).
+func procStatAnon(pid int) (cpu time.Duration, rss, anon int64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	i := bytes.LastIndexByte(b, ')')
 	f := strings.Fields(string(b[i+2:]))
@@ -209,15 +220,21 @@ func procStat(pid int) (cpu time.Duration, rss int64, err error) {
 	cpu = time.Duration(ut+st) * time.Second / hz
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return cpu, 0, err
+		return cpu, 0, 0, err
+	}
+	kb := func(v string) int64 {
+		n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		return n << 10
 	}
 	for _, line := range strings.Split(string(status), "\n") {
 		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			rss = kb << 10
+			rss = kb(v)
+		}
+		if v, ok := strings.CutPrefix(line, "RssAnon:"); ok {
+			anon = kb(v)
 		}
 	}
-	return cpu, rss, nil
+	return cpu, rss, anon, nil
 }
 
 func benchL7(r *report, b binaries, rounds int) {
@@ -254,10 +271,19 @@ func benchL7(r *report, b binaries, rounds int) {
 		return []string{"direct", "proxy"}
 	}
 	proxyPID := l.ProxyPID("node1")
-	var peakRSS int64
+	var peakRSS, peakAnon int64
 	sampleRSS := func() {
-		if _, rss, err := procStat(proxyPID); err == nil && rss > peakRSS {
-			peakRSS = rss
+		if _, rss, anon, err := procStatAnon(proxyPID); err == nil {
+			peakRSS, peakAnon = max(peakRSS, rss), max(peakAnon, anon)
+		}
+	}
+	// The server's responder: a plain Go net/http server, for reference.
+	serverPID := 0
+	if p, err := l.Pod("bench/server"); err == nil {
+		for _, proc := range p.Processes {
+			if proc.Kind == lab.KindResponder {
+				serverPID = proc.PID
+			}
 		}
 	}
 
@@ -313,12 +339,13 @@ func benchL7(r *report, b binaries, rounds int) {
 	// Latency and CPU at a fixed 1,000 req/s.
 	added50, added99 := []float64{}, []float64{}
 	var p99s = map[string][]float64{}
-	var cpuPer1k []float64
+	var cpuPer1k, serverCPUPer1k []float64
 	const rate, dur = 1000, 5 * time.Second
 	for round := 0; round < rounds; round++ {
 		res := map[string][]time.Duration{}
 		for _, k := range order(round) {
 			cpu0, _, _ := procStat(proxyPID)
+			srv0, _, _ := procStat(serverPID)
 			t0 := time.Now()
 			lat, err := fixedRate(l, targets[k], rate, rateConns, dur)
 			if err != nil {
@@ -329,6 +356,10 @@ func benchL7(r *report, b binaries, rounds int) {
 				cpu1, _, _ := procStat(proxyPID)
 				vcpu := (cpu1 - cpu0).Seconds() / time.Since(t0).Seconds()
 				cpuPer1k = append(cpuPer1k, vcpu*1000/rate)
+			} else if serverPID != 0 {
+				srv1, _, _ := procStat(serverPID)
+				vcpu := (srv1 - srv0).Seconds() / time.Since(t0).Seconds()
+				serverCPUPer1k = append(serverCPUPer1k, vcpu*1000/rate)
 			}
 			sampleRSS()
 			res[k] = lat
@@ -337,11 +368,14 @@ func benchL7(r *report, b binaries, rounds int) {
 		added50 = append(added50, us(pct(res["proxy"], 50)-pct(res["direct"], 50)))
 		added99 = append(added99, us(pct(res["proxy"], 99)-pct(res["direct"], 99)))
 	}
-	fmt.Fprintf(&body, "\nFixed rate: %d req/s for %s over %d keep-alive connections, latency from each request's scheduled time, %d rounds.\n", rate, dur, rateConns, rounds)
+	fmt.Fprintf(&body, "\nFixed rate: %d req/s for %s over %d keep-alive connections, latency from writing a request to reading its response, %d rounds.\n", rate, dur, rateConns, rounds)
 	fmt.Fprintf(&body, "p99 proxy [%s] µs, direct [%s] µs\n", fmtList(p99s["proxy"]), fmtList(p99s["direct"]))
 	fmt.Fprintf(&body, "added by the proxy: p50 median %.0f µs [%s], p99 median %.0f µs [%s]\n", median(added50), fmtList(added50), median(added99), fmtList(added99))
 	fmt.Fprintf(&body, "proxy CPU per 1,000 req/s: median %.3f vCPU [%s]\n", median(cpuPer1k), fmtList(cpuPer1k))
-	fmt.Fprintf(&body, "proxy RSS, peak over all runs: %.1f MB\n", float64(peakRSS)/(1<<20))
+	fmt.Fprintf(&body, "for reference, the server (the lab responder, Go net/http) per 1,000 req/s served directly: median %.3f vCPU [%s]\n",
+		median(serverCPUPer1k), fmtList(serverCPUPer1k))
+	fmt.Fprintf(&body, "proxy RSS, peak over all runs: %.1f MB, of which %.1f MB anonymous (heap, stacks) and the rest pages of its executable\n",
+		float64(peakRSS)/(1<<20), float64(peakAnon)/(1<<20))
 	r.section("HTTP through the L7 proxy vs direct (same node, same responder)", body.String())
 	r.check(p99Name, median(added99)/1000, "ms", 0.3, true)
 	r.info(p50Name, median(added50)/1000, "ms")

@@ -73,7 +73,7 @@ func upLab(b binaries, objs []datastore.Object, noAgent bool, agentArgs ...strin
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	l, err := lab.Up(ctx, lab.Options{Objects: objs, Name: name, NoAgent: noAgent, AgentBinary: b.agent, ProxyBinary: b.proxy, Executable: b.ctl, AgentArgs: agentArgs})
+	l, err := lab.Up(ctx, lab.Options{Objects: objs, Name: name, NoAgent: noAgent, AgentBinary: b.agent, ProxyBinary: b.proxy, ProxyArgs: b.proxyArgs, Executable: b.ctl, AgentArgs: agentArgs})
 	if err != nil {
 		lab.Down(context.Background(), name)
 		return nil, nil, fmt.Errorf("lab up: %w", err)

@@ -26,6 +26,7 @@ func main() {
 	out := flag.String("out", "bench/results.txt", "results file")
 	rounds := flag.Int("rounds", 7, "interleaved rounds per comparison")
 	only := flag.String("only", "", "comma-separated sections to run: perpacket,identities,throughput,connrate,converge,memory,l7 (default all)")
+	proxyArgs := flag.String("proxy-args", "", "extra flags for membrane-proxy, space-separated (for tuning experiments; results say so)")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: needs root (BPF programs, network namespaces)")
@@ -40,6 +41,10 @@ func main() {
 		os.Exit(1)
 	}
 	defer cleanup()
+	bins.proxyArgs = strings.Fields(*proxyArgs)
+	if len(bins.proxyArgs) > 0 {
+		r.section("Non-default settings", "membrane-proxy ran with: "+*proxyArgs+"\n")
+	}
 
 	if want("perpacket") {
 		step("per-packet cost")
@@ -82,7 +87,11 @@ func main() {
 
 func step(s string) { fmt.Fprintf(os.Stderr, "bench: %s …\n", s) }
 
-type binaries struct{ agent, ctl, proxy string }
+type binaries struct {
+	agent, ctl, proxy string
+	// proxyArgs are extra flags for every membrane-proxy (-proxy-args).
+	proxyArgs []string
+}
 
 // buildBinaries builds the agent and membranectl into a temporary
 // directory.
