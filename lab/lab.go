@@ -300,6 +300,10 @@ func (l *Lab) Agent(node string) *api.Client {
 // it, or 0 if none is running.
 func (l *Lab) AgentPID(node string) int { return readPID(l.y.agentPIDFile(node)) }
 
+// PinDir returns the bpffs directory where node's agent pins its maps and,
+// under links/, the links of its programs.
+func (l *Lab) PinDir(node string) string { return l.y.nodeBpffs(node) }
+
 // ProxyPID returns the PID of node's running L7 proxy, or 0.
 func (l *Lab) ProxyPID(node string) int { return readPID(l.y.proxyPIDFile(node)) }
 

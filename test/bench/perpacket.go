@@ -41,13 +41,15 @@ type ppSetup struct {
 	fromCtr *ebpf.Program // from-container
 }
 
-func newPPSetup(n int) (*ppSetup, error) {
+func newPPSetup(n int, verdictEvents bool) (*ppSetup, error) {
 	dp, err := datapath.Load(datapath.Options{Sizes: datapath.Sizes{Policy: 1 << 18}})
 	if err != nil {
 		return nil, err
 	}
 	s := &ppSetup{n: n, dp: dp}
-	if err := dp.SetConfig(datapath.DefaultConfig); err != nil {
+	cfg := datapath.DefaultConfig
+	cfg.VerdictEvents = verdictEvents
+	if err := dp.SetConfig(cfg); err != nil {
 		return nil, err
 	}
 	// The flow's peer falls in selector set n/2+1: in the middle of the
@@ -180,7 +182,7 @@ func timerFloor(count int) (float64, error) {
 func benchPerPacket(r *report, rounds int) {
 	setups := map[int]*ppSetup{}
 	for _, n := range entryCounts {
-		s, err := newPPSetup(n)
+		s, err := newPPSetup(n, true)
 		if err != nil {
 			r.failed("per-packet cost", "≤ 120 ns", fmt.Errorf("set up %d entries: %w", n, err))
 			return
@@ -188,6 +190,15 @@ func benchPerPacket(r *report, rounds int) {
 		defer s.close()
 		setups[n] = s
 	}
+	// The same 10-entry table without verdict events: what an event costs.
+	quiet, err := newPPSetup(10, false)
+	if err != nil {
+		r.failed("per-packet cost", "≤ 120 ns", fmt.Errorf("set up without verdict events: %w", err))
+		return
+	}
+	defer quiet.close()
+	var newQuiet []float64
+	quietSport := uint16(1024)
 	ctHit := map[int][]float64{}
 	newRaw := map[int][]float64{}
 	newLocal := map[int][]float64{}
@@ -211,6 +222,7 @@ func benchPerPacket(r *report, rounds int) {
 		ct := map[int][]float64{}
 		nf := map[int][]float64{}
 		nl := map[int][]float64{}
+		var nq []float64
 		for sl := 0; sl < slices; sl++ {
 			for i := range entryCounts {
 				n := entryCounts[(i+sl+round)%len(entryCounts)]
@@ -235,7 +247,15 @@ func benchPerPacket(r *report, rounds int) {
 				nl[n] = append(nl[n], ts...)
 				sport[n] += flowsPerSlice
 			}
+			ts, err := newFlows(quiet.prog, srcAddr, dstAddr, quietSport, flowsPerSlice)
+			if err != nil {
+				r.failed("per-packet cost", "≤ 120 ns", err)
+				return
+			}
+			nq = append(nq, ts...)
+			quietSport += flowsPerSlice
 		}
+		newQuiet = append(newQuiet, median(nq))
 		for _, n := range entryCounts {
 			ctHit[n] = append(ctHit[n], median(ct[n]))
 			newRaw[n] = append(newRaw[n], median(nf[n]))
@@ -258,6 +278,8 @@ func benchPerPacket(r *report, rounds int) {
 			fmt.Sprintf("%.1f (%.1f)", nf, median(newRaw[n])), fmt.Sprintf("%.1f (%.1f)", nl, median(newLocal[n])))
 		fmt.Fprintf(&b, "          rounds: ct-hit [%s] new-flow raw [%s]\n", fmtList(ctHit[n]), fmtList(newRaw[n]))
 	}
+	fmt.Fprintf(&b, "Without verdict events (10 entries): new flow %.1f ns (raw %.1f): one event costs about %.0f ns.\n",
+		median(newQuiet)-floor, median(newQuiet), res[10][1]-(median(newQuiet)-floor))
 	r.section("Per-packet cost", b.String())
 	for _, n := range entryCounts {
 		r.check(fmt.Sprintf("conntrack hit, %d policy entries", n), res[n][0], "ns", 120, true)
