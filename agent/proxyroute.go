@@ -25,6 +25,17 @@ const proxyRulePriority = 100
 // new connection; the proxy's transparent upstream socket for a reply).
 // Idempotent.
 func setupProxyRouting() error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return fmt.Errorf("proxy routing: %w", err)
+	}
+	// Local delivery goes through lo: a fresh network namespace has it
+	// down, and IPv6 refuses routes over a device that is down.
+	if lo.Attrs().Flags&net.FlagUp == 0 {
+		if err := netlink.LinkSetUp(lo); err != nil {
+			return fmt.Errorf("proxy routing: set lo up: %w", err)
+		}
+	}
 	var errs []error
 	for _, fam := range []struct {
 		family int
@@ -33,10 +44,6 @@ func setupProxyRouting() error {
 		{netlink.FAMILY_V4, &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}},
 		{netlink.FAMILY_V6, &net.IPNet{IP: net.IPv6zero, Mask: net.CIDRMask(0, 128)}},
 	} {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return fmt.Errorf("proxy routing: %w", err)
-		}
 		route := &netlink.Route{
 			LinkIndex: lo.Attrs().Index,
 			Dst:       fam.dst,
