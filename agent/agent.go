@@ -24,6 +24,7 @@ import (
 	"github.com/membrane-mesh/membrane/datapath"
 	"github.com/membrane-mesh/membrane/datastore"
 	"github.com/membrane-mesh/membrane/identity"
+	"github.com/membrane-mesh/membrane/internal/exepages"
 	"github.com/membrane-mesh/membrane/internal/ifname"
 	"github.com/membrane-mesh/membrane/internal/version"
 	"github.com/membrane-mesh/membrane/policy"
@@ -70,8 +71,12 @@ type Config struct {
 	// policy package's defaults).
 	ProxyPorts [2]uint16
 	// Pprof serves Go's profiler under /debug/pprof/ on the API socket.
-	Pprof  bool
-	Logger *slog.Logger
+	Pprof bool
+	// ReleaseStartupPages drops the executable's pages that only start-up
+	// and the first full sync touched from the resident set, a few
+	// seconds after that sync (they stay in the page cache).
+	ReleaseStartupPages bool
+	Logger              *slog.Logger
 }
 
 // Agent is a running node agent.
@@ -406,6 +411,15 @@ func (a *Agent) regenerate(rev int64) {
 		// all state at once; hand that transient peak back to the OS
 		// rather than keep it as heap headroom for the agent's lifetime.
 		debug.FreeOSMemory()
+		if a.cfg.ReleaseStartupPages {
+			// Attaching every endpoint's programs still runs code
+			// start-up did not: release once they are all attached
+			// (or two minutes on, whatever is still waiting).
+			deadline := time.Now().Add(2 * time.Minute)
+			go exepages.ReleaseWhenReady(context.Background(), a.log, func() bool {
+				return a.allAttached() || time.Now().After(deadline)
+			})
+		}
 	}
 	a.log.Debug("regenerated", "revision", rev, "endpoints", len(snap.Endpoints), "ipcache", len(snap.IPCache), "took", took)
 }
@@ -416,6 +430,18 @@ func (a *Agent) ifindexOf(name string) uint32 {
 		return 0
 	}
 	return uint32(l.Attrs().Index)
+}
+
+// allAttached reports whether every endpoint is ready.
+func (a *Agent) allAttached() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, st := range a.app.endpoints {
+		if st.state != api.EndpointReady {
+			return false
+		}
+	}
+	return true
 }
 
 func (a *Agent) hasWaiting() bool {

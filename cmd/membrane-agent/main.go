@@ -60,6 +60,7 @@ func main() {
 	flag.DurationVar(&cfg.XDS.IdleTimeout, "l7-idle-timeout", 10*time.Minute, "the proxy closes a client connection idle for this long")
 	flag.DurationVar(&cfg.XDS.StreamIdleTimeout, "l7-stream-idle-timeout", 5*time.Minute, "the proxy resets a request or stream with no activity for this long")
 	flag.DurationVar(&cfg.XDS.ConnectTimeout, "l7-connect-timeout", 5*time.Second, "the proxy's timeout for connecting to the original destination")
+	flag.BoolVar(&cfg.ReleaseStartupPages, "release-startup-pages", true, "after the first full sync, drop the executable pages only start-up used from the resident set (they stay in the page cache)")
 	flag.BoolVar(&cfg.Pprof, "pprof", false, "serve Go's profiler under /debug/pprof/ on the API socket")
 	flag.IntVar(&cfg.FlowRing, "flow-ring", agent.DefaultFlowRing, "how many recent flows to keep for membranectl observe")
 	flag.StringVar(&cfg.MetricsAddr, "metrics-addr", "", "also serve Prometheus /metrics over TCP on this host:port (it is always on the API socket)")

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/membrane-mesh/membrane/internal/exepages"
 	"github.com/membrane-mesh/membrane/internal/version"
 	"github.com/membrane-mesh/membrane/l7/accesslog"
 	"github.com/membrane-mesh/membrane/l7/proxy"
@@ -150,7 +151,7 @@ func run(ctx context.Context, log *slog.Logger, o runOptions) error {
 	}
 
 	if o.releasePages {
-		go releaseWhenReady(bg, log, p.Ready)
+		go exepages.ReleaseWhenReady(bg, log, p.Ready)
 	}
 	<-ctx.Done()
 	log.Info("shutting down: no new connections; draining", "timeout", o.drain)

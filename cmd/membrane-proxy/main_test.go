@@ -31,22 +31,6 @@ func TestNewLogger(t *testing.T) {
 	}
 }
 
-// TestReleaseStartupPages advises this test binary's read-only pages away
-// and keeps running: they come back from the page cache.
-func TestReleaseStartupPages(t *testing.T) {
-	n, err := releaseStartupPages()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n == 0 {
-		t.Error("no mapping of the executable advised")
-	}
-	// Code and read-only data are still there.
-	if s := strings.Repeat("ok", 2); s != "okok" {
-		t.Fatal(s)
-	}
-}
-
 // TestAdmin serves the admin endpoints of a proxy that has no
 // configuration yet.
 func TestAdmin(t *testing.T) {

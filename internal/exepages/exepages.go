@@ -1,4 +1,7 @@
-package main
+// Package exepages hands the executable's start-up pages back: Membrane's
+// binaries link Envoy's generated API, whose initialisation touches far
+// more code and read-only data than they run afterwards.
+package exepages
 
 import (
 	"bufio"
@@ -13,17 +16,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// releaseStartupPages drops the executable's read-only file pages from the
-// resident set, once. Starting up (package initialisation: thousands of
-// protobuf descriptors and their validation rules) touches most of a 10 MB
-// text segment once, and the kernel maps neighbouring pages too
-// (fault-around), so most of the binary stays resident though little of it
-// runs afterwards: about 18 MB of a 27 MB RSS. MADV_DONTNEED unmaps them;
-// they stay in the page cache, and those the proxy does use come back with
+// Release drops the executable's read-only file pages from the
+// resident set. Starting up (package initialisation: thousands of protobuf
+// descriptors and their validation rules; an agent's first full sync)
+// touches most of a large text segment once, and the kernel maps
+// neighbouring pages too (fault-around), so most of the binary stays
+// resident though little of it runs afterwards (the proxy: about 18 MB of
+// a 27 MB RSS). MADV_DONTNEED unmaps them;
+// they stay in the page cache, and those the program does use come back with
 // minor faults (about 7 MB). Only mappings of the executable that are not
 // writable and hold no private (copied-on-write) page are advised: their
 // content is exactly the file's, so nothing is lost.
-func releaseStartupPages() (int64, error) {
+func Release() (int64, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return 0, err
@@ -74,9 +78,10 @@ func releaseStartupPages() (int64, error) {
 	return total, nil
 }
 
-// releaseWhenReady releases the startup pages a little after the proxy
-// first becomes ready (its configuration parsed, its listeners open).
-func releaseWhenReady(ctx context.Context, log *slog.Logger, ready func() bool) {
+// ReleaseWhenReady calls Release once, a little after ready first reports
+// true (a proxy with its configuration and listeners, an agent after its
+// first full sync), and logs the outcome.
+func ReleaseWhenReady(ctx context.Context, log *slog.Logger, ready func() bool) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	for !ready() {
@@ -91,7 +96,7 @@ func releaseWhenReady(ctx context.Context, log *slog.Logger, ready func() bool) 
 		return
 	case <-time.After(2 * time.Second):
 	}
-	n, err := releaseStartupPages()
+	n, err := Release()
 	if err != nil {
 		log.Warn("releasing startup pages", "err", err)
 		return
