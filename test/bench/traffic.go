@@ -135,6 +135,9 @@ func connRate(l *lab.Lab, d time.Duration, workers int) (float64, error) {
 	return float64(n.Load()) / d.Seconds(), nil
 }
 
+// connRun is how long each connection-rate run lasts.
+const connRun = 2 * time.Second
+
 func benchTraffic(r *report, b binaries, rounds int, tput, conns bool) {
 	with, downWith, err := upLab(b, trafficObjects(uniqueName("bw"), true), false)
 	if err != nil {
@@ -208,7 +211,7 @@ func benchTraffic(r *report, b binaries, rounds int, tput, conns bool) {
 					rt0, n0 = stats.read()
 				}
 				t0 := time.Now()
-				c, err := connRate(labs[k], 2*time.Second, 4)
+				c, err := connRate(labs[k], connRun, 4)
 				if err != nil {
 					runErr = fmt.Errorf("%s datapath: %w", k, err)
 					break
@@ -220,7 +223,7 @@ func benchTraffic(r *report, b binaries, rounds int, tput, conns bool) {
 				}
 				if k == "with" && stats != nil {
 					rt1, n1 := stats.read()
-					conns := c * 2 // runs are 2 s
+					conns := c * connRun.Seconds()
 					if n1 > n0 && conns > 0 {
 						bpfPerConn = append(bpfPerConn, float64((rt1-rt0).Nanoseconds())/conns/1000)
 						bpfPerRun = append(bpfPerRun, float64((rt1-rt0).Nanoseconds())/float64(n1-n0))
