@@ -48,10 +48,8 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 		return nil, err
 	}
 	var out []Conn
-	var k bpf.DatapathCtKey
-	var v bpf.DatapathCtEntry
-	it := d.objs.Ct.Iterate()
-	for it.Next(&k, &v) {
+	errStop := errors.New("stop")
+	err = walkCT(d.objs.Ct, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
 		out = append(out, Conn{
 			Src:         netip.AddrPortFrom(fromAddr(k.Saddr), ntohs(k.Sport)),
 			Dst:         netip.AddrPortFrom(fromAddr(k.Daddr), ntohs(k.Dport)),
@@ -64,10 +62,11 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 			RuleIngress: v.RuleIngress,
 		})
 		if max > 0 && len(out) >= max {
-			break
+			return errStop
 		}
-	}
-	if err := it.Err(); err != nil {
+		return nil
+	})
+	if err != nil && err != errStop {
 		return nil, fmt.Errorf("list conntrack: %w", err)
 	}
 	return out, nil
@@ -97,10 +96,7 @@ func (d *Datapath) CTCollect(c Config) (int, error) {
 
 func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32) (int, error) {
 	var expired []bpf.DatapathCtKey
-	var k bpf.DatapathCtKey
-	var v bpf.DatapathCtEntry
-	it := m.Iterate()
-	for it.Next(&k, &v) {
+	err := walkCT(m, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
 		life := c.CTOther
 		if k.Proto == unix.IPPROTO_TCP {
 			switch {
@@ -115,18 +111,107 @@ func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32) (int, error) {
 			}
 		}
 		if d.idle(now, v.LastSeen) > life+time.Second {
-			expired = append(expired, k)
+			expired = append(expired, *k)
 		}
-	}
-	if err := it.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return 0, err
 	}
+	return deleteKeys(m, expired)
+}
+
+// ctBatch is how many conntrack entries one batched system call moves.
+const ctBatch = 4096
+
+// walkCT calls fn for every entry of a conntrack map, reading them in
+// batches (a few system calls for a large table, where iterating costs two
+// per entry); where the kernel has no batch operations it iterates. An
+// error from fn stops the walk and is returned. Entries the datapath adds
+// or removes meanwhile may or may not be seen.
+func walkCT(m *ebpf.Map, fn func(*bpf.DatapathCtKey, *bpf.DatapathCtEntry) error) error {
+	keys := make([]bpf.DatapathCtKey, ctBatch)
+	vals := make([]bpf.DatapathCtEntry, ctBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := 0; i < n; i++ {
+			if ferr := fn(&keys[i], &vals[i]); ferr != nil {
+				return ferr
+			}
+		}
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			return nil // done
+		case errors.Is(err, ebpf.ErrNotSupported) && n == 0:
+			var k bpf.DatapathCtKey
+			var v bpf.DatapathCtEntry
+			it := m.Iterate()
+			for it.Next(&k, &v) {
+				if ferr := fn(&k, &v); ferr != nil {
+					return ferr
+				}
+			}
+			return it.Err()
+		default:
+			return err
+		}
+	}
+}
+
+// deleteKeys deletes keys from m, in batches where the kernel supports it.
+// A key already gone (the datapath's LRU evicted it) is not an error.
+func deleteKeys(m *ebpf.Map, keys []bpf.DatapathCtKey) (int, error) {
 	n := 0
-	for i := range expired {
-		if err := m.Delete(&expired[i]); err == nil {
-			n++
-		} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+	for len(keys) > 0 {
+		chunk := keys[:min(len(keys), ctBatch)]
+		k, err := m.BatchDelete(chunk, nil)
+		n += k
+		if err == nil {
+			keys = keys[len(chunk):]
+			continue
+		}
+		if !errors.Is(err, ebpf.ErrKeyNotExist) && !errors.Is(err, ebpf.ErrNotSupported) {
 			return n, err
+		}
+		// A batch stops at the first missing key, or batches are not
+		// supported: skip the key (or fall back to one at a time).
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			keys = keys[k+1:]
+			continue
+		}
+		for i := range keys {
+			if err := m.Delete(&keys[i]); err == nil {
+				n++
+			} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return n, err
+			}
+		}
+		return n, nil
+	}
+	return n, nil
+}
+
+// CTFlush deletes every tracked connection (both conntrack maps) and
+// returns how many it removed. Established connections are then decided
+// afresh by policy on their next packet; benchmarks use it between runs.
+func (d *Datapath) CTFlush() (int, error) {
+	n := 0
+	for _, m := range []*ebpf.Map{d.objs.Ct, d.objs.ProxyCt} {
+		var keys []bpf.DatapathCtKey
+		err := walkCT(m, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
+			keys = append(keys, *k)
+			return nil
+		})
+		if err != nil {
+			return n, fmt.Errorf("flush conntrack: %w", err)
+		}
+		k2, err := deleteKeys(m, keys)
+		n += k2
+		if err != nil {
+			return n, fmt.Errorf("flush conntrack: %w", err)
 		}
 	}
 	return n, nil

@@ -8,7 +8,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 
 	"github.com/membrane-mesh/membrane/bpf"
@@ -76,7 +75,8 @@ type Event struct {
 // more than the event) until a batch has accumulated, so Read polls the
 // ring every PollInterval: an event waits at most that long.
 type EventReader struct {
-	rd       *ringbuf.Reader
+	ring     *ring
+	buf      []byte
 	bootWall time.Time // wall-clock time of monotonic zero
 	deadline time.Time
 }
@@ -87,17 +87,17 @@ const PollInterval = 10 * time.Millisecond
 // NewEventReader opens the ring buffer. Events produced while no reader
 // was open (an agent restart) are still in it, up to its size.
 func (d *Datapath) NewEventReader() (*EventReader, error) {
-	rd, err := ringbuf.NewReader(d.objs.Events)
+	rg, err := newRing(d.objs.Events)
 	if err != nil {
 		return nil, fmt.Errorf("open events ring buffer: %w", err)
 	}
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-		rd.Close()
+		rg.close()
 		return nil, fmt.Errorf("read monotonic clock: %w", err)
 	}
 	boot := time.Now().Add(-time.Duration(ts.Nano()))
-	return &EventReader{rd: rd, bootWall: boot}, nil
+	return &EventReader{ring: rg, bootWall: boot, buf: make([]byte, 0, 256)}, nil
 }
 
 // ErrClosed is returned by Read after Close.
@@ -109,32 +109,38 @@ func (r *EventReader) SetDeadline(t time.Time) { r.deadline = t }
 
 // Read blocks until an event arrives, the deadline passes, or Close.
 func (r *EventReader) Read() (Event, error) {
-	var rec ringbuf.Record
+	var rec []byte
 	for {
-		wake := time.Now().Add(PollInterval)
-		if !r.deadline.IsZero() && r.deadline.Before(wake) {
-			wake = r.deadline
-		}
-		r.rd.SetDeadline(wake)
-		err := r.rd.ReadInto(&rec)
+		var err error
+		rec, err = r.ring.next(r.buf)
 		if err == nil {
+			r.buf = rec
 			break
 		}
-		if errors.Is(err, ringbuf.ErrClosed) {
-			return Event{}, ErrClosed
-		}
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			return Event{}, fmt.Errorf("read event: %w", err)
-		}
-		if !r.deadline.IsZero() && !time.Now().Before(r.deadline) {
+		if err != errRingEmpty {
 			return Event{}, err
+		}
+		wake := time.Now().Add(PollInterval)
+		if !r.deadline.IsZero() {
+			if !time.Now().Before(r.deadline) {
+				return Event{}, os.ErrDeadlineExceeded
+			}
+			if r.deadline.Before(wake) {
+				wake = r.deadline
+			}
+		}
+		if err := r.ring.wait(wake); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return Event{}, ErrClosed
+			}
+			return Event{}, fmt.Errorf("wait for events: %w", err)
 		}
 	}
 	var raw bpf.DatapathEvent
-	if len(rec.RawSample) < int(unsafe.Sizeof(raw)) {
-		return Event{}, fmt.Errorf("read event: short record of %d bytes", len(rec.RawSample))
+	if len(rec) < int(unsafe.Sizeof(raw)) {
+		return Event{}, fmt.Errorf("read event: short record of %d bytes", len(rec))
 	}
-	raw = *(*bpf.DatapathEvent)(unsafe.Pointer(&rec.RawSample[0]))
+	raw = *(*bpf.DatapathEvent)(unsafe.Pointer(&rec[0]))
 	return Event{
 		Time:        r.bootWall.Add(time.Duration(raw.Ts)),
 		Type:        EventType(raw.Type),
@@ -155,4 +161,4 @@ func (r *EventReader) Read() (Event, error) {
 }
 
 // Close stops the reader; a blocked Read returns ErrClosed.
-func (r *EventReader) Close() error { return r.rd.Close() }
+func (r *EventReader) Close() error { return r.ring.close() }

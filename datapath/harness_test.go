@@ -58,9 +58,14 @@ func requireBPF(t testing.TB) {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
+	return newHarnessSized(t, Sizes{})
+}
+
+func newHarnessSized(t *testing.T, sizes Sizes) *harness {
+	t.Helper()
 	requireBPF(t)
 	t.Parallel() // every harness has its own maps
-	d, err := Load(Options{})
+	d, err := Load(Options{Sizes: sizes})
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		t.Skipf("skipping: kernel lacks a BPF feature the datapath needs: %v", err)
 	}
