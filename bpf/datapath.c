@@ -282,17 +282,30 @@ static __always_inline int track_proxy_upstream(struct __sk_buff *skb, const str
 	if (parse_packet(skb, &p) != PARSE_OK || p.icmp_error)
 		return TCX_NEXT;
 	__u64 now = bpf_jiffies64();
+	int syn = p.t.proto == IPPROTO_TCP && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK);
 	struct ct_entry *e = bpf_map_lookup_elem(&proxy_ct, &p.t);
 	if (e) {
-		if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK))
+		if (syn)
 			e->flags = CT_F_SYN_ONLY; /* the port is used by a new connection */
 		ct_refresh(cfg, e, &p, 0, now);
-		return TCX_NEXT;
+	} else {
+		if (p.t.proto == IPPROTO_TCP && !syn)
+			return TCX_NEXT; /* not the start of a connection: nothing to record */
+		struct ct_entry ne = { .last_seen = now, .rev = cfg->policy_rev, .flags = CT_F_SYN_ONLY };
+		bpf_map_update_elem(&proxy_ct, &p.t, &ne, BPF_ANY);
 	}
-	if (p.t.proto == IPPROTO_TCP && !(p.tcp_flags & TCP_SYN))
-		return TCX_NEXT; /* not the start of a connection: nothing to record */
-	struct ct_entry ne = { .last_seen = now, .rev = cfg->policy_rev, .flags = CT_F_SYN_ONLY };
-	bpf_map_update_elem(&proxy_ct, &p.t, &ne, BPF_ANY);
+	if (e && !syn)
+		return TCX_NEXT;
+	/* A new upstream connection. The ingress hooks look its replies up in
+	 * conntrack first: an entry an earlier connection on the same ends
+	 * left there (closing, not yet expired) would take them. A redirected
+	 * client connection stays: replies on its ends are checked against
+	 * proxy_ct. */
+	struct ct_key key;
+	ct_canonical(&key, &p.t);
+	struct ct_entry *old = bpf_map_lookup_elem(&ct, &key);
+	if (old && !(old->flags & CT_F_REDIRECT))
+		bpf_map_delete_elem(&ct, &key);
 	return TCX_NEXT;
 }
 
@@ -339,39 +352,44 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		ei.ep_id = dst_ep->id;
 	}
 
-	/* Connection tracking. An ICMP error is looked up by the packet it
-	 * quotes. */
+	/* Connection tracking: one lookup finds the connection in either
+	 * direction. An ICMP error is looked up by the packet it quotes. */
 	struct ct_key *ck = p.icmp_error ? &p.inner : &p.t;
-	struct ct_key rk;
-	__u8 reply = 0;
+	struct ct_key key, rk;
 	__u64 now = bpf_jiffies64();
-
-	struct ct_entry *e = bpf_map_lookup_elem(&ct, ck);
-	tuple_reverse(&rk, ck);
 	/* A bare SYN opens a connection; it is never a reply. */
-	if (!e && !(ck->proto == IPPROTO_TCP && !p.icmp_error &&
-		    (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)) {
-		/* A reply to the node proxy's transparent upstream connection
-		 * goes to the proxy; it was checked when the client's
-		 * connection was redirected. */
-		if ((cfg->flags & CFG_PROXY) && obs != OBS_TO_ENDPOINT) {
-			struct ct_entry *pe = bpf_map_lookup_elem(&proxy_ct, &rk);
-			if (pe) {
-				if (!p.icmp_error)
-					ct_refresh(cfg, pe, &p, 1, now);
-				skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_TO_PROXY;
-				count(REASON_NONE, ei.dir, p.len);
-				return TCX_NEXT;
-			}
+	int bare_syn = ck->proto == IPPROTO_TCP && !p.icmp_error &&
+		       (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+	__u8 swapped = ct_canonical(&key, ck);
+	__u8 reply = 0;
+
+	struct ct_entry *e = bpf_map_lookup_elem(&ct, &key);
+	if (e) {
+		reply = swapped != !!(e->flags & CT_F_SWAPPED);
+		if (reply && bare_syn)
+			e = NULL; /* a new connection on the same ends, the other way */
+	}
+	/* A reply to the node proxy's transparent upstream connection goes to
+	 * the proxy; it was checked when the client's connection was
+	 * redirected. Only a packet conntrack does not know can be one, or
+	 * one that looks like a reply to a redirected connection: the proxy
+	 * may have picked the client's own port for its upstream connection. */
+	if ((!e || (reply && (e->flags & CT_F_REDIRECT))) && !bare_syn &&
+	    (cfg->flags & CFG_PROXY) && obs != OBS_TO_ENDPOINT) {
+		tuple_reverse(&rk, ck);
+		struct ct_entry *pe = bpf_map_lookup_elem(&proxy_ct, &rk);
+		if (pe) {
+			if (!p.icmp_error)
+				ct_refresh(cfg, pe, &p, 1, now);
+			skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_TO_PROXY;
+			count(REASON_NONE, ei.dir, p.len);
+			return TCX_NEXT;
 		}
-		e = bpf_map_lookup_elem(&ct, &rk);
-		reply = e != NULL;
 	}
 	if (e) {
 		if (now - e->last_seen > ct_lifetime(cfg, e, ck->proto) + hz(cfg))
 			e = NULL; /* expired: decide afresh */
-		else if (!reply && p.t.proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING) &&
-			 (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK))
+		else if (!reply && p.t.proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING) && bare_syn)
 			e = NULL; /* port reused by a new connection */
 	}
 
@@ -390,7 +408,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		}
 		if (e->rev != cfg->policy_rev) {
 			struct decision d = {};
-			const struct ct_key *orig = reply ? &rk : ck;
+			const struct ct_key *orig = ck;
+			if (reply) {
+				tuple_reverse(&rk, ck);
+				orig = &rk;
+			}
 			struct stats *s = stats_get();
 			if (s)
 				s->ct_revalidated++;
@@ -478,14 +500,14 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		struct ct_entry ne = {
 			.last_seen = now,
 			.rev = cfg->policy_rev,
-			.flags = ctflags,
+			.flags = ctflags | (swapped ? CT_F_SWAPPED : 0),
 			.proxy_port = proxy_port,
 			.rule_egress = de.rule_id,
 			.rule_ingress = di.rule_id,
 		};
 		if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK))
 			ne.flags |= CT_F_SYN_ONLY;
-		bpf_map_update_elem(&ct, &p.t, &ne, BPF_ANY);
+		bpf_map_update_elem(&ct, &key, &ne, BPF_ANY); /* key: of p.t, no ICMP error here */
 		struct stats *s = stats_get();
 		if (s)
 			s->ct_created++;

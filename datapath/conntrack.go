@@ -21,9 +21,10 @@ const (
 	CTRedirect  = 1 << 4
 	CTSynOnly   = 1 << 5
 	CTDenied    = 1 << 6 // cut by a policy change; both directions drop
+	CTSwapped   = 1 << 7 // the key is the original tuple reversed (one entry serves both directions)
 )
 
-// Conn is a tracked connection.
+// Conn is a tracked connection, as its first packet travelled.
 type Conn struct {
 	Src, Dst    netip.AddrPort
 	Proto       uint8
@@ -50,9 +51,14 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 	var out []Conn
 	errStop := errors.New("stop")
 	err = walkCT(d.objs.Ct, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
+		src := netip.AddrPortFrom(fromAddr(k.Saddr), ntohs(k.Sport))
+		dst := netip.AddrPortFrom(fromAddr(k.Daddr), ntohs(k.Dport))
+		if v.Flags&CTSwapped != 0 {
+			src, dst = dst, src
+		}
 		out = append(out, Conn{
-			Src:         netip.AddrPortFrom(fromAddr(k.Saddr), ntohs(k.Sport)),
-			Dst:         netip.AddrPortFrom(fromAddr(k.Daddr), ntohs(k.Dport)),
+			Src:         src,
+			Dst:         dst,
 			Proto:       k.Proto,
 			Flags:       v.Flags,
 			Idle:        d.idle(now, v.LastSeen),
@@ -84,8 +90,12 @@ func (d *Datapath) CTCollect(c Config) (int, error) {
 	for _, m := range []struct {
 		name string
 		m    *ebpf.Map
-	}{{"conntrack", d.objs.Ct}, {"proxy conntrack", d.objs.ProxyCt}} {
-		k, err := d.collect(m.m, c, now)
+		// Entries an older datapath wrote (one per direction, keyed as
+		// the packet travelled) are rekeyed the way this one looks them
+		// up; proxy_ct keeps its keys as they are.
+		canonical bool
+	}{{"conntrack", d.objs.Ct, true}, {"proxy conntrack", d.objs.ProxyCt, false}} {
+		k, err := d.collect(m.m, c, now, m.canonical)
 		n += k
 		if err != nil {
 			return n, fmt.Errorf("collect %s: %w", m.name, err)
@@ -94,8 +104,9 @@ func (d *Datapath) CTCollect(c Config) (int, error) {
 	return n, nil
 }
 
-func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32) (int, error) {
-	var expired []bpf.DatapathCtKey
+func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32, canonical bool) (int, error) {
+	var expired, rekey []bpf.DatapathCtKey
+	var rekeyed []bpf.DatapathCtEntry
 	err := walkCT(m, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
 		life := c.CTOther
 		if k.Proto == unix.IPPROTO_TCP {
@@ -110,15 +121,48 @@ func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32) (int, error) {
 				life = c.CTTCPEstablished
 			}
 		}
-		if d.idle(now, v.LastSeen) > life+time.Second {
+		switch {
+		case d.idle(now, v.LastSeen) > life+time.Second:
 			expired = append(expired, *k)
+		case canonical && ctSwap(k):
+			rekey = append(rekey, *k)
+			rekeyed = append(rekeyed, *v)
 		}
 		return nil
 	})
 	if err != nil {
 		return 0, err
 	}
+	for i := range rekey {
+		k := ctReverse(rekey[i])
+		v := rekeyed[i]
+		v.Flags |= CTSwapped
+		// An entry the datapath already made under the new key wins.
+		if err := m.Update(&k, &v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return 0, fmt.Errorf("rekey connection: %w", err)
+		}
+	}
+	if _, err := deleteKeys(m, rekey); err != nil {
+		return 0, err
+	}
 	return deleteKeys(m, expired)
+}
+
+// ctSwap reports whether k's ends are out of conntrack order: the
+// datapath's ct_canonical (bpf/include/parse.h) would reverse it. The
+// order compares the address words as the kernel loads them, then the
+// ports as stored; any fixed order works as long as both agree.
+func ctSwap(k *bpf.DatapathCtKey) bool {
+	for i := range k.Saddr.W {
+		if k.Saddr.W[i] != k.Daddr.W[i] {
+			return k.Saddr.W[i] > k.Daddr.W[i]
+		}
+	}
+	return k.Sport > k.Dport
+}
+
+func ctReverse(k bpf.DatapathCtKey) bpf.DatapathCtKey {
+	return bpf.DatapathCtKey{Saddr: k.Daddr, Daddr: k.Saddr, Sport: k.Dport, Dport: k.Sport, Proto: k.Proto}
 }
 
 // ctBatch is how many conntrack entries one batched system call moves.

@@ -88,3 +88,53 @@ func TestCTDeleteSkipsVanishedKeys(t *testing.T) {
 		t.Fatalf("%d entries left", c)
 	}
 }
+
+// An entry an older datapath keyed by its original tuple, ends out of
+// order, is rekeyed by collection; its connection's packets then find it in
+// either direction.
+func TestCTCollectRekeysOldEntries(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
+	h.policy(k, v)
+	// R (10.1.0.5) opens a connection to A (10.0.0.1): its ends are out
+	// of order, so the datapath keys it reversed.
+	h.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.SYN), retNext)
+	old := bpf.DatapathCtKey{Saddr: toAddr(mustAddr(addrR)), Daddr: toAddr(mustAddr(addrA)), Sport: htons(40000), Dport: htons(80), Proto: packet.TCP}
+	if !ctSwap(&old) {
+		t.Fatal("test key is already in conntrack order")
+	}
+	// Write it back the way an older datapath had it.
+	cur := ctReverse(old)
+	var e bpf.DatapathCtEntry
+	if err := h.d.objs.Ct.Lookup(&cur, &e); err != nil || e.Flags&CTSwapped == 0 {
+		t.Fatalf("datapath entry: %+v, %v", e, err)
+	}
+	e.Flags &^= CTSwapped
+	if err := h.d.objs.Ct.Delete(&cur); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.d.objs.Ct.Put(&old, &e); err != nil {
+		t.Fatal(err)
+	}
+	// From now on only conntrack lets the connection through (the
+	// revision stays, so nothing is re-checked).
+	if err := h.d.PolicyDelete([]PolicyKey{k}); err != nil {
+		t.Fatal(err)
+	}
+
+	if n, err := h.d.CTCollect(DefaultConfig); err != nil || n != 0 {
+		t.Fatalf("collect: %d, %v", n, err)
+	}
+	conns, err := h.d.Conns(0)
+	if err != nil || len(conns) != 1 {
+		t.Fatalf("conns %+v, %v", conns, err)
+	}
+	c := conns[0]
+	if c.Src.String() != "10.1.0.5:40000" || c.Dst.String() != "10.0.0.1:80" || c.Flags&CTSwapped == 0 {
+		t.Fatalf("rekeyed connection %s -> %s flags %#x", c.Src, c.Dst, c.Flags)
+	}
+	h.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
+}

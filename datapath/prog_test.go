@@ -3,6 +3,7 @@ package datapath
 import (
 	"testing"
 
+	"github.com/membrane-mesh/membrane/bpf"
 	"github.com/membrane-mesh/membrane/internal/packet"
 )
 
@@ -536,5 +537,116 @@ func TestProxyUpstreamReplies(t *testing.T) {
 	}
 	if got, _ := h.run(FromContainer, tcp(addrB, addrA, 80, 40000, packet.ACK).Frame(), 0); got != retDrop {
 		t.Fatalf("reply with the proxy off: %d, want drop", got)
+	}
+}
+
+// One conntrack entry serves both directions, whichever end opened the
+// connection: its key puts the ends in a fixed order, and the entry says
+// which way the connection was opened.
+func TestConntrackEitherOrientation(t *testing.T) {
+	h := basic(t)
+	// A (10.0.0.1) may reach R (10.1.0.5) on 80, and R may reach A on 81.
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}, Ingress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 3})
+	h.policy(allowIn(1, selR, packet.TCP, 81, 16, 4))
+
+	out := tcp(addrA, addrR, 40000, 80, packet.SYN) // key in opening order
+	in := tcp(addrR, addrA, 40000, 81, packet.SYN)  // key reversed
+	h.expect(FromContainer, out, retNext)
+	h.expect(FromNetdev, in, retNext)
+	for _, c := range []packet.Spec{out, in} {
+		opener, replier := FromContainer, FromNetdev
+		if c.Src == mustAddr(addrR) {
+			opener, replier = FromNetdev, FromContainer
+		}
+		h.expect(replier, c.Reply(packet.SYN|packet.ACK), retNext)
+		h.expect(opener, c.Reply(packet.SYN|packet.ACK).Reply(packet.ACK), retNext)
+		h.expect(replier, c.Reply(packet.ACK), retNext)
+	}
+	conns, err := h.d.Conns(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{"10.0.0.1:40000>10.1.0.5:80": false, "10.1.0.5:40000>10.0.0.1:81": false}
+	for _, c := range conns {
+		k := c.Src.String() + ">" + c.Dst.String()
+		if _, ok := want[k]; !ok {
+			t.Fatalf("unexpected connection %s (flags %#x)", k, c.Flags)
+		}
+		want[k] = true
+		if c.Flags&CTReplySeen == 0 {
+			t.Errorf("%s: reply not recorded (flags %#x)", k, c.Flags)
+		}
+	}
+	for k, seen := range want {
+		if !seen {
+			t.Errorf("connection %s not listed", k)
+		}
+	}
+	// The reverse of an allowed connection is not allowed by it: R's SYN
+	// to A's port 40000 from 80 is a new connection, and A's ingress does
+	// not allow port 40000.
+	h.expect(FromNetdev, tcp(addrR, addrA, 80, 40000, packet.SYN), retDrop)
+}
+
+// The node proxy may open its upstream connection on the same ends as an
+// earlier direct connection whose conntrack entry has not expired. Replies
+// must reach the proxy, not the client.
+func TestProxyUpstreamReusesStaleTuple(t *testing.T) {
+	h := basic(t)
+	h.cfg.Proxy = true
+	if err := h.d.SetConfig(h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 3})
+	h.policy(allowIn(2, selA, packet.TCP, 80, 16, 4))
+
+	direct := tcp(addrA, addrB, 40000, 80, packet.SYN)
+	h.expect(FromContainer, direct, retNext)
+	h.expect(FromContainer, direct.Reply(packet.SYN|packet.ACK), retNext)
+	h.expect(FromContainer, tcp(addrA, addrB, 40000, 80, packet.FIN|packet.ACK), retNext) // closing
+	// The proxy now connects from A:40000 to B:80.
+	if got, _ := h.run(ToContainer, direct.Frame(), MarkFromProxy); got != retNext {
+		t.Fatalf("proxy SYN: %d", got)
+	}
+	if got, mark := h.run(FromContainer, direct.Reply(packet.SYN|packet.ACK).Frame(), 0); got != retNext || mark&MarkMagicMask != MarkToProxy {
+		t.Fatalf("reply to the proxy: verdict %d mark %#x, want pass with %#x", got, mark, MarkToProxy)
+	}
+}
+
+// A redirected client connection and the proxy's upstream connection may
+// share their ends (the proxy picked the client's port): the client's
+// packets go to the proxy's listener, the server's replies to the proxy's
+// upstream socket.
+func TestProxyUpstreamSharesRedirectedTuple(t *testing.T) {
+	h := basic(t)
+	h.cfg.Proxy = true
+	if err := h.d.SetConfig(h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
+	h.endpoint(addrB, 2, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictRedirect, ProxyPort: 15001, RuleID: 3})
+	// A redirected connection as conntrack records it (the proxy's
+	// listener is not running here, so the SYN itself would drop).
+	k := bpf.DatapathCtKey{Saddr: toAddr(mustAddr(addrA)), Daddr: toAddr(mustAddr(addrB)), Sport: htons(40000), Dport: htons(80), Proto: packet.TCP}
+	now, err := h.d.jiffies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.d.objs.Ct.Put(&k, &bpf.DatapathCtEntry{LastSeen: uint64(now), Rev: 1, Flags: CTEgress | CTRedirect, ProxyPort: 15001}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := h.run(ToContainer, tcp(addrA, addrB, 40000, 80, packet.SYN).Frame(), MarkFromProxy); got != retNext {
+		t.Fatalf("proxy SYN: %d", got)
+	}
+	if got, mark := h.run(FromContainer, tcp(addrB, addrA, 80, 40000, packet.SYN|packet.ACK).Frame(), 0); got != retNext || mark&MarkMagicMask != MarkToProxy {
+		t.Fatalf("server reply: verdict %d mark %#x, want pass with %#x", got, mark, MarkToProxy)
+	}
+	conns, err := h.d.Conns(0)
+	if err != nil || len(conns) != 1 || conns[0].Flags&CTRedirect == 0 {
+		t.Fatalf("the client's redirected connection must stay: %+v, %v", conns, err)
 	}
 }

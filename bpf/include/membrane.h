@@ -108,7 +108,11 @@ struct policy_value {
 	__u32 rule_id;    /* agent's number of the rule that produced the entry */
 };
 
-/* ---- connection tracking ------------------------------------------------ */
+/* ---- connection tracking ------------------------------------------------
+ * Both directions of a connection share one entry, keyed by the tuple with
+ * its two ends in a fixed order (ct_canonical), so that every packet, reply
+ * or not, costs one lookup. CT_F_SWAPPED says the key is the connection's
+ * original tuple reversed. */
 struct ct_key {
 	struct addr saddr;
 	struct addr daddr;
@@ -129,6 +133,7 @@ enum ct_flags {
 	 * so that neither side's next packet can open it again in the other
 	 * direction, until it expires or a later policy allows it. */
 	CT_F_DENIED = 1 << 6,
+	CT_F_SWAPPED = 1 << 7,    /* the key is the original tuple reversed */
 };
 
 struct ct_entry {

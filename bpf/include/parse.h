@@ -69,6 +69,26 @@ static __always_inline void tuple_reverse(struct ct_key *dst, const struct ct_ke
 	dst->pad[0] = dst->pad[1] = dst->pad[2] = 0;
 }
 
+/* Writes src with its ends in conntrack order into dst: the end with the
+ * smaller (address, port) first; any total order does, as long as it is the
+ * same for both directions. Returns 1 if it reversed the tuple. */
+static __always_inline __u8 ct_canonical(struct ct_key *dst, const struct ct_key *src)
+{
+	__u8 swap = src->sport > src->dport;
+#pragma unroll
+	for (int i = 3; i >= 0; i--) {
+		if (src->saddr.w[i] != src->daddr.w[i])
+			swap = src->saddr.w[i] > src->daddr.w[i];
+	}
+	if (swap) {
+		tuple_reverse(dst, src);
+	} else {
+		*dst = *src;
+		dst->pad[0] = dst->pad[1] = dst->pad[2] = 0;
+	}
+	return swap;
+}
+
 static __always_inline int is_icmp_proto(__u8 proto)
 {
 	return proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6;
