@@ -260,10 +260,10 @@ func (a *Agent) loop(ctx context.Context) error {
 				a.regenerate(-1)
 			}
 		case <-gc.C:
-			if n, err := a.dp.CTCollect(a.cfg.Datapath); err != nil {
+			if res, err := a.dp.CTCollect(a.cfg.Datapath); err != nil {
 				a.log.Warn("conntrack collection", "err", err)
-			} else if n > 0 {
-				a.log.Debug("conntrack collection", "expired", n)
+			} else if res.Expired > 0 {
+				a.log.Debug("conntrack collection", "expired", res.Expired, "entries", res.Entries, "fill", res.Fill)
 			}
 		}
 	}

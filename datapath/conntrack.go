@@ -78,15 +78,22 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 	return out, nil
 }
 
-// CTCollect deletes expired connections and returns how many it removed.
-// The datapath already ignores expired entries; collecting them keeps the
-// LRU from evicting live ones.
-func (d *Datapath) CTCollect(c Config) (int, error) {
+// CTCollection is what one conntrack collection found.
+type CTCollection struct {
+	Expired int     // entries deleted
+	Entries int     // entries found (conntrack and proxy conntrack)
+	Fill    float64 // the fuller map's entries found / its capacity
+}
+
+// CTCollect deletes expired connections. The datapath already ignores
+// expired entries; collecting them keeps the LRU from evicting live ones
+// (which a full table does on every new connection, at a cost).
+func (d *Datapath) CTCollect(c Config) (CTCollection, error) {
+	var res CTCollection
 	now, err := d.jiffies()
 	if err != nil {
-		return 0, err
+		return res, err
 	}
-	n := 0
 	for _, m := range []struct {
 		name string
 		m    *ebpf.Map
@@ -95,19 +102,26 @@ func (d *Datapath) CTCollect(c Config) (int, error) {
 		// up; proxy_ct keeps its keys as they are.
 		canonical bool
 	}{{"conntrack", d.objs.Ct, true}, {"proxy conntrack", d.objs.ProxyCt, false}} {
-		k, err := d.collect(m.m, c, now, m.canonical)
-		n += k
+		seen, expired, err := d.collect(m.m, c, now, m.canonical)
+		res.Expired += expired
+		res.Entries += seen
+		if f := float64(seen) / float64(m.m.MaxEntries()); f > res.Fill {
+			res.Fill = f
+		}
 		if err != nil {
-			return n, fmt.Errorf("collect %s: %w", m.name, err)
+			return res, fmt.Errorf("collect %s: %w", m.name, err)
 		}
 	}
-	return n, nil
+	return res, nil
 }
 
-func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32, canonical bool) (int, error) {
+// collect returns how many entries it found and how many it deleted.
+func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32, canonical bool) (int, int, error) {
 	var expired, rekey []bpf.DatapathCtKey
 	var rekeyed []bpf.DatapathCtEntry
+	seen := 0
 	err := walkCT(m, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
+		seen++
 		life := c.CTOther
 		if k.Proto == unix.IPPROTO_TCP {
 			switch {
@@ -131,7 +145,7 @@ func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32, canonical bool) (i
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return seen, 0, err
 	}
 	for i := range rekey {
 		k := ctReverse(rekey[i])
@@ -139,13 +153,14 @@ func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32, canonical bool) (i
 		v.Flags |= CTSwapped
 		// An entry the datapath already made under the new key wins.
 		if err := m.Update(&k, &v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-			return 0, fmt.Errorf("rekey connection: %w", err)
+			return seen, 0, fmt.Errorf("rekey connection: %w", err)
 		}
 	}
 	if _, err := deleteKeys(m, rekey); err != nil {
-		return 0, err
+		return seen, 0, err
 	}
-	return deleteKeys(m, expired)
+	n, err := deleteKeys(m, expired)
+	return seen, n, err
 }
 
 // ctSwap reports whether k's ends are out of conntrack order: the

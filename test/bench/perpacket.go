@@ -17,13 +17,13 @@ import (
 // Conntrack hit: the same packet of an established connection, run
 // `repeat` times in the kernel; the kernel reports the mean.
 //
-// New flow: every run must be a connection the program has not seen, so
-// each is a separate one-iteration run with its own source port. The
-// kernel's timer wraps even a one-iteration run, so the cost of an empty
-// program measured the same way is subtracted (the "timer floor"; both raw
-// and corrected medians are reported). The new-flow path includes the
-// policy lookup, creating the conntrack entry and emitting the verdict
-// event (drained by a reader, as the agent does).
+// New flow in steady state: one run of many iterations, each a connection
+// the program has not seen (see steadyflow.go). New flow, cold: a separate
+// one-iteration run per connection; the kernel's timer wraps even a
+// one-iteration run, so the cost of an empty program measured the same way
+// is subtracted (the "timer floor"). The new-flow path includes the policy
+// lookup, creating the conntrack entry and emitting the verdict event
+// (drained by a reader, as the agent does).
 
 var entryCounts = []int{10, 1000, 100000}
 
@@ -136,6 +136,24 @@ func (s *ppSetup) ctHit(repeat int) (float64, error) {
 	return float64(d.Nanoseconds()), nil
 }
 
+// ctHitReply returns the mean cost of a conntrack hit by a reply: the
+// local endpoint answering the remote peer, at its from-container hook.
+func (s *ppSetup) ctHitReply(repeat int) (float64, error) {
+	sport := uint16(40001)
+	if _, _, err := s.prog.Benchmark(tcpFrame(srcAddr, dstAddr, sport, packet.SYN), 1, nil); err != nil {
+		return 0, err
+	}
+	reply := packet.Spec{Src: netip.MustParseAddr(dstAddr), Dst: netip.MustParseAddr(srcAddr), Proto: packet.TCP, Sport: 80, Dport: sport, TCPFlags: packet.ACK}.Frame()
+	ret, d, err := s.fromCtr.Benchmark(reply, repeat, nil)
+	if err != nil {
+		return 0, err
+	}
+	if int32(ret) != -1 {
+		return 0, fmt.Errorf("conntrack hit (reply) returned %d, not pass", int32(ret))
+	}
+	return float64(d.Nanoseconds()), nil
+}
+
 // newFlows runs count distinct new connections on prog and returns the
 // one-iteration run times.
 func newFlows(prog *ebpf.Program, src, dst string, base uint16, count int) ([]float64, error) {
@@ -179,6 +197,16 @@ func timerFloor(count int) (float64, error) {
 	return median(ts), nil
 }
 
+// Source ports: steady-state runs use steadyPorts upwards (their entries
+// are flushed after every run), one-iteration runs count up from 1024, the
+// conntrack-hit connection uses 40000.
+const (
+	steadyPorts   = 20000
+	steadyFlows   = 2000
+	ppSlices      = 12
+	flowsPerSlice = 125
+)
+
 func benchPerPacket(r *report, rounds int) {
 	setups := map[int]*ppSetup{}
 	for _, n := range entryCounts {
@@ -197,89 +225,135 @@ func benchPerPacket(r *report, rounds int) {
 		return
 	}
 	defer quiet.close()
-	var newQuiet []float64
-	quietSport := uint16(1024)
+	fr, err := newFlowRunner()
+	if err != nil {
+		r.failed("per-packet cost", "≤ 120 ns", err)
+		return
+	}
+	defer fr.close()
+	remote := tcpFrame(srcAddr, dstAddr, 0, packet.SYN)
+	local := tcpFrame(peerA, dstAddr, 0, packet.SYN)
+
+	// Per round, per table size: medians of the round's samples.
 	ctHit := map[int][]float64{}
-	newRaw := map[int][]float64{}
-	newLocal := map[int][]float64{}
-	var floors []float64
-	// Each round takes many short samples of every table size in turn
-	// (rotating the order), so a burst of noise on this shared machine
-	// hits all sizes alike; a round's value is the median of its samples.
-	const slices, flowsPerSlice = 12, 125
-	const flows = slices * flowsPerSlice
+	var ctReply []float64
+	steady := map[int][]float64{}
+	steadyLocal := map[int][]float64{}
+	cold := map[int][]float64{}
+	coldLocal := map[int][]float64{}
+	var steadyQuiet, coldFloors, steadyFloors []float64
 	sport := map[int]uint16{}
 	for _, n := range entryCounts {
 		sport[n] = 1024
 	}
-	for round := 0; round < rounds; round++ {
-		f, err := timerFloor(flows)
+	fail := func(err error) { r.failed("per-packet cost", "≤ 120 ns", err) }
+	// steadyRun measures steadyFlows new connections on prog in one run
+	// and empties conntrack afterwards.
+	steadyRun := func(s *ppSetup, prog *ebpf.Program, frame []byte) (float64, error) {
+		v, err := fr.run(prog, frame, steadyPorts, steadyFlows)
 		if err != nil {
-			r.failed("per-packet cost", "≤ 120 ns", err)
+			return 0, err
+		}
+		_, err = s.dp.CTFlush()
+		return v, err
+	}
+	for round := 0; round < rounds; round++ {
+		f, err := timerFloor(ppSlices * flowsPerSlice)
+		if err != nil {
+			fail(err)
 			return
 		}
-		floors = append(floors, f)
-		ct := map[int][]float64{}
-		nf := map[int][]float64{}
-		nl := map[int][]float64{}
-		var nq []float64
-		for sl := 0; sl < slices; sl++ {
+		coldFloors = append(coldFloors, f)
+		var sf, sq, cr []float64
+		ct, st, stl, cd, cdl := map[int][]float64{}, map[int][]float64{}, map[int][]float64{}, map[int][]float64{}, map[int][]float64{}
+		// Each round takes many short samples of every table size in
+		// turn (rotating the order), so a burst of noise on this shared
+		// machine hits all sizes alike.
+		for sl := 0; sl < ppSlices; sl++ {
+			v, err := fr.floor(remote, steadyFlows)
+			if err != nil {
+				fail(err)
+				return
+			}
+			sf = append(sf, v)
 			for i := range entryCounts {
 				n := entryCounts[(i+sl+round)%len(entryCounts)]
 				s := setups[n]
 				v, err := s.ctHit(20000)
 				if err != nil {
-					r.failed("per-packet cost", "≤ 120 ns", err)
+					fail(err)
 					return
 				}
 				ct[n] = append(ct[n], v)
+				if v, err = steadyRun(s, s.prog, remote); err != nil {
+					fail(err)
+					return
+				}
+				st[n] = append(st[n], v)
+				if v, err = steadyRun(s, s.fromCtr, local); err != nil {
+					fail(err)
+					return
+				}
+				stl[n] = append(stl[n], v)
 				ts, err := newFlows(s.prog, srcAddr, dstAddr, sport[n], flowsPerSlice)
 				if err != nil {
-					r.failed("per-packet cost", "≤ 120 ns", err)
+					fail(err)
 					return
 				}
-				nf[n] = append(nf[n], ts...)
-				ts, err = newFlows(s.fromCtr, peerA, dstAddr, sport[n], flowsPerSlice)
-				if err != nil {
-					r.failed("per-packet cost", "≤ 120 ns", err)
+				cd[n] = append(cd[n], ts...)
+				if ts, err = newFlows(s.fromCtr, peerA, dstAddr, sport[n], flowsPerSlice); err != nil {
+					fail(err)
 					return
 				}
-				nl[n] = append(nl[n], ts...)
+				cdl[n] = append(cdl[n], ts...)
 				sport[n] += flowsPerSlice
 			}
-			ts, err := newFlows(quiet.prog, srcAddr, dstAddr, quietSport, flowsPerSlice)
+			v, err = steadyRun(quiet, quiet.prog, remote)
 			if err != nil {
-				r.failed("per-packet cost", "≤ 120 ns", err)
+				fail(err)
 				return
 			}
-			nq = append(nq, ts...)
-			quietSport += flowsPerSlice
+			sq = append(sq, v)
+			if v, err = setups[10].ctHitReply(20000); err != nil {
+				fail(err)
+				return
+			}
+			cr = append(cr, v)
 		}
-		newQuiet = append(newQuiet, median(nq))
+		steadyFloors = append(steadyFloors, median(sf))
+		steadyQuiet = append(steadyQuiet, median(sq))
+		ctReply = append(ctReply, median(cr))
 		for _, n := range entryCounts {
 			ctHit[n] = append(ctHit[n], median(ct[n]))
-			newRaw[n] = append(newRaw[n], median(nf[n]))
-			newLocal[n] = append(newLocal[n], median(nl[n]))
+			steady[n] = append(steady[n], median(st[n]))
+			steadyLocal[n] = append(steadyLocal[n], median(stl[n]))
+			cold[n] = append(cold[n], median(cd[n]))
+			coldLocal[n] = append(coldLocal[n], median(cdl[n]))
 		}
 	}
-	floor := median(floors)
+	sFloor, cFloor := median(steadyFloors), median(coldFloors)
 	var b strings.Builder
-	fmt.Fprintf(&b, "BPF_PROG_TEST_RUN of the real from-netdev program (ns per packet), %d interleaved rounds, medians.\n", rounds)
-	fmt.Fprintf(&b, "Each round: %d slices per table size, interleaved; a slice is one conntrack-hit run of 20,000 iterations and %d new connections.\n", slices, flowsPerSlice)
-	fmt.Fprintf(&b, "New flows are one-iteration runs each; the timer floor (an empty program measured the same way, %.1f ns) is subtracted.\n", floor)
-	fmt.Fprintf(&b, "%-9s %-12s %-22s %-22s\n", "entries", "ct-hit", "new-flow (raw)", "new-flow local->local (2 policies, raw)")
+	fmt.Fprintf(&b, "BPF_PROG_TEST_RUN of the real programs (ns per packet), %d interleaved rounds, medians of the rounds' medians.\n", rounds)
+	fmt.Fprintf(&b, "Each round: %d slices per table size, interleaved. A slice: a conntrack hit (one run of 20,000 iterations on one\n", ppSlices)
+	fmt.Fprintf(&b, "established connection); new flows in steady state (one run of %d iterations, each a connection conntrack has not\n", steadyFlows)
+	b.WriteString("seen: a wrapper program writes a fresh source port and tail-calls the program; the wrapper's own cost,\n")
+	fmt.Fprintf(&b, "%.1f ns, is subtracted; conntrack is emptied after each run); and %d cold new flows (a one-iteration run each,\n", sFloor, flowsPerSlice)
+	fmt.Fprintf(&b, "so code and maps start out of cache; the timer floor of such a run, %.1f ns, is subtracted).\n", cFloor)
+	b.WriteString("A new flow is a TCP SYN: conntrack miss, ipcache and endpoint lookups, policy decision, conntrack entry\n")
+	b.WriteString("created, verdict event written to the ring buffer (drained by a reader, as the agent does).\n")
+	fmt.Fprintf(&b, "%-9s %-8s %-26s %-26s %-16s\n", "entries", "ct-hit", "new flow from-netdev", "new flow local->local", "cold new flow")
+	fmt.Fprintf(&b, "%-9s %-8s %-26s %-26s %-16s\n", "", "", "(1 policy, 1 event)", "(2 policies, 2 events)", "netdev / local")
 	res := map[int][3]float64{}
 	for _, n := range entryCounts {
-		ct := median(ctHit[n])
-		nf := median(newRaw[n]) - floor
-		nl := median(newLocal[n]) - floor
-		res[n] = [3]float64{ct, nf, nl}
-		fmt.Fprintf(&b, "%-9d %-12.1f %-22s %-22s\n", n, ct,
-			fmt.Sprintf("%.1f (%.1f)", nf, median(newRaw[n])), fmt.Sprintf("%.1f (%.1f)", nl, median(newLocal[n])))
-		fmt.Fprintf(&b, "          rounds: ct-hit [%s] new-flow raw [%s]\n", fmtList(ctHit[n]), fmtList(newRaw[n]))
+		c, nf, nl := median(ctHit[n]), median(steady[n])-sFloor, median(steadyLocal[n])-sFloor
+		res[n] = [3]float64{c, nf, nl}
+		fmt.Fprintf(&b, "%-9d %-8.1f %-26.1f %-26.1f %-16s\n", n, c, nf, nl,
+			fmt.Sprintf("%.0f / %.0f", median(cold[n])-cFloor, median(coldLocal[n])-cFloor))
+		fmt.Fprintf(&b, "          rounds: ct-hit [%s] new flow (raw) [%s]\n", fmtList(ctHit[n]), fmtList(steady[n]))
 	}
-	fmt.Fprintf(&b, "Without verdict events (10 entries): new flow %.1f ns (raw %.1f): one event costs about %.0f ns.\n",
-		median(newQuiet)-floor, median(newQuiet), res[10][1]-(median(newQuiet)-floor))
+	fmt.Fprintf(&b, "Conntrack hit by a reply (the local endpoint answering, from-container, 10 entries): %.1f ns [%s].\n", median(ctReply), fmtList(ctReply))
+	q := median(steadyQuiet) - sFloor
+	fmt.Fprintf(&b, "Without verdict events (10 entries): new flow %.1f ns: one event costs about %.0f ns.\n", q, res[10][1]-q)
 	r.section("Per-packet cost", b.String())
 	for _, n := range entryCounts {
 		r.check(fmt.Sprintf("conntrack hit, %d policy entries", n), res[n][0], "ns", 120, true)
@@ -290,7 +364,9 @@ func benchPerPacket(r *report, rounds int) {
 	for _, n := range entryCounts {
 		r.info(fmt.Sprintf("new flow local->local (egress+ingress), %d entries", n), res[n][2], "ns")
 	}
+	r.info("conntrack hit by a reply, 10 entries", median(ctReply), "ns")
+	r.info("new flow without its verdict event, 10 entries", q, "ns")
+	r.info("cold new flow (one-iteration run), 10 entries", median(cold[10])-cFloor, "ns")
 	r.check("conntrack hit ratio 100k/10 entries", res[100000][0]/res[10][0], "x", 1.05, true)
 	r.check("new flow ratio 100k/10 entries", res[100000][1]/res[10][1], "x", 1.05, true)
-
 }
