@@ -131,9 +131,6 @@ func Run(ctx context.Context, cfg Config) error {
 	defer dp.Close()
 	if cfg.L7 {
 		cfg.Datapath.Proxy = true
-		if err := setupProxyRouting(); err != nil {
-			return err
-		}
 	}
 	if err := dp.SetConfig(cfg.Datapath); err != nil {
 		return err
@@ -148,6 +145,18 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("read pinned policy: %w", err)
 	}
 	app.purgeStale(stale)
+	if cfg.L7 {
+		app.proxyRouting = setupProxyRouting
+		if app.proxyRouted, err = proxyRoutingInstalled(); err != nil {
+			return err
+		}
+		// Entries a previous agent wrote keep redirecting meanwhile.
+		for _, entries := range adopted {
+			if err := app.routeToProxy(entries); err != nil {
+				return err
+			}
+		}
+	}
 
 	alloc, err := identity.OpenJournal(filepath.Join(cfg.Datastore, "identities", "journal"))
 	if err != nil {

@@ -49,6 +49,30 @@ type applier struct {
 	// still need attaching, done in parallel at the end of the endpoint
 	// pass.
 	pending []*epState
+	// proxyRouting installs the policy routing of the redirect to the node
+	// proxy (nil without L7); it runs before the first redirect entry is
+	// written. Until then no route lookup of the node pays for the rule.
+	proxyRouting func() error
+	proxyRouted  bool
+}
+
+// routeToProxy installs the proxy's policy routing the first time entries
+// redirect to it.
+func (a *applier) routeToProxy(entries map[policy.EntryKey]policy.Value) error {
+	if a.proxyRouting == nil || a.proxyRouted {
+		return nil
+	}
+	for _, v := range entries {
+		if v.Verdict == policy.Redirect {
+			if err := a.proxyRouting(); err != nil {
+				return err
+			}
+			a.proxyRouted = true
+			a.log.Info("proxy routing installed: the first policy redirects to the L7 proxy")
+			return nil
+		}
+	}
+	return nil
 }
 
 // attachWorkers bounds concurrent attachments: each waits for an RCU grace
@@ -443,6 +467,9 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 		newGen = st.gen ^ 1
 		keys := make([]datapath.PolicyKey, 0, len(desired))
 		vals := make([]datapath.PolicyValue, 0, len(desired))
+		if err := a.routeToProxy(desired); err != nil {
+			problem("endpoint %s: %v (its L7 traffic fails until this is fixed)", key, err)
+		}
 		for k, v := range desired {
 			keys = append(keys, st.datapathKey(k, newGen))
 			vals = append(vals, datapath.PolicyValue{Verdict: datapath.Verdict(v.Verdict), ProxyPort: v.ProxyPort, RuleID: v.RuleID})

@@ -23,7 +23,10 @@ const proxyRulePriority = 100
 // MARK_TO_PROXY are routed locally whatever their destination, where the
 // kernel finds the proxy's socket (the listener bpf_sk_assign picked for a
 // new connection; the proxy's transparent upstream socket for a reply).
-// Idempotent.
+// Idempotent. The agent installs it before it writes the first entry that
+// redirects: with a rule in place every route lookup of the namespace walks
+// the rules, and source validation needs a full lookup, which a node
+// without L7 policy should not pay for.
 func setupProxyRouting() error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
@@ -74,6 +77,23 @@ func setupProxyRouting() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// proxyRoutingInstalled reports whether the proxy's rules are in place for
+// both families (a previous agent installed them).
+func proxyRoutingInstalled() (bool, error) {
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rule := netlink.NewRule()
+		rule.Family = fam
+		rule.Mark = datapath.MarkToProxy
+		rule.Table = proxyRouteTable
+		rule.Priority = proxyRulePriority
+		ok, err := ruleExists(rule)
+		if err != nil || !ok {
+			return false, err
+		}
+	}
+	return true, nil
 }
 
 func ruleExists(want *netlink.Rule) (bool, error) {

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"testing"
@@ -9,6 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/membrane-mesh/membrane/internal/netns"
+	"github.com/membrane-mesh/membrane/policy"
 )
 
 // A node's namespace may have lo down (a fresh one does): the proxy's
@@ -62,5 +65,34 @@ func TestProxyRoutingInFreshNamespace(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The proxy's routing is installed once, when the first entries that
+// redirect are written, and retried after a failure.
+func TestProxyRoutingInstalledOnFirstRedirect(t *testing.T) {
+	calls := 0
+	fail := true
+	a := &applier{log: slog.New(slog.DiscardHandler), proxyRouting: func() error {
+		calls++
+		if fail {
+			return errors.New("no netlink today")
+		}
+		return nil
+	}}
+	allow := map[policy.EntryKey]policy.Value{{Selset: 1, Entry: policy.Entry{Proto: 6, Port: 80, Plen: 16}}: {Verdict: policy.Allow}}
+	redirect := map[policy.EntryKey]policy.Value{{Selset: 1, Entry: policy.Entry{Proto: 6, Port: 80, Plen: 16}}: {Verdict: policy.Redirect, ProxyPort: 15001}}
+	if err := a.routeToProxy(allow); err != nil || calls != 0 {
+		t.Fatalf("allow entries: %v, %d calls", err, calls)
+	}
+	if err := a.routeToProxy(redirect); err == nil || calls != 1 || a.proxyRouted {
+		t.Fatalf("failing install: %v, %d calls, routed %v", err, calls, a.proxyRouted)
+	}
+	fail = false
+	if err := a.routeToProxy(redirect); err != nil || calls != 2 || !a.proxyRouted {
+		t.Fatalf("retry: %v, %d calls, routed %v", err, calls, a.proxyRouted)
+	}
+	if err := a.routeToProxy(redirect); err != nil || calls != 2 {
+		t.Fatalf("installed once: %v, %d calls", err, calls)
 	}
 }
