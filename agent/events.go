@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -80,12 +81,16 @@ type flowObserver struct {
 	// ctx is the newest enrichment context (see flows.go).
 	ctx atomic.Pointer[flowContext]
 
-	mu        sync.Mutex // guards the ring and the set of followers
-	ring      []api.FlowRecord
-	next      int
-	full      bool
-	followers map[*follower]struct{}
-	bufSize   int // per follower
+	mu   sync.Mutex // guards the ring and the set of followers
+	ring []flowSlot
+	next int
+	full bool
+	// pending counts ring slots holding an event not yet turned into a
+	// flow; pendingCtx is the context they were recorded with.
+	pending    int
+	pendingCtx *flowContext
+	followers  map[*follower]struct{}
+	bufSize    int // per follower
 
 	// counts[type][verdict] counts flows since the agent started.
 	counts        [numTypes][numVerdicts]atomic.Uint64
@@ -97,7 +102,77 @@ func newFlowObserver(node string, ring int) *flowObserver {
 	if ring <= 0 {
 		ring = DefaultFlowRing
 	}
-	return &flowObserver{node: node, ring: make([]api.FlowRecord, ring), followers: map[*follower]struct{}{}, bufSize: followerBuffer}
+	return &flowObserver{node: node, ring: make([]flowSlot, ring), followers: map[*follower]struct{}{}, bufSize: followerBuffer}
+}
+
+// flowSlot is one record of the ring. A datapath event is kept as it came
+// (with the enrichment context of that moment) and turned into a flow only
+// when someone asks for it: most events on a busy node are never read, and
+// building a flow costs more than reading its event.
+type flowSlot struct {
+	rec api.FlowRecord
+	ev  datapath.Event
+	ctx *flowContext
+	raw bool // ev and ctx hold the record; rec is not built yet
+}
+
+// record returns the slot's record, building its flow on first use. The
+// caller holds the observer's mu.
+func (o *flowObserver) record(s *flowSlot) api.FlowRecord {
+	if s.raw {
+		s.rec = api.FlowRecord{Flow: s.ctx.flow(o.node, &s.ev)}
+		s.raw, s.ctx = false, nil
+		o.pending--
+	}
+	return s.rec
+}
+
+// eventVerdict is the verdict index of the flow e becomes (see flow).
+func eventVerdict(e *datapath.Event) int {
+	switch {
+	case e.Type == datapath.EventDrop:
+		return verdictIndex(api.VerdictDropped)
+	case e.Flags&datapath.EventFlagRedirect != 0:
+		return verdictIndex(api.VerdictRedirected)
+	}
+	return verdictIndex(api.VerdictForwarded)
+}
+
+// publishEvent adds a datapath event, enriched with ctx when it is read.
+func (o *flowObserver) publishEvent(e *datapath.Event, ctx *flowContext) {
+	o.counts[typeIndex(api.FlowL3L4)][eventVerdict(e)].Add(1)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.pending > 0 && ctx != o.pendingCtx {
+		// A new context: build the flows that still hold the old one, so
+		// the ring never keeps more than one superseded context alive.
+		for i := range o.ring {
+			o.record(&o.ring[i])
+		}
+	}
+	s := o.put(flowSlot{ev: *e, ctx: ctx, raw: true})
+	o.pending++
+	o.pendingCtx = ctx
+	if len(o.followers) > 0 {
+		rec := o.record(s)
+		for f := range o.followers {
+			f.offer(rec)
+		}
+	}
+}
+
+// put stores s in the next slot and returns it. The caller holds mu.
+func (o *flowObserver) put(s flowSlot) *flowSlot {
+	slot := &o.ring[o.next]
+	if slot.raw {
+		o.pending--
+	}
+	*slot = s
+	o.next++
+	if o.next == len(o.ring) {
+		o.next, o.full = 0, true
+	}
+	return slot
 }
 
 // follower is one `observe --follow` stream.
@@ -168,11 +243,7 @@ func (o *flowObserver) publish(rec api.FlowRecord) {
 		o.counts[typeIndex(rec.Flow.Type)][verdictIndex(rec.Flow.Verdict)].Add(1)
 	}
 	o.mu.Lock()
-	o.ring[o.next] = rec
-	o.next++
-	if o.next == len(o.ring) {
-		o.next, o.full = 0, true
-	}
+	o.put(flowSlot{rec: rec})
 	for f := range o.followers {
 		f.offer(rec)
 	}
@@ -190,7 +261,7 @@ func (o *flowObserver) lastLocked(n int, filter *api.FlowFilter) []api.FlowRecor
 	var out []api.FlowRecord
 	flows := 0
 	for i := 1; i <= size && (n <= 0 || flows < n); i++ {
-		rec := o.ring[(o.next-i+len(o.ring))%len(o.ring)]
+		rec := o.record(&o.ring[(o.next-i+len(o.ring))%len(o.ring)])
 		if rec.Flow != nil {
 			if filter != nil && !filter.Match(rec.Flow) {
 				continue
@@ -287,9 +358,10 @@ func (a *Agent) readEvents(ctx context.Context, rd *datapath.EventReader) {
 			a.log.Warn("read datapath event", "err", err)
 			continue
 		}
-		f := a.flows.ctx.Load().flow(a.cfg.Node, &e)
-		a.flows.publish(api.FlowRecord{Flow: f})
-		if e.Type == datapath.EventDrop {
+		fctx := a.flows.ctx.Load()
+		a.flows.publishEvent(&e, fctx)
+		if e.Type == datapath.EventDrop && a.log.Enabled(ctx, slog.LevelDebug) {
+			f := fctx.flow(a.cfg.Node, &e)
 			a.log.Debug("drop", "reason", f.DropReason, "dir", f.Direction, "src", e.Src, "dst", e.Dst,
 				"proto", f.Protocol, "srcIdentity", f.Source.Identity, "dstIdentity", f.Destination.Identity, "rule", e.RuleID)
 		}

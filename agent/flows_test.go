@@ -451,3 +451,52 @@ func TestFlowAPINDJSON(t *testing.T) {
 		t.Errorf("lines %v", lines)
 	}
 }
+
+// Datapath events are kept raw in the ring and become flows when read,
+// with the enrichment context of the moment they arrived; a new context
+// turns the events still held with the old one into flows first.
+func TestFlowRingKeepsEventsUntilRead(t *testing.T) {
+	snap, eps := flowTestSnapshot()
+	c1 := newFlowContext(nil, snap, eps, false)
+	c2 := newFlowContext(c1, snap, eps, false)
+	o := newFlowObserver("node1", 4)
+	ev := func(port uint16, typ datapath.EventType, flags uint16) *datapath.Event {
+		return &datapath.Event{Type: typ, Dir: datapath.Ingress, Proto: 6, EndpointID: 4, Flags: flags, Reason: datapath.ReasonPolicy,
+			SrcIdentity: 257, DstIdentity: 258, Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.1.1"), port), Dst: ap("10.0.1.2:80")}
+	}
+	o.publishEvent(ev(1, datapath.EventVerdict, 0), c1)
+	o.publishEvent(ev(2, datapath.EventDrop, 0), c1)
+	if o.pending != 2 {
+		t.Fatalf("pending %d, want 2: nothing read yet", o.pending)
+	}
+	o.publishEvent(ev(3, datapath.EventVerdict, datapath.EventFlagRedirect), c2)
+	if o.pending != 1 || o.pendingCtx != c2 {
+		t.Fatalf("pending %d after a new context, want only the newest event", o.pending)
+	}
+	for i := uint16(4); i <= 6; i++ { // wraps: events 1 and 2 leave the ring
+		o.publishEvent(ev(i, datapath.EventVerdict, 0), c2)
+	}
+	recs := o.last(0, nil)
+	if got := ports(recs); !reflect.DeepEqual(got, []int{3, 4, 5, 6}) {
+		t.Fatalf("ring holds %v", got)
+	}
+	if recs[0].Flow.Verdict != api.VerdictRedirected || recs[0].Flow.Source.Namespace != "x" || recs[0].Flow.Destination.Pod != "b" {
+		t.Fatalf("flow built from the event: %+v", recs[0].Flow)
+	}
+	if o.pending != 0 {
+		t.Fatalf("pending %d after reading everything", o.pending)
+	}
+	st := o.status()
+	if st.ByVerdict[api.VerdictForwarded] != 4 || st.ByVerdict[api.VerdictDropped] != 1 || st.ByVerdict[api.VerdictRedirected] != 1 {
+		t.Fatalf("counts %+v", st.ByVerdict)
+	}
+	// A follower gets flows as they come.
+	_, f, err := o.follow(0, api.FlowFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.publishEvent(ev(7, datapath.EventDrop, 0), c2)
+	if r := recv(t, f); r.Flow == nil || r.Flow.Source.Port != 7 || r.Flow.Verdict != api.VerdictDropped {
+		t.Fatalf("follower got %+v", r)
+	}
+}
