@@ -285,17 +285,16 @@ static __always_inline int track_proxy_upstream(struct __sk_buff *skb, const str
 	int syn = p.t.proto == IPPROTO_TCP && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK);
 	struct ct_entry *e = bpf_map_lookup_elem(&proxy_ct, &p.t);
 	if (e) {
-		if (syn)
-			e->flags = CT_F_SYN_ONLY; /* the port is used by a new connection */
 		ct_refresh(cfg, e, &p, 0, now);
+		if (!syn)
+			return TCX_NEXT;
+		e->flags = CT_F_SYN_ONLY; /* the port is used by a new connection */
 	} else {
 		if (p.t.proto == IPPROTO_TCP && !syn)
 			return TCX_NEXT; /* not the start of a connection: nothing to record */
 		struct ct_entry ne = { .last_seen = now, .rev = cfg->policy_rev, .flags = CT_F_SYN_ONLY };
 		bpf_map_update_elem(&proxy_ct, &p.t, &ne, BPF_ANY);
 	}
-	if (e && !syn)
-		return TCX_NEXT;
 	/* A new upstream connection. The ingress hooks look its replies up in
 	 * conntrack first: an entry an earlier connection on the same ends
 	 * left there (closing, not yet expired) would take them. A redirected
@@ -389,7 +388,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	if (e) {
 		if (now - e->last_seen > ct_lifetime(cfg, e, ck->proto) + hz(cfg))
 			e = NULL; /* expired: decide afresh */
-		else if (!reply && p.t.proto == IPPROTO_TCP && (e->flags & CT_F_CLOSING) && bare_syn)
+		else if (!reply && bare_syn && (e->flags & CT_F_CLOSING))
 			e = NULL; /* port reused by a new connection */
 	}
 
@@ -505,7 +504,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 			.rule_egress = de.rule_id,
 			.rule_ingress = di.rule_id,
 		};
-		if (p.t.proto == IPPROTO_TCP && (p.tcp_flags & TCP_SYN) && !(p.tcp_flags & TCP_ACK))
+		if (bare_syn)
 			ne.flags |= CT_F_SYN_ONLY;
 		bpf_map_update_elem(&ct, &key, &ne, BPF_ANY); /* key: of p.t, no ICMP error here */
 		struct stats *s = stats_get();
