@@ -59,13 +59,7 @@ func setupProxyRouting() error {
 			errs = append(errs, fmt.Errorf("proxy routing: local route in table %d (family %d): %w", proxyRouteTable, fam.family, err))
 			continue
 		}
-		rule := netlink.NewRule()
-		rule.Family = fam.family
-		rule.Mark = datapath.MarkToProxy
-		mask := uint32(0x0F00)
-		rule.Mask = &mask
-		rule.Table = proxyRouteTable
-		rule.Priority = proxyRulePriority
+		rule := proxyRule(fam.family)
 		if exists, err := ruleExists(rule); err != nil {
 			errs = append(errs, err)
 			continue
@@ -73,22 +67,30 @@ func setupProxyRouting() error {
 			continue
 		}
 		if err := netlink.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
-			errs = append(errs, fmt.Errorf("proxy routing: ip rule fwmark %#x/%#x lookup %d (family %d): %w", rule.Mark, mask, proxyRouteTable, fam.family, err))
+			errs = append(errs, fmt.Errorf("proxy routing: ip rule fwmark %#x/%#x lookup %d (family %d): %w", rule.Mark, *rule.Mask, proxyRouteTable, fam.family, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// proxyRule is the rule that sends packets marked MARK_TO_PROXY to the
+// proxy's routing table.
+func proxyRule(family int) *netlink.Rule {
+	rule := netlink.NewRule()
+	rule.Family = family
+	rule.Mark = datapath.MarkToProxy
+	mask := uint32(datapath.MarkMagicMask)
+	rule.Mask = &mask
+	rule.Table = proxyRouteTable
+	rule.Priority = proxyRulePriority
+	return rule
 }
 
 // proxyRoutingInstalled reports whether the proxy's rules are in place for
 // both families (a previous agent installed them).
 func proxyRoutingInstalled() (bool, error) {
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rule := netlink.NewRule()
-		rule.Family = fam
-		rule.Mark = datapath.MarkToProxy
-		rule.Table = proxyRouteTable
-		rule.Priority = proxyRulePriority
-		ok, err := ruleExists(rule)
+		ok, err := ruleExists(proxyRule(fam))
 		if err != nil || !ok {
 			return false, err
 		}

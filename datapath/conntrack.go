@@ -228,27 +228,23 @@ func deleteKeys(m *ebpf.Map, keys []bpf.DatapathCtKey) (int, error) {
 		chunk := keys[:min(len(keys), ctBatch)]
 		k, err := m.BatchDelete(chunk, nil)
 		n += k
-		if err == nil {
+		switch {
+		case err == nil:
 			keys = keys[len(chunk):]
-			continue
-		}
-		if !errors.Is(err, ebpf.ErrKeyNotExist) && !errors.Is(err, ebpf.ErrNotSupported) {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			keys = keys[k+1:] // a batch stops at the first missing key: skip it
+		case errors.Is(err, ebpf.ErrNotSupported):
+			for i := range keys {
+				if err := m.Delete(&keys[i]); err == nil {
+					n++
+				} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
+					return n, err
+				}
+			}
+			return n, nil
+		default:
 			return n, err
 		}
-		// A batch stops at the first missing key, or batches are not
-		// supported: skip the key (or fall back to one at a time).
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			keys = keys[k+1:]
-			continue
-		}
-		for i := range keys {
-			if err := m.Delete(&keys[i]); err == nil {
-				n++
-			} else if !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return n, err
-			}
-		}
-		return n, nil
 	}
 	return n, nil
 }

@@ -109,20 +109,19 @@ func (r *EventReader) SetDeadline(t time.Time) { r.deadline = t }
 
 // Read blocks until an event arrives, the deadline passes, or Close.
 func (r *EventReader) Read() (Event, error) {
-	var rec []byte
 	for {
-		var err error
-		rec, err = r.ring.next(r.buf)
+		rec, err := r.ring.next(r.buf)
 		if err == nil {
 			r.buf = rec
-			break
+			return r.decode(rec)
 		}
 		if err != errRingEmpty {
 			return Event{}, err
 		}
-		wake := time.Now().Add(PollInterval)
+		now := time.Now()
+		wake := now.Add(PollInterval)
 		if !r.deadline.IsZero() {
-			if !time.Now().Before(r.deadline) {
+			if !now.Before(r.deadline) {
 				return Event{}, os.ErrDeadlineExceeded
 			}
 			if r.deadline.Before(wake) {
@@ -136,6 +135,10 @@ func (r *EventReader) Read() (Event, error) {
 			return Event{}, fmt.Errorf("wait for events: %w", err)
 		}
 	}
+}
+
+// decode turns a ring record into an Event.
+func (r *EventReader) decode(rec []byte) (Event, error) {
 	var raw bpf.DatapathEvent
 	if len(rec) < int(unsafe.Sizeof(raw)) {
 		return Event{}, fmt.Errorf("read event: short record of %d bytes", len(rec))

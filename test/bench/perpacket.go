@@ -171,16 +171,15 @@ func newFlows(prog *ebpf.Program, src, dst string, base uint16, count int) ([]fl
 	return out, nil
 }
 
+// emptyProgram is a tc program that only passes the packet (TCX_NEXT).
+func emptyProgram() (*ebpf.Program, error) {
+	return ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "Dual BSD/GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}})
+}
+
 // timerFloor is the one-iteration run time of an empty tc program.
 func timerFloor(count int) (float64, error) {
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:    ebpf.SchedCLS,
-		License: "Dual BSD/GPL",
-		Instructions: asm.Instructions{
-			asm.Mov.Imm(asm.R0, -1),
-			asm.Return(),
-		},
-	})
+	prog, err := emptyProgram()
 	if err != nil {
 		return 0, err
 	}

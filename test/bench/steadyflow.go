@@ -70,8 +70,7 @@ func newFlowRunner() (*flowRunner, error) {
 		f.close()
 		return nil, fmt.Errorf("load the new-flow wrapper: %w", err)
 	}
-	if f.empty, err = ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "Dual BSD/GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, -1), asm.Return()}}); err != nil {
+	if f.empty, err = emptyProgram(); err != nil {
 		f.close()
 		return nil, err
 	}
