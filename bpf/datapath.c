@@ -249,7 +249,8 @@ mark:
 	return 0;
 }
 
-static __always_inline int drop(struct __sk_buff *skb, const struct pkt *p,
+/* A subprogram, like emit: a dozen call sites. */
+static __noinline int drop(struct __sk_buff *skb, const struct pkt *p,
 				const struct config *cfg, __u8 reason, const struct ev_info *ei)
 {
 	count(reason, ei->dir, p->len);

@@ -41,7 +41,8 @@ static __always_inline struct stats *stats_get(void)
 	return bpf_map_lookup_elem(&global_stats, &zero);
 }
 
-static __always_inline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 type,
+/* A subprogram: every drop site calls it. */
+static __noinline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 type,
 				 __u8 reason, const struct ev_info *ei)
 {
 	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
