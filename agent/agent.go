@@ -135,6 +135,15 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := dp.SetConfig(cfg.Datapath); err != nil {
 		return err
 	}
+	// Collect conntrack once now, before the new programs are attached:
+	// entries an older datapath keyed differently are rekeyed, so that
+	// the replies of established connections find them from the first
+	// packet (the periodic collection would leave up to 30 s).
+	if res, err := dp.CTCollect(cfg.Datapath); err != nil {
+		log.Warn("conntrack collection at start-up", "err", err)
+	} else {
+		log.Debug("conntrack collection at start-up", "expired", res.Expired, "entries", res.Entries, "fill", res.Fill)
+	}
 
 	app, err := newApplier(dp, log)
 	if err != nil {
