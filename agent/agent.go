@@ -408,6 +408,15 @@ func (a *Agent) regenerate(rev int64) {
 			res.problems = append(res.problems, err.Error())
 		}
 		a.dp.PruneLinkPins(a.liveLinkNames())
+		// This build's programs are attached: carry over what the
+		// previous ones recorded in maps Load replaced.
+		if migrated := a.dp.Migrated(); len(migrated) > 0 {
+			n, err := a.dp.FinishMigration()
+			if err != nil {
+				res.problems = append(res.problems, err.Error())
+			}
+			a.log.Info("pinned maps resized", "maps", migrated, "lateConnections", n)
+		}
 	}
 	took := time.Since(t0)
 

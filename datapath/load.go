@@ -103,13 +103,18 @@ type Datapath struct {
 	links map[string]link.Link // key: ifname_hook (tcx only)
 
 	hz uint32 // kernel jiffies per second
+
+	// Pinned maps Load replaced (migrate.go), until FinishMigration.
+	retired []retiredMap
 }
 
 const bpffsMagic = 0xcafe4a11
 
 // Load loads the programs. Maps already pinned under opts.PinDir are reused
-// with their contents; a pinned map whose type, key, value or size differs
-// from what this build expects is an error naming the map.
+// with their contents. A pinned map whose capacity or flags differ from
+// what this build wants is replaced by one that has them, its entries
+// copied (migrate.go); one whose type, key or value differs is an error
+// naming the map, and the pins stay as they were.
 func Load(opts Options) (*Datapath, error) {
 	spec, err := bpf.LoadDatapath()
 	if err != nil {
@@ -150,14 +155,17 @@ func Load(opts Options) (*Datapath, error) {
 		if err := ensureBPFFS(opts.PinDir); err != nil {
 			return nil, err
 		}
-		if err := checkPinned(opts.PinDir, spec, regSpec); err != nil {
-			return nil, err
-		}
 		collOpts.Maps.PinPath = opts.PinDir
 	}
 
 	d := &Datapath{pinDir: opts.PinDir, sizes: sizes, legacy: opts.LegacyTC, links: map[string]link.Link{}}
+	if opts.PinDir != "" {
+		if d.retired, err = migratePinned(opts.PinDir, pinnedSpecs(spec, regSpec)); err != nil {
+			return nil, err
+		}
+	}
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
+		d.closeRetired()
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load datapath programs: %+v", ve)
@@ -167,6 +175,7 @@ func Load(opts Options) (*Datapath, error) {
 	d.registry, err = ebpf.NewMapWithOptions(regSpec, collOpts.Maps)
 	if err != nil {
 		d.objs.Close()
+		d.closeRetired()
 		return nil, fmt.Errorf("create registry map: %w", err)
 	}
 	if d.hz, err = d.measureHZ(); err != nil {
@@ -237,38 +246,15 @@ func ensureBPFFS(dir string) error {
 	return fmt.Errorf("pin directory %s is not on a bpffs: mount one with `mount -t bpf bpf <dir>`", dir)
 }
 
-// checkPinned compares every pinned map with the spec this build wants.
-func checkPinned(dir string, spec *ebpf.CollectionSpec, extra ...*ebpf.MapSpec) error {
+// pinnedSpecs lists the specs of every map Load pins.
+func pinnedSpecs(spec *ebpf.CollectionSpec, extra ...*ebpf.MapSpec) []*ebpf.MapSpec {
 	specs := make([]*ebpf.MapSpec, 0, len(spec.Maps)+len(extra))
 	for _, m := range spec.Maps {
 		if m.Pinning == ebpf.PinByName {
 			specs = append(specs, m)
 		}
 	}
-	specs = append(specs, extra...)
-	for _, ms := range specs {
-		path := filepath.Join(dir, ms.Name)
-		m, err := ebpf.LoadPinnedMap(path, nil)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("open pinned map %s: %w", path, err)
-		}
-		info, err := m.Info()
-		m.Close()
-		if err != nil {
-			return fmt.Errorf("inspect pinned map %s: %w", path, err)
-		}
-		if info.Type != ms.Type || info.KeySize != ms.KeySize || info.ValueSize != ms.ValueSize ||
-			info.MaxEntries != ms.MaxEntries || info.Flags != ms.Flags {
-			return fmt.Errorf("pinned map %s (%v key %d value %d max %d flags %#x) differs from this build's (%v key %d value %d max %d flags %#x): "+
-				"the map size setting or the datapath version changed; restart with the previous setting, or remove the pins (which forgets established connections)",
-				path, info.Type, info.KeySize, info.ValueSize, info.MaxEntries, info.Flags,
-				ms.Type, ms.KeySize, ms.ValueSize, ms.MaxEntries, ms.Flags)
-		}
-	}
-	return nil
+	return append(specs, extra...)
 }
 
 // Close releases this process's handles. Pinned maps and links stay, and
@@ -281,7 +267,15 @@ func (d *Datapath) Close() error {
 		delete(d.links, k)
 	}
 	d.registry.Close()
+	d.closeRetired()
 	return d.objs.Close()
+}
+
+func (d *Datapath) closeRetired() {
+	for _, r := range d.retired {
+		r.old.Close()
+	}
+	d.retired = nil
 }
 
 // RemovePins deletes the pin directory: maps are freed once no program uses

@@ -1,0 +1,225 @@
+package datapath
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/membrane-mesh/membrane/bpf"
+)
+
+// Migration of pinned maps whose capacity or flags changed (a --map-size-*
+// setting, or a datapath build that sizes a map differently) while their
+// type, key and value stayed the same.
+//
+// Load creates the map anew, copies the old one's entries into it and pins
+// it in the old one's place, before any program of this build runs. The
+// programs still attached keep the old map until the agent attaches this
+// build's; connections they open meanwhile are copied over by
+// FinishMigration, which the agent calls once its first sync has attached
+// the new programs. A map whose key or value layout changed cannot be
+// converted: Load refuses it, naming the map, and leaves the pins alone.
+
+// migratable reports how a pinned map is carried over when its capacity or
+// flags change: its entries are copied, or (events and statistics) it
+// starts empty.
+func migratable(name string) (copyEntries bool) {
+	switch name {
+	case bpf.DatapathMapEvents, bpf.DatapathMapCounters, bpf.DatapathMapGlobalStats:
+		return false
+	}
+	return true
+}
+
+// lateCopy names the maps the old programs keep writing until they are
+// replaced: FinishMigration copies what they added.
+func lateCopy(name string) bool {
+	switch name {
+	case bpf.DatapathMapCt, bpf.DatapathMapProxyCt, bpf.DatapathMapFrags:
+		return true
+	}
+	return false
+}
+
+// retiredMap is a map a migration replaced, kept open for FinishMigration.
+type retiredMap struct {
+	name     string
+	old, new *ebpf.Map
+}
+
+// pinnedDiff compares the map pinned at path with ms. It returns the open
+// pinned map when only its capacity or flags differ (to migrate), nil when
+// it matches or is absent, and an error when its layout differs.
+func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pinned map %s: %w", path, err)
+	}
+	info, err := m.Info()
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("inspect pinned map %s: %w", path, err)
+	}
+	if info.Type != ms.Type || info.KeySize != ms.KeySize || info.ValueSize != ms.ValueSize {
+		m.Close()
+		return nil, fmt.Errorf("pinned map %s (%v key %d value %d) differs in layout from this build's (%v key %d value %d): "+
+			"this datapath version cannot take over its entries; roll back to the previous version, or remove the pins "+
+			"(which forgets established connections)",
+			path, info.Type, info.KeySize, info.ValueSize, ms.Type, ms.KeySize, ms.ValueSize)
+	}
+	if info.MaxEntries == ms.MaxEntries && info.Flags == ms.Flags {
+		m.Close()
+		return nil, nil
+	}
+	return m, nil
+}
+
+// migratePinned replaces every pinned map in dir whose capacity or flags
+// differ from its spec. An error before the pins are swapped (a map's
+// entries do not fit its new size) leaves every pin as it was.
+func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
+	type job struct {
+		ms  *ebpf.MapSpec
+		old *ebpf.Map
+	}
+	var jobs []job
+	closeAll := func() {
+		for _, j := range jobs {
+			j.old.Close()
+		}
+	}
+	for _, ms := range specs {
+		old, err := pinnedDiff(filepath.Join(dir, ms.Name), ms)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		if old != nil {
+			jobs = append(jobs, job{ms, old})
+		}
+	}
+	if len(jobs) == 0 {
+		return nil, nil
+	}
+
+	// Build every replacement before touching a pin.
+	var retired []retiredMap
+	fail := func(err error) ([]retiredMap, error) {
+		for _, r := range retired {
+			r.new.Close()
+		}
+		closeAll()
+		return nil, err
+	}
+	for _, j := range jobs {
+		spec := j.ms.Copy()
+		spec.Pinning = ebpf.PinNone
+		nm, err := ebpf.NewMap(spec)
+		if err != nil {
+			return fail(fmt.Errorf("migrate pinned map %s: create: %w", j.ms.Name, err))
+		}
+		retired = append(retired, retiredMap{name: j.ms.Name, old: j.old, new: nm})
+		if !migratable(j.ms.Name) {
+			continue
+		}
+		n, err := copyEntries(j.old, nm, false)
+		if err != nil {
+			return fail(fmt.Errorf("migrate pinned map %s to %d entries: copied %d: %w (it holds more than fit: raise its size setting)",
+				j.ms.Name, j.ms.MaxEntries, n, err))
+		}
+	}
+
+	// Swap the pins: each rename replaces the old pin at once.
+	for _, r := range retired {
+		path := filepath.Join(dir, r.name)
+		tmp := filepath.Join(dir, "migrating-"+r.name) // bpffs refuses names with a dot
+		os.Remove(tmp)
+		if err := r.new.Pin(tmp); err != nil {
+			return fail(fmt.Errorf("migrate pinned map %s: pin: %w", r.name, err))
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			r.new.Unpin()
+			return fail(fmt.Errorf("migrate pinned map %s: replace pin: %w", r.name, err))
+		}
+	}
+	for i := range retired {
+		retired[i].new.Close() // the collection loads it from its pin
+		retired[i].new = nil
+	}
+	return retired, nil
+}
+
+// copyEntries copies every entry of from into to and returns how many it
+// wrote. With onlyMissing, entries to already has are left alone.
+func copyEntries(from, to *ebpf.Map, onlyMissing bool) (int, error) {
+	key := make([]byte, from.KeySize())
+	val := make([]byte, from.ValueSize())
+	flags := ebpf.UpdateAny
+	if onlyMissing {
+		flags = ebpf.UpdateNoExist
+	}
+	n := 0
+	it := from.Iterate()
+	for it.Next(&key, &val) {
+		if err := to.Update(key, val, flags); err != nil {
+			if onlyMissing && errors.Is(err, ebpf.ErrKeyExist) {
+				continue
+			}
+			return n, err
+		}
+		n++
+	}
+	return n, it.Err()
+}
+
+// Migrated names the pinned maps Load replaced because their capacity or
+// flags changed.
+func (d *Datapath) Migrated() []string {
+	names := make([]string, 0, len(d.retired))
+	for _, r := range d.retired {
+		names = append(names, r.name)
+	}
+	return names
+}
+
+// FinishMigration copies the connections the previous programs recorded
+// in replaced conntrack maps since Load, and releases those maps. Call it
+// once this build's programs are attached everywhere. It returns how many
+// entries it copied.
+func (d *Datapath) FinishMigration() (int, error) {
+	var errs []error
+	total := 0
+	for _, r := range d.retired {
+		if lateCopy(r.name) {
+			to := d.mapByName(r.name)
+			if to != nil {
+				n, err := copyEntries(r.old, to, true)
+				total += n
+				if err != nil {
+					errs = append(errs, fmt.Errorf("finish migration of %s: %w", r.name, err))
+				}
+			}
+		}
+		r.old.Close()
+	}
+	d.retired = nil
+	return total, errors.Join(errs...)
+}
+
+func (d *Datapath) mapByName(name string) *ebpf.Map {
+	switch name {
+	case bpf.DatapathMapCt:
+		return d.objs.Ct
+	case bpf.DatapathMapProxyCt:
+		return d.objs.ProxyCt
+	case bpf.DatapathMapFrags:
+		return d.objs.Frags
+	}
+	return nil
+}

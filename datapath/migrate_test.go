@@ -1,0 +1,168 @@
+package datapath
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-mesh/membrane/internal/packet"
+)
+
+// pinDir mounts a private bpffs for one test's pins.
+func pinDir(t *testing.T) string {
+	t.Helper()
+	requireBPF(t)
+	t.Parallel()
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		t.Skipf("skipping: cannot mount a bpffs for pins: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+func loadPinned(t *testing.T, dir string, sizes Sizes) (*Datapath, error) {
+	t.Helper()
+	d, err := Load(Options{PinDir: dir, Sizes: sizes})
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		t.Skipf("skipping: kernel lacks a BPF feature the datapath needs: %v", err)
+	}
+	if err == nil {
+		t.Cleanup(func() { d.Close() })
+		if err := d.SetConfig(DefaultConfig); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return d, err
+}
+
+func pinnedInfo(t *testing.T, dir, name string) *ebpf.MapInfo {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	info, err := m.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// A new conntrack size takes effect on the next load: the pinned map is
+// replaced by a bigger one holding the same connections, and connections
+// the previous programs open until they are replaced are carried over too.
+func TestMigrateResizedConntrack(t *testing.T) {
+	dir := pinDir(t)
+	d1, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := &harness{t: t, d: d1, cfg: DefaultConfig}
+	old.ipcache(addrA, 1001, selA)
+	old.ipcache(addrR, 1003, selR)
+	old.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
+	old.policy(k, v)
+	old.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.SYN), retNext)
+
+	// d1 stays loaded: its programs are the ones still attached.
+	d2, err := loadPinned(t, dir, Sizes{Conntrack: 4096})
+	if err != nil {
+		t.Fatalf("load with a bigger conntrack: %v", err)
+	}
+	if got := d2.Migrated(); len(got) != 1 || got[0] != "ct" {
+		t.Fatalf("migrated %v, want [ct]", got)
+	}
+	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != 4096 {
+		t.Fatalf("pinned ct holds %d entries, want 4096", info.MaxEntries)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "migrating-ct")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("temporary pin left behind: %v", err)
+	}
+	conns, err := d2.Conns(0)
+	if err != nil || len(conns) != 1 {
+		t.Fatalf("connections after migration: %+v, %v", conns, err)
+	}
+
+	// The old programs open one more connection before they are replaced.
+	old.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retNext)
+	if n, err := d2.FinishMigration(); err != nil || n != 1 {
+		t.Fatalf("finish migration copied %d, %v; want 1", n, err)
+	}
+
+	// From now on only conntrack lets them through.
+	if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
+		t.Fatal(err)
+	}
+	cur := &harness{t: t, d: d2, cfg: DefaultConfig}
+	for _, sport := range []uint16{40000, 40001} {
+		cur.expect(FromContainer, tcp(addrA, addrR, 80, sport, packet.SYN|packet.ACK), retNext)
+		cur.expect(FromNetdev, tcp(addrR, addrA, sport, 80, packet.ACK), retNext)
+	}
+	cur.expect(FromNetdev, tcp(addrR, addrA, 40002, 80, packet.SYN), retDrop)
+}
+
+// A map whose entries do not fit its new size, or whose layout differs,
+// is refused with its name, and every pin stays as it was.
+func TestMigrateRefusesWithoutTouchingPins(t *testing.T) {
+	dir := pinDir(t)
+	d1, err := loadPinned(t, dir, Sizes{Endpoints: 8, Conntrack: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, d: d1, cfg: DefaultConfig}
+	h.endpoint("10.0.0.1", 1, 0, [2][2]uint32{})
+	h.endpoint("10.0.0.2", 2, 0, [2][2]uint32{})
+	h.endpoint("10.0.0.3", 3, 0, [2][2]uint32{})
+
+	_, err = loadPinned(t, dir, Sizes{Endpoints: 2, Conntrack: 4096})
+	if err == nil || !strings.Contains(err.Error(), "endpoints") || !strings.Contains(err.Error(), "raise its size") {
+		t.Fatalf("shrinking endpoints below its entries: %v", err)
+	}
+	if info := pinnedInfo(t, dir, "endpoints"); info.MaxEntries != 8 {
+		t.Fatalf("endpoints pin changed: max %d", info.MaxEntries)
+	}
+	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != 1024 {
+		t.Fatalf("ct pin changed although the load failed: max %d", info.MaxEntries)
+	}
+
+	// A pinned map of another layout (an incompatible datapath version).
+	if err := os.Remove(filepath.Join(dir, "frags")); err != nil {
+		t.Fatal(err)
+	}
+	odd, err := ebpf.NewMap(&ebpf.MapSpec{Name: "frags", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer odd.Close()
+	if err := odd.Pin(filepath.Join(dir, "frags")); err != nil {
+		t.Fatal(err)
+	}
+	_, err = loadPinned(t, dir, Sizes{Endpoints: 8, Conntrack: 4096})
+	if err == nil || !strings.Contains(err.Error(), "frags") || !strings.Contains(err.Error(), "layout") {
+		t.Fatalf("pinned map of another layout: %v", err)
+	}
+	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != 1024 {
+		t.Fatalf("ct pin changed although the load failed: max %d", info.MaxEntries)
+	}
+
+	// The original settings still load, with the endpoints intact.
+	if err := os.Remove(filepath.Join(dir, "frags")); err != nil {
+		t.Fatal(err)
+	}
+	d3, err := loadPinned(t, dir, Sizes{Endpoints: 8, Conntrack: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eps, err := d3.EndpointList()
+	if err != nil || len(eps) != 3 {
+		t.Fatalf("endpoints after refused migrations: %d, %v", len(eps), err)
+	}
+}
