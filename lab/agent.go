@@ -7,7 +7,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/membrane-mesh/membrane/api"
 )
@@ -158,4 +161,56 @@ func (l *Lab) agentLogHint(node string) string {
 		return ""
 	}
 	return fmt.Sprintf("; agent log %s ends with:\n%s", path, tail)
+}
+
+// RestartAgents stops every node's agent and starts it again with args as
+// its extra flags (replacing those given at `lab up`), as an operator
+// changing a setting would. Enforcement continues from the pinned state
+// while the agents are down. It returns once each agent runs again (not
+// once it is ready).
+func (l *Lab) RestartAgents(ctx context.Context, args []string) error {
+	lock, err := lockFile(ctx, l.y.lockPath())
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := l.reload(); err != nil {
+		return err
+	}
+	st := l.State()
+	if st.NoAgent {
+		return errors.New("the lab runs without agents")
+	}
+	var sups []Process
+	for _, n := range st.Nodes {
+		if n.Supervisor != nil {
+			sups = append(sups, *n.Supervisor)
+		}
+	}
+	for _, p := range sups {
+		if err := p.signal(unix.SIGTERM); err != nil {
+			return fmt.Errorf("stop agent supervisor %d: %w", p.PID, err)
+		}
+	}
+	gctx, cancel := context.WithTimeout(ctx, supervisorGrace)
+	gone := waitGone(gctx, sups)
+	cancel()
+	if !gone {
+		// Killing a supervisor would leave its agent running beside
+		// the new one.
+		return fmt.Errorf("agents did not stop within %s", supervisorGrace)
+	}
+	if err := l.update(func(st *State) { st.AgentArgs = slices.Clone(args) }); err != nil {
+		return err
+	}
+	nodes, err := nodesFromState(st)
+	if err != nil {
+		return err
+	}
+	for _, n := range nodes {
+		if err := l.startAgent(n); err != nil {
+			return err
+		}
+	}
+	return nil
 }

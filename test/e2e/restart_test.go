@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/membrane-mesh/membrane/bpf"
 	"github.com/membrane-mesh/membrane/datastore"
 	"github.com/membrane-mesh/membrane/lab"
 )
@@ -183,4 +184,90 @@ func TestAgentKill9IsHitless(t *testing.T) {
 	if probe(t, l, "r/intruder", "r/server", 80, "tcp", 300*time.Millisecond) {
 		t.Error("intruder reaches the server after the restart")
 	}
+}
+
+// Restarting the agents with a different conntrack size (and endpoints
+// size) replaces those pinned maps with resized ones holding the same
+// entries: a stream whose replies only conntrack allows keeps flowing.
+func TestAgentRestartResizesMaps(t *testing.T) {
+	clientSel := metav1.LabelSelector{MatchLabels: map[string]string{"app": "client"}}
+	objs := []datastore.Object{
+		labObject("resize", datastore.LabNode{Name: "node1", PodCIDR: "10.244.1.0/24"}),
+		namespace("m", nil),
+		pod("m", "server", "node1", map[string]string{"app": "server"}, servePorts...),
+		pod("m", "client", "node1", map[string]string{"app": "client"}, servePorts...),
+		netpolObj(policy("m", "server-from-client").selecting(serverSel).ingress(peers(podPeer(clientSel)), port(tcpP, 80)).build()),
+		// Nothing may connect to the client: the server's answers pass
+		// only as replies of a tracked connection.
+		netpolObj(policy("m", "client-closed").selecting(clientSel).types(ingressT).build()),
+	}
+	l := startLab(t, objs)
+	ctx := context.Background()
+	s := openStream(t, l, "m/client", "m/server", 80)
+	if probe(t, l, "m/server", "m/client", 80, "tcp", 300*time.Millisecond) {
+		t.Fatal("server reaches the client although its ingress is closed")
+	}
+
+	// The stream's client writes every 10 ms, and a packet conntrack does
+	// not know is decided afresh: had its entry been lost, the next one
+	// would open a new entry. So the check is that none is created.
+	created := ctCreated(t, l, "node1")
+	old := l.AgentPID("node1")
+	if err := l.RestartAgents(ctx, []string{"--map-size-conntrack=65536", "--map-size-endpoints=2048"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "agent restarted and ready", func() bool {
+		pid := l.AgentPID("node1")
+		if pid == 0 || pid == old {
+			return false
+		}
+		st, err := l.Agent("node1").Status(ctx)
+		return err == nil && st.Healthy && st.AppliedRevision > 0
+	})
+	for name, want := range map[string]uint32{"ct": 65536, "endpoints": 2048} {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(l.PinDir("node1"), name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := m.Info()
+		m.Close()
+		if err != nil || info.MaxEntries != want {
+			t.Errorf("pinned %s: %d entries (%v), want %d", name, info.MaxEntries, err, want)
+		}
+	}
+	time.Sleep(time.Second) // the stream keeps going with the new programs
+	if n := ctCreated(t, l, "node1") - created; n != 0 {
+		t.Errorf("%d conntrack entries created across the resize: the stream's connection was not carried over", n)
+	}
+	if gap := s.maxGap(); gap > 500*time.Millisecond {
+		t.Errorf("stream: no echo for %s across the resize", gap.Round(time.Millisecond))
+	} else {
+		t.Logf("stream: %d echoes, longest gap %s", s.count(), gap.Round(time.Millisecond))
+	}
+	if !probe(t, l, "m/client", "m/server", 80, "tcp", 2*time.Second) {
+		t.Error("client cannot open new connections after the resize")
+	}
+	if probe(t, l, "m/server", "m/client", 80, "tcp", 300*time.Millisecond) {
+		t.Error("server reaches the client after the resize")
+	}
+}
+
+// ctCreated sums the datapath's per-CPU count of conntrack entries created
+// on node.
+func ctCreated(t *testing.T, l *lab.Lab, node string) uint64 {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(l.PinDir(node), "global_stats"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var per []bpf.DatapathStats
+	if err := m.Lookup(uint32(0), &per); err != nil {
+		t.Fatal(err)
+	}
+	var n uint64
+	for _, s := range per {
+		n += s.CtCreated
+	}
+	return n
 }
