@@ -35,7 +35,9 @@ import (
 //	an HTTP request line   the responder serves HTTP: 200, body "NAME\n",
 //	                       headers X-Membrane-Pod (NAME), X-Membrane-Source,
 //	                       X-Membrane-Request ("METHOD URI PROTO") and
-//	                       X-Echo-H for every request header H
+//	                       X-Echo-H for every request header H; a
+//	                       WebSocket handshake (HTTP/1.1) is accepted and
+//	                       every frame echoed, pings answered
 //
 // Over UDP, a datagram starting "membrane-echo" is sent back whole, and a
 // datagram "membrane-probe NONCE" is answered by the datagram
@@ -73,6 +75,10 @@ func Respond(ctx context.Context, cfg ResponderConfig, ready func()) error {
 	r := &responder{pod: cfg.Pod, log: cfg.Log}
 	r.http = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if req.ProtoMajor == 1 && isWebSocket(req) {
+				r.serveWebSocket(w, req)
+				return
+			}
 			// What arrived, for L7 tests: who answered, who asked, the
 			// request line and every request header (X-Echo-NAME).
 			h := w.Header()

@@ -321,6 +321,9 @@ func httpConnectionManager(o Options, listener string, dir l7pb.Direction) *hcmv
 				ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&routerv3.Router{})},
 			},
 		},
+		// WebSocket connections a rule allows become tunnels; other
+		// upgrades are refused (403).
+		UpgradeConfigs:               []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
 		NormalizePath:                wrapperspb.Bool(true),
 		MergeSlashes:                 true,
 		PathWithEscapedSlashesAction: hcmv3.HttpConnectionManager_REJECT_REQUEST,

@@ -43,6 +43,7 @@ func TestParseListener(t *testing.T) {
 	l, err := config.ParseListener(xdstest.Listener(xdstest.ListenerOptions{
 		Port: 15101, RequestHeadersTimeout: 3 * time.Second, IdleTimeout: time.Minute, MaxHeadersCount: 42,
 		MaxRequestHeadersKB: 16, MaxConcurrentStreams: 7, DeniedBody: "no", Direction: l7pb.Direction_DIRECTION_EGRESS,
+		Upgrades: []string{"WebSocket"},
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -58,6 +59,9 @@ func TestParseListener(t *testing.T) {
 		h.MaxHeadersCount != 42 || h.MaxRequestHeadersBytes != 16<<10 || h.MaxConcurrentStreams != 7 ||
 		h.StreamIdleTimeout != 5*time.Minute || h.InitialStreamWindow != 1<<20 {
 		t.Errorf("parsed %+v", l)
+	}
+	if !h.UpgradeAllowed("websocket") || h.UpgradeAllowed("h2c") || h.UpgradeAllowed("") {
+		t.Errorf("upgrades %v", h.Upgrades)
 	}
 }
 
@@ -127,6 +131,17 @@ func TestParseListenerErrors(t *testing.T) {
 			h.CommonHttpProtocolOptions.HeadersWithUnderscoresAction = corev3.HttpProtocolOptions_REJECT_REQUEST
 			pack()
 		}},
+		{"h2c upgrade", `upgrade_configs[0].upgrade_type: "h2c" is not supported`, func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "h2c"}}
+			pack()
+		}},
+		{"upgrade filters", "upgrade_configs[1].filters: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"},
+				{UpgradeType: "other", Filters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router"}}}}
+			pack()
+		}},
 		{"ValidateAll", "invalid:", func(t *testing.T, l *listenerv3.Listener) {
 			h, pack := hcmOf(t, l)
 			h.StatPrefix = ""
@@ -179,6 +194,11 @@ func TestParseRoute(t *testing.T) {
 	redirect.VirtualHosts[0].Routes[0].Action = &routev3.Route_Redirect{Redirect: &routev3.RedirectAction{}}
 	if _, err := config.ParseRoute(redirect); err == nil || !strings.Contains(err.Error(), "must be route") {
 		t.Errorf("redirect: %v", err)
+	}
+	upgrade := xdstest.Route("", "")
+	upgrade.VirtualHosts[0].Routes[0].GetRoute().UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket"}}
+	if _, err := config.ParseRoute(upgrade); err == nil || !strings.Contains(err.Error(), "route.upgrade_configs: not supported") {
+		t.Errorf("route upgrade_configs: %v", err)
 	}
 }
 

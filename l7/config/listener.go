@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -91,6 +92,23 @@ type HTTPSettings struct {
 	// windows; 0 leaves golang.org/x/net/http2's defaults (1 MiB).
 	InitialStreamWindow int32
 	InitialConnWindow   int32
+	// Upgrades are the HTTP/1.1 upgrade protocols (lower case, e.g.
+	// "websocket") a request may switch an allowed connection to
+	// (upgrade_configs); the connection then becomes a tunnel. A request
+	// for any other upgrade is refused with 403, as Envoy does; h2c is
+	// never an upgrade here (the request is served as HTTP/1.1).
+	Upgrades []string
+}
+
+// UpgradeAllowed reports whether proto (an Upgrade field value) is one of
+// the configured upgrades.
+func (s *HTTPSettings) UpgradeAllowed(proto string) bool {
+	for _, u := range s.Upgrades {
+		if strings.EqualFold(u, proto) {
+			return true
+		}
+	}
+	return false
 }
 
 // AccessLog is where a listener's access log entries go.
@@ -282,8 +300,20 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 	}
 	out.RouteName = rds.GetRouteConfigName()
 
-	if len(h.GetUpgradeConfigs()) > 0 {
-		return "upgrade_configs", fmt.Errorf("not supported")
+	for i, u := range h.GetUpgradeConfigs() {
+		field := fmt.Sprintf("upgrade_configs[%d]", i)
+		t := strings.ToLower(strings.TrimSpace(u.GetUpgradeType()))
+		switch {
+		case t == "":
+			return field + ".upgrade_type", fmt.Errorf("must not be empty")
+		case t == "h2c" || t == "connect" || !isToken(t):
+			return field + ".upgrade_type", fmt.Errorf("%q is not supported (membrane-proxy tunnels HTTP/1.1 upgrades such as websocket)", u.GetUpgradeType())
+		case len(u.GetFilters()) > 0:
+			return field + ".filters", fmt.Errorf("not supported: an upgrade passes the listener's own filters")
+		}
+		if en := u.GetEnabled(); en == nil || en.GetValue() {
+			out.HTTP.Upgrades = append(out.HTTP.Upgrades, t)
+		}
 	}
 	if v := h.GetNormalizePath(); v != nil && !v.GetValue() {
 		return "normalize_path", fmt.Errorf("must be true: membrane-proxy always normalises paths")
@@ -458,4 +488,21 @@ func unpack(a *anypb.Any, m proto.Message) error {
 		return err
 	}
 	return nil
+}
+
+// isToken reports whether s is an HTTP token (RFC 9110 section 5.6.2).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }

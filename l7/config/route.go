@@ -62,6 +62,9 @@ func parseRoute(r *routev3.RouteConfiguration) (*Route, string, error) {
 		return nil, "virtual_hosts[0].routes[0].route.cluster_specifier", fmt.Errorf("must be cluster")
 	}
 	out.Cluster = act.GetCluster()
+	if len(act.GetUpgradeConfigs()) > 0 {
+		return nil, "virtual_hosts[0].routes[0].route.upgrade_configs", fmt.Errorf("not supported: set upgrade_configs on the http_connection_manager")
+	}
 	var err error
 	if out.Timeout, err = duration(act.GetTimeout(), DefaultRouteTimeout); err != nil {
 		return nil, "virtual_hosts[0].routes[0].route.timeout", err

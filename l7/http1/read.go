@@ -26,6 +26,11 @@ type Request struct {
 	Body       Framing
 	KeepAlive  bool // the client allows the connection to stay open after this exchange
 	Expect100  bool // "Expect: 100-continue"
+	// Upgrade is the protocol an HTTP/1.1 request asks to switch to: its
+	// Upgrade field, when a Connection field names "upgrade". The fields
+	// themselves are hop-by-hop: WriteRequestHead writes them anew from
+	// Upgrade, so that clearing it forwards a plain request.
+	Upgrade string
 }
 
 // Response is a response head.
@@ -37,6 +42,10 @@ type Response struct {
 	Body       Framing // NoBody responses have ContentLength 0
 	NoBody     bool    // response to HEAD, 1xx, 204, 304 (and 2xx to CONNECT)
 	KeepAlive  bool    // the upstream allows reuse after this response
+	// Upgrade is the protocol of a 101 Switching Protocols response
+	// (ReadUpgradeResponse): the connection carries it from the byte
+	// after the head.
+	Upgrade string
 }
 
 // ReadRequest reads one request head. It returns io.EOF if the connection
@@ -73,11 +82,23 @@ func ReadRequest(br *bufio.Reader, lim Limits) (*Request, error) {
 // byte of a response, and *Error with status 502 for anything malformed or
 // over the limits.
 func ReadResponse(br *bufio.Reader, method string, lim Limits) (*Response, error) {
+	return readResponseHead(br, method, "", lim)
+}
+
+// ReadUpgradeResponse is ReadResponse for a request that asked to switch
+// to protocol upgrade (Request.Upgrade): a 101 Switching Protocols that
+// switches to it is accepted (Response.Upgrade says so); one to any other
+// protocol is an error.
+func ReadUpgradeResponse(br *bufio.Reader, method, upgrade string, lim Limits) (*Response, error) {
+	return readResponseHead(br, method, upgrade, lim)
+}
+
+func readResponseHead(br *bufio.Reader, method, upgrade string, lim Limits) (*Response, error) {
 	lim = lim.withDefaults()
 	var stack [2048]byte
 	head, nfields, err := readHead(br, stack[:0], lim, "status line", statusBadGateway)
 	if err == nil {
-		resp, perr := parseResponse(string(head), nfields, method)
+		resp, perr := parseResponse(string(head), nfields, method, upgrade)
 		if perr == nil {
 			return resp, nil
 		}
@@ -360,13 +381,19 @@ func (req *Request) interpret() *Error {
 	}
 	if req.ProtoMinor == 1 {
 		req.KeepAlive = !closeConn
+		// h2c is not an upgrade here: RFC 9113 retired it, and a client
+		// offering it takes an HTTP/1.1 answer.
+		if u := strings.TrimSpace(req.Header.Get("Upgrade")); u != "" && !strings.EqualFold(u, "h2c") &&
+			req.Header.namedByConnection("upgrade") {
+			req.Upgrade = u
+		}
 	} else {
 		req.KeepAlive = keepAlive && !closeConn
 	}
 	return nil
 }
 
-func parseResponse(s string, nfields int, method string) (*Response, *Error) {
+func parseResponse(s string, nfields int, method, upgrade string) (*Response, *Error) {
 	i := strings.Index(s, "\r\n")
 	line, lines := s[:i], s[i+2:]
 	resp := &Response{}
@@ -400,12 +427,12 @@ func parseResponse(s string, nfields int, method string) (*Response, *Error) {
 		return nil, perr
 	}
 	resp.Header = h
-	return resp, resp.interpret(method)
+	return resp, resp.interpret(method, upgrade)
 }
 
 // interpret derives the framing and keep-alive of a response (RFC 9112
 // section 6.3).
-func (resp *Response) interpret(method string) *Error {
+func (resp *Response) interpret(method, upgrade string) *Error {
 	var (
 		cl                   int64 = -1
 		te                   transferCoding
@@ -437,8 +464,19 @@ func (resp *Response) interpret(method string) *Error {
 	}
 	st := resp.Status
 	if st == 101 {
-		// The proxy never forwards Upgrade, so nothing asked for this.
-		return protoErr(statusBadGateway, "unsolicited 101 Switching Protocols")
+		if upgrade == "" {
+			// The request asked for no upgrade.
+			return protoErr(statusBadGateway, "unsolicited 101 Switching Protocols")
+		}
+		got := strings.TrimSpace(resp.Header.Get("Upgrade"))
+		if !resp.Header.namedByConnection("upgrade") || !strings.EqualFold(got, upgrade) {
+			return protoErr(statusBadGateway, "101 Switching Protocols to %s, not to the %s the request asked for", quote(got), quote(upgrade))
+		}
+		resp.Upgrade = got
+		resp.NoBody = true
+		resp.Body = Framing{ContentLength: 0}
+		resp.KeepAlive = false
+		return nil
 	}
 	switch {
 	case method == "HEAD" || st/100 == 1 || st == 204 || st == 304:

@@ -325,6 +325,10 @@ func TestWriteRequestHead(t *testing.T) {
 		{"hop-by-hop", "GET / HTTP/1.1\r\nHost: web\r\nConnection: X-Hop, keep-alive\r\nConnection: Upgrade\r\nKeep-Alive: 5\r\n" +
 			"Proxy-Connection: x\r\nX-Hop: 1\r\nx-hop: 2\r\nUpgrade: h2c\r\nHTTP2-Settings: AAA\r\nX-End: 1\r\n\r\n", "/", "",
 			"GET / HTTP/1.1\r\nHost: web\r\nX-End: 1\r\n\r\n"},
+		{"upgrade written anew", "GET /ws HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Key: k\r\n\r\n", "/ws", "",
+			"GET /ws HTTP/1.1\r\nHost: web\r\nSec-WebSocket-Key: k\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"},
+		{"upgrade without connection token", "GET / HTTP/1.1\r\nHost: web\r\nUpgrade: websocket\r\n\r\n", "/", "",
+			"GET / HTTP/1.1\r\nHost: web\r\n\r\n"},
 		{"http10 no host", "GET / HTTP/1.0\r\nAccept: */*\r\n\r\n", "/", "10.0.0.1:80",
 			"GET / HTTP/1.1\r\nAccept: */*\r\nHost: 10.0.0.1:80\r\n\r\n"},
 		{"http10 no host empty", "GET / HTTP/1.0\r\n\r\n", "/", "",

@@ -314,3 +314,44 @@ func fields(h Header) string {
 	}
 	return strings.Join(s, " ")
 }
+
+func TestUpgradeResponse(t *testing.T) {
+	const sw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: a\r\n\r\nFRAME"
+	br := bufio.NewReader(strings.NewReader(sw))
+	resp, err := ReadUpgradeResponse(br, "GET", "websocket", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Upgrade != "WebSocket" || !resp.NoBody || resp.KeepAlive {
+		t.Fatalf("101: %+v", resp)
+	}
+	if rest, _ := br.Peek(5); string(rest) != "FRAME" {
+		t.Fatalf("bytes after the head: %q", rest)
+	}
+	var out strings.Builder
+	bw := bufio.NewWriter(&out)
+	if err := WriteResponseHead(bw, resp, 1, false); err != nil {
+		t.Fatal(err)
+	}
+	bw.Flush()
+	if want := "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: a\r\nConnection: Upgrade\r\nUpgrade: WebSocket\r\n\r\n"; out.String() != want {
+		t.Fatalf("written 101:\n got %q\nwant %q", out.String(), want)
+	}
+
+	for _, c := range []struct{ name, in, upgrade string }{
+		{"not asked", sw, ""},
+		{"another protocol", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n", "websocket"},
+		{"no connection token", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", "websocket"},
+	} {
+		_, err := ReadUpgradeResponse(bufio.NewReader(strings.NewReader(c.in)), "GET", c.upgrade, Limits{})
+		var pe *Error
+		if !errors.As(err, &pe) || pe.Status != 502 {
+			t.Errorf("%s: %v, want a 502 protocol error", c.name, err)
+		}
+	}
+	// A final response to an upgrade request is an ordinary response.
+	resp, err = ReadUpgradeResponse(bufio.NewReader(strings.NewReader("HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")), "GET", "websocket", Limits{})
+	if err != nil || resp.Upgrade != "" || resp.Body.ContentLength != 2 {
+		t.Fatalf("403 to an upgrade request: %+v, %v", resp, err)
+	}
+}

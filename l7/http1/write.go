@@ -68,11 +68,19 @@ func WriteRequestHead(bw *bufio.Writer, req *Request, target string) error {
 		return fmt.Errorf("write request head: invalid Host %s", quote(req.Host))
 	}
 
+	if req.Upgrade != "" && !validFieldValue(req.Upgrade) {
+		return fmt.Errorf("write request head: invalid Upgrade %s", quote(req.Upgrade))
+	}
+
 	bw.WriteString(req.Method)
 	bw.WriteByte(' ')
 	bw.WriteString(target)
 	bw.WriteString(" HTTP/1.1\r\n")
 	writeFields(bw, req.Header)
+	if req.Upgrade != "" {
+		bw.WriteString("Connection: Upgrade\r\n")
+		writeField(bw, "Upgrade", req.Upgrade)
+	}
 	if !hasHost {
 		writeField(bw, "Host", req.Host)
 	}
@@ -114,8 +122,15 @@ func WriteResponseHead(bw *bufio.Writer, resp *Response, protoMinor int, keepAli
 	if info && protoMinor == 0 {
 		return nil
 	}
+	if resp.Upgrade != "" && (resp.Status != 101 || !validFieldValue(resp.Upgrade)) {
+		return fmt.Errorf("write response head: Upgrade %s on a %d response", quote(resp.Upgrade), resp.Status)
+	}
 	writeStatusLine(bw, resp.Status, resp.Reason)
 	writeFields(bw, resp.Header)
+	if resp.Upgrade != "" {
+		bw.WriteString("Connection: Upgrade\r\n")
+		writeField(bw, "Upgrade", resp.Upgrade)
+	}
 	if !info {
 		out := ResponseFraming(resp, protoMinor)
 		switch {

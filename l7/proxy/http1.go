@@ -112,6 +112,13 @@ func (c *conn) exchange(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 		return false
 	}
 	rec.Path = target
+	if req.Upgrade != "" && !lc.HTTP.UpgradeAllowed(req.Upgrade) {
+		// As Envoy does for an upgrade upgrade_configs does not name.
+		reason := "upgrade to " + req.Upgrade + " is not allowed"
+		fail(&rec, 403, detailsUpgradeFailed, reason)
+		http1.WriteSimpleResponse(bw, req.ProtoMinor, 403, "text/plain", reason+"\n", true)
+		return false
+	}
 
 	// The policy sees the header the upstream will get: without the
 	// hop-by-hop fields and those a Connection field names (which the
@@ -131,6 +138,9 @@ func (c *conn) exchange(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 	}
 	for _, m := range dec.Mutations {
 		mutate1(&req.Header, m)
+	}
+	if req.Upgrade != "" {
+		return c.tunnel1(br, bw, req, target, lc, &rec)
 	}
 	return c.forward1(br, bw, req, target, lc, &rec)
 }

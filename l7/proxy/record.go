@@ -25,6 +25,7 @@ const (
 	detailsStreamIdle      = "stream_idle_timeout"
 	detailsHeadersTimeout  = "request_headers_timeout"
 	detailsMutation        = "invalid_header_after_policy_mutation"
+	detailsUpgradeFailed   = "upgrade_failed"
 )
 
 // record starts an access log record for a request on c.

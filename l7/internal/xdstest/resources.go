@@ -54,6 +54,8 @@ type ListenerOptions struct {
 	ExtraHTTPFilter string
 	// NoAccessLog leaves the access logger out.
 	NoAccessLog bool
+	// Upgrades become upgrade_configs (e.g. "websocket").
+	Upgrades []string
 }
 
 func mustAny(m proto.Message) *anypb.Any {
@@ -134,6 +136,9 @@ func Listener(o ListenerOptions) *listenerv3.Listener {
 			InitialStreamWindowSize:     wrapperspb.UInt32(1 << 20),
 			InitialConnectionWindowSize: wrapperspb.UInt32(1 << 20),
 		},
+	}
+	for _, u := range o.Upgrades {
+		hcm.UpgradeConfigs = append(hcm.UpgradeConfigs, &hcmv3.HttpConnectionManager_UpgradeConfig{UpgradeType: u})
 	}
 	if !o.NoAccessLog {
 		hcm.AccessLog = []*accesslogv3.AccessLog{{
