@@ -2,8 +2,10 @@ package datapath
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -60,11 +62,12 @@ func pinnedInfo(t *testing.T, dir, name string) *ebpf.MapInfo {
 // the previous programs open until they are replaced are carried over too.
 func TestMigrateResizedConntrack(t *testing.T) {
 	dir := pinDir(t)
-	d1, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	d1, err := loadPinned(t, dir, Sizes{Conntrack: 1024, IPCacheLPM: 64})
 	if err != nil {
 		t.Fatal(err)
 	}
 	old := &harness{t: t, d: d1, cfg: DefaultConfig}
+	old.ipcache("198.51.100.0/24", 2, 77)
 	old.ipcache(addrA, 1001, selA)
 	old.ipcache(addrR, 1003, selR)
 	old.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
@@ -73,12 +76,21 @@ func TestMigrateResizedConntrack(t *testing.T) {
 	old.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.SYN), retNext)
 
 	// d1 stays loaded: its programs are the ones still attached.
-	d2, err := loadPinned(t, dir, Sizes{Conntrack: 4096})
+	d2, err := loadPinned(t, dir, Sizes{Conntrack: 4096, IPCacheLPM: 128})
 	if err != nil {
 		t.Fatalf("load with a bigger conntrack: %v", err)
 	}
-	if got := d2.Migrated(); len(got) != 1 || got[0] != "ct" {
-		t.Fatalf("migrated %v, want [ct]", got)
+	if got := d2.Migrated(); !slices.Equal(slices.Sorted(slices.Values(got)), []string{"ct", "ipcache_lpm"}) {
+		t.Fatalf("migrated %v, want ct and ipcache_lpm", got)
+	}
+	ipc, err := d2.IPCacheList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(ipc, func(e IPCacheEntry) bool {
+		return e.Prefix == netip.MustParsePrefix("198.51.100.0/24") && e.Selset == 77
+	}) {
+		t.Fatalf("ipcache after migration lacks the prefix: %+v", ipc)
 	}
 	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != 4096 {
 		t.Fatalf("pinned ct holds %d entries, want 4096", info.MaxEntries)
