@@ -518,9 +518,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 			ei.dir = DIR_EGRESS;
 			ei.ep_id = src_ep->id;
 			ei.rule_id = de.rule_id;
+			if (dst_ep) {
+				/* Local to local: both verdicts in one event. */
+				ei.flags |= EVF_BOTH;
+				ei.peer_ep_id = dst_ep->id;
+				ei.peer_rule_id = di.rule_id;
+			}
 			emit(skb, &p, EV_VERDICT, REASON_NONE, &ei);
-		}
-		if (dst_ep) {
+			ei.flags &= ~EVF_BOTH;
+		} else if (dst_ep) {
 			ei.dir = DIR_INGRESS;
 			ei.ep_id = dst_ep->id;
 			ei.rule_id = di.rule_id;

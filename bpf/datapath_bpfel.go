@@ -87,10 +87,11 @@ type DatapathEvent struct {
 	Sport       uint16
 	Dport       uint16
 	Obs         uint8
-	Pad         [3]uint8
+	Pad         uint8
+	PeerEpId    uint16
 	Saddr       DatapathAddr
 	Daddr       DatapathAddr
-	_           [4]byte
+	PeerRuleId  uint32
 }
 
 type DatapathFragKey struct {

@@ -41,6 +41,9 @@ const (
 	EventFlagRevalidated = 1 << 2
 	EventFlagRedirect    = 1 << 3
 	EventFlagFragment    = 1 << 4
+	// eventFlagBoth: one record for both verdicts of a local-to-local
+	// connection; Read returns it as two events.
+	eventFlagBoth = 1 << 5
 )
 
 // Observation points.
@@ -79,6 +82,9 @@ type EventReader struct {
 	buf      []byte
 	bootWall time.Time // wall-clock time of monotonic zero
 	deadline time.Time
+	// pending is the second half of a record that holds two verdicts.
+	pending    Event
+	hasPending bool
 }
 
 // PollInterval bounds how long an event can sit in the ring unread.
@@ -109,6 +115,10 @@ func (r *EventReader) SetDeadline(t time.Time) { r.deadline = t }
 
 // Read blocks until an event arrives, the deadline passes, or Close.
 func (r *EventReader) Read() (Event, error) {
+	if r.hasPending {
+		r.hasPending = false
+		return r.pending, nil
+	}
 	for {
 		rec, err := r.ring.next(r.buf)
 		if err == nil {
@@ -144,7 +154,7 @@ func (r *EventReader) decode(rec []byte) (Event, error) {
 		return Event{}, fmt.Errorf("read event: short record of %d bytes", len(rec))
 	}
 	raw = *(*bpf.DatapathEvent)(unsafe.Pointer(&rec[0]))
-	return Event{
+	e := Event{
 		Time:        r.bootWall.Add(time.Duration(raw.Ts)),
 		Type:        EventType(raw.Type),
 		Reason:      Reason(raw.Reason),
@@ -160,7 +170,19 @@ func (r *EventReader) decode(rec []byte) (Event, error) {
 		Src:         netip.AddrPortFrom(fromAddr(raw.Saddr), raw.Sport),
 		Dst:         netip.AddrPortFrom(fromAddr(raw.Daddr), raw.Dport),
 		Obs:         raw.Obs,
-	}, nil
+	}
+	if e.Flags&eventFlagBoth != 0 {
+		// The source's egress verdict now, the destination's ingress
+		// verdict on the next Read.
+		e.Flags &^= eventFlagBoth
+		r.pending = e
+		r.pending.Dir = Ingress
+		r.pending.EndpointID = raw.PeerEpId
+		r.pending.RuleID = raw.PeerRuleId
+		r.hasPending = true
+		e.Dir = Egress
+	}
+	return e, nil
 }
 
 // Close stops the reader; a blocked Read returns ErrClosed.

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"testing"
+	"time"
 
 	"github.com/membrane-mesh/membrane/bpf"
 	"github.com/membrane-mesh/membrane/internal/packet"
@@ -85,6 +86,29 @@ func TestUnselectedEndpointIsOpen(t *testing.T) {
 	e := h.event(EventVerdict)
 	if e.Dir != Ingress || e.EndpointID != 2 || e.SrcIdentity != 1003 || e.DstIdentity != 1002 || e.Dst.Port() != 80 {
 		t.Fatalf("verdict event %+v", e)
+	}
+}
+
+// A connection between two local endpoints is decided by the source's
+// egress and the destination's ingress policy: one ring record carries
+// both verdicts, and the reader returns them as two events.
+func TestLocalVerdictsOneRecord(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrA, 1, EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 5})
+	h.policy(allowIn(2, selA, packet.TCP, 80, 16, 6))
+	h.expect(FromContainer, tcp(addrA, addrB, 1000, 80, packet.SYN), retNext)
+	eg := h.event(EventVerdict)
+	in := h.event(EventVerdict)
+	if eg.Dir != Egress || eg.EndpointID != 1 || eg.RuleID != 5 || eg.Flags&eventFlagBoth != 0 ||
+		in.Dir != Ingress || in.EndpointID != 2 || in.RuleID != 6 || in.Flags != eg.Flags ||
+		in.Src != eg.Src || in.Dst != eg.Dst || in.SrcIdentity != 1001 || in.DstIdentity != 1002 || !in.Time.Equal(eg.Time) {
+		t.Fatalf("verdicts:\n egress  %+v\n ingress %+v", eg, in)
+	}
+	h.evs.SetDeadline(time.Now().Add(20 * time.Millisecond))
+	if e, err := h.evs.Read(); err == nil {
+		t.Fatalf("a third event: %+v", e)
 	}
 }
 

@@ -23,6 +23,8 @@ struct ev_info {
 	__u16 flags;
 	__u8 dir;
 	__u8 obs;
+	__u16 peer_ep_id;   /* EVF_BOTH */
+	__u32 peer_rule_id; /* EVF_BOTH */
 };
 
 static __always_inline void count(__u8 reason, __u8 dir, __u32 len)
@@ -72,7 +74,9 @@ static __noinline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 typ
 		e->dport = bpf_ntohs(p->t.dport);
 	}
 	e->obs = ei->obs;
-	e->pad[0] = e->pad[1] = e->pad[2] = 0;
+	e->pad = 0;
+	e->peer_ep_id = ei->peer_ep_id;
+	e->peer_rule_id = ei->peer_rule_id;
 	e->saddr = p->t.saddr;
 	e->daddr = p->t.daddr;
 	/* Waking the reader costs more than the event: wake it only with the

@@ -218,6 +218,11 @@ enum event_flags {
 	EVF_REVALIDATED = 1 << 2, /* established connection cut by a policy change */
 	EVF_REDIRECT = 1 << 3,
 	EVF_FRAGMENT = 1 << 4,
+	/* A new connection between two local endpoints, allowed by the
+	 * source's egress policy (dir, ep_id, rule_id) and the destination's
+	 * ingress policy (peer_ep_id, peer_rule_id): one event for both
+	 * verdicts. The reader hands it out as two. */
+	EVF_BOTH = 1 << 5,
 };
 
 enum obs_point {
@@ -242,9 +247,11 @@ struct event {
 	__u16 sport; /* host byte order */
 	__u16 dport;
 	__u8 obs;    /* enum obs_point */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 peer_ep_id; /* EVF_BOTH: the destination endpoint */
 	struct addr saddr;
 	struct addr daddr;
+	__u32 peer_rule_id; /* EVF_BOTH: the destination's ingress rule */
 };
 
 /* Counters: per CPU, indexed by reason * 2 + dir; reason 0 counts

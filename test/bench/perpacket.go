@@ -341,7 +341,7 @@ func benchPerPacket(r *report, rounds int) {
 	b.WriteString("A new flow is a TCP SYN: conntrack miss, ipcache and endpoint lookups, policy decision, conntrack entry\n")
 	b.WriteString("created, verdict event written to the ring buffer (drained by a reader, as the agent does).\n")
 	fmt.Fprintf(&b, "%-9s %-8s %-26s %-26s %-16s\n", "entries", "ct-hit", "new flow from-netdev", "new flow local->local", "cold new flow")
-	fmt.Fprintf(&b, "%-9s %-8s %-26s %-26s %-16s\n", "", "", "(1 policy, 1 event)", "(2 policies, 2 events)", "netdev / local")
+	fmt.Fprintf(&b, "%-9s %-8s %-26s %-26s %-16s\n", "", "", "(1 policy, 1 event)", "(2 policies, 1 event)", "netdev / local")
 	res := map[int][3]float64{}
 	for _, n := range entryCounts {
 		c, nf, nl := median(ctHit[n]), median(steady[n])-sFloor, median(steadyLocal[n])-sFloor
