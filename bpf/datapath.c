@@ -260,13 +260,13 @@ static __noinline int drop(struct __sk_buff *skb, const struct pkt *p,
 }
 
 static __always_inline int forward(struct __sk_buff *skb, const struct pkt *p,
-				   const struct config *cfg, const struct endpoint *dst_ep,
+				   const struct config *cfg, int local_dst,
 				   __u8 obs, const struct ev_info *ei)
 {
 	/* Tell to_container that ingress policy is done. Only meaningful for
 	 * local delivery; the kernel clears the mark when the packet leaves the
 	 * node's namespace. */
-	if (dst_ep && obs != OBS_TO_ENDPOINT)
+	if (local_dst && obs != OBS_TO_ENDPOINT)
 		skb->mark = (skb->mark & ~MARK_MAGIC_MASK) | MARK_INGRESS_DONE;
 	count(REASON_NONE, ei->dir, p->len);
 	if (cfg->trace_sample && bpf_get_prandom_u32() % cfg->trace_sample == 0)
@@ -332,16 +332,26 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	if (r == PARSE_DROP)
 		return drop(skb, &p, cfg, p.reason, &ei);
 
-	/* Which local endpoints this packet leaves or enters. */
+	/* Which local endpoints this packet leaves or enters. The source of a
+	 * packet from a workload is checked on every packet (spoofing). The
+	 * destination is looked up here where it must be (to-container checks
+	 * its interface; an ICMP error's destination is not one of the
+	 * connection's); otherwise only for a new connection: for a tracked
+	 * one, its conntrack entry says whether the destination is local. */
 	struct endpoint *src_ep = NULL, *dst_ep = NULL;
+	int dst_known = 0;
 	if (obs == OBS_FROM_ENDPOINT) {
 		src_ep = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
 		if (!src_ep || src_ep->ifindex != skb->ifindex)
 			return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
 		ei.ep_id = src_ep->id;
+		if (p.icmp_error) {
+			dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+			dst_known = 1;
+		}
+	} else if (obs == OBS_TO_ENDPOINT || p.icmp_error) {
 		dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
-	} else {
-		dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+		dst_known = 1;
 		if (!dst_ep) {
 			if (obs == OBS_FROM_NETDEV)
 				return TCX_NEXT; /* not for a workload */
@@ -368,6 +378,15 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		reply = swapped != !!(e->flags & CT_F_SWAPPED);
 		if (reply && bare_syn)
 			e = NULL; /* a new connection on the same ends, the other way */
+	}
+	if (!e && !dst_known && obs == OBS_FROM_NETDEV) {
+		/* Traffic of the node itself leaves here, before anything
+		 * else is looked up. */
+		dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+		dst_known = 1;
+		if (!dst_ep)
+			return TCX_NEXT;
+		ei.ep_id = dst_ep->id;
 	}
 	/* A reply to the node proxy's transparent upstream connection goes to
 	 * the proxy; it was checked when the client's connection was
@@ -438,11 +457,27 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 			count(REASON_NONE, ei.dir, p.len);
 			return TCX_NEXT;
 		}
-		return forward(skb, &p, cfg, dst_ep, obs, &ei);
+		/* The destination is local when its side of the connection
+		 * had its endpoint's policy applied: the original destination
+		 * (ingress) for a packet in the original direction, the
+		 * original source (egress) for a reply. A change of endpoints
+		 * bumps the policy revision, and the revalidation above has
+		 * re-checked the entry against them. */
+		int local_dst = dst_known ? dst_ep != NULL
+					  : !!(e->flags & (reply ? CT_F_EGRESS : CT_F_INGRESS));
+		return forward(skb, &p, cfg, local_dst, obs, &ei);
 	}
 
 	/* A new connection: the source's egress policy, then the destination's
 	 * ingress policy; either may deny. */
+	if (!dst_known) {
+		dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+		if (obs == OBS_FROM_NETDEV) {
+			if (!dst_ep)
+				return TCX_NEXT; /* not for a workload */
+			ei.ep_id = dst_ep->id;
+		}
+	}
 	int src_exact, dst_exact;
 	struct ipcache_value srcv = ipcache_lookup_exact(&p.t.saddr, &src_exact);
 	struct ipcache_value dstv = ipcache_lookup_exact(&p.t.daddr, &dst_exact);
@@ -538,7 +573,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		count(REASON_NONE, ei.dir, p.len);
 		return TCX_NEXT;
 	}
-	return forward(skb, &p, cfg, dst_ep, obs, &ei);
+	return forward(skb, &p, cfg, dst_ep != NULL, obs, &ei);
 }
 
 SEC("tc")

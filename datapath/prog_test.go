@@ -674,3 +674,48 @@ func TestProxyUpstreamSharesRedirectedTuple(t *testing.T) {
 		t.Fatalf("the client's redirected connection must stay: %+v, %v", conns, err)
 	}
 }
+
+// A packet of a tracked connection is marked ingress-done exactly when its
+// destination is a local endpoint whose ingress policy was applied: the
+// conntrack entry says so (the destination is not looked up again).
+func TestTrackedPacketsMarkedForLocalDelivery(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrA, 1, 0, [2][2]uint32{})
+	h.endpoint(addrB, 2, 0, [2][2]uint32{})
+	done := func(mark uint32) bool { return mark&MarkMagicMask == MarkIngressDone }
+	for _, c := range []struct {
+		name string
+		hook Hook
+		p    packet.Spec
+		want bool
+	}{
+		// local -> local, both directions
+		{"A->B syn", FromContainer, tcp(addrA, addrB, 1000, 80, packet.SYN), true},
+		{"B->A syn-ack", FromContainer, tcp(addrB, addrA, 80, 1000, packet.SYN|packet.ACK), true},
+		{"A->B ack", FromContainer, tcp(addrA, addrB, 1000, 80, packet.ACK), true},
+		// local -> remote: the reply enters from the underlay to A
+		{"A->R syn", FromContainer, tcp(addrA, addrR, 1001, 80, packet.SYN), false},
+		{"R->A syn-ack", FromNetdev, tcp(addrR, addrA, 80, 1001, packet.SYN|packet.ACK), true},
+		{"A->R ack", FromContainer, tcp(addrA, addrR, 1001, 80, packet.ACK), false},
+		// remote -> local
+		{"R->B syn", FromNetdev, tcp(addrR, addrB, 1002, 80, packet.SYN), true},
+		{"B->R syn-ack", FromContainer, tcp(addrB, addrR, 80, 1002, packet.SYN|packet.ACK), false},
+		{"R->B ack", FromNetdev, tcp(addrR, addrB, 1002, 80, packet.ACK), true},
+	} {
+		if got := done(h.expect(c.hook, c.p, retNext)); got != c.want {
+			t.Errorf("%s at %s: ingress-done %v, want %v", c.name, c.hook, got, c.want)
+		}
+	}
+	// Traffic of the node itself passes the underlay hook untouched and
+	// untracked.
+	before, err := h.d.Conns(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mark := h.expect(FromNetdev, tcp(addrR, "10.9.9.9", 1003, 22, packet.SYN), retNext); mark != 0 {
+		t.Errorf("node traffic marked %#x", mark)
+	}
+	if after, _ := h.d.Conns(0); len(after) != len(before) {
+		t.Errorf("node traffic tracked: %d connections, were %d", len(after), len(before))
+	}
+}
