@@ -298,6 +298,28 @@ func TestNACK(t *testing.T) {
 	}
 }
 
+// Listeners a proxy could not open (a port in use) are NACKed, and ACKed
+// with the same nonce once its retry opens them: the agent then counts
+// the listeners as acknowledged without a new push. (Delta: nothing is
+// resent after a NACK. A state-of-the-world NACK carries an older version,
+// so the cache sends the listeners again at once.)
+func TestListenerACKAfterNACK(t *testing.T) {
+	t.Parallel()
+	h := startServer(t, nil)
+	h.update(t, testSnapshot(1))
+	c := newDeltaClient(t, h, testNode)
+	r := c.subscribe(t)[resourcev3.ListenerType]
+	c.send(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ListenerType, ResponseNonce: r.GetNonce(),
+		ErrorDetail: &rpcstatus.Status{Code: int32(codes.Unavailable), Message: "bind 127.0.0.1:15101: address already in use"}})
+	waitFor(t, "the NACK in Status", func() bool { return h.srv.Status().NACKs == 1 })
+	if h.srv.Status().ProxyAckedListeners {
+		t.Fatal("listeners acknowledged after a NACK")
+	}
+	c.ack(t, r)
+	waitFor(t, "the listeners acknowledged after the late ACK", func() bool { return h.srv.Status().ProxyAckedListeners })
+	c.quiet(t, "after the late ACK")
+}
+
 func TestWrongNodeRefused(t *testing.T) {
 	t.Parallel()
 	for _, mode := range []string{"sotw", "delta"} {

@@ -434,6 +434,11 @@ func (s *Server) nackLocked(k streamKey, st *streamState, ts *typeState, typeURL
 	// one it rejected, which the nonce identifies.
 	if p, ok := ts.take(nonce); ok {
 		version = p.version
+		if typeURL == resourcev3.ListenerType && len(ts.pending) == 0 {
+			// Listeners that could not open (a port in use): the proxy
+			// retries and ACKs the same response once they do.
+			ts.pending = append(ts.pending, p)
+		}
 	}
 	ts.nacks++
 	s.st.nacks++

@@ -89,6 +89,12 @@ type Client struct {
 
 	// Owned by the Run goroutine.
 	policySet *rules.Set
+	// A Listener response NACKed because its listeners could not open
+	// (a port in use): Apply is tried again with the latest snapshot
+	// every retryDelay (doubling), and the response ACKed once they open.
+	retry      *heldAck
+	retrySnap  *config.Snapshot
+	retryDelay time.Duration
 
 	mu     sync.Mutex // guards status
 	status Status
@@ -268,6 +274,7 @@ func (c *Client) runStream(ctx context.Context, ads discoveryv3.AggregatedDiscov
 	for _, t := range c.order {
 		t.resetStream()
 	}
+	c.retry, c.retrySnap = nil, nil // a new stream sends everything again
 	c.setStatus(func(s *Status) { s.Streams++ })
 	switch c.opts.Mode {
 	case SotW:
@@ -275,6 +282,107 @@ func (c *Client) runStream(ctx context.Context, ads discoveryv3.AggregatedDiscov
 	default:
 		return c.runDelta(ctx, ads)
 	}
+}
+
+// Bounds of the wait between attempts to open listeners that failed.
+const (
+	minOpenRetry = time.Second
+	maxOpenRetry = 30 * time.Second
+)
+
+// serveStream answers the responses recv delivers, and retries listeners
+// that could not open, until the stream breaks. progressed reports whether
+// a response arrived.
+func (c *Client) serveStream(ctx context.Context, s stream, mode Mode, recv func() (*update, error)) (progressed bool, err error) {
+	type received struct {
+		u   *update
+		err error
+	}
+	ch := make(chan received)
+	go func() {
+		for {
+			u, err := recv()
+			select {
+			case ch <- received{u, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		var retryC <-chan time.Time
+		if c.retry != nil {
+			if timer == nil {
+				timer = time.NewTimer(c.retryDelay)
+			}
+			retryC = timer.C
+		} else if timer != nil {
+			timer.Stop()
+			timer = nil
+		}
+		select {
+		case <-ctx.Done():
+			return progressed, ctx.Err()
+		case r := <-ch:
+			if r.err != nil {
+				return progressed, r.err
+			}
+			if !progressed {
+				progressed = true
+				c.setStatus(func(s *Status) { s.Connected = true; s.LastError = "" })
+				c.log.Info("xDS stream up", "mode", mode, "socket", c.opts.Socket)
+			}
+			if err := c.onResponse(ctx, s, r.u); err != nil {
+				return progressed, err
+			}
+		case <-retryC:
+			timer = nil
+			if err := c.retryOpen(ctx, s); err != nil {
+				return progressed, err
+			}
+		}
+	}
+}
+
+// retryOpen tries again to open the listeners of the latest snapshot, and
+// ACKs the Listener response it NACKed once they are open.
+func (c *Client) retryOpen(ctx context.Context, s stream) error {
+	r, snap := c.retry, c.retrySnap
+	if r == nil {
+		return nil
+	}
+	err := c.opts.Handler.Apply(ctx, snap)
+	complete := snap.Complete() && err == nil
+	c.setStatus(func(st *Status) {
+		st.Complete = complete
+		st.Waiting = waiting(snap)
+	})
+	if !complete {
+		c.retryDelay = min(2*c.retryDelay, maxOpenRetry)
+		if err != nil {
+			c.log.Warn("listeners still cannot open", "err", err, "retry_in", c.retryDelay)
+		}
+		// Open but incomplete: the response that completes the
+		// configuration brings the ACK (onResponse).
+		return nil
+	}
+	c.retry, c.retrySnap = nil, nil
+	lds := c.types[TypeListener]
+	c.log.Info("listeners open on retry; configuration complete", "version", snap.Version)
+	if err := s.ack(lds, r.nonce, r.version); err != nil {
+		return err
+	}
+	c.noteACK(lds, r.version)
+	return nil
 }
 
 // subscribeAll sends the first request of every type that has something to
@@ -333,8 +441,26 @@ func (c *Client) onResponse(ctx context.Context, s stream, u *update) error {
 		}
 		c.noteACK(t, u.version)
 	}
+	// A NACKed Listener response waiting for its listeners to open.
+	if r := c.retry; r != nil {
+		switch {
+		case t == lds:
+			// A newer Listener response supersedes it (its own ACK or
+			// NACK follows).
+			c.retry, c.retrySnap = nil, nil
+		case complete:
+			// This snapshot opened them.
+			c.retry, c.retrySnap = nil, nil
+			if err := s.ack(lds, r.nonce, r.version); err != nil {
+				return err
+			}
+			c.noteACK(lds, r.version)
+		default:
+			c.retrySnap = snap // the one to retry with
+		}
+	}
 	// The held Listener ACK: answer it once the listeners are open, or
-	// with the error that kept them closed.
+	// with the error that kept them closed (and retry).
 	if h := lds.held; h != nil {
 		switch {
 		case applyErr != nil:
@@ -343,6 +469,8 @@ func (c *Client) onResponse(ctx context.Context, s stream, u *update) error {
 			if err := s.nack(lds, h.nonce, applyErr); err != nil {
 				return err
 			}
+			c.retry, c.retrySnap, c.retryDelay = h, snap, minOpenRetry
+			c.log.Warn("listeners cannot open; retrying", "err", applyErr, "retry_in", c.retryDelay)
 		case complete:
 			lds.held = nil
 			c.log.Info("listeners open; configuration complete", "version", snap.Version, "listeners", len(snap.Listeners), "endpoints", snap.Policy.Len())

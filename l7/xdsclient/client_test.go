@@ -329,8 +329,24 @@ func TestListenerACKHeld(t *testing.T) {
 		srv.WaitFor(t, 5*time.Second, "the Listener ACK", func() bool { return srv.ACKs(TypeListener) > 0 })
 
 		rec.setFail(errors.New("bind 127.0.0.1:15103: address already in use"))
+		acks := srv.ACKs(TypeListener)
 		srv.Update(TypeListener, "extra", xdstest.Listener(xdstest.ListenerOptions{Name: "extra", Port: 15103}))
 		srv.WaitNACK(t, TypeListener, "address already in use", 5*time.Second)
+		var nacked xdstest.Answer
+		for _, a := range srv.Answers() {
+			if a.TypeURL == TypeListener && a.NACK != "" {
+				nacked = a
+			}
+		}
+		// The port frees up: the proxy opens the listener on its own and
+		// ACKs the response it NACKed, with no new push.
+		time.Sleep(300 * time.Millisecond)
+		rec.setFail(nil)
+		srv.WaitFor(t, 5*time.Second, "the Listener ACK after the retry", func() bool { return srv.ACKs(TypeListener) > acks })
+		last := srv.Answers()[len(srv.Answers())-1]
+		if last.TypeURL != TypeListener || last.Nonce != nacked.Nonce || last.NACK != "" {
+			t.Errorf("after the retry: %+v, want an ACK of the NACKed nonce %q", last, nacked.Nonce)
+		}
 	})
 }
 

@@ -22,16 +22,10 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 	if err := c.subscribeAll(s); err != nil {
 		return false, err
 	}
-	progressed := false
-	for {
+	return c.serveStream(ctx, s, Delta, func() (*update, error) {
 		resp, err := st.Recv()
 		if err != nil {
-			return progressed, err
-		}
-		if !progressed {
-			progressed = true
-			c.setStatus(func(s *Status) { s.Connected = true; s.LastError = "" })
-			c.log.Info("xDS stream up", "mode", Delta, "socket", c.opts.Socket)
+			return nil, err
 		}
 		u := &update{
 			typeURL: resp.GetTypeUrl(),
@@ -42,10 +36,8 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 		for _, r := range resp.GetResources() {
 			u.items = append(u.items, item{name: r.GetName(), version: r.GetVersion(), res: r.GetResource()})
 		}
-		if err := c.onResponse(ctx, s, u); err != nil {
-			return progressed, err
-		}
-	}
+		return u, nil
+	})
 }
 
 func (s *deltaStream) send(req *discoveryv3.DeltaDiscoveryRequest) error {

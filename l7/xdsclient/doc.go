@@ -16,7 +16,9 @@
 // Handler has bound their sockets. Until the EndpointPolicies, the Clusters
 // and a listener's RouteConfiguration have arrived, that ACK waits; if the
 // Handler cannot bind a socket, the Listener response is NACKed with its
-// error.
+// error, and the Handler is tried again (1 s, doubling to 30 s) with the
+// latest configuration until the listeners open; then that response is
+// ACKed, with the nonce it was NACKed with.
 //
 // When the stream breaks (the agent restarts), the client reconnects with
 // jittered exponential backoff and keeps its configuration meanwhile; the

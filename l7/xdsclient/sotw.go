@@ -22,29 +22,21 @@ func (c *Client) runSotW(ctx context.Context, ads discoveryv3.AggregatedDiscover
 	if err := c.subscribeAll(s); err != nil {
 		return false, err
 	}
-	progressed := false
-	for {
+	return c.serveStream(ctx, s, SotW, func() (*update, error) {
 		resp, err := st.Recv()
 		if err != nil {
-			return progressed, err
-		}
-		if !progressed {
-			progressed = true
-			c.setStatus(func(s *Status) { s.Connected = true; s.LastError = "" })
-			c.log.Info("xDS stream up", "mode", SotW, "socket", c.opts.Socket)
+			return nil, err
 		}
 		t := c.types[resp.GetTypeUrl()]
 		u := &update{typeURL: resp.GetTypeUrl(), version: resp.GetVersionInfo(), nonce: resp.GetNonce()}
 		if t != nil {
-			u.full = t.fullState
+			u.full = t.fullState // read-only after New
 		}
 		for _, r := range resp.GetResources() {
 			u.items = append(u.items, item{version: resp.GetVersionInfo(), res: r})
 		}
-		if err := c.onResponse(ctx, s, u); err != nil {
-			return progressed, err
-		}
-	}
+		return u, nil
+	})
 }
 
 func (s *sotwStream) send(req *discoveryv3.DiscoveryRequest) error {
