@@ -2,6 +2,7 @@ package xdsclient
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -121,7 +122,56 @@ func (a recorderNoSrv) Apply(ctx context.Context, s *config.Snapshot) error {
 	a.r.mu.Lock()
 	defer a.r.mu.Unlock()
 	a.r.snaps = append(a.r.snaps, s)
+	if s.Complete() {
+		return a.r.failErr
+	}
 	return nil
 }
 
 func checkPathAgent(s *config.Snapshot, path string) bool { return checkPath(s, path) }
+
+// TestAgentServerListenerRetry: listeners that cannot open (a port in use)
+// are NACKed once per attempt, retried with backoff rather than at the
+// rate the agent's server resends, and ACKed once they open.
+func TestAgentServerListenerRetry(t *testing.T) {
+	forModes(t, func(t *testing.T, mode Mode) {
+		sock := socketPath(t)
+		srv, err := xds.NewServer(xds.Options{
+			Node: "node-1", Socket: sock,
+			Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			srv.Serve(ctx)
+		}()
+		t.Cleanup(func() { cancel(); <-done })
+		if _, err := srv.Update(agentSnapshot(agentEndpoint("/v1/.*"))); err != nil {
+			t.Fatal(err)
+		}
+		rec := &recorder{completeAt: -1}
+		rec.setFail(errors.New("bind 127.0.0.1:15101: address already in use"))
+		c := startClient(t, sock, mode, recorderNoSrv{rec})
+		deadline := time.Now().Add(5 * time.Second)
+		for srv.Status().NACKs == 0 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		st := srv.Status()
+		if st.NACKs == 0 || st.NACKs > 4 || st.ProxyAckedListeners {
+			t.Fatalf("while the port is taken: %d NACKs in ~1.5 s (want 1-4), listeners acknowledged %v", st.NACKs, st.ProxyAckedListeners)
+		}
+		rec.setFail(nil)
+		deadline = time.Now().Add(5 * time.Second)
+		for !(srv.Status().ProxyAckedListeners && c.Status().Complete) {
+			if time.Now().After(deadline) {
+				t.Fatalf("listeners not acknowledged after the port was freed: server %+v client %+v", srv.Status(), c.Status())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
