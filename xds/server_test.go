@@ -300,24 +300,46 @@ func TestNACK(t *testing.T) {
 
 // Listeners a proxy could not open (a port in use) are NACKed, and ACKed
 // with the same nonce once its retry opens them: the agent then counts
-// the listeners as acknowledged without a new push. (Delta: nothing is
-// resent after a NACK. A state-of-the-world NACK carries an older version,
-// so the cache sends the listeners again at once.)
+// the listeners as acknowledged without a new push. Nothing is sent again
+// after the NACK, in either mode (a state-of-the-world NACK names an older
+// version, which would make the cache resend the rejected one at once).
 func TestListenerACKAfterNACK(t *testing.T) {
 	t.Parallel()
-	h := startServer(t, nil)
-	h.update(t, testSnapshot(1))
-	c := newDeltaClient(t, h, testNode)
-	r := c.subscribe(t)[resourcev3.ListenerType]
-	c.send(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ListenerType, ResponseNonce: r.GetNonce(),
-		ErrorDetail: &rpcstatus.Status{Code: int32(codes.Unavailable), Message: "bind 127.0.0.1:15101: address already in use"}})
-	waitFor(t, "the NACK in Status", func() bool { return h.srv.Status().NACKs == 1 })
-	if h.srv.Status().ProxyAckedListeners {
-		t.Fatal("listeners acknowledged after a NACK")
+	bind := &rpcstatus.Status{Code: int32(codes.Unavailable), Message: "bind 127.0.0.1:15101: address already in use"}
+	for _, mode := range []string{"sotw", "delta"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			h := startServer(t, nil)
+			h.update(t, testSnapshot(1))
+			var nack, ack, quiet func()
+			switch mode {
+			case "sotw":
+				c := newSotwClient(t, h, testNode)
+				r := c.subscribe(t)[resourcev3.ListenerType]
+				nack = func() {
+					c.send(t, &discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType, ResponseNonce: r.GetNonce(), ErrorDetail: bind})
+				}
+				ack = func() { c.ack(t, r) }
+				quiet = func() { c.quiet(t, "after the NACK") }
+			case "delta":
+				c := newDeltaClient(t, h, testNode)
+				r := c.subscribe(t)[resourcev3.ListenerType]
+				nack = func() {
+					c.send(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.ListenerType, ResponseNonce: r.GetNonce(), ErrorDetail: bind})
+				}
+				ack = func() { c.ack(t, r) }
+				quiet = func() { c.quiet(t, "after the NACK") }
+			}
+			nack()
+			waitFor(t, "the NACK in Status", func() bool { return h.srv.Status().NACKs == 1 })
+			quiet()
+			if h.srv.Status().ProxyAckedListeners {
+				t.Fatal("listeners acknowledged after a NACK")
+			}
+			ack()
+			waitFor(t, "the listeners acknowledged after the late ACK", func() bool { return h.srv.Status().ProxyAckedListeners })
+		})
 	}
-	c.ack(t, r)
-	waitFor(t, "the listeners acknowledged after the late ACK", func() bool { return h.srv.Status().ProxyAckedListeners })
-	c.quiet(t, "after the late ACK")
 }
 
 func TestWrongNodeRefused(t *testing.T) {

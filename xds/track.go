@@ -309,7 +309,15 @@ func (c callbacks) OnDeltaStreamClosed(id int64, _ *corev3.Node) {
 }
 
 func (c callbacks) OnStreamRequest(id int64, r *discoveryv3.DiscoveryRequest) error {
-	return c.s.request(streamKey{id: id}, r.GetNode(), r.GetTypeUrl(), r.GetVersionInfo(), r.GetResponseNonce(), r.GetErrorDetail(), nil)
+	nacked, err := c.s.requestNACKed(streamKey{id: id}, r.GetNode(), r.GetTypeUrl(), r.GetVersionInfo(), r.GetResponseNonce(), r.GetErrorDetail(), nil)
+	if nacked != "" {
+		// A NACK names the last version the client accepted, so the
+		// cache would send the rejected one again at once, and the
+		// client reject it again, in a loop. Answer it as if it named
+		// the rejected version: the next response is the next change.
+		r.VersionInfo = nacked
+	}
+	return err
 }
 
 func (c callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.DiscoveryRequest, r *discoveryv3.DiscoveryResponse) {
@@ -352,6 +360,13 @@ func (s *Server) streamClosed(k streamKey) {
 // request records a discovery request: checks the node ID, and classifies
 // the request as the first of its type, an ACK or a NACK.
 func (s *Server) request(k streamKey, node *corev3.Node, typeURL, version, nonce string, nack *rpcstatus.Status, initial map[string]string) error {
+	_, err := s.requestNACKed(k, node, typeURL, version, nonce, nack, initial)
+	return err
+}
+
+// requestNACKed is request; for a NACK of a response it sent, it also
+// returns that response's version.
+func (s *Server) requestNACKed(k streamKey, node *corev3.Node, typeURL, version, nonce string, nack *rpcstatus.Status, initial map[string]string) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.st.streams[k]
@@ -360,12 +375,12 @@ func (s *Server) request(k streamKey, node *corev3.Node, typeURL, version, nonce
 		s.st.streams[k] = st
 	}
 	if err := s.checkNodeLocked(k, st, node); err != nil {
-		return err
+		return "", err
 	}
 	ts := st.typ(typeURL)
 	switch {
 	case nack != nil:
-		s.nackLocked(k, st, ts, typeURL, version, nonce, nack.GetMessage())
+		return s.nackLocked(k, st, ts, typeURL, version, nonce, nack.GetMessage()), nil
 	case nonce != "":
 		s.ackLocked(k, ts, typeURL, nonce)
 	case k.delta && typeURL == EndpointPolicyType && ts.content == nil:
@@ -376,7 +391,7 @@ func (s *Server) request(k streamKey, node *corev3.Node, typeURL, version, nonce
 			ts.content = map[string]string{}
 		}
 	}
-	return nil
+	return "", nil
 }
 
 func (s *Server) checkNodeLocked(k streamKey, st *streamState, node *corev3.Node) error {
@@ -429,11 +444,14 @@ func (s *Server) ackLocked(k streamKey, ts *typeState, typeURL, nonce string) {
 	}
 }
 
-func (s *Server) nackLocked(k streamKey, st *streamState, ts *typeState, typeURL, version, nonce, msg string) {
+// nackLocked records a NACK and returns the version of the response it
+// rejects ("" if that is not one of the pending responses).
+func (s *Server) nackLocked(k streamKey, st *streamState, ts *typeState, typeURL, version, nonce, msg string) string {
 	// A SotW NACK carries the last version the client accepted; name the
 	// one it rejected, which the nonce identifies.
+	rejected := ""
 	if p, ok := ts.take(nonce); ok {
-		version = p.version
+		version, rejected = p.version, p.version
 		if typeURL == resourcev3.ListenerType && len(ts.pending) == 0 {
 			// Listeners that could not open (a port in use): the proxy
 			// retries and ACKs the same response once they do.
@@ -451,6 +469,7 @@ func (s *Server) nackLocked(k streamKey, st *streamState, ts *typeState, typeURL
 	}
 	s.log.Warn("proxy rejected xDS configuration", "type", shortType(typeURL), "version", version, "nonce", nonce,
 		"error", msg, "node", st.node, "mode", k.mode(), "stream", k.id)
+	return rejected
 }
 
 // response records a response about to be sent.
