@@ -33,8 +33,8 @@ var wsUpstream = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 	rw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + r.Header.Get("Sec-WebSocket-Key") + "-ok\r\n\r\nhello")
 	rw.Flush()
 	if r.URL.Path == "/push" {
-		// One byte every 100 ms for a second, then silence.
-		for i := 0; i < 10; i++ {
+		// One byte every 100 ms for 2.5 s, then silence.
+		for i := 0; i < 25; i++ {
 			time.Sleep(100 * time.Millisecond)
 			if _, err := nc.Write([]byte("x")); err != nil {
 				return
@@ -157,20 +157,23 @@ func TestTunnelIdleTimeout(t *testing.T) {
 	lb := newLoopbackWith(t, lbOptions{
 		handler: wsUpstream,
 		rules:   []*l7pb.HTTPRule{xdstest.HTTP("GET", "/push", "")},
-		lo:      xdstest.ListenerOptions{Upgrades: []string{"websocket"}, StreamIdleTimeout: 300 * time.Millisecond},
+		lo:      xdstest.ListenerOptions{Upgrades: []string{"websocket"}, StreamIdleTimeout: time.Second},
 	})
-	_, br, resp := wsDial(t, lb.proxyAddr, "/push", "")
+	c, br, resp := wsDial(t, lb.proxyAddr, "/push", "")
 	if resp.StatusCode != 101 {
 		t.Fatalf("handshake: %d", resp.StatusCode)
 	}
-	if got := readN(t, br, 15); got != "hello"+strings.Repeat("x", 10) {
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	// 2.5 s of pushes: longer than the idle timeout, for the client's
+	// silent direction too.
+	if got := readN(t, br, 30); got != "hello"+strings.Repeat("x", 25) {
 		t.Fatalf("pushed bytes: %q", got)
 	}
 	t0 := time.Now()
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("idle tunnel: %v, want it closed", err)
 	}
-	if d := time.Since(t0); d < 200*time.Millisecond || d > 2*time.Second {
-		t.Fatalf("idle tunnel closed after %s, want about 300 ms", d)
+	if d := time.Since(t0); d < 700*time.Millisecond || d > 5*time.Second {
+		t.Fatalf("idle tunnel closed after %s, want about 1 s", d)
 	}
 }
