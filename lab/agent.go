@@ -8,11 +8,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/membrane-mesh/membrane/api"
+	"github.com/membrane-mesh/membrane/datastore"
 )
 
 // AgentBinaryName is the agent's executable name.
@@ -166,8 +168,8 @@ func (l *Lab) agentLogHint(node string) string {
 // RestartAgents stops every node's agent and starts it again with args as
 // its extra flags (replacing those given at `lab up`), as an operator
 // changing a setting would. Enforcement continues from the pinned state
-// while the agents are down. It returns once each agent runs again (not
-// once it is ready).
+// while the agents are down. It returns once every agent has applied the
+// datastore again.
 func (l *Lab) RestartAgents(ctx context.Context, args []string) error {
 	lock, err := lockFile(ctx, l.y.lockPath())
 	if err != nil {
@@ -180,6 +182,15 @@ func (l *Lab) RestartAgents(ctx context.Context, args []string) error {
 	st := l.State()
 	if st.NoAgent {
 		return errors.New("the lab runs without agents")
+	}
+	// Flags the agent would refuse leave the running agents alone.
+	_, agent := l.programs()
+	if out, err := exec.CommandContext(ctx, agent, append(slices.Clone(args), "-version")...).CombinedOutput(); err != nil {
+		msg, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+		if msg == "" {
+			msg = err.Error()
+		}
+		return fmt.Errorf("agent flags %q refused (the agents keep running as they were): %s", args, msg)
 	}
 	var sups []Process
 	for _, n := range st.Nodes {
@@ -212,5 +223,10 @@ func (l *Lab) RestartAgents(ctx context.Context, args []string) error {
 			return err
 		}
 	}
-	return nil
+	store, err := datastore.Open(l.y.datastoreDir())
+	if err != nil {
+		return fmt.Errorf("open datastore: %w", err)
+	}
+	_, rev, _ := store.List()
+	return l.waitApplied(ctx, rev)
 }

@@ -25,7 +25,7 @@ optional membrane.dev/v1alpha1 Lab) into nodes and pods made of network
 namespaces, with each pod's containers running as processes and one
 membrane-agent per node. Nothing touches the host's own network namespace.`,
 	}
-	cmd.AddCommand(newLabUpCommand(), newLabDownCommand(), newLabStatusCommand(),
+	cmd.AddCommand(newLabUpCommand(), newLabDownCommand(), newLabStatusCommand(), newLabRestartAgentsCommand(),
 		newLabLogsCommand(), newLabExecCommand(), newLabProbeCommand(), newLabMatrixCommand(),
 		newLabHTTPCommand(), newLabGRPCCommand())
 	for _, name := range []string{lab.HelperResponder, lab.HelperSupervise} {
@@ -82,6 +82,42 @@ func newLabUpCommand() *cobra.Command {
 	cmd.Flags().StringArrayVar(&opts.ProxyArgs, "proxy-arg", nil, "extra flag for every proxy, e.g. --proxy-arg=--log-level=debug (repeatable)")
 	cmd.Flags().StringVar(&opts.ProxyBinary, "proxy-binary", "", "membrane-proxy executable (default: next to membranectl or the agent, else in $PATH)")
 	cmd.Flags().DurationVar(&opts.ReadyTimeout, "timeout", lab.DefaultReadyTimeout, "how long to wait for each agent")
+	return cmd
+}
+
+func newLabRestartAgentsCommand() *cobra.Command {
+	var name string
+	var args []string
+	cmd := &cobra.Command{
+		Use:   "restart-agents [--agent-arg=FLAG ...]",
+		Short: "Restart every agent, with new flags if given; enforcement and connections carry on",
+		Long: `Stops every node's agent and starts it again, as an operator upgrading it or
+changing a setting would, and waits until each has applied the datastore.
+Programs and maps stay pinned meanwhile: enforcement continues and open
+connections are kept. --agent-arg flags replace those given at lab up;
+without any the agents get the flags they had. A map size flag
+(--agent-arg=--map-size-conntrack=N) resizes that map and keeps its
+entries.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			l, err := lab.OpenOnly(name)
+			if err != nil {
+				return err
+			}
+			l.SetLogger(logger(cmd))
+			if !cmd.Flags().Changed("agent-arg") {
+				args = l.State().AgentArgs
+			}
+			start := time.Now()
+			if err := l.RestartAgents(cmd.Context(), args); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "lab %s: %d agents restarted and applied in %s\n", l.Name(), len(l.Nodes()), time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	addNameFlag(cmd, &name)
+	cmd.Flags().StringArrayVar(&args, "agent-arg", nil, "extra flag for every agent, replacing those of lab up (repeatable)")
 	return cmd
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -213,6 +214,14 @@ func TestAgentRestartResizesMaps(t *testing.T) {
 	// would open a new entry. So the check is that none is created.
 	created := ctCreated(t, l, "node1")
 	old := l.AgentPID("node1")
+	// A flag the agent refuses leaves the running agent alone.
+	err := l.RestartAgents(ctx, []string{"--map-size-conntrack=0"})
+	if err == nil || !strings.Contains(err.Error(), "map-size-conntrack") || !strings.Contains(err.Error(), "positive number") {
+		t.Fatalf("restart with a bad flag: %v", err)
+	}
+	if pid := l.AgentPID("node1"); pid != old {
+		t.Fatalf("agent restarted (pid %d, was %d) although its new flags were refused", pid, old)
+	}
 	if err := l.RestartAgents(ctx, []string{"--map-size-conntrack=65536", "--map-size-endpoints=2048"}); err != nil {
 		t.Fatal(err)
 	}
