@@ -306,7 +306,7 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 		switch {
 		case t == "":
 			return field + ".upgrade_type", fmt.Errorf("must not be empty")
-		case t == "h2c" || t == "connect" || !isToken(t):
+		case t == "h2c" || t == "connect" || !l7pb.IsToken(t):
 			return field + ".upgrade_type", fmt.Errorf("%q is not supported (membrane-proxy tunnels HTTP/1.1 upgrades such as websocket)", u.GetUpgradeType())
 		case len(u.GetFilters()) > 0:
 			return field + ".filters", fmt.Errorf("not supported: an upgrade passes the listener's own filters")
@@ -488,21 +488,4 @@ func unpack(a *anypb.Any, m proto.Message) error {
 		return err
 	}
 	return nil
-}
-
-// isToken reports whether s is an HTTP token (RFC 9110 section 5.6.2).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
-		default:
-			return false
-		}
-	}
-	return true
 }

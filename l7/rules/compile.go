@@ -298,7 +298,7 @@ func compileHTTPRule(h *l7pb.HTTPRule, field, label string) (httpRule, error) {
 			return httpRule{}, fmt.Errorf("%s: nil", f)
 		}
 		name := m.GetName()
-		if !isToken(name) {
+		if !l7pb.IsToken(name) {
 			return httpRule{}, fmt.Errorf("%s.name: %q is not a header field name", f, name)
 		}
 		r := headerRule{
@@ -332,25 +332,4 @@ func compileHTTPRule(h *l7pb.HTTPRule, field, label string) (httpRule, error) {
 		hr.headers = append(hr.headers, r)
 	}
 	return hr, nil
-}
-
-// isToken reports whether s is an RFC 9110 token.
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !tokenChar(s[i]) {
-			return false
-		}
-	}
-	return true
-}
-
-func tokenChar(c byte) bool {
-	switch {
-	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }

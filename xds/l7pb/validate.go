@@ -280,7 +280,7 @@ func (m *HeaderMatch) check(c *checker, path string) {
 		c.addf(path, "must not be null")
 		return
 	}
-	if !isToken(m.GetName()) {
+	if !IsToken(m.GetName()) {
 		c.addf(path+".name", "must be an HTTP field name (a token, RFC 9110 5.6.2), not %q", m.GetName())
 	}
 	if v, ok := m.GetValue().(*HeaderMatch_Regex); ok {
@@ -308,8 +308,8 @@ func checkRegexp(c *checker, field, expr string) {
 	}
 }
 
-// isToken reports whether s is an RFC 9110 token: one or more tchars.
-func isToken(s string) bool {
+// IsToken reports whether s is an RFC 9110 token: one or more tchars.
+func IsToken(s string) bool {
 	if s == "" {
 		return false
 	}
