@@ -42,25 +42,7 @@ func agentSnapshot(eps ...*policy.Endpoint) *policy.Snapshot {
 func TestAgentServer(t *testing.T) {
 	forModes(t, func(t *testing.T, mode Mode) {
 		sock := socketPath(t)
-		start := func() (*xds.Server, context.CancelFunc, chan struct{}) {
-			srv, err := xds.NewServer(xds.Options{
-				Node: "node-1", Socket: sock, RequestHeadersTimeout: 3 * time.Second,
-				Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				if err := srv.Serve(ctx); err != nil {
-					t.Errorf("Serve: %v", err)
-				}
-			}()
-			t.Cleanup(func() { cancel(); <-done })
-			return srv, cancel, done
-		}
+		start := func() (*xds.Server, context.CancelFunc, chan struct{}) { return startAgentServer(t, sock) }
 		srv, cancel, done := start()
 		if _, err := srv.Update(agentSnapshot(agentEndpoint("/v1/.*"))); err != nil {
 			t.Fatal(err)
@@ -115,6 +97,30 @@ func TestAgentServer(t *testing.T) {
 	})
 }
 
+// startAgentServer serves the agent's xDS server on sock until the test
+// ends (or cancel).
+func startAgentServer(t *testing.T, sock string) (*xds.Server, context.CancelFunc, chan struct{}) {
+	t.Helper()
+	srv, err := xds.NewServer(xds.Options{
+		Node: "node-1", Socket: sock, RequestHeadersTimeout: 3 * time.Second,
+		// Error level: the NACKs some tests provoke are warnings.
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return srv, cancel, done
+}
+
 // recorderNoSrv adapts recorder for a server without the test hooks.
 type recorderNoSrv struct{ r *recorder }
 
@@ -136,20 +142,7 @@ func checkPathAgent(s *config.Snapshot, path string) bool { return checkPath(s, 
 func TestAgentServerListenerRetry(t *testing.T) {
 	forModes(t, func(t *testing.T, mode Mode) {
 		sock := socketPath(t)
-		srv, err := xds.NewServer(xds.Options{
-			Node: "node-1", Socket: sock,
-			Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			srv.Serve(ctx)
-		}()
-		t.Cleanup(func() { cancel(); <-done })
+		srv, _, _ := startAgentServer(t, sock)
 		if _, err := srv.Update(agentSnapshot(agentEndpoint("/v1/.*"))); err != nil {
 			t.Fatal(err)
 		}
