@@ -137,8 +137,8 @@ func (a recorderNoSrv) Apply(ctx context.Context, s *config.Snapshot) error {
 func checkPathAgent(s *config.Snapshot, path string) bool { return checkPath(s, path) }
 
 // TestAgentServerListenerRetry: listeners that cannot open (a port in use)
-// are NACKed once per attempt, retried with backoff rather than at the
-// rate the agent's server resends, and ACKed once they open.
+// are NACKed without a resend loop (in either mode), retried with backoff,
+// and ACKed once they open.
 func TestAgentServerListenerRetry(t *testing.T) {
 	forModes(t, func(t *testing.T, mode Mode) {
 		sock := socketPath(t)

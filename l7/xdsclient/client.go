@@ -95,10 +95,6 @@ type Client struct {
 	retry      *heldAck
 	retrySnap  *config.Snapshot
 	retryDelay time.Duration
-	// retryHeld: retry is a resend of the NACKed response (state of the
-	// world resends at once) left unanswered until the next attempt, so
-	// that a port in use costs one NACK per attempt, not a busy loop.
-	retryHeld bool
 
 	mu     sync.Mutex // guards status
 	status Status
@@ -278,7 +274,7 @@ func (c *Client) runStream(ctx context.Context, ads discoveryv3.AggregatedDiscov
 	for _, t := range c.order {
 		t.resetStream()
 	}
-	c.retry, c.retrySnap, c.retryHeld = nil, nil, false // a new stream sends everything again
+	c.retry, c.retrySnap = nil, nil // a new stream sends everything again
 	c.setStatus(func(s *Status) { s.Streams++ })
 	switch c.opts.Mode {
 	case SotW:
@@ -375,17 +371,12 @@ func (c *Client) retryOpen(ctx context.Context, s stream) error {
 		c.retryDelay = min(2*c.retryDelay, maxOpenRetry)
 		if err != nil {
 			c.log.Warn("listeners still cannot open", "err", err, "retry_in", c.retryDelay)
-			if c.retryHeld {
-				c.retryHeld = false
-				c.noteNACK(lds, err)
-				return s.nack(lds, r.nonce, err)
-			}
 		}
 		// Open but incomplete: the response that completes the
 		// configuration brings the ACK (onResponse).
 		return nil
 	}
-	c.retry, c.retrySnap, c.retryHeld = nil, nil, false
+	c.retry, c.retrySnap = nil, nil
 	c.log.Info("listeners open on retry; configuration complete", "version", snap.Version)
 	if err := s.ack(lds, r.nonce, r.version); err != nil {
 		return err
@@ -417,12 +408,6 @@ func (c *Client) onResponse(ctx context.Context, s stream, u *update) error {
 		return nil
 	}
 	t.nonce = u.nonce
-	if r := c.retry; r != nil && t.url == TypeListener && u.version == r.version {
-		// The Listener response NACKed for listeners that could not
-		// open, sent again: the next attempt answers it.
-		c.retry, c.retryHeld = &heldAck{nonce: u.nonce, version: u.version}, true
-		return nil
-	}
 	snap, err := c.accept(t, u)
 	if err != nil {
 		c.log.Error("rejecting xDS response", "type", t.kind, "version", u.version, "err", err)
@@ -462,10 +447,10 @@ func (c *Client) onResponse(ctx context.Context, s stream, u *update) error {
 		case t == lds:
 			// A newer Listener response supersedes it (its own ACK or
 			// NACK follows).
-			c.retry, c.retrySnap, c.retryHeld = nil, nil, false
+			c.retry, c.retrySnap = nil, nil
 		case complete:
 			// This snapshot opened them.
-			c.retry, c.retrySnap, c.retryHeld = nil, nil, false
+			c.retry, c.retrySnap = nil, nil
 			if err := s.ack(lds, r.nonce, r.version); err != nil {
 				return err
 			}
@@ -484,7 +469,7 @@ func (c *Client) onResponse(ctx context.Context, s stream, u *update) error {
 			if err := s.nack(lds, h.nonce, applyErr); err != nil {
 				return err
 			}
-			c.retry, c.retrySnap, c.retryDelay, c.retryHeld = h, snap, minOpenRetry, false
+			c.retry, c.retrySnap, c.retryDelay = h, snap, minOpenRetry
 			c.log.Warn("listeners cannot open; retrying", "err", applyErr, "retry_in", c.retryDelay)
 		case complete:
 			lds.held = nil
