@@ -27,43 +27,68 @@ const DefaultReadyTimeout = 30 * time.Second
 // findAgentBinary returns the agent executable: explicit if set, else
 // membrane-agent next to the running executable, else in $PATH.
 func findAgentBinary(explicit string) (string, error) {
+	var dirs []string
+	if self, err := os.Executable(); err == nil {
+		dirs = append(dirs, filepath.Dir(self))
+	}
+	p, err := findBinary(AgentBinaryName, explicit, dirs)
+	if errors.Is(err, errBinaryNotFound) {
+		return "", fmt.Errorf("%s not found next to this program or in $PATH: build it (go build ./cmd/membrane-agent), pass --agent-binary, or run without a datapath (--no-agent)", AgentBinaryName)
+	}
+	return p, err
+}
+
+var errBinaryNotFound = errors.New("binary not found")
+
+// findBinary returns explicit (looked up in $PATH if it has no slash), else
+// the first executable called name in dirs, else name in $PATH;
+// errBinaryNotFound if there is none.
+func findBinary(name, explicit string, dirs []string) (string, error) {
 	if explicit != "" {
 		p, err := exec.LookPath(explicit)
 		if err != nil {
-			return "", fmt.Errorf("agent binary %s: %w", explicit, err)
+			return "", fmt.Errorf("%s binary %s: %w", name, explicit, err)
 		}
 		return filepath.Abs(p)
 	}
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), AgentBinaryName)
+	for _, d := range dirs {
+		p := filepath.Join(d, name)
 		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
 			return p, nil
 		}
 	}
-	if p, err := exec.LookPath(AgentBinaryName); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return filepath.Abs(p)
 	}
-	return "", fmt.Errorf("%s not found next to this program or in $PATH: build it (go build ./cmd/membrane-agent), pass --agent-binary, or run without a datapath (--no-agent)", AgentBinaryName)
+	return "", errBinaryNotFound
+}
+
+// startSupervised starts command under a supervisor inside node n's
+// namespace, the supervisor writing pidfile and appending to logPath.
+func (l *Lab) startSupervised(n *nodePlan, pidfile, logPath string, command []string) (Process, error) {
+	exe, _ := l.programs()
+	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return Process{}, fmt.Errorf("open log: %w", err)
+	}
+	defer logFile.Close()
+	args := append([]string{"lab", HelperSupervise, "--pidfile", pidfile, "--log", logPath, "--"}, command...)
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Dir = l.y.nodeDir(n.Name)
+	return startInNetns(l.y.nodeNetns(n.Name), cmd, KindSupervisor, "", logPath)
 }
 
 // startAgent starts node n's agent, under a supervisor, inside the node's
 // namespace.
 func (l *Lab) startAgent(n *nodePlan) error {
-	exe, agent := l.programs()
+	_, agent := l.programs()
 	for _, d := range []string{l.y.nodeDir(n.Name), l.y.agentStateDir(n.Name), l.y.nodeBpffs(n.Name)} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("node %s: %w", n.Name, err)
 		}
 	}
-	logPath := l.y.agentLog(n.Name)
-	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("node %s: open agent log: %w", n.Name, err)
-	}
-	defer logFile.Close()
-	args := []string{"lab", HelperSupervise,
-		"--pidfile", l.y.agentPIDFile(n.Name), "--log", logPath, "--",
-		agent,
+	command := []string{agent,
 		"--node", n.Name,
 		"--datastore", l.y.datastoreDir(),
 		"--bpffs", l.y.nodeBpffs(n.Name),
@@ -72,12 +97,9 @@ func (l *Lab) startAgent(n *nodePlan) error {
 		"--xds-socket", l.y.xdsSocket(n.Name),
 	}
 	l.mu.Lock()
-	args = append(args, l.st.AgentArgs...)
+	command = append(command, l.st.AgentArgs...)
 	l.mu.Unlock()
-	cmd := exec.Command(exe, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Dir = l.y.nodeDir(n.Name)
-	proc, err := startInNetns(l.y.nodeNetns(n.Name), cmd, KindSupervisor, "", logPath)
+	proc, err := l.startSupervised(n, l.y.agentPIDFile(n.Name), l.y.agentLog(n.Name), command)
 	if err != nil {
 		return fmt.Errorf("node %s: start agent: %w", n.Name, err)
 	}

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"time"
 )
@@ -19,13 +18,6 @@ const ProxyBinaryName = "membrane-proxy"
 // membrane-proxy next to the running executable or the agent, else in
 // $PATH.
 func findProxyBinary(explicit, agent string) (string, error) {
-	if explicit != "" {
-		p, err := exec.LookPath(explicit)
-		if err != nil {
-			return "", fmt.Errorf("proxy binary %s: %w", explicit, err)
-		}
-		return filepath.Abs(p)
-	}
 	var dirs []string
 	if self, err := os.Executable(); err == nil {
 		dirs = append(dirs, filepath.Dir(self))
@@ -33,44 +25,26 @@ func findProxyBinary(explicit, agent string) (string, error) {
 	if agent != "" {
 		dirs = append(dirs, filepath.Dir(agent))
 	}
-	for _, d := range dirs {
-		p := filepath.Join(d, ProxyBinaryName)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
+	p, err := findBinary(ProxyBinaryName, explicit, dirs)
+	if errors.Is(err, errBinaryNotFound) {
+		return "", fmt.Errorf("%s not found next to this program, next to the agent, or in $PATH: build it (go build ./cmd/membrane-proxy), pass --proxy-binary, or run without L7 proxies (--no-proxy; connections that L7 policy redirects then fail closed)", ProxyBinaryName)
 	}
-	if p, err := exec.LookPath(ProxyBinaryName); err == nil {
-		return filepath.Abs(p)
-	}
-	return "", fmt.Errorf("%s not found next to this program, next to the agent, or in $PATH: build it (go build ./cmd/membrane-proxy), pass --proxy-binary, or run without L7 proxies (--no-proxy; connections that L7 policy redirects then fail closed)", ProxyBinaryName)
+	return p, err
 }
 
 // startProxy starts node n's proxy, under a supervisor, inside the node's
 // namespace. It is an xDS client of the node's agent.
 func (l *Lab) startProxy(n *nodePlan) error {
-	exe, _ := l.programs()
 	l.mu.Lock()
 	bin, extra := l.st.ProxyBinary, append([]string(nil), l.st.ProxyArgs...)
 	l.mu.Unlock()
-	logPath := l.y.proxyLog(n.Name)
-	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("node %s: open proxy log: %w", n.Name, err)
-	}
-	defer logFile.Close()
-	args := []string{"lab", HelperSupervise,
-		"--pidfile", l.y.proxyPIDFile(n.Name), "--log", logPath, "--",
-		bin,
+	command := append([]string{bin,
 		"--node", n.Name,
 		"--xds", l.y.xdsSocket(n.Name),
 		"--bpffs", l.y.nodeBpffs(n.Name),
 		"--admin-socket", l.y.proxyAdminSocket(n.Name),
-	}
-	args = append(args, extra...)
-	cmd := exec.Command(exe, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Dir = l.y.nodeDir(n.Name)
-	proc, err := startInNetns(l.y.nodeNetns(n.Name), cmd, KindSupervisor, "", logPath)
+	}, extra...)
+	proc, err := l.startSupervised(n, l.y.proxyPIDFile(n.Name), l.y.proxyLog(n.Name), command)
 	if err != nil {
 		return fmt.Errorf("node %s: start proxy: %w", n.Name, err)
 	}
