@@ -45,6 +45,20 @@ membrane-agent per node. Nothing touches the host's own network namespace.`,
 	return cmd
 }
 
+// openLabPort opens lab name (the only one if empty) and parses a port
+// argument; errors exit with status 2, as the probing commands promise.
+func openLabPort(name, portArg string) (*lab.Lab, int, error) {
+	l, err := lab.OpenOnly(name)
+	if err != nil {
+		return nil, 0, &exitError{code: 2, err: err}
+	}
+	port, err := strconv.Atoi(portArg)
+	if err != nil {
+		return nil, 0, &exitError{code: 2, err: fmt.Errorf("port %q: %w", portArg, err)}
+	}
+	return l, port, nil
+}
+
 func addNameFlag(cmd *cobra.Command, name *string) {
 	cmd.Flags().StringVar(name, "name", "", "the lab (default: the only lab on this machine)")
 }
@@ -305,13 +319,9 @@ With --verbose, the address the responder saw the probe come from is
 logged.`,
 		Args: cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.OpenOnly(name)
+			l, port, err := openLabPort(name, args[2])
 			if err != nil {
-				return &exitError{code: 2, err: err}
-			}
-			port, err := strconv.Atoi(args[2])
-			if err != nil {
-				return &exitError{code: 2, err: fmt.Errorf("port %q: %w", args[2], err)}
+				return err
 			}
 			spec.From, spec.To, spec.Port = args[0], args[1], port
 			res, err := l.Probe(cmd.Context(), spec)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -36,13 +35,9 @@ X-Echo-NAME echoes each request header it received.`,
   membranectl lab http shop/frontend shop/web 80 /api/orders -X POST -H 'X-Token: s3cret' -v`,
 		Args: cobra.RangeArgs(3, 4),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.OpenOnly(name)
+			l, port, err := openLabPort(name, args[2])
 			if err != nil {
-				return &exitError{code: 2, err: err}
-			}
-			port, err := strconv.Atoi(args[2])
-			if err != nil {
-				return &exitError{code: 2, err: fmt.Errorf("port %q: %w", args[2], err)}
+				return err
 			}
 			spec.From, spec.To, spec.Port = args[0], args[1], port
 			if len(args) == 4 {
@@ -115,13 +110,9 @@ Exit status: 0 for OK, 1 for any other gRPC status, 2 on errors.`,
   membranectl lab grpc shop/frontend shop/web 80 --watch`,
 		Args: cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			l, err := lab.OpenOnly(name)
+			l, port, err := openLabPort(name, args[2])
 			if err != nil {
-				return &exitError{code: 2, err: err}
-			}
-			port, err := strconv.Atoi(args[2])
-			if err != nil {
-				return &exitError{code: 2, err: fmt.Errorf("port %q: %w", args[2], err)}
+				return err
 			}
 			spec.From, spec.To, spec.Port = args[0], args[1], port
 			res, err := l.GRPC(cmd.Context(), spec)
