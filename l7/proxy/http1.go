@@ -125,16 +125,9 @@ func (c *conn) exchange(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 	// head writer would drop), so that naming a field in Connection can
 	// neither satisfy a rule nor undo a mutation.
 	req.Header.RemoveHopByHop()
-	var dec rules.Decision
-	if ids := c.identities(); ids.err != nil {
-		dec.Reason = ids.err.Error()
-	} else {
-		rreq := rules.Request{Method: req.Method, Target: target, Host: req.Host, Header: req.Header}
-		dec = c.p.cfg.Load().Policy.Check(ids.src, ids.dst, c.dst.Port(), &rreq)
-	}
-	rec.Policy, rec.Mismatches = dec.Policy, dec.Mismatches
+	dec := c.decide(&rules.Request{Method: req.Method, Target: target, Host: req.Host, Header: req.Header}, &rec)
 	if !dec.Allowed {
-		return c.deny1(br, bw, req, lc, &rec, &dec)
+		return c.deny1(br, bw, req, lc)
 	}
 	for _, m := range dec.Mutations {
 		mutate1(&req.Header, m)
@@ -167,18 +160,37 @@ func hasBody(req *http1.Request) bool { return req.Body.Chunked || req.Body.Cont
 // deny1 answers a denied request with 403. The connection stays open if
 // the client wants it to and the request body (if any) is at most
 // maxDiscard bytes, which are read and dropped.
-func (c *conn) deny1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, lc *config.Listener, rec *accesslog.Record, dec *rules.Decision) bool {
-	rec.Verdict = accesslog.Denied
-	rec.Status = 403
-	rec.StatusDetails = detailsDenied
-	rec.DeniedBy, rec.Reason = dec.DeniedBy, dec.Reason
-	body := lc.DeniedBody
-	if body == "" {
-		body = defaultDeniedBody
-	}
+func (c *conn) deny1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, lc *config.Listener) bool {
 	keep := req.KeepAlive && !c.draining.Load() && c.skipBody(br, req, lc)
-	http1.WriteSimpleResponse(bw, req.ProtoMinor, 403, "text/plain", body, !keep)
+	http1.WriteSimpleResponse(bw, req.ProtoMinor, 403, "text/plain", deniedBody(lc), !keep)
 	return keep
+}
+
+// decide checks req against the L7 policy of the connection's two sides
+// and notes the outcome in rec (a denial as 403).
+func (c *conn) decide(req *rules.Request, rec *accesslog.Record) rules.Decision {
+	var dec rules.Decision
+	if ids := c.identities(); ids.err != nil {
+		dec.Reason = ids.err.Error()
+	} else {
+		dec = c.p.cfg.Load().Policy.Check(ids.src, ids.dst, c.dst.Port(), req)
+	}
+	rec.Policy, rec.Mismatches = dec.Policy, dec.Mismatches
+	if !dec.Allowed {
+		rec.Verdict = accesslog.Denied
+		rec.Status = 403
+		rec.StatusDetails = detailsDenied
+		rec.DeniedBy, rec.Reason = dec.DeniedBy, dec.Reason
+	}
+	return dec
+}
+
+// deniedBody is the body of a 403 the listener's policy answers.
+func deniedBody(lc *config.Listener) string {
+	if lc.DeniedBody != "" {
+		return lc.DeniedBody
+	}
+	return defaultDeniedBody
 }
 
 // skipBody reads and drops a request body of at most maxDiscard bytes. It

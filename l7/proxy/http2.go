@@ -149,28 +149,13 @@ func (c *conn) serveStream(w http.ResponseWriter, r *http.Request) {
 	}
 	rec.Path = target
 
-	var dec rules.Decision
-	if ids := c.identities(); ids.err != nil {
-		dec.Reason = ids.err.Error()
-	} else {
-		rreq := rules.Request{Method: r.Method, Target: target, Host: r.Host, Header: r.Header}
-		dec = c.p.cfg.Load().Policy.Check(ids.src, ids.dst, c.dst.Port(), &rreq)
-	}
-	rec.Policy, rec.Mismatches = dec.Policy, dec.Mismatches
+	dec := c.decide(&rules.Request{Method: r.Method, Target: target, Host: r.Host, Header: r.Header}, &rec)
 	if !dec.Allowed {
-		rec.Verdict = accesslog.Denied
-		rec.StatusDetails = detailsDenied
-		rec.DeniedBy, rec.Reason = dec.DeniedBy, dec.Reason
-		rec.Status = 403
 		if grpc {
 			c.grpcAnswer(w, &rec, grpcPermissionDenied, defaultDeniedBody)
 			return
 		}
-		body := lc.DeniedBody
-		if body == "" {
-			body = defaultDeniedBody
-		}
-		plain(w, 403, body)
+		plain(w, 403, deniedBody(lc))
 		return
 	}
 	for _, m := range dec.Mutations {
