@@ -154,47 +154,17 @@ func benchTraffic(r *report, b binaries, rounds int, tput, conns bool) {
 	}
 	defer downWithout()
 	labs := map[string]*lab.Lab{"with": with, "without": without}
-	order := func(round int) []string {
-		if round%2 == 0 {
-			return []string{"with", "without"}
-		}
-		return []string{"without", "with"}
-	}
 
 	if tput {
 		// iperf3 drifts by ±40% between minutes here: paired runs, and
 		// twice the rounds of the other comparisons.
-		tputRounds := 2 * rounds
-		samples := map[string][]float64{}
-		var ratios []float64
-		var runErr error
-		for round := 0; round < tputRounds && runErr == nil; round++ {
-			got := map[string]float64{}
-			for _, k := range order(round) {
-				g, err := iperf(labs[k], 3)
-				if err != nil {
-					runErr = fmt.Errorf("%s datapath: %w", k, err)
-					break
-				}
-				got[k] = g
-				samples[k] = append(samples[k], g)
-			}
-			if runErr == nil {
-				ratios = append(ratios, got["with"]/got["without"])
-			}
-		}
-		if runErr != nil {
-			r.failed("throughput with/without datapath", "≥ 0.97", runErr)
+		p, err := pairedRounds(2*rounds, func(k string) (float64, error) { return iperf(labs[k], 3) })
+		if err != nil {
+			r.failed("throughput with/without datapath", "≥ 0.97", err)
 		} else {
-			w, wo, pr := median(samples["with"]), median(samples["without"]), median(ratios)
-			q1, q3 := quartiles(ratios)
-			r.section("Pod-to-pod throughput (iperf3, same node, 3 s runs, 1 s omitted)", fmt.Sprintf(
-				"%d rounds, each one run with and one without, back to back (order alternates)\n"+
-					"with datapath (enforced policy):  median %.2f Gbit/s  [%s]\nwithout datapath:                 median %.2f Gbit/s  [%s]\n"+
-					"ratio with/without: median of the rounds' ratios %.3f (middle half %.3f-%.3f) [%s]; ratio of the medians %.3f\n",
-				tputRounds, w, fmtList(samples["with"]), wo, fmtList(samples["without"]), pr, q1, q3, fmtList(ratios), w/wo))
-			r.check("throughput with/without datapath (iperf3)", pr, "x", 0.97, false)
-			r.info("throughput with datapath", w, "Gbit/s")
+			r.section("Pod-to-pod throughput (iperf3, same node, 3 s runs, 1 s omitted)", p.describe("%.2f Gbit/s"))
+			r.check("throughput with/without datapath (iperf3)", p.ratio, "x", 0.97, false)
+			r.info("throughput with datapath", p.with, "Gbit/s")
 		}
 	}
 	if conns {
@@ -204,27 +174,9 @@ func benchTraffic(r *report, b binaries, rounds int, tput, conns bool) {
 		// pairs' ratios. Kernel run-time statistics slow every program
 		// run a little (two clock reads), so they are on only in extra
 		// runs after the comparison.
-		connRounds := 4 * rounds
-		samples := map[string][]float64{}
-		var ratios []float64
-		var runErr error
-		for round := 0; round < connRounds && runErr == nil; round++ {
-			got := map[string]float64{}
-			for _, k := range order(round) {
-				c, err := connRate(labs[k], connRun, 4)
-				if err != nil {
-					runErr = fmt.Errorf("%s datapath: %w", k, err)
-					break
-				}
-				got[k] = c
-				samples[k] = append(samples[k], c)
-			}
-			if runErr == nil {
-				ratios = append(ratios, got["with"]/got["without"])
-			}
-		}
-		if runErr != nil {
-			r.failed("new TCP connections/s with/without datapath", "≥ 0.90", runErr)
+		p, err := pairedRounds(4*rounds, func(k string) (float64, error) { return connRate(labs[k], connRun, 4) })
+		if err != nil {
+			r.failed("new TCP connections/s with/without datapath", "≥ 0.90", err)
 			return
 		}
 
@@ -258,18 +210,13 @@ func benchTraffic(r *report, b binaries, rounds int, tput, conns bool) {
 			stats.close()
 		}
 
-		w, wo, pr := median(samples["with"]), median(samples["without"]), median(ratios)
-		q1, q3 := quartiles(ratios)
 		var body strings.Builder
-		fmt.Fprintf(&body, "%d rounds, each one run with and one without, back to back (order alternates)\n"+
-			"with datapath (enforced policy):  median %.0f/s  [%s]\nwithout datapath:                 median %.0f/s  [%s]\n"+
-			"ratio with/without: median of the rounds' ratios %.3f (middle half %.3f-%.3f) [%s]; ratio of the medians %.3f\n",
-			connRounds, w, fmtList(samples["with"]), wo, fmtList(samples["without"]), pr, q1, q3, fmtList(ratios), w/wo)
+		body.WriteString(p.describe("%.0f/s"))
 		if len(bpfPerConn) > 0 {
 			// The clients keep every CPU busy, so CPU time per
 			// connection is about CPUs / rate.
 			cpus := float64(runtime.NumCPU())
-			cw, cwo := cpus*1e6/w, cpus*1e6/wo
+			cw, cwo := cpus*1e6/p.with, cpus*1e6/p.without
 			fmt.Fprintf(&body, "3 more runs with the datapath and kernel run-time statistics on:\n"+
 				"  agent CPU per 1,000 connections/s: median %.3f vCPU [%s]\n"+
 				"  datapath programs: median %.0f ns per packet [%s], %.2f µs per connection [%s]\n"+
@@ -279,7 +226,49 @@ func benchTraffic(r *report, b binaries, rounds int, tput, conns bool) {
 				cw, cwo, median(bpfPerConn), cw-cwo, 100*median(bpfPerConn)/cw)
 		}
 		r.section(fmt.Sprintf("New TCP connections per second (same node, 4 workers, %s runs, connect+reset)", connRun), body.String())
-		r.check("new TCP connections/s with/without datapath", pr, "x", 0.90, false)
-		r.info("new TCP connections/s with datapath", w, "conn/s")
+		r.check("new TCP connections/s with/without datapath", p.ratio, "x", 0.90, false)
+		r.info("new TCP connections/s with datapath", p.with, "conn/s")
 	}
+}
+
+// paired holds a comparison run in rounds of one run with and one without
+// the datapath, back to back.
+type paired struct {
+	rounds               int
+	samples              map[string][]float64 // "with", "without"
+	ratios               []float64            // per round, with/without
+	with, without, ratio float64              // medians
+}
+
+// pairedRounds runs run("with") and run("without") n times, the order
+// alternating from round to round.
+func pairedRounds(n int, run func(k string) (float64, error)) (*paired, error) {
+	p := &paired{rounds: n, samples: map[string][]float64{}}
+	for round := 0; round < n; round++ {
+		order := []string{"with", "without"}
+		if round%2 == 1 {
+			order[0], order[1] = order[1], order[0]
+		}
+		got := map[string]float64{}
+		for _, k := range order {
+			v, err := run(k)
+			if err != nil {
+				return nil, fmt.Errorf("%s datapath: %w", k, err)
+			}
+			got[k] = v
+			p.samples[k] = append(p.samples[k], v)
+		}
+		p.ratios = append(p.ratios, got["with"]/got["without"])
+	}
+	p.with, p.without, p.ratio = median(p.samples["with"]), median(p.samples["without"]), median(p.ratios)
+	return p, nil
+}
+
+// describe reports the rounds, each value printed with format.
+func (p *paired) describe(format string) string {
+	q1, q3 := quartiles(p.ratios)
+	return fmt.Sprintf("%d rounds, each one run with and one without, back to back (order alternates)\n"+
+		"with datapath (enforced policy):  median "+format+"  [%s]\nwithout datapath:                 median "+format+"  [%s]\n"+
+		"ratio with/without: median of the rounds' ratios %.3f (middle half %.3f-%.3f) [%s]; ratio of the medians %.3f\n",
+		p.rounds, p.with, fmtList(p.samples["with"]), p.without, fmtList(p.samples["without"]), p.ratio, q1, q3, fmtList(p.ratios), p.with/p.without)
 }
