@@ -324,6 +324,8 @@ func (req *Request) interpret() *Error {
 		cl                   int64 = -1
 		te                   transferCoding
 		closeConn, keepAlive bool
+		upgradeTok           bool   // a Connection field names "upgrade"
+		upgrade              string // the first Upgrade field
 	)
 	for i := range req.Header {
 		f := &req.Header[i]
@@ -343,11 +345,15 @@ func (req *Request) interpret() *Error {
 		case kindTransferEncoding:
 			te.add(f.Value)
 		case kindConnection:
-			c, k := connectionOptions(f.Value)
-			closeConn, keepAlive = closeConn || c, keepAlive || k
+			c, k, u := connectionOptions(f.Value)
+			closeConn, keepAlive, upgradeTok = closeConn || c, keepAlive || k, upgradeTok || u
 		case kindExpect:
 			if strings.EqualFold(f.Value, "100-continue") {
 				req.Expect100 = true
+			}
+		case kindUpgrade:
+			if upgrade == "" {
+				upgrade = strings.TrimSpace(f.Value)
 			}
 		}
 	}
@@ -383,9 +389,8 @@ func (req *Request) interpret() *Error {
 		req.KeepAlive = !closeConn
 		// h2c is not an upgrade here: RFC 9113 retired it, and a client
 		// offering it takes an HTTP/1.1 answer.
-		if u := strings.TrimSpace(req.Header.Get("Upgrade")); u != "" && !strings.EqualFold(u, "h2c") &&
-			req.Header.namedByConnection("upgrade") {
-			req.Upgrade = u
+		if upgradeTok && upgrade != "" && !strings.EqualFold(upgrade, "h2c") {
+			req.Upgrade = upgrade
 		}
 	} else {
 		req.KeepAlive = keepAlive && !closeConn
@@ -453,7 +458,7 @@ func (resp *Response) interpret(method, upgrade string) *Error {
 		case kindTransferEncoding:
 			te.add(f.Value)
 		case kindConnection:
-			c, k := connectionOptions(f.Value)
+			c, k, _ := connectionOptions(f.Value)
 			closeConn, keepAlive = closeConn || c, keepAlive || k
 		}
 	}
@@ -576,17 +581,19 @@ func parseContentLength(v string) (int64, bool) {
 
 // connectionOptions reports whether a Connection value holds "close" and
 // "keep-alive".
-func connectionOptions(v string) (closeConn, keepAlive bool) {
+func connectionOptions(v string) (closeConn, keepAlive, upgrade bool) {
 	eachListElement(v, func(tok string) bool {
 		switch {
 		case strings.EqualFold(tok, "close"):
 			closeConn = true
 		case strings.EqualFold(tok, "keep-alive"):
 			keepAlive = true
+		case strings.EqualFold(tok, "upgrade"):
+			upgrade = true
 		}
 		return true
 	})
-	return closeConn, keepAlive
+	return closeConn, keepAlive, upgrade
 }
 
 type kind uint8
@@ -598,6 +605,7 @@ const (
 	kindTransferEncoding
 	kindConnection
 	kindExpect
+	kindUpgrade
 )
 
 func fieldKind(name string) kind {
@@ -609,6 +617,10 @@ func fieldKind(name string) kind {
 	case 6:
 		if strings.EqualFold(name, "Expect") {
 			return kindExpect
+		}
+	case 7:
+		if strings.EqualFold(name, "Upgrade") {
+			return kindUpgrade
 		}
 	case 10:
 		if strings.EqualFold(name, "Connection") {
