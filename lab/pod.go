@@ -63,7 +63,7 @@ func (l *Lab) createPod(ctx context.Context, p *podPlan) error {
 			return err
 		}
 	}
-	if err := l.hostSideUp(p, nodeNetns, host); err != nil {
+	if err := l.hostSideUp(p, nsName, nodeNetns, host); err != nil {
 		return fmt.Errorf("pod %s: %w", p.key(), err)
 	}
 	if err := l.startContainers(ctx, p); err != nil {
@@ -150,9 +150,9 @@ func (l *Lab) wireVeth(p *podPlan, nsName, nodeNetns, host string) error {
 	return nil
 }
 
-// hostSideUp sets the host side of the pod's veth up and routes the pod's
-// IPs to it.
-func (l *Lab) hostSideUp(p *podPlan, nodeNetns, host string) error {
+// hostSideUp sets the host side of the pod's veth up, waits until both
+// ends can carry traffic and routes the pod's IPs to it.
+func (l *Lab) hostSideUp(p *podPlan, nsName, nodeNetns, host string) error {
 	nodeH, err := netns.Netlink(nodeNetns)
 	if err != nil {
 		return err
@@ -164,6 +164,17 @@ func (l *Lab) hostSideUp(p *podPlan, nodeNetns, host string) error {
 	}
 	if err := nodeH.LinkSetUp(hostLink); err != nil {
 		return fmt.Errorf("set %s up: %w", host, err)
+	}
+	if err := waitOperUp(nodeH, host); err != nil {
+		return fmt.Errorf("node %s: %w", p.Node, err)
+	}
+	podH, err := netns.Netlink(nsName)
+	if err != nil {
+		return err
+	}
+	defer podH.Close()
+	if err := waitOperUp(podH, "eth0"); err != nil {
+		return err
 	}
 	for _, ip := range p.IPs {
 		r := &netlink.Route{LinkIndex: hostLink.Attrs().Index, Dst: hostNet(ip), Scope: netlink.SCOPE_LINK}

@@ -155,6 +155,12 @@ func (l *Lab) createNode(ctx context.Context, n *nodePlan, all []*nodePlan) erro
 	if err := h.LinkSetUp(eth0); err != nil {
 		return fmt.Errorf("node %s: set eth0 up: %w", n.Name, err)
 	}
+	if err := waitOperUp(fab, uplink); err != nil {
+		return fmt.Errorf("fabric: %w", err)
+	}
+	if err := waitOperUp(h, "eth0"); err != nil {
+		return fmt.Errorf("node %s: %w", n.Name, err)
+	}
 	for _, other := range all {
 		if other == n {
 			continue

@@ -138,6 +138,12 @@ func (l *Lab) createWorld(ctx context.Context, nodes []*nodePlan) error {
 	if err := h.LinkSetUp(eth0); err != nil {
 		return fmt.Errorf("world: set eth0 up: %w", err)
 	}
+	if err := waitOperUp(fab, worldUplink); err != nil {
+		return fmt.Errorf("fabric: %w", err)
+	}
+	if err := waitOperUp(h, "eth0"); err != nil {
+		return fmt.Errorf("world: %w", err)
+	}
 	// The public addresses go on lo (up since createNetns): a dummy
 	// interface would read better, but not every kernel has the module.
 	lo, err := h.LinkByName("lo")
