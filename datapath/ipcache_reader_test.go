@@ -6,19 +6,11 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
-	"golang.org/x/sys/unix"
 )
 
 // TestIPCacheReader reads a pinned ipcache the way the node proxy does.
 func TestIPCacheReader(t *testing.T) {
-	requireBPF(t)
-	t.Parallel()
-	dir := t.TempDir()
-	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
-		t.Skipf("skipping: cannot mount a bpffs for pins: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
-
+	dir := pinDir(t)
 	d, err := Load(Options{PinDir: dir})
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		t.Skipf("skipping: kernel lacks a BPF feature the datapath needs: %v", err)

@@ -42,8 +42,7 @@ func agentSnapshot(eps ...*policy.Endpoint) *policy.Snapshot {
 func TestAgentServer(t *testing.T) {
 	forModes(t, func(t *testing.T, mode Mode) {
 		sock := socketPath(t)
-		start := func() (*xds.Server, context.CancelFunc, chan struct{}) { return startAgentServer(t, sock) }
-		srv, cancel, done := start()
+		srv, stop := startAgentServer(t, sock)
 		if _, err := srv.Update(agentSnapshot(agentEndpoint("/v1/.*"))); err != nil {
 			t.Fatal(err)
 		}
@@ -84,9 +83,8 @@ func TestAgentServer(t *testing.T) {
 		}
 
 		// The agent restarts (a new server, new version prefix).
-		cancel()
-		<-done
-		srv, _, _ = start()
+		stop()
+		srv, _ = startAgentServer(t, sock)
 		v, _ = srv.Update(agentSnapshot(agentEndpoint("/v3/.*")))
 		if err := srv.WaitPolicyAcked(ctx, v); err != nil {
 			t.Fatalf("after agent restart: %v (client %+v)", err, c.Status())
@@ -98,8 +96,8 @@ func TestAgentServer(t *testing.T) {
 }
 
 // startAgentServer serves the agent's xDS server on sock until the test
-// ends (or cancel).
-func startAgentServer(t *testing.T, sock string) (*xds.Server, context.CancelFunc, chan struct{}) {
+// ends (or stop).
+func startAgentServer(t *testing.T, sock string) (srv *xds.Server, stop func()) {
 	t.Helper()
 	srv, err := xds.NewServer(xds.Options{
 		Node: "node-1", Socket: sock, RequestHeadersTimeout: 3 * time.Second,
@@ -109,16 +107,7 @@ func startAgentServer(t *testing.T, sock string) (*xds.Server, context.CancelFun
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := srv.Serve(ctx); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	return srv, cancel, done
+	return srv, runUntilCleanup(t, "Serve", srv.Serve)
 }
 
 // recorderNoSrv adapts recorder for a server without the test hooks.
@@ -142,7 +131,7 @@ func checkPathAgent(s *config.Snapshot, path string) bool { return checkPath(s, 
 func TestAgentServerListenerRetry(t *testing.T) {
 	forModes(t, func(t *testing.T, mode Mode) {
 		sock := socketPath(t)
-		srv, _, _ := startAgentServer(t, sock)
+		srv, _ := startAgentServer(t, sock)
 		if _, err := srv.Update(agentSnapshot(agentEndpoint("/v1/.*"))); err != nil {
 			t.Fatal(err)
 		}

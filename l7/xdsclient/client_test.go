@@ -102,16 +102,24 @@ func startClient(t *testing.T, sock string, mode Mode, h Handler) *Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	runUntilCleanup(t, "Run", c.Run)
+	return c
+}
+
+// runUntilCleanup runs run in a goroutine until the test ends; stop
+// cancels it earlier and waits for it to return.
+func runUntilCleanup(t *testing.T, what string, run func(context.Context) error) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := c.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
+		if err := run(ctx); err != nil {
+			t.Errorf("%s: %v", what, err)
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done })
-	return c
+	stop = func() { cancel(); <-done }
+	t.Cleanup(stop)
+	return stop
 }
 
 func waitSnap(t *testing.T, r *recorder, what string, cond func(*config.Snapshot) bool) *config.Snapshot {
