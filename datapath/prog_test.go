@@ -35,6 +35,16 @@ func basic(t *testing.T) *harness {
 	return h
 }
 
+// basicWithProxy is basic with the node proxy enabled.
+func basicWithProxy(t *testing.T) *harness {
+	h := basic(t)
+	h.cfg.Proxy = true
+	if err := h.d.SetConfig(h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
 func tcp(src, dst string, sport, dport uint16, flags uint8) packet.Spec {
 	return packet.Spec{Src: mustAddr(src), Dst: mustAddr(dst), Proto: packet.TCP, Sport: sport, Dport: dport, TCPFlags: flags}
 }
@@ -508,11 +518,7 @@ func TestIncompleteIPCacheFailsClosed(t *testing.T) {
 // node's namespace it is recorded, and its replies are marked for local
 // delivery to the proxy instead of going to the client.
 func TestProxyUpstreamReplies(t *testing.T) {
-	h := basic(t)
-	h.cfg.Proxy = true
-	if err := h.d.SetConfig(h.cfg); err != nil {
-		t.Fatal(err)
-	}
+	h := basicWithProxy(t)
 	// Both workloads are local and default-deny: only tracked replies pass.
 	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{})
 	h.endpoint(addrB, 2, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{})
@@ -617,11 +623,7 @@ func TestConntrackEitherOrientation(t *testing.T) {
 // earlier direct connection whose conntrack entry has not expired. Replies
 // must reach the proxy, not the client.
 func TestProxyUpstreamReusesStaleTuple(t *testing.T) {
-	h := basic(t)
-	h.cfg.Proxy = true
-	if err := h.d.SetConfig(h.cfg); err != nil {
-		t.Fatal(err)
-	}
+	h := basicWithProxy(t)
 	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
 	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
 	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 3})
@@ -645,11 +647,7 @@ func TestProxyUpstreamReusesStaleTuple(t *testing.T) {
 // packets go to the proxy's listener, the server's replies to the proxy's
 // upstream socket.
 func TestProxyUpstreamSharesRedirectedTuple(t *testing.T) {
-	h := basic(t)
-	h.cfg.Proxy = true
-	if err := h.d.SetConfig(h.cfg); err != nil {
-		t.Fatal(err)
-	}
+	h := basicWithProxy(t)
 	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
 	h.endpoint(addrB, 2, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{})
 	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictRedirect, ProxyPort: 15001, RuleID: 3})
