@@ -478,9 +478,26 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 			ei.ep_id = dst_ep->id;
 		}
 	}
-	int src_exact, dst_exact;
-	struct ipcache_value srcv = ipcache_lookup_exact(&p.t.saddr, &src_exact);
-	struct ipcache_value dstv = ipcache_lookup_exact(&p.t.daddr, &dst_exact);
+	/* The ipcache gives each end's identity and selector set. Only the
+	 * peer of a local endpoint needs its selector set; a local end that
+	 * is nobody's peer here (the sender of a packet to a remote
+	 * destination, the receiver of one from a remote source) takes its
+	 * identity from its endpoint entry, which saves a lookup per new
+	 * connection. */
+	int src_exact = 1, dst_exact = 1;
+	struct ipcache_value srcv, dstv;
+	if (src_ep && !dst_ep) {
+		srcv.identity = src_ep->identity;
+		srcv.selset = 0;
+	} else {
+		srcv = ipcache_lookup_exact(&p.t.saddr, &src_exact);
+	}
+	if (dst_ep && !src_ep) {
+		dstv.identity = dst_ep->identity;
+		dstv.selset = 0;
+	} else {
+		dstv = ipcache_lookup_exact(&p.t.daddr, &dst_exact);
+	}
 	struct decision de = { .verdict = VERDICT_ALLOW }, di = { .verdict = VERDICT_ALLOW };
 	__u16 ctflags = 0;
 

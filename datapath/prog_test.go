@@ -97,6 +97,13 @@ func TestUnselectedEndpointIsOpen(t *testing.T) {
 	if e.Dir != Ingress || e.EndpointID != 2 || e.SrcIdentity != 1003 || e.DstIdentity != 1002 || e.Dst.Port() != 80 {
 		t.Fatalf("verdict event %+v", e)
 	}
+	// Egress to a remote peer: the local end's identity comes from its
+	// endpoint entry, the peer's from the ipcache.
+	h.endpoint(addrA, 1, 0, [2][2]uint32{})
+	h.expect(FromContainer, tcp(addrA, addrR, 1000, 80, packet.SYN), retNext)
+	if e := h.event(EventVerdict); e.Dir != Egress || e.EndpointID != 1 || e.SrcIdentity != 1001 || e.DstIdentity != 1003 {
+		t.Fatalf("egress verdict event %+v", e)
+	}
 }
 
 // A connection between two local endpoints is decided by the source's
