@@ -30,6 +30,22 @@ type flowRunner struct {
 // tcpFrame builds (Ethernet 14 + IPv4 20 bytes).
 const tcpSportOffset = 34
 
+// sportInPacket loads the packet's start into R2 and its end into R3, and
+// jumps to label unless the TCP source port lies within (skb in R6).
+func sportInPacket(label string) asm.Instructions {
+	const (
+		skbData    = 76 // offsetof(struct __sk_buff, data)
+		skbDataEnd = 80
+	)
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
+		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, tcpSportOffset+2),
+		asm.JGT.Reg(asm.R4, asm.R3, label),
+	}
+}
+
 func newFlowRunner() (*flowRunner, error) {
 	f := &flowRunner{}
 	var err error
@@ -40,10 +56,6 @@ func newFlowRunner() (*flowRunner, error) {
 		f.close()
 		return nil, err
 	}
-	const (
-		skbData    = 76 // offsetof(struct __sk_buff, data)
-		skbDataEnd = 80
-	)
 	insns := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
@@ -55,11 +67,9 @@ func newFlowRunner() (*flowRunner, error) {
 		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
 		asm.Add.Imm(asm.R7, 1),
 		asm.StoreMem(asm.R0, 0, asm.R7, asm.Word),
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, tcpSportOffset+2),
-		asm.JGT.Reg(asm.R4, asm.R3, "out"),
+	}
+	insns = append(insns, sportInPacket("out")...)
+	insns = append(insns,
 		asm.HostTo(asm.BE, asm.R7, asm.Half),
 		asm.StoreMem(asm.R2, tcpSportOffset, asm.R7, asm.Half),
 		asm.Mov.Reg(asm.R1, asm.R6),
@@ -68,7 +78,7 @@ func newFlowRunner() (*flowRunner, error) {
 		asm.FnTailCall.Call(),
 		asm.Mov.Imm(asm.R0, -2).WithSymbol("out"), // TCX_DROP: the tail call failed
 		asm.Return(),
-	}
+	)
 	if f.wrapper, err = ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "Dual BSD/GPL", Instructions: insns}); err != nil {
 		f.close()
 		return nil, fmt.Errorf("load the new-flow wrapper: %w", err)
@@ -120,18 +130,18 @@ func (f *flowRunner) floor(frame []byte, n int) (float64, error) {
 	return f.run(f.empty, frame, 0, n)
 }
 
-// ctReference is the kernel's share of a new flow: a program that does
-// nothing but look up a connection it has not seen in a map shaped like the
-// datapath's conntrack (same type, flags, key, value and size) and insert
-// it. Run through a flowRunner like the real programs, it shows what
-// creating a conntrack entry costs on this machine before any of the
-// datapath's own work.
 // struct ct_key: two 16-byte addresses, then the source port.
 const (
 	ctKeySize  = 40
 	sportInKey = 32
 )
 
+// ctReference is the kernel's share of a new flow: a program that does
+// nothing but look up a connection it has not seen in a map shaped like the
+// datapath's conntrack (same type, flags, key, value and size) and insert
+// it. Run through a flowRunner like the real programs, it shows what
+// creating a conntrack entry costs on this machine before any of the
+// datapath's own work.
 type ctReference struct {
 	ct   *ebpf.Map
 	prog *ebpf.Program
@@ -154,21 +164,12 @@ func newCTReference(entries uint32) (*ctReference, error) {
 		return nil, fmt.Errorf("create the conntrack reference map: %w", err)
 	}
 	key, val := -int16(ms.KeySize), -int16(ms.KeySize+ms.ValueSize)
-	const (
-		skbData    = 76
-		skbDataEnd = 80
-	)
-	var insns asm.Instructions
-	insns = append(insns, asm.Mov.Reg(asm.R6, asm.R1), asm.Mov.Imm(asm.R5, 0))
+	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1), asm.Mov.Imm(asm.R5, 0)}
 	for off := val; off < 0; off += 8 {
 		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R5, asm.DWord))
 	}
+	insns = append(insns, sportInPacket("out")...)
 	insns = append(insns,
-		asm.LoadMem(asm.R2, asm.R6, skbData, asm.Word),
-		asm.LoadMem(asm.R3, asm.R6, skbDataEnd, asm.Word),
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, tcpSportOffset+2),
-		asm.JGT.Reg(asm.R4, asm.R3, "out"),
 		asm.LoadMem(asm.R4, asm.R2, tcpSportOffset, asm.Half),
 		asm.StoreMem(asm.RFP, key+sportInKey, asm.R4, asm.Half),
 		asm.LoadMapPtr(asm.R1, r.ct.FD()),
