@@ -7,11 +7,13 @@
 // A proxy that enforces policy must see each message exactly as the
 // upstream will, so the codec accepts one reading of the bytes and refuses
 // everything else (RFC 9112 and docs/L7.md): request lines of a token
-// method, an origin-form (or "*") target and "HTTP/1.0" or "HTTP/1.1";
-// lines ending in CRLF, with no bare CR or LF anywhere in a head; field
-// names that are tokens with no whitespace before the colon; no obsolete
-// line folding; no control characters in values; exactly one valid Host in
-// an HTTP/1.1 request; Content-Length values that agree; Transfer-Encoding
+// method, an origin-form (or "*") target and "HTTP/1.0" or "HTTP/1.1" (an
+// absolute-form http or https target is taken apart into an origin-form one
+// and its authority, which becomes the Host); lines ending in CRLF, with no
+// bare CR or LF anywhere in a head; field names that are tokens with no
+// whitespace before the colon; no obsolete line folding; no control
+// characters in values; exactly one valid Host in an HTTP/1.1 request with
+// an origin-form target; Content-Length values that agree; Transfer-Encoding
 // that is exactly "chunked", never together with Content-Length and never
 // in an HTTP/1.0 request. A violation is an *Error carrying the status to
 // answer (400, 414 or 431 for sizes, 501 for transfer codings, 505 for

@@ -36,6 +36,8 @@ func FuzzReadRequest(f *testing.F) {
 		"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
 		"GET / HTTP/1.1\nHost: a\r\n\r\n",
 		"\r\nGET http://a/ HTTP/1.1\r\nHost : a\r\n x\r\n\r\n",
+		"GET http://a:1/b?c HTTP/1.0\r\n\r\n",
+		"GET https://[::1]?q HTTP/1.1\r\nHost: b\r\n\r\n",
 	} {
 		f.Add([]byte(s))
 	}

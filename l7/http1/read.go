@@ -19,10 +19,10 @@ type Framing struct {
 // Request is a request head.
 type Request struct {
 	Method     string
-	Target     string // as received (origin-form or "*")
+	Target     string // as received (origin-form or "*"); see AbsoluteForm
 	ProtoMinor int    // HTTP/1.0 or HTTP/1.1
 	Header     Header
-	Host       string // the Host field's value ("" for HTTP/1.0 without one)
+	Host       string // the Host field's value ("" for HTTP/1.0 without one); see AbsoluteForm
 	Body       Framing
 	KeepAlive  bool // the client allows the connection to stay open after this exchange
 	Expect100  bool // "Expect: 100-continue"
@@ -31,6 +31,13 @@ type Request struct {
 	// themselves are hop-by-hop: WriteRequestHead writes them anew from
 	// Upgrade, so that clearing it forwards a plain request.
 	Upgrade string
+	// AbsoluteForm is set when the target arrived as an absolute URI
+	// ("GET http://web/a HTTP/1.1", as clients send to a forward proxy).
+	// As RFC 9112 §3.2.2 has a proxy forward it, Target is then the URI's
+	// path and query ("/" when it has none) and Host its authority, which
+	// also replaces the Host field's value: the policy checks, and the
+	// upstream receives, an origin-form request for that authority.
+	AbsoluteForm bool
 }
 
 // Response is a response head.
@@ -305,7 +312,11 @@ func parseRequest(s string, nfields int) (*Request, *Error) {
 			return nil, protoErr(statusBadRequest, "request target \"*\" is only for OPTIONS")
 		}
 	case strings.Contains(target, "://"):
-		return nil, protoErr(statusBadRequest, "absolute-form request target not supported: %s", quote(target))
+		authority, rest, perr := splitAbsolute(target)
+		if perr != nil {
+			return nil, perr
+		}
+		req.Target, req.Host, req.AbsoluteForm = rest, authority, true
 	default:
 		return nil, protoErr(statusBadRequest, "request target must be origin-form (\"/path\"): %s", quote(target))
 	}
@@ -319,6 +330,7 @@ func parseRequest(s string, nfields int) (*Request, *Error) {
 
 // interpret derives Host, framing, keep-alive and Expect from the fields.
 func (req *Request) interpret() *Error {
+	absHost := req.Host // the target's authority, for an absolute-form one
 	var (
 		hosts                int
 		cl                   int64 = -1
@@ -360,6 +372,19 @@ func (req *Request) interpret() *Error {
 	switch {
 	case hosts > 1:
 		return protoErr(statusBadRequest, "more than one Host field")
+	case req.AbsoluteForm:
+		// The target's authority wins over the Host field, which must
+		// then say the same to whoever reads the header.
+		req.Host = absHost
+		if hosts == 0 {
+			req.Header = append(req.Header, Field{Name: "Host", Value: absHost})
+		} else {
+			for i := range req.Header {
+				if fieldKind(req.Header[i].Name) == kindHost {
+					req.Header[i].Value = absHost
+				}
+			}
+		}
 	case hosts == 0 && req.ProtoMinor == 1:
 		return protoErr(statusBadRequest, "missing Host field")
 	case hosts == 1 && !validHost(req.Host):
@@ -636,6 +661,44 @@ func fieldKind(name string) kind {
 		}
 	}
 	return kindOther
+}
+
+// splitAbsolute splits an absolute-form request target into its authority
+// and an origin-form target (its path and query, "/" when it has no path).
+// A proxy forwards only http and https requests; the authority must name a
+// host, and may not carry user information (RFC 9110 §4.2.4 deprecates it,
+// and "trusted@evil" is a way to make one host look like another).
+func splitAbsolute(target string) (authority, rest string, err *Error) {
+	scheme, after, _ := strings.Cut(target, "://")
+	if !strings.EqualFold(scheme, "http") && !strings.EqualFold(scheme, "https") {
+		return "", "", protoErr(statusBadRequest, "absolute-form request target of scheme %s: only http and https are proxied", quote(scheme))
+	}
+	end := strings.IndexAny(after, "/?#")
+	if end < 0 {
+		end = len(after)
+	}
+	authority, rest = after[:end], after[end:]
+	host := authority
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		host = host[:i]
+	}
+	switch {
+	case strings.IndexByte(authority, '@') >= 0:
+		return "", "", protoErr(statusBadRequest, "user information in the request target's authority is not allowed: %s", quote(target))
+	case host == "":
+		return "", "", protoErr(statusBadRequest, "absolute-form request target without a host: %s", quote(target))
+	case !validHost(authority):
+		return "", "", protoErr(statusBadRequest, "invalid authority %s in the request target", quote(authority))
+	}
+	switch {
+	case rest == "":
+		rest = "/"
+	case rest[0] == '?':
+		rest = "/" + rest
+	case rest[0] == '#':
+		return "", "", protoErr(statusBadRequest, "invalid request target: fragment (\"#\") not allowed")
+	}
+	return authority, rest, nil
 }
 
 // validHost reports whether h can be the Host of a request: an

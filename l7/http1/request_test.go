@@ -67,6 +67,14 @@ func TestReadRequest(t *testing.T) {
 			Request{Method: "GET", Target: "/", ProtoMinor: 1, Host: "web", KeepAlive: true}},
 		{"raw target kept", "GET /a/../b%2f?x HTTP/1.1\r\nHost: web\r\n\r\n",
 			Request{Method: "GET", Target: "/a/../b%2f?x", ProtoMinor: 1, Host: "web", KeepAlive: true}},
+		{"absolute-form", "GET http://web:8080/a?b HTTP/1.1\r\nHost: web:8080\r\n\r\n",
+			Request{Method: "GET", Target: "/a?b", ProtoMinor: 1, Host: "web:8080", KeepAlive: true, AbsoluteForm: true}},
+		{"absolute-form authority beats Host", "GET HTTP://db/x HTTP/1.1\r\nHost: web\r\n\r\n",
+			Request{Method: "GET", Target: "/x", ProtoMinor: 1, Host: "db", KeepAlive: true, AbsoluteForm: true}},
+		{"absolute-form without Host field", "GET https://[fd00::1]:443 HTTP/1.1\r\n\r\n",
+			Request{Method: "GET", Target: "/", ProtoMinor: 1, Host: "[fd00::1]:443", KeepAlive: true, AbsoluteForm: true}},
+		{"absolute-form query only", "GET http://web?q=1 HTTP/1.0\r\n\r\n",
+			Request{Method: "GET", Target: "/?q=1", ProtoMinor: 0, Host: "web", AbsoluteForm: true}},
 	}
 	for _, tc := range cases {
 		for _, size := range bufSizes {
@@ -86,7 +94,7 @@ func TestReadRequest(t *testing.T) {
 
 func sameRequest(a, b *Request) bool {
 	return a.Method == b.Method && a.Target == b.Target && a.ProtoMinor == b.ProtoMinor && a.Host == b.Host &&
-		a.Body == b.Body && a.KeepAlive == b.KeepAlive && a.Expect100 == b.Expect100
+		a.Body == b.Body && a.KeepAlive == b.KeepAlive && a.Expect100 == b.Expect100 && a.AbsoluteForm == b.AbsoluteForm
 }
 
 func TestReadRequestHeader(t *testing.T) {
@@ -130,7 +138,13 @@ func TestReadRequestRejects(t *testing.T) {
 		{"http/2.0", "GET / HTTP/2.0\r\n" + host + "\r\n", Limits{}, 505, "not supported"},
 		{"http/0.9", "GET / HTTP/0.9\r\n" + host + "\r\n", Limits{}, 505, "not supported"},
 		{"h2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Limits{}, 505, "not supported"},
-		{"absolute-form", "GET http://web/ HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "absolute-form"},
+		{"absolute-form ftp", "GET ftp://web/ HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "only http and https"},
+		{"absolute-form userinfo", "GET http://web@evil/ HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "user information"},
+		{"absolute-form no host", "GET http:///a HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "without a host"},
+		{"absolute-form port only", "GET http://:80/a HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "without a host"},
+		{"absolute-form bad authority", "GET http://we<b/ HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "invalid authority"},
+		{"absolute-form fragment", "GET http://web#x HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "fragment"},
+		{"absolute-form two hosts", "GET http://web/ HTTP/1.1\r\n" + host + host + "\r\n", Limits{}, 400, "more than one Host"},
 		{"authority-form", "GET web:80 HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "origin-form"},
 		{"connect", "CONNECT web:443 HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "CONNECT"},
 		{"connect origin", "CONNECT / HTTP/1.1\r\n" + host + "\r\n", Limits{}, 400, "CONNECT"},
@@ -333,6 +347,10 @@ func TestWriteRequestHead(t *testing.T) {
 			"GET / HTTP/1.1\r\nAccept: */*\r\nHost: 10.0.0.1:80\r\n\r\n"},
 		{"http10 no host empty", "GET / HTTP/1.0\r\n\r\n", "/", "",
 			"GET / HTTP/1.1\r\nHost: \r\n\r\n"},
+		{"absolute-form goes as origin-form", "GET http://db:81/a/./b?q HTTP/1.1\r\nHost: web\r\nAccept: */*\r\n\r\n", "/a/b?q", "",
+			"GET /a/b?q HTTP/1.1\r\nHost: db:81\r\nAccept: */*\r\n\r\n"},
+		{"absolute-form http10 gets a Host", "GET http://db/ HTTP/1.0\r\nAccept: */*\r\n\r\n", "/", "",
+			"GET / HTTP/1.1\r\nAccept: */*\r\nHost: db\r\n\r\n"},
 		{"expect kept", "PUT / HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", "/", "",
 			"PUT / HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"},
 	}
@@ -426,6 +444,7 @@ func TestRequestRoundTrip(t *testing.T) {
 		"DELETE / HTTP/1.0\r\n\r\n",
 		"OPTIONS * HTTP/1.1\r\nHost: web\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: web\r\nContent-Length: 0\r\n\r\n",
+		"GET http://db:81/x?y HTTP/1.1\r\nHost: web\r\n\r\n",
 	} {
 		req, err := readRequest(in, 4096, Limits{})
 		if err != nil {

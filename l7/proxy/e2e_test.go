@@ -361,26 +361,35 @@ func TestTransparent(t *testing.T) {
 			raw    string
 			status int
 			uri    string // what the upstream must see, for a 200
+			host   string // and the Host it must see ("" : not checked)
 		}{
-			{"CL+TE", "POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, ""},
-			{"two CLs", "POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, ""},
-			{"obs-fold", "GET /public/x HTTP/1.1\r\nHost: web\r\nX-A: a\r\n b\r\n\r\n", 400, ""},
-			{"bare LF", "GET /public/x HTTP/1.1\nHost: web\n\n", 400, ""},
-			{"space before colon", "GET /public/x HTTP/1.1\r\nHost : web\r\n\r\n", 400, ""},
-			{"encoded slash", "GET /public/..%2fadmin HTTP/1.1\r\nHost: web\r\n\r\n", 400, ""},
-			{"backslash", "GET /public/..\\admin HTTP/1.1\r\nHost: web\r\n\r\n", 400, ""},
-			{"dot-dot encoded", "GET /public/%2e%2e/admin HTTP/1.1\r\nHost: web\r\n\r\n", 403, ""},
-			{"dot-dot", "GET /public/../admin HTTP/1.1\r\nHost: web\r\n\r\n", 403, ""},
-			{"double slash", "GET //admin HTTP/1.1\r\nHost: web\r\n\r\n", 403, ""},
-			{"double slash allowed", "GET //public//a/./b HTTP/1.1\r\nHost: web\r\n\r\n", 200, "/public/a/b"},
-			{"encoded unreserved", "GET /%70ublic/%61 HTTP/1.1\r\nHost: web\r\n\r\n", 200, "/public/a"},
-			{"lower-case method", "get /public/x HTTP/1.1\r\nHost: web\r\n\r\n", 403, ""},
-			{"no Host", "GET /public/x HTTP/1.1\r\n\r\n", 400, ""},
-			{"two Hosts", "GET /public/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, ""},
-			{"absolute form", "GET http://web/admin HTTP/1.1\r\nHost: web\r\n\r\n", 400, ""},
-			{"header too large", "GET /public/x HTTP/1.1\r\nHost: web\r\nX-Long: " + long + "\r\n\r\n", 431, ""},
-			{"too many headers", "GET /public/x HTTP/1.1\r\nHost: web\r\n" + many.String() + "\r\n", 431, ""},
-			{"gzip TE", "POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, ""},
+			{"CL+TE", "POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "", ""},
+			{"two CLs", "POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", 400, "", ""},
+			{"obs-fold", "GET /public/x HTTP/1.1\r\nHost: web\r\nX-A: a\r\n b\r\n\r\n", 400, "", ""},
+			{"bare LF", "GET /public/x HTTP/1.1\nHost: web\n\n", 400, "", ""},
+			{"space before colon", "GET /public/x HTTP/1.1\r\nHost : web\r\n\r\n", 400, "", ""},
+			{"encoded slash", "GET /public/..%2fadmin HTTP/1.1\r\nHost: web\r\n\r\n", 400, "", ""},
+			{"backslash", "GET /public/..\\admin HTTP/1.1\r\nHost: web\r\n\r\n", 400, "", ""},
+			{"dot-dot encoded", "GET /public/%2e%2e/admin HTTP/1.1\r\nHost: web\r\n\r\n", 403, "", ""},
+			{"dot-dot", "GET /public/../admin HTTP/1.1\r\nHost: web\r\n\r\n", 403, "", ""},
+			{"double slash", "GET //admin HTTP/1.1\r\nHost: web\r\n\r\n", 403, "", ""},
+			{"double slash allowed", "GET //public//a/./b HTTP/1.1\r\nHost: web\r\n\r\n", 200, "/public/a/b", ""},
+			{"encoded unreserved", "GET /%70ublic/%61 HTTP/1.1\r\nHost: web\r\n\r\n", 200, "/public/a", ""},
+			{"lower-case method", "get /public/x HTTP/1.1\r\nHost: web\r\n\r\n", 403, "", ""},
+			{"no Host", "GET /public/x HTTP/1.1\r\n\r\n", 400, "", ""},
+			{"two Hosts", "GET /public/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400, "", ""},
+			// Absolute-form: checked and forwarded as origin-form, with
+			// the target's authority as the Host (RFC 9112 3.2.2).
+			{"absolute form denied path", "GET http://web/admin HTTP/1.1\r\nHost: web\r\n\r\n", 403, "", ""},
+			{"absolute form", "GET http://web/public/./x?y HTTP/1.1\r\nHost: web\r\n\r\n", 200, "/public/x?y", "web"},
+			{"absolute form authority beats Host", "GET http://evil.example.com/host-only HTTP/1.1\r\nHost: api.example.com\r\n\r\n", 403, "", ""},
+			{"absolute form authority allowed", "GET HTTP://api.example.com/host-only HTTP/1.1\r\nHost: evil.example.com\r\n\r\n", 200, "/host-only", "api.example.com"},
+			{"absolute form userinfo", "GET http://api.example.com@evil/host-only HTTP/1.1\r\nHost: web\r\n\r\n", 400, "", ""},
+			{"absolute form other scheme", "GET ftp://web/public/x HTTP/1.1\r\nHost: web\r\n\r\n", 400, "", ""},
+			{"connect", "CONNECT web:443 HTTP/1.1\r\nHost: web:443\r\n\r\n", 400, "", ""},
+			{"header too large", "GET /public/x HTTP/1.1\r\nHost: web\r\nX-Long: " + long + "\r\n\r\n", 431, "", ""},
+			{"too many headers", "GET /public/x HTTP/1.1\r\nHost: web\r\n" + many.String() + "\r\n", 431, "", ""},
+			{"gzip TE", "POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501, "", ""},
 		} {
 			resps, bodies, closed := l.exchange(tc.raw, 1)
 			if resps[0].StatusCode != tc.status {
@@ -392,6 +401,9 @@ func TestTransparent(t *testing.T) {
 			}
 			if tc.uri != "" && !strings.Contains(bodies[0], fmt.Sprintf(`"uri":%q`, tc.uri)) {
 				t.Errorf("%s: upstream saw %s, want %s", tc.name, bodies[0], tc.uri)
+			}
+			if tc.host != "" && !strings.Contains(bodies[0], fmt.Sprintf(`"host":%q`, tc.host)) {
+				t.Errorf("%s: upstream saw %s, want Host %s", tc.name, bodies[0], tc.host)
 			}
 		}
 	})

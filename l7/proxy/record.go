@@ -75,6 +75,9 @@ func fail(r *accesslog.Record, status int, details, reason string) {
 // headBytes estimates the size of a request head as received.
 func headBytes(req *http1.Request) uint64 {
 	n := len(req.Method) + 1 + len(req.Target) + len(" HTTP/1.1\r\n") + 2
+	if req.AbsoluteForm {
+		n += len("http://") + len(req.Host)
+	}
 	for _, f := range req.Header {
 		n += len(f.Name) + len(f.Value) + 4
 	}

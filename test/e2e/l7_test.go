@@ -435,7 +435,10 @@ func TestL7Bypass(t *testing.T) {
 		{"matrix dots", "GET /public/..;/private HTTP/1.1\r\n" + h + "\r\n", 400},
 		{"NUL", "GET /public/a%00 HTTP/1.1\r\n" + h + "\r\n", 400},
 		{"method case", "get /public/a HTTP/1.1\r\n" + h + "\r\n", 403},
-		{"absolute form", "GET http://" + web + "/private HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"absolute form, path denied", "GET http://" + web + "/private HTTP/1.1\r\n" + h + "\r\n", 403},
+		{"absolute form, path allowed", "GET http://" + web + "/public/a HTTP/1.1\r\n" + h + "\r\n", 200},
+		{"absolute form, user information", "GET http://" + web + "@evil/public/a HTTP/1.1\r\n" + h + "\r\n", 400},
+		{"CONNECT", "CONNECT " + web + ":443 HTTP/1.1\r\n" + h + "\r\n", 400},
 	} {
 		got, _ := raw(t, c.req)
 		if got != c.want {
@@ -447,6 +450,11 @@ func TestL7Bypass(t *testing.T) {
 	code, hdr := raw(t, "GET //public/./x/../a?q=%2F HTTP/1.1\r\n"+h+"\r\n")
 	if code != 200 || hdr.Get("X-Membrane-Request") != "GET /public/a?q=%2F HTTP/1.1" {
 		t.Errorf("normalised request: %d, server saw %q", code, hdr.Get("X-Membrane-Request"))
+	}
+	// An absolute-form target reaches the server as origin-form.
+	code, hdr = raw(t, "GET http://"+web+"/public/./b?q HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
+	if code != 200 || hdr.Get("X-Membrane-Request") != "GET /public/b?q HTTP/1.1" {
+		t.Errorf("absolute-form request: %d, server saw %q", code, hdr.Get("X-Membrane-Request"))
 	}
 
 	t.Run("slow-client", func(t *testing.T) {
