@@ -141,10 +141,12 @@ const (
 // datapath's conntrack (same type, flags, key, value and size) and insert
 // it. Run through a flowRunner like the real programs, it shows what
 // creating a conntrack entry costs on this machine before any of the
-// datapath's own work.
+// datapath's own work. lookup does the lookup alone: what one hash-map
+// lookup costs, of which a new flow makes several.
 type ctReference struct {
-	ct   *ebpf.Map
-	prog *ebpf.Program
+	ct     *ebpf.Map
+	prog   *ebpf.Program
+	lookup *ebpf.Program
 }
 
 func newCTReference(entries uint32) (*ctReference, error) {
@@ -164,30 +166,42 @@ func newCTReference(entries uint32) (*ctReference, error) {
 		return nil, fmt.Errorf("create the conntrack reference map: %w", err)
 	}
 	key, val := -int16(ms.KeySize), -int16(ms.KeySize+ms.ValueSize)
-	insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1), asm.Mov.Imm(asm.R5, 0)}
-	for off := val; off < 0; off += 8 {
-		insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R5, asm.DWord))
+	program := func(insert bool) (*ebpf.Program, error) {
+		insns := asm.Instructions{asm.Mov.Reg(asm.R6, asm.R1), asm.Mov.Imm(asm.R5, 0)}
+		for off := val; off < 0; off += 8 {
+			insns = append(insns, asm.StoreMem(asm.RFP, off, asm.R5, asm.DWord))
+		}
+		insns = append(insns, sportInPacket("out")...)
+		insns = append(insns,
+			asm.LoadMem(asm.R4, asm.R2, tcpSportOffset, asm.Half),
+			asm.StoreMem(asm.RFP, key+sportInKey, asm.R4, asm.Half),
+			asm.LoadMapPtr(asm.R1, r.ct.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, int32(key)),
+			asm.FnMapLookupElem.Call(),
+		)
+		if insert {
+			insns = append(insns,
+				asm.JNE.Imm(asm.R0, 0, "out"),
+				asm.LoadMapPtr(asm.R1, r.ct.FD()),
+				asm.Mov.Reg(asm.R2, asm.RFP),
+				asm.Add.Imm(asm.R2, int32(key)),
+				asm.Mov.Reg(asm.R3, asm.RFP),
+				asm.Add.Imm(asm.R3, int32(val)),
+				asm.Mov.Imm(asm.R4, 0), // BPF_ANY, as the datapath
+				asm.FnMapUpdateElem.Call(),
+			)
+		}
+		insns = append(insns,
+			asm.Mov.Imm(asm.R0, -1).WithSymbol("out"), // TCX_NEXT
+			asm.Return(),
+		)
+		return ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "Dual BSD/GPL", Instructions: insns})
 	}
-	insns = append(insns, sportInPacket("out")...)
-	insns = append(insns,
-		asm.LoadMem(asm.R4, asm.R2, tcpSportOffset, asm.Half),
-		asm.StoreMem(asm.RFP, key+sportInKey, asm.R4, asm.Half),
-		asm.LoadMapPtr(asm.R1, r.ct.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, int32(key)),
-		asm.FnMapLookupElem.Call(),
-		asm.JNE.Imm(asm.R0, 0, "out"),
-		asm.LoadMapPtr(asm.R1, r.ct.FD()),
-		asm.Mov.Reg(asm.R2, asm.RFP),
-		asm.Add.Imm(asm.R2, int32(key)),
-		asm.Mov.Reg(asm.R3, asm.RFP),
-		asm.Add.Imm(asm.R3, int32(val)),
-		asm.Mov.Imm(asm.R4, 0), // BPF_ANY, as the datapath
-		asm.FnMapUpdateElem.Call(),
-		asm.Mov.Imm(asm.R0, -1).WithSymbol("out"), // TCX_NEXT
-		asm.Return(),
-	)
-	if r.prog, err = ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.SchedCLS, License: "Dual BSD/GPL", Instructions: insns}); err != nil {
+	if r.prog, err = program(true); err == nil {
+		r.lookup, err = program(false)
+	}
+	if err != nil {
 		r.close()
 		return nil, fmt.Errorf("load the conntrack reference program: %w", err)
 	}
@@ -214,6 +228,9 @@ func (r *ctReference) flush(first uint16, n int) error {
 func (r *ctReference) close() {
 	if r.prog != nil {
 		r.prog.Close()
+	}
+	if r.lookup != nil {
+		r.lookup.Close()
 	}
 	if r.ct != nil {
 		r.ct.Close()
