@@ -46,25 +46,36 @@ func main() {
 		r.section("Non-default settings", "membrane-proxy ran with: "+*proxyArgs+"\n")
 	}
 
+	// Each section starts on a kernel done with the last one's teardown.
+	settleAfter := func() {
+		if d := settle(); d > time.Second {
+			fmt.Fprintf(os.Stderr, "bench: waited %s for the kernel to finish tearing down the section's namespaces\n", d.Round(100*time.Millisecond))
+		}
+	}
 	if want("perpacket") {
 		step("per-packet cost")
 		benchPerPacket(r, *rounds)
+		settleAfter()
 	}
 	if want("identities") {
 		step("identity scale")
 		benchIdentityScale(r, *rounds)
+		settleAfter()
 	}
 	if want("throughput") || want("connrate") {
 		step("throughput and connection rate")
 		benchTraffic(r, bins, *rounds, want("throughput"), want("connrate"))
+		settleAfter()
 	}
 	if want("converge") {
 		step("1,000 policies to enforcement")
 		benchConverge(r, bins, *rounds)
+		settleAfter()
 	}
 	if want("memory") {
 		step("agent memory")
 		benchMemory(r, bins)
+		settleAfter()
 	}
 	if want("l7") {
 		step("HTTP through the L7 proxy")
