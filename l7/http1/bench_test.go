@@ -116,3 +116,34 @@ func TestReadRequestAllocs(t *testing.T) {
 		t.Errorf("ReadRequest: %v allocations, want at most 3", n)
 	}
 }
+
+// TestWriteAllocs: writing heads and re-framing a chunked body allocate
+// nothing once the writer exists.
+func TestWriteAllocs(t *testing.T) {
+	req, err := ReadRequest(bufio.NewReader(strings.NewReader(benchRequest)), Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := ReadResponse(bufio.NewReader(strings.NewReader(benchResponse)), "GET", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bw := bufio.NewWriterSize(io.Discard, 4096)
+	chunk := []byte("a piece of a chunked body")
+	n := testing.AllocsPerRun(100, func() {
+		if err := WriteRequestHead(bw, req, req.Target); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteResponseHead(bw, resp, 1, true); err != nil {
+			t.Fatal(err)
+		}
+		w := bodyWriter{dst: bw, out: Framing{ContentLength: -1, Chunked: true}}
+		if err := w.write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		bw.Flush()
+	})
+	if n != 0 {
+		t.Errorf("%v allocations, want 0", n)
+	}
+}

@@ -69,8 +69,7 @@ func (w *bodyWriter) write(p []byte) error {
 		return fmt.Errorf("body longer than the declared Content-Length %d", w.out.ContentLength)
 	}
 	if w.out.Chunked {
-		var b [18]byte
-		size := strconv.AppendInt(b[:0], int64(len(p)), 16)
+		size := strconv.AppendInt(w.dst.AvailableBuffer(), int64(len(p)), 16)
 		size = append(size, '\r', '\n')
 		if _, err := w.dst.Write(size); err != nil {
 			return fmt.Errorf("write body: %w", err)

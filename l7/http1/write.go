@@ -203,9 +203,10 @@ func WriteSimpleResponse(bw *bufio.Writer, protoMinor, status int, contentType, 
 }
 
 func writeStatusLine(bw *bufio.Writer, status int, reason string) {
-	var b [16]byte
 	bw.WriteString("HTTP/1.1 ")
-	bw.Write(strconv.AppendInt(b[:0], int64(status), 10))
+	// Appending to the writer's free space allocates nothing (a local
+	// array would escape through Write).
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), int64(status), 10))
 	bw.WriteByte(' ')
 	bw.WriteString(reason)
 	bw.WriteString("\r\n")
@@ -228,9 +229,8 @@ func writeField(bw *bufio.Writer, name, value string) {
 }
 
 func writeContentLength(bw *bufio.Writer, n int64) {
-	var b [20]byte
 	bw.WriteString("Content-Length: ")
-	bw.Write(strconv.AppendInt(b[:0], n, 10))
+	bw.Write(strconv.AppendInt(bw.AvailableBuffer(), n, 10))
 	bw.WriteString("\r\n")
 }
 
