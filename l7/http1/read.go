@@ -332,7 +332,7 @@ func parseRequest(s string, nfields int) (*Request, *Error) {
 func (req *Request) interpret() *Error {
 	absHost := req.Host // the target's authority, for an absolute-form one
 	var (
-		hosts                int
+		hosts, hostField     int
 		cl                   int64 = -1
 		te                   transferCoding
 		closeConn, keepAlive bool
@@ -344,6 +344,7 @@ func (req *Request) interpret() *Error {
 		switch fieldKind(f.Name) {
 		case kindHost:
 			hosts++
+			hostField = i
 			req.Host = f.Value
 		case kindContentLength:
 			n, ok := parseContentLength(f.Value)
@@ -379,11 +380,7 @@ func (req *Request) interpret() *Error {
 		if hosts == 0 {
 			req.Header = append(req.Header, Field{Name: "Host", Value: absHost})
 		} else {
-			for i := range req.Header {
-				if fieldKind(req.Header[i].Name) == kindHost {
-					req.Header[i].Value = absHost
-				}
-			}
+			req.Header[hostField].Value = absHost
 		}
 	case hosts == 0 && req.ProtoMinor == 1:
 		return protoErr(statusBadRequest, "missing Host field")
