@@ -74,8 +74,7 @@ func main() {
 	}
 	if want("memory") {
 		step("agent memory")
-		benchMemory(r, bins)
-		settleAfter()
+		benchMemory(r, bins) // waits for its own teardown, which it reports
 	}
 	if want("l7") {
 		step("HTTP through the L7 proxy")
