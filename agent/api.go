@@ -219,11 +219,7 @@ func describeRules(snap *policy.Snapshot, ep *policy.Endpoint, proxyPorts [2]uin
 		e := api.PolicyEntry{Direction: d.String(), Remote: "any", Protocol: "ANY", Ports: "any"}
 		if ep.Enforce[d] {
 			e.Verdict = "deny"
-			var sel []string
-			for _, k := range ep.Policies {
-				sel = append(sel, k)
-			}
-			e.Policy = "default deny: selected by " + strings.Join(sel, ", ")
+			e.Policy = "default deny: selected by " + strings.Join(ep.Policies, ", ")
 		} else {
 			e.Verdict = "allow"
 			e.Policy = "default allow: no policy selects this endpoint for " + d.String()

@@ -132,7 +132,6 @@ type epState struct {
 	gen     uint8
 	flags   uint16
 	entries map[policy.EntryKey]policy.Value // active generation
-	hash    uint64
 
 	identity identity.ID
 	state    string

@@ -116,9 +116,7 @@ func describeL7Ports(snap *Snapshot, ports []L7Port) string {
 					app, _ := snap.Identities[id].Get("app")
 					apps[app] = true
 				}
-				for _, a := range slices.Sorted(maps.Keys(apps)) {
-					who = append(who, a)
-				}
+				who = append(who, slices.Sorted(maps.Keys(apps))...)
 				for _, c := range r.CIDRs {
 					s := "cidr " + c.Prefix.String()
 					if !c.IncludeCluster {

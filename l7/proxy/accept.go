@@ -121,11 +121,10 @@ func (c *conn) sniff(br *bufio.Reader, lc *config.Listener) (bool, error) {
 	}
 	c.tc.readBy(time.Now().Add(headTimeout))
 	for n := 1; ; {
-		b, err := br.Peek(n)
-		if err != nil {
+		if _, err := br.Peek(n); err != nil {
 			return false, err
 		}
-		b, _ = br.Peek(min(br.Buffered(), len(h2Preface)))
+		b, _ := br.Peek(min(br.Buffered(), len(h2Preface)))
 		if !bytes.HasPrefix([]byte(h2Preface), b) {
 			return false, nil
 		}

@@ -114,7 +114,7 @@ func TestWebSocketTunnel(t *testing.T) {
 		t.Fatalf("denied handshake: %d", resp.StatusCode)
 	}
 	// The upstream may refuse: its answer is relayed, then the connection closes.
-	_, br, resp = wsDial(t, lb.proxyAddr, "/refuse", "")
+	_, _, resp = wsDial(t, lb.proxyAddr, "/refuse", "")
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 426 || strings.TrimSpace(string(body)) != "nope" || !resp.Close {
 		t.Fatalf("refused upgrade: %d %q close=%v", resp.StatusCode, body, resp.Close)
