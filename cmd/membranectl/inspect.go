@@ -1,14 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
-	"time"
-
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -125,18 +126,14 @@ func printStatus(w io.Writer, s *api.Status) {
 	tw.Flush()
 	if len(s.Drops) > 0 {
 		fmt.Fprintln(w, "  drops:")
-		keys := make([]string, 0, len(s.Drops))
-		for k := range s.Drops {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		for _, k := range slices.Sorted(maps.Keys(s.Drops)) {
 			fmt.Fprintf(w, "    %-40s %d\n", k, s.Drops[k])
 		}
 	}
 	fmt.Fprintf(w, "  lost events: %d\n", s.LostEvents)
 	if f := s.Flows; f != nil {
-		fmt.Fprintf(w, "  flows: %v; lost: %d in the datapath (ring buffer full), %d by followers that fell behind\n", f.ByVerdict, f.LostDatapath, f.LostFollowers)
+		fmt.Fprintf(w, "  flows since start: %s; lost: %d in the datapath (ring buffer full), %d by followers that fell behind\n",
+			formatVerdictCounts(f.ByVerdict), f.LostDatapath, f.LostFollowers)
 	}
 	if x := s.XDS; x != nil {
 		printXDS(w, x)
@@ -308,4 +305,24 @@ func newVersionCommand() *cobra.Command {
 			fmt.Fprintf(cmd.OutOrStdout(), "membranectl %s\n", version.Version)
 		},
 	}
+}
+
+// formatVerdictCounts renders flow counts by verdict as "14 forwarded, 8
+// dropped", most common first.
+func formatVerdictCounts(by map[string]uint64) string {
+	if len(by) == 0 {
+		return "none"
+	}
+	verdicts := slices.Collect(maps.Keys(by))
+	slices.SortFunc(verdicts, func(a, b string) int {
+		if c := cmp.Compare(by[b], by[a]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
+	parts := make([]string, len(verdicts))
+	for i, v := range verdicts {
+		parts[i] = fmt.Sprintf("%d %s", by[v], strings.ToLower(v))
+	}
+	return strings.Join(parts, ", ")
 }
