@@ -17,7 +17,7 @@ build:
 # Regenerate the committed eBPF objects and their Go bindings (needs clang),
 # and the Go code of Membrane's protobuf types (needs protoc).
 generate:
-	$(GO) generate ./bpf/ ./xds/l7pb/
+	$(GO) generate ./bpf/... ./xds/l7pb/
 
 # CI: the committed generated files must be exactly what the generators
 # produce from the sources.
