@@ -83,7 +83,10 @@
 // R therefore reflects every Apply and Delete that returned a revision up
 // to R, and never half of one. A file that becomes invalid (a bad hand
 // edit) is reported in Batch.Rejected while the watcher keeps serving the
-// object's last valid version. After an inotify overflow the watcher sends
+// object's last valid version. An empty file is taken for a hand edit in
+// progress (editors and `>` truncate first) for its first second: readers
+// keep what they had for it and read the write that follows; one that
+// stays empty is then rejected. After an inotify overflow the watcher sends
 // a Full batch that replaces the receiver's state.
 //
 // Rules that span objects are enforced when writing; readers (List,

@@ -8,7 +8,15 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 )
+
+// writeSettle is how long an empty object file is taken to be a write in
+// progress: editors and shell redirections truncate a file before they
+// write it. A scan keeps what it had for such a file, and the write that
+// follows is read by a later one; a file still empty when it is older is
+// read, and rejected as empty.
+const writeSettle = time.Second
 
 // fileState is what a reader knows about one file in objects/.
 type fileState struct {
@@ -43,16 +51,18 @@ func parseFileName(name string) (Key, bool) {
 	return Key{}, false
 }
 
-// scanObjects returns the state of every object file in dir. Files whose
+// scanObjects returns the state of every object file in dir, and whether
+// it passed over a file being written (see writeSettle), which a later
+// scan must read. Files whose
 // fileID is the same as in prev are not read again: their entry in prev
 // is reused, so a changed file is one whose entry pointer differs.
 // Hidden files (temporary files of writers) and files not ending in .yaml
 // are skipped. With keep, only files keep accepts (by name) are read; the
 // others keep their entry from prev, unchecked.
-func scanObjects(dir string, prev map[string]*fileState, keep ...func(name string) bool) (map[string]*fileState, error) {
+func scanObjects(dir string, prev map[string]*fileState, keep ...func(name string) bool) (_ map[string]*fileState, settling bool, _ error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", dir, err)
+		return nil, false, fmt.Errorf("read %s: %w", dir, err)
 	}
 	next := make(map[string]*fileState, len(entries))
 	var changed []string
@@ -75,6 +85,13 @@ func scanObjects(dir string, prev map[string]*fileState, keep ...func(name strin
 			next[name] = p
 			continue
 		}
+		if fi.Size() == 0 && time.Since(fi.ModTime()) < writeSettle {
+			if p := prev[name]; p != nil {
+				next[name] = p
+			}
+			settling = true
+			continue
+		}
 		changed = append(changed, name)
 	}
 	// Decoding is CPU-bound: use every core.
@@ -88,7 +105,7 @@ func scanObjects(dir string, prev map[string]*fileState, keep ...func(name strin
 			next[name] = read[i]
 		}
 	}
-	return next, nil
+	return next, settling, nil
 }
 
 // readObjectFile reads and checks one object file; nil when it vanished.

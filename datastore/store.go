@@ -103,9 +103,9 @@ func (s *Store) list(keep func(string) bool) (objs []Object, rev int64, rejected
 	}
 	var states map[string]*fileState
 	if keep != nil {
-		states, err = scanObjects(s.objectsDir(), s.cache, keep)
+		states, _, err = scanObjects(s.objectsDir(), s.cache, keep)
 	} else {
-		states, err = scanObjects(s.objectsDir(), s.cache)
+		states, _, err = scanObjects(s.objectsDir(), s.cache)
 	}
 	if err != nil {
 		return nil, rev, append(rejected, Rejection{Source: s.objectsDir(), Err: err})
@@ -150,7 +150,7 @@ func (s *Store) Apply(objs []Object) (int64, error) {
 		replaced[fileName(prepared[i].Key)] = true
 	}
 	keep := kindFilter(unionKinds, replaced)
-	states, err := scanObjects(s.objectsDir(), s.cache, keep)
+	states, _, err := scanObjects(s.objectsDir(), s.cache, keep)
 	if err != nil {
 		return 0, fmt.Errorf("apply: %w", err)
 	}

@@ -36,7 +36,7 @@ const (
 	watchMaxDelay = 50 * time.Millisecond // longest a change waits under a continuous stream
 	watchResync   = 10 * time.Second      // interval of a safety rescan (stat only)
 	watchLockPoll = 10 * time.Millisecond // how often to retry the lock while a writer holds it
-	watchRetry    = time.Second           // delay before reading again after an error
+	watchRetry    = writeSettle           // delay before reading again after an error or a write in progress
 )
 
 // Watch sends the store's state, then its changes, on the returned channel
@@ -73,7 +73,7 @@ type watcher struct {
 	lastRev int64
 	sent    bool // whether a batch was sent yet
 	full    bool // the next batch must be Full
-	retry   bool // reading the store failed: cut again after watchRetry
+	retry   bool // reading the store failed, or a file was being written: cut again after watchRetry
 }
 
 func (wt *watcher) run(ctx context.Context) {
@@ -181,7 +181,7 @@ func (wt *watcher) cut(ctx context.Context) *Batch {
 		if err != errLocked {
 			return wt.failed(s.lockPath(), err)
 		}
-		if cache, err := scanObjects(s.objectsDir(), wt.cache); err == nil {
+		if cache, _, err := scanObjects(s.objectsDir(), wt.cache); err == nil {
 			wt.cache = cache
 		}
 		select {
@@ -191,12 +191,15 @@ func (wt *watcher) cut(ctx context.Context) *Batch {
 		}
 	}
 	rev, revErr := readRevision(s.revisionPath())
-	next, scanErr := scanObjects(s.objectsDir(), wt.cache)
+	next, settling, scanErr := scanObjects(s.objectsDir(), wt.cache)
 	unlock()
 	if scanErr != nil {
 		return wt.failed(s.objectsDir(), scanErr)
 	}
 	wt.cache = next
+	if settling {
+		wt.retry = true // read the file being written once it has settled
+	}
 
 	full := wt.full || !wt.sent
 	rejChanged := false

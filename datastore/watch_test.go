@@ -138,6 +138,49 @@ func TestWatchKeepsLastValidVersion(t *testing.T) {
 	}
 }
 
+// An editor or a shell redirection truncates a file before writing it. The
+// watcher takes an empty file for a write in progress: it keeps serving
+// what it had, reads the write that follows, and rejects a file only once
+// it has stayed empty for writeSettle.
+func TestWatchWaitsForWritesInProgress(t *testing.T) {
+	t.Parallel()
+	s := openStore(t)
+	mustApply(t, s, shop)
+	ch := watch(t, s)
+	next(t, ch)
+
+	file := filepath.Join(s.Dir(), "objects", "pod_shop_web.yaml")
+	if err := os.Truncate(file, 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-ch:
+		t.Fatalf("a batch for a file being written: %d upserts, %d deletes, rejected %v", len(b.Upserts), len(b.Deletes), b.Rejected)
+	case <-time.After(writeSettle / 4):
+	}
+	if err := os.WriteFile(file, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {containers: [{name: c, livenessProbe: {exec: {command: [x]}}}]}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b := next(t, ch)
+	if len(b.Upserts) != 0 || len(b.Deletes) != 0 || len(b.Rejected) != 1 || !strings.Contains(b.Rejected[0].Err.Error(), "livenessProbe") {
+		t.Fatalf("batch after the write: %d upserts, %d deletes, rejected %v", len(b.Upserts), len(b.Deletes), b.Rejected)
+	}
+
+	// A file that stays empty is rejected once it has settled.
+	empty := filepath.Join(s.Dir(), "objects", "pod_shop_empty.yaml")
+	created := time.Now()
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b = next(t, ch)
+	if time.Since(created) < writeSettle-10*time.Millisecond {
+		t.Errorf("an empty file was rejected after %s, before it settled", time.Since(created))
+	}
+	if len(b.Rejected) != 2 || b.Rejected[0].Source != empty || !strings.Contains(b.Rejected[0].Err.Error(), "holds 0 objects") {
+		t.Fatalf("batch for the empty file: rejected %v", b.Rejected)
+	}
+}
+
 // TestWatchRevisionContract applies in a loop while watching and checks
 // that whenever a batch claims revision R, every object written at or
 // before R is there.
