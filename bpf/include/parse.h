@@ -233,13 +233,51 @@ static __always_inline int parse_icmp_inner(void *data, void *data_end, __u32 of
 	return parse_l4(data, data_end, off, &p->inner, &port, NULL, &type);
 }
 
+/* Whether the headers parse_packet reads of a TCP or UDP packet over IPv4
+ * or IPv6 (no extension headers) are all in the linear area already. Other
+ * packets are pulled as far as PULL_LEN whenever they are not linear that
+ * far. */
+static __always_inline int headers_linear(void *data, void *data_end)
+{
+	struct ethhdr *eth = data;
+	__u32 l4;
+	__u8 proto;
+
+	if ((void *)(eth + 1) > data_end)
+		return 0;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > data_end)
+			return 0;
+		l4 = sizeof(*eth) + (__u32)(ip->ihl & 0xf) * 4;
+		proto = ip->protocol;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > data_end)
+			return 0;
+		l4 = sizeof(*eth) + sizeof(*ip6);
+		proto = ip6->nexthdr;
+	} else {
+		return 0;
+	}
+	if (proto == IPPROTO_TCP)
+		return data + l4 + 20 <= data_end; /* a TCP header without options */
+	if (proto == IPPROTO_UDP)
+		return data + l4 + 8 <= data_end; /* a UDP header */
+	return 0;
+}
+
 static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
 	void *data_end = (void *)(long)skb->data_end;
 	__u32 want = skb->len < PULL_LEN ? skb->len : PULL_LEN;
 
-	if (data + want > data_end) {
+	/* Pull only when a header is not linear. A TCP segment's payload sits
+	 * in page fragments behind its headers, and the segment is a clone
+	 * (TCP keeps the original for retransmission): pulling it would make
+	 * the kernel copy its head, on every segment of a bulk transfer. */
+	if (data + want > data_end && !headers_linear(data, data_end)) {
 		if (bpf_skb_pull_data(skb, want) < 0) {
 			p->reason = REASON_MALFORMED;
 			return PARSE_DROP;
