@@ -89,15 +89,24 @@ func TestWatch(t *testing.T) {
 	}
 }
 
-func TestWatchKeepsLastValidVersion(t *testing.T) {
-	t.Parallel()
+// watchShop applies shop, watches the store past its first batch, and
+// returns the file of Pod shop/web.
+func watchShop(t *testing.T) (*Store, <-chan Batch, string) {
+	t.Helper()
 	s := openStore(t)
 	mustApply(t, s, shop)
 	ch := watch(t, s)
 	next(t, ch)
+	return s, ch, filepath.Join(s.Dir(), "objects", "pod_shop_web.yaml")
+}
 
-	file := filepath.Join(s.Dir(), "objects", "pod_shop_web.yaml")
-	if err := os.WriteFile(file, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {containers: [{name: c, livenessProbe: {exec: {command: [x]}}}]}\n"), 0o644); err != nil {
+// webWithProbe is Pod shop/web with a field Membrane refuses.
+const webWithProbe = "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {containers: [{name: c, livenessProbe: {exec: {command: [x]}}}]}\n"
+
+func TestWatchKeepsLastValidVersion(t *testing.T) {
+	t.Parallel()
+	s, ch, file := watchShop(t)
+	if err := os.WriteFile(file, []byte(webWithProbe), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	b := next(t, ch)
@@ -144,12 +153,7 @@ func TestWatchKeepsLastValidVersion(t *testing.T) {
 // it has stayed empty for writeSettle.
 func TestWatchWaitsForWritesInProgress(t *testing.T) {
 	t.Parallel()
-	s := openStore(t)
-	mustApply(t, s, shop)
-	ch := watch(t, s)
-	next(t, ch)
-
-	file := filepath.Join(s.Dir(), "objects", "pod_shop_web.yaml")
+	s, ch, file := watchShop(t)
 	if err := os.Truncate(file, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +162,7 @@ func TestWatchWaitsForWritesInProgress(t *testing.T) {
 		t.Fatalf("a batch for a file being written: %d upserts, %d deletes, rejected %v", len(b.Upserts), len(b.Deletes), b.Rejected)
 	case <-time.After(writeSettle / 4):
 	}
-	if err := os.WriteFile(file, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: shop}\nspec: {containers: [{name: c, livenessProbe: {exec: {command: [x]}}}]}\n"), 0o644); err != nil {
+	if err := os.WriteFile(file, []byte(webWithProbe), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	b := next(t, ch)
