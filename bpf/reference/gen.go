@@ -4,4 +4,4 @@
 // committed, as in package bpf.
 package reference
 
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -go-package reference -type ct_bucket Reference ct_table.c -- -I../include
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -go-package reference -type ct_bucket Reference conntrack.c -- -I../include

@@ -18,42 +18,49 @@ type ReferenceCtBucket struct {
 	Slot [4]struct {
 		_     structs.HostLayout
 		State uint64
-		Key   struct {
-			_     structs.HostLayout
-			Saddr struct {
-				_ structs.HostLayout
-				W [4]uint32
-			}
-			Daddr struct {
-				_ structs.HostLayout
-				W [4]uint32
-			}
-			Sport uint16
-			Dport uint16
-			Proto uint8
-			Pad   [3]uint8
-		}
-		Entry struct {
-			_           structs.HostLayout
-			LastSeen    uint64
-			Rev         uint32
-			Flags       uint16
-			ProxyPort   uint16
-			RuleEgress  uint32
-			RuleIngress uint32
-			DenyReason  uint8
-			DenyDir     uint8
-			DenyEp      uint16
-			DenyRule    uint32
-		}
+		Key   ReferenceCtKey
+		Entry ReferenceCtEntry
 	}
+}
+
+type ReferenceCtEntry struct {
+	_           structs.HostLayout
+	LastSeen    uint64
+	Rev         uint32
+	Flags       uint16
+	ProxyPort   uint16
+	RuleEgress  uint32
+	RuleIngress uint32
+	DenyReason  uint8
+	DenyDir     uint8
+	DenyEp      uint16
+	DenyRule    uint32
+}
+
+type ReferenceCtKey struct {
+	_     structs.HostLayout
+	Saddr struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Daddr struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Sport uint16
+	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	ReferenceMapCtLru          = "ct_lru"
 	ReferenceMapCtTable        = "ct_table"
+	ReferenceProgCtLruInsert   = "ct_lru_insert"
+	ReferenceProgCtLruLookup   = "ct_lru_lookup"
 	ReferenceProgCtTableInsert = "ct_table_insert"
 	ReferenceProgCtTableLookup = "ct_table_lookup"
 )
@@ -100,6 +107,8 @@ type ReferenceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ReferenceProgramSpecs struct {
+	CtLruInsert   *ebpf.ProgramSpec `ebpf:"ct_lru_insert"`
+	CtLruLookup   *ebpf.ProgramSpec `ebpf:"ct_lru_lookup"`
 	CtTableInsert *ebpf.ProgramSpec `ebpf:"ct_table_insert"`
 	CtTableLookup *ebpf.ProgramSpec `ebpf:"ct_table_lookup"`
 }
@@ -108,6 +117,7 @@ type ReferenceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ReferenceMapSpecs struct {
+	CtLru   *ebpf.MapSpec `ebpf:"ct_lru"`
 	CtTable *ebpf.MapSpec `ebpf:"ct_table"`
 }
 
@@ -137,11 +147,13 @@ func (o *ReferenceObjects) Close() error {
 //
 // It can be passed to LoadReferenceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ReferenceMaps struct {
+	CtLru   *ebpf.Map `ebpf:"ct_lru"`
 	CtTable *ebpf.Map `ebpf:"ct_table"`
 }
 
 func (m *ReferenceMaps) Close() error {
 	return _ReferenceClose(
+		m.CtLru,
 		m.CtTable,
 	)
 }
@@ -156,12 +168,16 @@ type ReferenceVariables struct {
 //
 // It can be passed to LoadReferenceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ReferencePrograms struct {
+	CtLruInsert   *ebpf.Program `ebpf:"ct_lru_insert"`
+	CtLruLookup   *ebpf.Program `ebpf:"ct_lru_lookup"`
 	CtTableInsert *ebpf.Program `ebpf:"ct_table_insert"`
 	CtTableLookup *ebpf.Program `ebpf:"ct_table_lookup"`
 }
 
 func (p *ReferencePrograms) Close() error {
 	return _ReferenceClose(
+		p.CtLruInsert,
+		p.CtLruLookup,
 		p.CtTableInsert,
 		p.CtTableLookup,
 	)

@@ -230,18 +230,12 @@ func benchPerPacket(r *report, rounds int) {
 		return
 	}
 	defer fr.close()
-	ref, err := newCTReference(setups[10].dp.Sizes().Conntrack)
+	ref, err := newCTReferences(setups[10].dp.Sizes().Conntrack)
 	if err != nil {
 		r.failed("per-packet cost", "≤ 120 ns", err)
 		return
 	}
 	defer ref.close()
-	table, err := newTableReference()
-	if err != nil {
-		r.failed("per-packet cost", "≤ 120 ns", err)
-		return
-	}
-	defer table.close()
 	remote := tcpFrame(srcAddr, dstAddr, 0, packet.SYN)
 	local := tcpFrame(peerA, dstAddr, 0, packet.SYN)
 
@@ -325,30 +319,30 @@ func benchPerPacket(r *report, rounds int) {
 				return
 			}
 			sq = append(sq, v)
-			if v, err = fr.run(ref.prog, remote, steadyPorts, steadyFlows); err != nil {
+			if v, err = fr.run(ref.objs.CtLruInsert, remote, steadyPorts, steadyFlows); err != nil {
 				fail(err)
 				return
 			}
-			if err := ref.flush(steadyPorts, steadyFlows); err != nil {
+			if err := ref.flushLRU(steadyPorts, steadyFlows); err != nil {
 				fail(err)
 				return
 			}
 			sr = append(sr, v)
-			if v, err = fr.run(ref.lookup, remote, steadyPorts, steadyFlows); err != nil {
+			if v, err = fr.run(ref.objs.CtLruLookup, remote, steadyPorts, steadyFlows); err != nil {
 				fail(err)
 				return
 			}
 			sm = append(sm, v)
-			if v, err = fr.run(table.objs.CtTableInsert, remote, steadyPorts, steadyFlows); err != nil {
+			if v, err = fr.run(ref.objs.CtTableInsert, remote, steadyPorts, steadyFlows); err != nil {
 				fail(err)
 				return
 			}
-			if err := table.flush(steadyPorts, steadyFlows); err != nil {
+			if err := ref.flushTable(steadyPorts, steadyFlows); err != nil {
 				fail(err)
 				return
 			}
 			stt = append(stt, v)
-			if v, err = fr.run(table.objs.CtTableLookup, remote, steadyPorts, steadyFlows); err != nil {
+			if v, err = fr.run(ref.objs.CtTableLookup, remote, steadyPorts, steadyFlows); err != nil {
 				fail(err)
 				return
 			}
@@ -399,7 +393,7 @@ func benchPerPacket(r *report, rounds int) {
 	fmt.Fprintf(&b, "Without verdict events (10 entries): new flow %.1f ns: one event costs about %.0f ns.\n", q, res[10][1]-q)
 	cr := median(steadyRef) - sFloor
 	b.WriteString("Kernel reference: a program that does nothing but look up each new connection in a map shaped like\n")
-	fmt.Fprintf(&b, "conntrack (%s), run the same way, and insert it:\n", ctShape(ref.ct))
+	fmt.Fprintf(&b, "conntrack (%s), run the same way, and insert it:\n", ref.lruShape())
 	fmt.Fprintf(&b, "%.1f ns [%s raw]. The kernel's conntrack lookup and insert alone are thus %.0f%% of the from-netdev\n", cr, fmtList(steadyRef), 100*cr/res[10][1])
 	fmt.Fprintf(&b, "new flow (10 entries); the datapath's own work is the other %.0f ns.\n", res[10][1]-cr)
 	lm := median(steadyLookup) - sFloor
@@ -432,9 +426,4 @@ func benchPerPacket(r *report, rounds int) {
 	r.info("table reference: own conntrack table, lookup miss alone", tl, "ns")
 	r.check("conntrack hit ratio 100k/10 entries", res[100000][0]/res[10][0], "x", 1.05, true)
 	r.check("new flow ratio 100k/10 entries", res[100000][1]/res[10][1], "x", 1.05, true)
-}
-
-// ctShape describes a conntrack map for the report.
-func ctShape(m *ebpf.Map) string {
-	return fmt.Sprintf("%s, %d entries, %d-byte key, %d-byte value", m.Type(), m.MaxEntries(), m.KeySize(), m.ValueSize())
 }

@@ -2,19 +2,24 @@
 
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * ct_table.c — a reference for `make bench`, not part of the datapath.
+ * conntrack.c — references for `make bench`, not part of the datapath.
  *
- * A conntrack table of our own: a BPF array of buckets with four slots
- * each, shaped like the datapath's conntrack (the same key and entry, as
- * many slots as its default capacity). A lookup hashes the key in the
- * program and reads one bucket, which the JIT reaches without a helper
- * call; an insert claims a free slot with a compare-and-swap, writes it
- * and publishes it with an exchange. No lock, no LRU list, no allocation.
+ * Two ways to record a new connection, each run by the bench on the same
+ * connections as the real programs:
  *
- * The bench runs it beside the kernel LRU hash the datapath uses, on the
- * same connections, to show what the kernel map's own machinery costs a
- * new flow. What it leaves out (evicting from a full bucket, the agent's
- * deletes through a memory-mapped view) a real table would need.
+ * ct_lru is the kernel LRU hash the datapath's conntrack is. The bench
+ * gives it the datapath map's type, flags and size before loading, so the
+ * programs on it show what the kernel map alone costs a new flow: a lookup
+ * (ct_lru_lookup) and a lookup and an insert (ct_lru_insert).
+ *
+ * ct_table is a table of our own: a BPF array of buckets with four slots
+ * each, as many slots as the datapath's conntrack has entries. A lookup
+ * hashes the key in the program and reads one bucket, which the JIT reaches
+ * without a helper call; an insert claims a free slot with a
+ * compare-and-swap, writes it and publishes it with an exchange. No lock,
+ * no LRU list, no allocation. What it leaves out (evicting from a full
+ * bucket, the agent's deletes through a memory-mapped view) a real table
+ * would need.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -42,6 +47,15 @@ struct {
 	__type(value, struct ct_bucket);
 } ct_table SEC(".maps");
 
+/* Type, flags and size are the datapath's (set by the bench). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+} ct_lru SEC(".maps");
+
 /* The bench's wrapper writes each connection's source port at this offset
  * (Ethernet 14 + IPv4 20 bytes). */
 #define TCP_SPORT_OFFSET 34
@@ -68,7 +82,7 @@ static __always_inline int key_equal(const struct ct_key *a, const struct ct_key
 }
 
 /* The connection the bench's packet is: every key field zero but the
- * source port, as in the kernel reference. */
+ * source port. */
 static __always_inline int packet_key(struct __sk_buff *skb, struct ct_key *k)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
@@ -130,6 +144,26 @@ int ct_table_insert(struct __sk_buff *skb)
 		}
 	}
 	return TCX_DROP; /* the bucket is full */
+}
+
+SEC("tc")
+int ct_lru_lookup(struct __sk_buff *skb)
+{
+	struct ct_key k;
+	if (packet_key(skb, &k) == 0)
+		bpf_map_lookup_elem(&ct_lru, &k);
+	return TCX_NEXT;
+}
+
+SEC("tc")
+int ct_lru_insert(struct __sk_buff *skb)
+{
+	struct ct_key k;
+	if (packet_key(skb, &k) || bpf_map_lookup_elem(&ct_lru, &k))
+		return TCX_NEXT;
+	struct ct_entry e = {};
+	bpf_map_update_elem(&ct_lru, &k, &e, BPF_ANY); /* BPF_ANY, as the datapath */
+	return TCX_NEXT;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
