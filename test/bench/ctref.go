@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/membrane-mesh/membrane/bpf"
 	"github.com/membrane-mesh/membrane/bpf/reference"
 )
@@ -114,6 +116,33 @@ func (r *ctReferences) flushTable(first uint16, n int) error {
 		return fmt.Errorf("empty the conntrack table reference: %w", err)
 	}
 	return nil
+}
+
+// run measures, on steadyFlows new connections from frame each, the
+// ct_lru insert and lookup programs and the ct_table ones, in that order,
+// emptying each map after its insert run.
+func (r *ctReferences) run(fr *flowRunner, frame []byte) ([4]float64, error) {
+	var out [4]float64
+	for i, p := range []struct {
+		insert, lookup *ebpf.Program
+		flush          func(uint16, int) error
+	}{
+		{r.objs.CtLruInsert, r.objs.CtLruLookup, r.flushLRU},
+		{r.objs.CtTableInsert, r.objs.CtTableLookup, r.flushTable},
+	} {
+		v, err := fr.run(p.insert, frame, steadyPorts, steadyFlows)
+		if err == nil {
+			out[2*i] = v
+			err = p.flush(steadyPorts, steadyFlows)
+		}
+		if err == nil {
+			out[2*i+1], err = fr.run(p.lookup, frame, steadyPorts, steadyFlows)
+		}
+		if err != nil {
+			return out, err
+		}
+	}
+	return out, nil
 }
 
 // lruShape describes ct_lru for the report.

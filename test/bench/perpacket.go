@@ -319,34 +319,12 @@ func benchPerPacket(r *report, rounds int) {
 				return
 			}
 			sq = append(sq, v)
-			if v, err = fr.run(ref.objs.CtLruInsert, remote, steadyPorts, steadyFlows); err != nil {
+			rv, err := ref.run(fr, remote)
+			if err != nil {
 				fail(err)
 				return
 			}
-			if err := ref.flushLRU(steadyPorts, steadyFlows); err != nil {
-				fail(err)
-				return
-			}
-			sr = append(sr, v)
-			if v, err = fr.run(ref.objs.CtLruLookup, remote, steadyPorts, steadyFlows); err != nil {
-				fail(err)
-				return
-			}
-			sm = append(sm, v)
-			if v, err = fr.run(ref.objs.CtTableInsert, remote, steadyPorts, steadyFlows); err != nil {
-				fail(err)
-				return
-			}
-			if err := ref.flushTable(steadyPorts, steadyFlows); err != nil {
-				fail(err)
-				return
-			}
-			stt = append(stt, v)
-			if v, err = fr.run(ref.objs.CtTableLookup, remote, steadyPorts, steadyFlows); err != nil {
-				fail(err)
-				return
-			}
-			stm = append(stm, v)
+			sr, sm, stt, stm = append(sr, rv[0]), append(sm, rv[1]), append(stt, rv[2]), append(stm, rv[3])
 			if v, err = setups[10].ctHitReply(20000); err != nil {
 				fail(err)
 				return
