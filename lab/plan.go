@@ -377,7 +377,9 @@ func newPlan(objs []datastore.Object, name string) (*plan, error) {
 	if labObj == nil {
 		labObj = &datastore.Lab{}
 	}
-	if labObj.Name != "" {
+	// An explicit name wins over the Lab object's: the same files can make
+	// two labs side by side.
+	if name == "" {
 		name = labObj.Name
 	}
 	if name == "" {

@@ -118,12 +118,19 @@ func TestPlanPlacement(t *testing.T) {
 }
 
 func TestPlanObjects(t *testing.T) {
-	pl, err := newPlan([]datastore.Object{labObj("demo", datastore.LabNode{Name: "n1"}, datastore.LabNode{Name: "n2", PodCIDRs: []string{"10.9.0.0/24", "fd00:9::/64"}}), podObj("x", "a", "n2")}, "ignored")
+	pl, err := newPlan([]datastore.Object{labObj("demo", datastore.LabNode{Name: "n1"}, datastore.LabNode{Name: "n2", PodCIDRs: []string{"10.9.0.0/24", "fd00:9::/64"}}), podObj("x", "a", "n2")}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if pl.name != "demo" {
 		t.Errorf("name = %q, want the Lab object's", pl.name)
+	}
+	named, err := newPlan([]datastore.Object{labObj("demo", datastore.LabNode{Name: "n1"})}, "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if named.name != "other" {
+		t.Errorf("name = %q, want the one given, over the Lab object's", named.name)
 	}
 	var pod *corev1.Pod
 	nodes := map[string]*corev1.Node{}

@@ -22,7 +22,7 @@ type Options struct {
 	Path string
 	// Objects are added to the objects read from Path.
 	Objects []datastore.Object
-	// Name names the lab when no Lab object does; default DefaultName.
+	// Name names the lab; default: the Lab object's name, else DefaultName.
 	Name string
 	// NoAgent builds the lab without agents: plain routing, no datapath.
 	NoAgent bool

@@ -88,7 +88,7 @@ func newLabUpCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&opts.Path, "filename", "f", "", "YAML file or directory with the lab's objects")
 	cmd.MarkFlagRequired("filename")
-	cmd.Flags().StringVar(&opts.Name, "name", "", `lab name when no Lab object names it (default "`+lab.DefaultName+`")`)
+	cmd.Flags().StringVar(&opts.Name, "name", "", `lab name (default: the Lab object's metadata.name, else "`+lab.DefaultName+`")`)
 	cmd.Flags().BoolVar(&opts.NoAgent, "no-agent", false, "run without agents: plain routing, no datapath")
 	cmd.Flags().StringArrayVar(&opts.AgentArgs, "agent-arg", nil, "extra flag for every agent, e.g. --agent-arg=--log-level=debug (repeatable)")
 	cmd.Flags().StringVar(&opts.AgentBinary, "agent-binary", "", "membrane-agent executable (default: next to membranectl, else in $PATH)")

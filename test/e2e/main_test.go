@@ -87,16 +87,7 @@ func startLabWith(t *testing.T, objs []datastore.Object, agentArgs ...string) *l
 func startLabOpts(t *testing.T, objs []datastore.Object, opts lab.Options) *lab.Lab {
 	t.Helper()
 	requireLab(t)
-	name := labName()
-	// The Lab object, if any, names the lab: give it this test's name.
-	for i, o := range objs {
-		if lo, ok := o.Obj.(*datastore.Lab); ok {
-			c := lo.DeepCopy()
-			c.Name = name
-			objs = append([]datastore.Object(nil), objs...)
-			objs[i] = obj("Lab", "", name, c)
-		}
-	}
+	name := labName() // wins over a Lab object's name
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	t.Cleanup(func() {
