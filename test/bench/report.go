@@ -128,6 +128,17 @@ func quartiles(v []float64) (float64, float64) {
 	return at(0.25), at(0.75)
 }
 
+// roundRatios returns num[i]/den[i] for each round i, less off from each:
+// two configurations measured in the same interleaved round share that
+// round's machine, so their ratio is steadier than a ratio of medians.
+func roundRatios(num, den []float64, off float64) []float64 {
+	out := make([]float64, min(len(num), len(den)))
+	for i := range out {
+		out[i] = (num[i] - off) / (den[i] - off)
+	}
+	return out
+}
+
 func fmtList(v []float64) string {
 	parts := make([]string, len(v))
 	for i, x := range v {
