@@ -130,10 +130,15 @@ func TestObserveFlows(t *testing.T) {
 	if p := fwd.Policy; p == nil || p.RuleID == 0 || !strings.HasPrefix(p.Rule, "NetworkPolicy srv/allow-80 ingress") || p.Endpoint != "srv/server" {
 		t.Errorf("forwarded flow's policy: %+v", fwd.Policy)
 	}
-	// The client's side of the same connection: egress, open.
-	flows, _ := observeJSON(t, l, "--verdict", "FORWARDED", "--from-pod", "cli/client", "--port", "80", "--last", "50")
-	if f := findFlow(flows, func(f *api.Flow) bool { return toServerPort(80)(f) && f.Direction == "egress" }); f == nil ||
-		f.Node != "node2" || f.Policy == nil || !strings.HasPrefix(f.Policy.Summary, "default allow") {
+	// The client's side of the same connection: egress, open. Its node's
+	// agent reads its own ring, on its own schedule.
+	var egress *api.Flow
+	eventually(t, observeLimit, "FORWARDED egress flow of the client", func() bool {
+		flows, _ := observeJSON(t, l, "--verdict", "FORWARDED", "--from-pod", "cli/client", "--port", "80", "--last", "50")
+		egress = findFlow(flows, func(f *api.Flow) bool { return toServerPort(80)(f) && f.Direction == "egress" })
+		return egress != nil
+	})
+	if f := egress; f.Node != "node2" || f.Policy == nil || !strings.HasPrefix(f.Policy.Summary, "default allow") {
 		t.Errorf("egress flow of the client: %+v", f)
 	}
 
