@@ -70,6 +70,27 @@ func (ps *progStats) read() (time.Duration, uint64) {
 	return rt, n
 }
 
+// statRun is one run measured with the statistics on.
+type statRun struct {
+	value   float64       // what the run returned
+	runtime time.Duration // the programs' run time during it
+	runs    uint64        // program runs during it
+	wall    time.Duration
+}
+
+// measure runs fn once and records what the programs did meanwhile.
+func (ps *progStats) measure(fn func() (float64, error)) (statRun, error) {
+	rt0, n0 := ps.read()
+	t0 := time.Now()
+	v, err := fn()
+	wall := time.Since(t0)
+	rt1, n1 := ps.read()
+	return statRun{value: v, runtime: rt1 - rt0, runs: n1 - n0, wall: wall}, err
+}
+
+// perRun is the programs' mean run time in nanoseconds.
+func (s statRun) perRun() float64 { return float64(s.runtime.Nanoseconds()) / float64(s.runs) }
+
 func (ps *progStats) close() {
 	for _, p := range ps.progs {
 		p.Close()

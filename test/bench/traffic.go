@@ -98,19 +98,16 @@ func iperfProgramCost(with *lab.Lab) string {
 	defer stats.close()
 	var perPacket, packetsPerSec, cpuShare []float64
 	for i := 0; i < 2; i++ {
-		rt0, n0 := stats.read()
-		t0 := time.Now()
-		if _, err := iperf(with, iperfRun); err != nil {
+		s, err := stats.measure(func() (float64, error) { return iperf(with, iperfRun) })
+		if err != nil {
 			return fmt.Sprintf("(iperf3 with run-time statistics: %v)\n", err)
 		}
-		wall := time.Since(t0).Seconds()
-		rt1, n1 := stats.read()
-		if n1 <= n0 {
+		if s.runs == 0 {
 			continue
 		}
-		perPacket = append(perPacket, float64((rt1-rt0).Nanoseconds())/float64(n1-n0))
-		packetsPerSec = append(packetsPerSec, float64(n1-n0)/wall)
-		cpuShare = append(cpuShare, 100*(rt1-rt0).Seconds()/wall)
+		perPacket = append(perPacket, s.perRun())
+		packetsPerSec = append(packetsPerSec, float64(s.runs)/s.wall.Seconds())
+		cpuShare = append(cpuShare, 100*s.runtime.Seconds()/s.wall.Seconds())
 	}
 	if len(perPacket) == 0 {
 		return "(the programs did not run during iperf3)\n"
@@ -238,20 +235,18 @@ func benchTraffic(r *report, b binaries, rounds int, tput, conns bool) {
 		} else {
 			for i := 0; i < 3; i++ {
 				cpu0, _, _ := procStat(agentPID)
-				rt0, n0 := stats.read()
-				t0 := time.Now()
-				c, err := connRate(with, connRun, 4)
+				s, err := stats.measure(func() (float64, error) { return connRate(with, connRun, 4) })
+				c := s.value
 				if err != nil || c == 0 {
 					break
 				}
 				if agentPID != 0 {
 					cpu1, _, _ := procStat(agentPID)
-					agentCPU = append(agentCPU, (cpu1-cpu0).Seconds()/time.Since(t0).Seconds()*1000/c)
+					agentCPU = append(agentCPU, (cpu1-cpu0).Seconds()/s.wall.Seconds()*1000/c)
 				}
-				rt1, n1 := stats.read()
-				if n1 > n0 {
-					bpfPerConn = append(bpfPerConn, float64((rt1-rt0).Nanoseconds())/(c*connRun.Seconds())/1000)
-					bpfPerRun = append(bpfPerRun, float64((rt1-rt0).Nanoseconds())/float64(n1-n0))
+				if s.runs > 0 {
+					bpfPerConn = append(bpfPerConn, float64(s.runtime.Nanoseconds())/(c*connRun.Seconds())/1000)
+					bpfPerRun = append(bpfPerRun, s.perRun())
 				}
 			}
 			stats.close()
