@@ -3,6 +3,7 @@ package lab
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -52,6 +53,14 @@ type endpoint struct {
 	bind []netip.Addr
 	// fixed is the one address of a "world:ADDRESS" endpoint.
 	fixed netip.Addr
+	// responderPorts are the ports its built-in responder serves.
+	responderPorts []int
+}
+
+// answers says whether e's responder serves port: whether a probe can
+// expect the responder's answer there.
+func (e endpoint) answers(port uint16) bool {
+	return slices.Contains(e.responderPorts, int(port))
 }
 
 func pickFamily(addrs []netip.Addr, family int) (netip.Addr, bool) {
@@ -100,7 +109,7 @@ func (l *Lab) resolve(ref string) (endpoint, error) {
 		if err != nil {
 			return endpoint{}, err
 		}
-		e := endpoint{name: WorldName, desc: ref, host: WorldName, netns: w.Netns}
+		e := endpoint{name: WorldName, desc: ref, host: WorldName, netns: w.Netns, responderPorts: w.ResponderPorts}
 		if ref == WorldName {
 			for _, family := range []int{4, 6} {
 				if a, ok := pickFamily(w.Addrs, family); ok {
@@ -136,7 +145,7 @@ func (l *Lab) resolve(ref string) (endpoint, error) {
 			if n.Name != name {
 				continue
 			}
-			e := endpoint{name: ref, desc: ref, host: n.Name, netns: n.Netns}
+			e := endpoint{name: ref, desc: ref, host: n.Name, netns: n.Netns, responderPorts: n.ResponderPorts}
 			for _, u := range n.Underlay {
 				e.addrs = append(e.addrs, u.Addr())
 			}
@@ -156,7 +165,7 @@ func (l *Lab) resolve(ref string) (endpoint, error) {
 }
 
 func podEndpoint(p Pod) endpoint {
-	return endpoint{name: p.String(), desc: "pod " + p.String(), host: p.Name, netns: p.Netns, addrs: p.IPs}
+	return endpoint{name: p.String(), desc: "pod " + p.String(), host: p.Name, netns: p.Netns, addrs: p.IPs, responderPorts: p.ResponderPorts}
 }
 
 func worldAddrList(w World) string {

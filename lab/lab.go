@@ -163,9 +163,12 @@ type Pod struct {
 	// node's namespace.
 	Netns         string
 	HostInterface string
-	Ports         []int
-	Ready         bool
-	Processes     []Process
+	// Ports are its declared container ports; ResponderPorts those of
+	// them that its built-in responders serve.
+	Ports          []int
+	ResponderPorts []int
+	Ready          bool
+	Processes      []Process
 }
 
 // String returns "namespace/name".
@@ -185,7 +188,7 @@ func podFromState(ps PodState) Pod {
 	p := Pod{
 		Namespace: ps.Namespace, Name: ps.Name, Node: ps.Node,
 		Netns: ps.Netns, HostInterface: ps.HostInterface,
-		Ports: slices.Clone(ps.Ports), Ready: ps.Ready,
+		Ports: slices.Clone(ps.Ports), ResponderPorts: slices.Clone(ps.ResponderPorts), Ready: ps.Ready,
 		Processes: slices.Clone(ps.Processes),
 	}
 	for _, s := range ps.IPs {
@@ -244,6 +247,8 @@ type Node struct {
 	// AgentSocket is empty in a lab without agents.
 	AgentSocket string
 	AgentLog    string
+	// ResponderPorts are the ports the node's own responder serves.
+	ResponderPorts []int
 }
 
 // Nodes returns the lab's nodes in their declared order.
@@ -252,7 +257,7 @@ func (l *Lab) Nodes() []Node {
 	defer l.mu.Unlock()
 	var nodes []Node
 	for _, ns := range l.st.Nodes {
-		n := Node{Name: ns.Name, Netns: ns.Netns, AgentSocket: ns.AgentSocket}
+		n := Node{Name: ns.Name, Netns: ns.Netns, AgentSocket: ns.AgentSocket, ResponderPorts: slices.Clone(ns.ResponderPorts)}
 		if !l.st.NoAgent {
 			n.AgentLog = l.y.agentLog(ns.Name)
 		}

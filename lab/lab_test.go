@@ -326,10 +326,15 @@ func TestUpFailuresLeaveNothing(t *testing.T) {
 }
 
 func TestProbeRejectsImpostor(t *testing.T) {
+	needTool(t, "nft")
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Pod b's responder serves port 80, but a rule in b's namespace
+	// sends port 80 to an impostor (a responder under another name, run
+	// as a command on port 8080): probes of b's responder are answered by
+	// someone else.
 	yaml := fmt.Sprintf(`
 apiVersion: v1
 kind: Namespace
@@ -346,13 +351,19 @@ kind: Pod
 metadata: {name: b, namespace: p}
 spec:
   containers:
+  - {name: c, ports: [{containerPort: 80}]}
   - name: impostor
-    command: [%q, lab, responder, --pod, p/someone-else, --port, "80"]
+    command: [%q, lab, responder, --pod, p/someone-else, --port, "8080"]
 `, self)
 	l := up(t, yaml, Options{NoAgent: true})
 	ctx := context.Background()
-	if res, err := l.Probe(ctx, ProbeSpec{From: "p/b", To: "p/a", Port: 80}); err != nil || !res.Allowed {
-		t.Fatalf("probe b->a: %v %v", res, err)
+	if res, err := l.Probe(ctx, ProbeSpec{From: "p/b", To: "p/a", Port: 80}); err != nil || !res.Allowed || res.ConnectOnly {
+		t.Fatalf("probe b->a: %+v %v, want allowed by a's responder", res, err)
+	}
+	var out bytes.Buffer
+	rules := "table ip impostor {\n chain pre {\n  type nat hook prerouting priority dstnat\n  tcp dport 80 redirect to :8080\n  udp dport 80 redirect to :8080\n }\n}\n"
+	if code, err := l.Exec(ctx, "p/b", []string{"nft", "-f", "-"}, Stdio{Stdin: strings.NewReader(rules), Stdout: &out, Stderr: &out}); err != nil || code != 0 {
+		t.Fatalf("nft in p/b: exit %d, %v: %s", code, err, out.String())
 	}
 	var err2 error
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
@@ -366,6 +377,73 @@ spec:
 	}
 	if _, err := l.Probe(ctx, ProbeSpec{From: "p/a", To: "p/b", Port: 80, Protocol: "udp"}); err == nil {
 		t.Error("udp probe answered by an impostor: no error")
+	}
+}
+
+// A port no responder of the pod serves is a command's (or nobody's): the
+// probe checks only that a TCP connection opens or that a UDP datagram is
+// answered, and says so.
+func TestProbeCommandPorts(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml := fmt.Sprintf(`
+apiVersion: v1
+kind: Namespace
+metadata: {name: q}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: q}
+spec:
+  containers: [{name: c, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: q}
+spec:
+  containers:
+  - {name: web, ports: [{containerPort: 80}]}
+  - name: app
+    command: [%q, lab, responder, --pod, app-of-b, --port, "5000"]
+    ports: [{containerPort: 5000}]
+`, self)
+	l := up(t, yaml, Options{NoAgent: true})
+	p, err := l.Pod("q/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(p.Ports, []int{80, 5000}) || !slices.Equal(p.ResponderPorts, []int{80}) {
+		t.Fatalf("pod q/b: ports %v, responder ports %v; want [80 5000], [80]", p.Ports, p.ResponderPorts)
+	}
+	ctx := context.Background()
+	probe := func(port int, proto string) ProbeResult {
+		t.Helper()
+		var res ProbeResult
+		// The command may still be starting.
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			res, err = l.Probe(ctx, ProbeSpec{From: "q/a", To: "q/b", Port: port, Protocol: proto})
+			if err != nil {
+				t.Fatalf("probe q/b %s/%d: %v", proto, port, err)
+			}
+			if res.Allowed || port != 5000 || !time.Now().Before(deadline) {
+				return res
+			}
+		}
+	}
+	for _, proto := range []string{"tcp", "udp"} {
+		if res := probe(80, proto); !res.Allowed || res.ConnectOnly {
+			t.Errorf("%s/80 (the responder's): %+v, want allowed, not connect-only", proto, res)
+		}
+		// Answered by a process that does not call itself q/b: fine on
+		// a command's port.
+		if res := probe(5000, proto); !res.Allowed || !res.ConnectOnly {
+			t.Errorf("%s/5000 (a command's): %+v, want allowed, connect-only", proto, res)
+		}
+		if res := probe(5001, proto); res.Allowed || !res.ConnectOnly || res.Detail != "connection refused" {
+			t.Errorf("%s/5001 (nobody's): %+v, want denied (connection refused), connect-only", proto, res)
+		}
 	}
 }
 

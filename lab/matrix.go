@@ -166,7 +166,7 @@ func (l *Lab) Matrix(ctx context.Context, spec MatrixSpec) (*Matrix, error) {
 		if err != nil {
 			return err
 		}
-		res, err := probe(ctx, from.netns, from.src(m.Family), to.name, netip.AddrPortFrom(ip, uint16(r.Port)), r.Protocol, timeout)
+		res, err := probe(ctx, from.netns, from.src(m.Family), to, netip.AddrPortFrom(ip, uint16(r.Port)), r.Protocol, timeout)
 		if err != nil {
 			return err
 		}

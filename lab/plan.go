@@ -55,6 +55,19 @@ type podPlan struct {
 
 func (p *podPlan) key() string { return p.Namespace + "/" + p.Name }
 
+// responderPorts are the ports the pod's built-in responders serve: those
+// of its containers without a command.
+func (p *podPlan) responderPorts() []int {
+	var ports []int
+	for _, c := range p.Containers {
+		if len(c.Argv) == 0 {
+			ports = append(ports, c.Ports...)
+		}
+	}
+	slices.Sort(ports)
+	return slices.Compact(ports)
+}
+
 // containerPlan is one container: a command, or (Argv empty) the responder
 // on Ports.
 type containerPlan struct {

@@ -38,7 +38,7 @@ func (l *Lab) createPod(ctx context.Context, p *podPlan) error {
 	host := ifname.Host(p.Namespace, p.Name)
 	nodeNetns := l.y.nodeNetns(p.Node)
 	if err := l.update(func(st *State) {
-		ps := PodState{Namespace: p.Namespace, Name: p.Name, Node: p.Node, Netns: nsName, HostInterface: host, Ports: p.Ports}
+		ps := PodState{Namespace: p.Namespace, Name: p.Name, Node: p.Node, Netns: nsName, HostInterface: host, Ports: p.Ports, ResponderPorts: p.responderPorts()}
 		for _, ip := range p.IPs {
 			ps.IPs = append(ps.IPs, ip.String())
 		}

@@ -63,8 +63,13 @@ type ProbeResult struct {
 	Allowed bool
 	// Detail says why a probe was denied: "timeout", "connection
 	// refused", …
-	Detail  string
-	Elapsed time.Duration
+	Detail string
+	// ConnectOnly: the probed port is not one the target's built-in
+	// responder serves (a command's, or nobody's), so the probe could
+	// only check that a TCP connection opens or that a UDP datagram gets
+	// an answer, not who answered.
+	ConnectOnly bool
+	Elapsed     time.Duration
 	// Target is the address and port probed.
 	Target netip.AddrPort
 	// Source is the address and port the responder saw the probe come
@@ -86,6 +91,11 @@ func (r ProbeResult) String() string {
 // responder answered with its name and the probe's nonce, denied if
 // nothing (or a refusal) came back in time. A reply from anyone else is an
 // error, as are unknown endpoints.
+//
+// A port To's responder does not serve belongs to one of its commands (or
+// to nothing). The probe does not speak the command's protocol there: a
+// TCP probe is allowed once the connection opens and closes it at once, a
+// UDP probe once any datagram comes back (ConnectOnly).
 func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
 	if err := spec.defaults(); err != nil {
 		return ProbeResult{}, err
@@ -119,15 +129,17 @@ func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
 	if _, err := from.dst(family); err != nil {
 		return ProbeResult{}, err
 	}
-	return probe(ctx, from.netns, from.src(family), to.name, netip.AddrPortFrom(ip, uint16(spec.Port)), spec.Protocol, spec.Timeout)
+	return probe(ctx, from.netns, from.src(family), to, netip.AddrPortFrom(ip, uint16(spec.Port)), spec.Protocol, spec.Timeout)
 }
 
-// probe runs one probe from inside the network namespace src, from the
-// address bind (if valid; else the kernel chooses).
-func probe(ctx context.Context, src string, bind netip.Addr, want string, dst netip.AddrPort, proto string, timeout time.Duration) (ProbeResult, error) {
+// probe runs one probe of to at dst from inside the network namespace src,
+// from the address bind (if valid; else the kernel chooses).
+func probe(ctx context.Context, src string, bind netip.Addr, to endpoint, dst netip.AddrPort, proto string, timeout time.Duration) (ProbeResult, error) {
 	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	want := to.name
+	connectOnly := !to.answers(dst.Port())
 	nonce := newNonce()
 	desc := fmt.Sprintf("probe %s %s/%s", want, proto, dst)
 	if bind.IsValid() {
@@ -156,12 +168,15 @@ func probe(ctx context.Context, src string, bind netip.Addr, want string, dst ne
 		if ctx.Err() != nil {
 			return ProbeResult{}, fmt.Errorf("%s: %w", desc, ctx.Err())
 		}
-		return ProbeResult{Detail: denyReason(err), Elapsed: time.Since(start), Target: dst}, nil
+		return ProbeResult{Detail: denyReason(err), ConnectOnly: connectOnly, Elapsed: time.Since(start), Target: dst}, nil
 	}
 	if dialErr != nil {
 		return denied(dialErr)
 	}
 	defer conn.Close()
+	if connectOnly && proto == "tcp" {
+		return ProbeResult{Allowed: true, ConnectOnly: true, Elapsed: time.Since(start), Target: dst}, nil
+	}
 	deadline, _ := pctx.Deadline()
 	stop := context.AfterFunc(pctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
@@ -175,6 +190,9 @@ func probe(ctx context.Context, src string, bind netip.Addr, want string, dst ne
 	}
 	if err != nil {
 		return denied(err)
+	}
+	if connectOnly {
+		return ProbeResult{Allowed: true, ConnectOnly: true, Elapsed: time.Since(start), Target: dst}, nil
 	}
 	source, ok := parseProbeReply(reply, want, nonce)
 	if !ok {

@@ -83,8 +83,11 @@ type PodState struct {
 	Netns         string   `json:"netns"`
 	HostInterface string   `json:"hostInterface"`
 	IPs           []string `json:"ips"`
-	// Ports are the pod's declared container ports.
-	Ports []int `json:"ports,omitempty"`
+	// Ports are the pod's declared container ports; ResponderPorts those
+	// of them that its built-in responders serve (the others are its
+	// commands').
+	Ports          []int `json:"ports,omitempty"`
+	ResponderPorts []int `json:"responderPorts,omitempty"`
 	// Ready is set once the pod is wired and its processes started.
 	Ready     bool      `json:"ready"`
 	Processes []Process `json:"processes,omitempty"`

@@ -192,6 +192,8 @@ type World struct {
 	// Addrs are its public addresses, IPv4 first; the first of each
 	// family is its default address.
 	Addrs []netip.Addr
+	// ResponderPorts are the ports its responder serves, on every address.
+	ResponderPorts []int
 }
 
 // World returns the lab's world host. A lab made by a Membrane from
@@ -203,7 +205,7 @@ func (l *Lab) World() (World, error) {
 	if ws == nil {
 		return World{}, fmt.Errorf("lab %s has no world host (it was made by an older membranectl; recreate it)", l.y.name)
 	}
-	w := World{Netns: ws.Netns}
+	w := World{Netns: ws.Netns, ResponderPorts: slices.Clone(ws.ResponderPorts)}
 	for _, s := range ws.Underlay {
 		if p, err := netip.ParsePrefix(s); err == nil {
 			w.Underlay = append(w.Underlay, p)

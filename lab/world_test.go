@@ -187,9 +187,13 @@ func TestWorld(t *testing.T) {
 		// A pod reaches its node at the gateway's link-local addresses
 		// too, which the node has on every veth: UDP replies must leave
 		// by the veth the request came in on.
+		node1, err := l.resolve("node/node1")
+		if err != nil {
+			t.Fatal(err)
+		}
 		for _, gw := range []netip.Addr{podGateway4, podGateway6.WithZone("eth0")} {
 			for _, proto := range protos {
-				res, err := probe(ctx, a.Netns, noAddr, "node/node1", netip.AddrPortFrom(gw, 8080), proto, time.Second)
+				res, err := probe(ctx, a.Netns, noAddr, node1, netip.AddrPortFrom(gw, 8080), proto, time.Second)
 				if err != nil || !res.Allowed {
 					t.Errorf("probe w/a -> %s %s: %+v, %v", gw, proto, res, err)
 					continue

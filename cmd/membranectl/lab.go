@@ -301,7 +301,13 @@ func newLabProbeCommand() *cobra.Command {
 		Short: "Probe TO from FROM: prints allowed (exit 0) or denied (exit 1)",
 		Long: `Probe connects from one endpoint to another's built-in responder and
 prints "allowed" (exit status 0) if it answered, or "denied" (exit status 1)
-if nothing came back in time. Other errors exit with status 2.
+if nothing came back in time. Other errors exit with status 2, among them an
+answer from someone other than TO's responder.
+
+On a port that TO's responder does not serve (a pod's command listens there,
+or nothing does) the probe cannot expect the responder's answer: TCP is
+allowed once the connection opens (the probe sends nothing), UDP once any
+datagram comes back. --verbose then logs connectOnly=true.
 
 FROM and TO are each one of:
   NAMESPACE/NAME   a pod
@@ -335,6 +341,9 @@ logged.`,
 			}
 			if res.Source.IsValid() {
 				kv = append(kv, "source", res.Source)
+			}
+			if res.ConnectOnly {
+				kv = append(kv, "connectOnly", true)
 			}
 			logger(cmd).Info("probe", kv...)
 			if !res.Allowed {
