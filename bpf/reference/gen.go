@@ -1,7 +1,9 @@
 // Package reference holds eBPF programs that `make bench` measures the
-// datapath against. They are not part of Membrane's datapath: each shows
-// what one design choice costs on this machine. The generated files are
-// committed, as in package bpf.
+// datapath against or with. They are not part of Membrane's datapath:
+// conntrack.c shows what one design choice costs on this machine;
+// bypass.c switches the datapath on and off under running traffic. The
+// generated files are committed, as in package bpf.
 package reference
 
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -go-package reference -type ct_bucket Reference conntrack.c -- -I../include
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -go-package reference Bypass bypass.c -- -I../include

@@ -206,9 +206,23 @@ func benchTraffic(r *report, b binaries, rounds int, tput, conns bool) {
 			var body strings.Builder
 			body.WriteString(p.describe("%.2f Gbit/s"))
 			body.WriteString(iperfProgramCost(with))
+			on, err := bypassRatio(with)
+			var cal bypassResult
+			if err == nil {
+				cal, err = bypassRatio(without)
+			}
+			if err != nil {
+				fmt.Fprintf(&body, "(the datapath on and skipped within one transfer: %v)\n", err)
+			} else {
+				body.WriteString(describeBypass(on, cal))
+			}
 			r.section(fmt.Sprintf("Pod-to-pod throughput (iperf3, same node, %d s runs, 1 s omitted)", iperfRun), body.String())
 			r.check("throughput with/without datapath (iperf3)", p.ratio, "x", 0.97, false)
 			r.info("throughput with datapath", p.with, "Gbit/s")
+			if err == nil {
+				r.info("throughput, datapath on/skipped within one transfer", median(on.ratios), "x")
+				r.info("the same, nothing behind the switch (method's error)", median(cal.ratios), "x")
+			}
 		}
 	}
 	if conns {
