@@ -198,6 +198,10 @@ func (c *Client) node() *corev3.Node {
 	}
 }
 
+// startupGrace is how long after start a proxy that has never reached
+// the agent logs its failed attempts as information, not warnings.
+const startupGrace = 30 * time.Second
+
 // Run connects to the agent and processes configuration until ctx ends. It
 // reconnects whenever the stream breaks. It returns nil when ctx ends, or
 // an error if the connection cannot be set up at all.
@@ -218,6 +222,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer conn.Close()
 	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
 	backoff := c.opts.MinBackoff
+	connected, start := false, time.Now()
 	for {
 		progressed, err := c.runStream(ctx, ads)
 		c.setStatus(func(s *Status) { s.Connected = false })
@@ -226,12 +231,18 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		if progressed {
 			backoff = c.opts.MinBackoff
+			connected = true
 		}
-		msg := "xDS stream ended; reconnecting"
-		if status.Code(err) == codes.PermissionDenied {
+		msg, level := "xDS stream ended; reconnecting", slog.LevelWarn
+		switch {
+		case status.Code(err) == codes.PermissionDenied:
 			msg = "agent refused the xDS stream (is --node the agent's node name?); retrying"
+		case !connected && status.Code(err) == codes.Unavailable && time.Since(start) < startupGrace:
+			// The proxy and the agent start together; the agent's
+			// socket may not be there yet.
+			msg, level = "agent's xDS server not up yet; retrying", slog.LevelInfo
 		}
-		c.log.Warn(msg, "socket", c.opts.Socket, "err", err, "retry_in", backoff.Round(time.Millisecond))
+		c.log.Log(ctx, level, msg, "socket", c.opts.Socket, "err", err, "retry_in", backoff.Round(time.Millisecond))
 		c.setStatus(func(s *Status) { s.LastError = errString(err) })
 		wait := jitter(backoff)
 		t := time.NewTimer(wait)
