@@ -150,12 +150,14 @@ func bypassRatio(l *lab.Lab) (bypassResult, error) {
 func describeBypass(on, cal bypassResult) string {
 	q1, q3 := quartiles(on.ratios)
 	c1, c3 := quartiles(cal.ratios)
-	return fmt.Sprintf("Within one %d s transfer, the datapath on and skipped: a program first in the tcx chain of\n"+
-		"both veths (bpf/reference/bypass.c) lets it run or accepts the packet before it, switched every\n"+
-		"%s in pairs of random order; bytes per state:\n"+
-		"  with datapath:  on/skipped median of %d pairs %.3f (middle half %.3f-%.3f), all bytes %.3f\n"+
-		"  without (nothing behind the switch, the method's own error): median of %d pairs %.3f\n"+
-		"  (middle half %.3f-%.3f), all bytes %.3f\n",
+	return fmt.Sprintf("Within one %d s transfer (its first and last second left out), the datapath on and off: a\n"+
+		"switch program first in the tcx chain of both pods' veths (bpf/reference/bypass.c) lets the\n"+
+		"datapath run or accepts each packet before it, flipped every %s in pairs of random order.\n"+
+		"The figure is the median of the pairs' throughput ratios; the switch runs in both states.\n"+
+		"  with the datapath behind the switch: on/off median of %d pairs %.3f (middle half %.3f-%.3f),\n"+
+		"    all bytes %.3f\n"+
+		"  in the lab without it (both states the same: the method's own error): median of %d pairs %.3f\n"+
+		"    (middle half %.3f-%.3f), all bytes %.3f\n",
 		bypassTransfer, bypassPeriod, len(on.ratios), median(on.ratios), q1, q3, on.total,
 		len(cal.ratios), median(cal.ratios), c1, c3, cal.total)
 }
