@@ -325,36 +325,34 @@ func TestUpFailuresLeaveNothing(t *testing.T) {
 	}
 }
 
-func TestProbeRejectsImpostor(t *testing.T) {
-	needTool(t, "nft")
+// responderPair is a lab of pods a and b in namespace ns, each with the
+// built-in responder on port 80; b also runs the lab's responder as a
+// command that names itself name on port (declared as a container port if
+// declare).
+func responderPair(t *testing.T, ns, name string, port int, declare bool) string {
+	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
+	ports := ""
+	if declare {
+		ports = fmt.Sprintf("\n    ports: [{containerPort: %d}]", port)
+	}
+	pod := func(name, extra string) string {
+		return fmt.Sprintf("---\napiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: %s}\nspec:\n  containers:\n  - {name: c, ports: [{containerPort: 80}]}\n%s", name, ns, extra)
+	}
+	return fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n", ns) + pod("a", "") +
+		pod("b", fmt.Sprintf("  - name: cmd\n    command: [%q, lab, responder, --pod, %s, --port, \"%d\"]%s\n", self, name, port, ports))
+}
+
+func TestProbeRejectsImpostor(t *testing.T) {
+	needTool(t, "nft")
 	// Pod b's responder serves port 80, but a rule in b's namespace
 	// sends port 80 to an impostor (a responder under another name, run
 	// as a command on port 8080): probes of b's responder are answered by
 	// someone else.
-	yaml := fmt.Sprintf(`
-apiVersion: v1
-kind: Namespace
-metadata: {name: p}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: p}
-spec:
-  containers: [{name: c, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: p}
-spec:
-  containers:
-  - {name: c, ports: [{containerPort: 80}]}
-  - name: impostor
-    command: [%q, lab, responder, --pod, p/someone-else, --port, "8080"]
-`, self)
+	yaml := responderPair(t, "p", "p/someone-else", 8080, false)
 	l := up(t, yaml, Options{NoAgent: true})
 	ctx := context.Background()
 	if res, err := l.Probe(ctx, ProbeSpec{From: "p/b", To: "p/a", Port: 80}); err != nil || !res.Allowed || res.ConnectOnly {
@@ -384,31 +382,7 @@ spec:
 // probe checks only that a TCP connection opens or that a UDP datagram is
 // answered, and says so.
 func TestProbeCommandPorts(t *testing.T) {
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	yaml := fmt.Sprintf(`
-apiVersion: v1
-kind: Namespace
-metadata: {name: q}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: a, namespace: q}
-spec:
-  containers: [{name: c, ports: [{containerPort: 80}]}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: b, namespace: q}
-spec:
-  containers:
-  - {name: web, ports: [{containerPort: 80}]}
-  - name: app
-    command: [%q, lab, responder, --pod, app-of-b, --port, "5000"]
-    ports: [{containerPort: 5000}]
-`, self)
+	yaml := responderPair(t, "q", "app-of-b", 5000, true)
 	l := up(t, yaml, Options{NoAgent: true})
 	p, err := l.Pod("q/b")
 	if err != nil {
