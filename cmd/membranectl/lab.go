@@ -307,7 +307,9 @@ answer from someone other than TO's responder.
 On a port that TO's responder does not serve (a pod's command listens there,
 or nothing does) the probe cannot expect the responder's answer: TCP is
 allowed once the connection opens (the probe sends nothing), UDP once any
-datagram comes back. --verbose then logs connectOnly=true.
+datagram comes back. --verbose then logs connectOnly=true. Where L7 policy
+applies, the node proxy accepts the connection itself: test requests with a
+real client (lab exec FROM -- curl …).
 
 FROM and TO are each one of:
   NAMESPACE/NAME   a pod
