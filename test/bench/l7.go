@@ -203,6 +203,31 @@ func procStat(pid int) (cpu time.Duration, rss int64, err error) {
 	return cpu, rss, err
 }
 
+// machineBusy returns the CPU time all CPUs have spent working so far
+// (user, nice, system, irq and softirq in /proc/stat; not idle, iowait or
+// time the hypervisor took).
+func machineBusy() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var ticks int64
+	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system irq softirq
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		ticks += v
+	}
+	const hz = 100 // USER_HZ
+	return time.Duration(ticks) * time.Second / hz, nil
+}
+
 // procStatAnon is procStat with the anonymous part of the resident set
 // (heap, stacks: what is not pages of files).
 func procStatAnon(pid int) (cpu time.Duration, rss, anon int64, err error) {
