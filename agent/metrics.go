@@ -78,6 +78,7 @@ type agentCollector struct {
 	forwarded, forwardedBytes  *prometheus.Desc
 	flowsTotal, lost           *prometheus.Desc
 	ctCreated, ctRevalidated   *prometheus.Desc
+	ctEvicted, ctInsertFailed  *prometheus.Desc
 	mapEntries, mapCapacity    *prometheus.Desc
 	mapRefused                 *prometheus.Desc
 	identities, endpoints, pol *prometheus.Desc
@@ -95,6 +96,8 @@ func newAgentCollector(dp datapathSource, state func() agentGauges, flows *flowO
 		lost:           d("membrane_lost_events_total", "Events lost on the way to observers: source=datapath, the datapath's ring buffer was full (since the maps were created); source=follower, flows skipped for a follower that fell behind.", []string{"source"}, nil),
 		ctCreated:      d("membrane_conntrack_created_total", "Connections the datapath started tracking.", nil, nil),
 		ctRevalidated:  d("membrane_conntrack_revalidated_total", "Established connections checked again after a policy change.", nil, nil),
+		ctEvicted:      d("membrane_conntrack_evicted_total", "Tracked connections whose conntrack slot a new connection took (both its buckets full): raise --map-size-conntrack if this grows.", nil, nil),
+		ctInsertFailed: d("membrane_conntrack_insert_failed_total", "New connections conntrack could not record (every slot of their buckets being written at once).", nil, nil),
 		mapEntries:     d("membrane_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
 		mapCapacity:    d("membrane_map_capacity", "Capacity (max entries) of a BPF map.", []string{"map"}, nil),
 		mapRefused:     d("membrane_map_updates_refused_total", "Map updates refused because the map was full (the endpoint fails closed).", []string{"map"}, nil),
@@ -106,7 +109,7 @@ func newAgentCollector(dp datapathSource, state func() agentGauges, flows *flowO
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.drops, c.dropBytes, c.forwarded, c.forwardedBytes, c.flowsTotal, c.lost,
-		c.ctCreated, c.ctRevalidated, c.mapEntries, c.mapCapacity, c.mapRefused, c.identities, c.endpoints, c.pol} {
+		c.ctCreated, c.ctRevalidated, c.ctEvicted, c.ctInsertFailed, c.mapEntries, c.mapCapacity, c.mapRefused, c.identities, c.endpoints, c.pol} {
 		ch <- d
 	}
 }
@@ -139,6 +142,8 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(c.lost, st.LostEvents, api.LostDatapath)
 		counter(c.ctCreated, st.CTCreated)
 		counter(c.ctRevalidated, st.CTRevalidated)
+		counter(c.ctEvicted, st.CTEvicted)
+		counter(c.ctInsertFailed, st.CTInsertFailed)
 	}
 	if c.flows != nil {
 		counter(c.lost, c.flows.lostFollowers.Load(), api.LostFollower)

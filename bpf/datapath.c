@@ -41,6 +41,7 @@
 #include "parse.h"
 #include "policy.h"
 #include "events.h"
+#include "ct.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -303,9 +304,11 @@ static __always_inline int track_proxy_upstream(struct __sk_buff *skb, const str
 	 * proxy_ct. */
 	struct ct_key key;
 	ct_canonical(&key, &p.t);
-	struct ct_entry *old = bpf_map_lookup_elem(&ct, &key);
+	__u64 h = ct_hash(&key);
+	int slot = ct_find(&key, h);
+	struct ct_entry *old = ct_slot_entry(slot);
 	if (old && !(old->flags & CT_F_REDIRECT))
-		bpf_map_delete_elem(&ct, &key);
+		ct_slot_delete(slot, h);
 	return TCX_NEXT;
 }
 
@@ -373,7 +376,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	__u8 swapped = ct_canonical(&key, ck);
 	__u8 reply = 0;
 
-	struct ct_entry *e = bpf_map_lookup_elem(&ct, &key);
+	__u64 hash = ct_hash(&key);
+	struct ct_entry *e = ct_slot_entry(ct_find(&key, hash));
+	/* The slot of this key, kept when the entry is not taken (expired,
+	 * or its ends reused): a new connection on the same ends replaces it. */
+	struct ct_entry *slot = e;
 	if (e) {
 		reply = swapped != !!(e->flags & CT_F_SWAPPED);
 		if (reply && bare_syn)
@@ -559,10 +566,20 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		};
 		if (bare_syn)
 			ne.flags |= CT_F_SYN_ONLY;
-		bpf_map_update_elem(&ct, &key, &ne, BPF_ANY); /* key: of p.t, no ICMP error here */
+		/* key: of p.t, no ICMP error here */
+		int res = CT_INSERTED;
+		if (slot)
+			*slot = ne;
+		else
+			res = ct_insert(&key, hash, &ne);
 		struct stats *s = stats_get();
-		if (s)
+		if (s) {
 			s->ct_created++;
+			if (res == CT_EVICTED)
+				s->ct_evicted++;
+			else if (res == CT_INSERT_FAILED)
+				s->ct_insert_failed++;
+		}
 	}
 
 	if (cfg->flags & CFG_VERDICT_EVENTS) {

@@ -37,6 +37,16 @@ type DatapathCounter struct {
 	Bytes   uint64
 }
 
+type DatapathCtBucket struct {
+	_    structs.HostLayout
+	Meta [4]uint64
+	Slot [4]struct {
+		_     structs.HostLayout
+		Key   DatapathCtKey
+		Entry DatapathCtEntry
+	}
+}
+
 type DatapathCtEntry struct {
 	_           structs.HostLayout
 	LastSeen    uint64
@@ -141,11 +151,13 @@ type DatapathPolicyValue struct {
 }
 
 type DatapathStats struct {
-	_             structs.HostLayout
-	LostEvents    uint64
-	CtCreated     uint64
-	CtRevalidated uint64
-	FragTracked   uint64
+	_              structs.HostLayout
+	LostEvents     uint64
+	CtCreated      uint64
+	CtRevalidated  uint64
+	FragTracked    uint64
+	CtEvicted      uint64
+	CtInsertFailed uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -168,6 +180,7 @@ const (
 	DatapathProgJiffiesProbe  = "jiffies_probe"
 	DatapathProgToContainer   = "to_container"
 	DatapathProgToNetdev      = "to_netdev"
+	DatapathVarCtBucketMask   = "ct_bucket_mask"
 	DatapathVarUnusedEvent    = "unused_event"
 )
 
@@ -241,7 +254,8 @@ type DatapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
-	UnusedEvent *ebpf.VariableSpec `ebpf:"unused_event"`
+	CtBucketMask *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
+	UnusedEvent  *ebpf.VariableSpec `ebpf:"unused_event"`
 }
 
 // DatapathObjects contains all objects after they have been loaded into the kernel.
@@ -297,7 +311,8 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
-	UnusedEvent *ebpf.Variable `ebpf:"unused_event"`
+	CtBucketMask *ebpf.Variable `ebpf:"ct_bucket_mask"`
+	UnusedEvent  *ebpf.Variable `ebpf:"unused_event"`
 }
 
 // DatapathPrograms contains all programs after they have been loaded into the kernel.

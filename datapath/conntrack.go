@@ -49,8 +49,7 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 		return nil, err
 	}
 	var out []Conn
-	errStop := errors.New("stop")
-	err = walkCT(d.objs.Ct, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
+	d.ct.walk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
 		src := netip.AddrPortFrom(fromAddr(k.Saddr), ntohs(k.Sport))
 		dst := netip.AddrPortFrom(fromAddr(k.Daddr), ntohs(k.Dport))
 		if v.Flags&CTSwapped != 0 {
@@ -68,13 +67,10 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 			RuleIngress: v.RuleIngress,
 		})
 		if max > 0 && len(out) >= max {
-			return errStop
+			return ctStop
 		}
-		return nil
+		return ctKeep
 	})
-	if err != nil && err != errStop {
-		return nil, fmt.Errorf("list conntrack: %w", err)
-	}
 	return out, nil
 }
 
@@ -86,85 +82,72 @@ type CTCollection struct {
 }
 
 // CTCollect deletes expired connections. The datapath already ignores
-// expired entries; collecting them keeps the LRU from evicting live ones
-// (which a full table does on every new connection, at a cost).
+// expired entries; collecting them keeps their slots free for new
+// connections, which would otherwise evict live ones from a full bucket.
 func (d *Datapath) CTCollect(c Config) (CTCollection, error) {
 	var res CTCollection
 	now, err := d.jiffies()
 	if err != nil {
 		return res, err
 	}
-	for _, m := range []struct {
-		name string
-		m    *ebpf.Map
-		// Entries an older datapath wrote (one per direction, keyed as
-		// the packet travelled) are rekeyed the way this one looks them
-		// up; proxy_ct keeps its keys as they are.
-		canonical bool
-	}{{"conntrack", d.objs.Ct, true}, {"proxy conntrack", d.objs.ProxyCt, false}} {
-		seen, expired, err := d.collect(m.m, c, now, m.canonical)
-		res.Expired += expired
-		res.Entries += seen
-		if f := float64(seen) / float64(m.m.MaxEntries()); f > res.Fill {
-			res.Fill = f
+	seen := 0
+	res.Expired = d.ct.walk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
+		seen++
+		if d.expired(c, now, k, v) {
+			return ctDelete
 		}
-		if err != nil {
-			return res, fmt.Errorf("collect %s: %w", m.name, err)
+		return ctKeep
+	})
+	res.Entries = seen
+	res.Fill = float64(seen) / float64(d.ct.capacity())
+
+	var expired []bpf.DatapathCtKey
+	seen = 0
+	err = walkCT(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
+		seen++
+		if d.expired(c, now, k, v) {
+			expired = append(expired, *k)
 		}
+		return nil
+	})
+	res.Entries += seen
+	if f := float64(seen) / float64(d.objs.ProxyCt.MaxEntries()); f > res.Fill {
+		res.Fill = f
+	}
+	if err != nil {
+		return res, fmt.Errorf("collect proxy conntrack: %w", err)
+	}
+	n, err := deleteKeys(d.objs.ProxyCt, expired)
+	res.Expired += n
+	if err != nil {
+		return res, fmt.Errorf("collect proxy conntrack: %w", err)
 	}
 	return res, nil
 }
 
-// collect returns how many entries it found and how many it deleted.
-func (d *Datapath) collect(m *ebpf.Map, c Config, now uint32, canonical bool) (int, int, error) {
-	var expired, rekey []bpf.DatapathCtKey
-	var rekeyed []bpf.DatapathCtEntry
-	seen := 0
-	err := walkCT(m, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
-		seen++
-		life := c.CTOther
-		if k.Proto == unix.IPPROTO_TCP {
-			switch {
-			case v.Flags&CTDenied != 0:
-				life = c.CTTCPEstablished
-			case v.Flags&CTClosing != 0:
-				life = c.CTTCPClosing
-			case v.Flags&CTSynOnly != 0:
-				life = c.CTTCPSyn
-			default:
-				life = c.CTTCPEstablished
-			}
-		}
+// expired reports whether a connection has been idle for longer than its
+// lifetime (and the second of slack the datapath gives it).
+func (d *Datapath) expired(c Config, now uint32, k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) bool {
+	life := c.CTOther
+	if k.Proto == unix.IPPROTO_TCP {
 		switch {
-		case d.idle(now, v.LastSeen) > life+time.Second:
-			expired = append(expired, *k)
-		case canonical && ctSwap(k):
-			rekey = append(rekey, *k)
-			rekeyed = append(rekeyed, *v)
-		}
-		return nil
-	})
-	if err != nil {
-		return seen, 0, err
-	}
-	for i := range rekey {
-		k := ctReverse(rekey[i])
-		v := rekeyed[i]
-		v.Flags |= CTSwapped
-		// An entry the datapath already made under the new key wins.
-		if err := m.Update(&k, &v, ebpf.UpdateNoExist); err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
-			return seen, 0, fmt.Errorf("rekey connection: %w", err)
+		case v.Flags&CTDenied != 0:
+			life = c.CTTCPEstablished
+		case v.Flags&CTClosing != 0:
+			life = c.CTTCPClosing
+		case v.Flags&CTSynOnly != 0:
+			life = c.CTTCPSyn
+		default:
+			life = c.CTTCPEstablished
 		}
 	}
-	if _, err := deleteKeys(m, rekey); err != nil {
-		return seen, 0, err
-	}
-	n, err := deleteKeys(m, expired)
-	return seen, n, err
+	return d.idle(now, v.LastSeen) > life+time.Second
 }
 
 // ctSwap reports whether k's ends are out of conntrack order: the
-// datapath's ct_canonical (bpf/include/parse.h) would reverse it. The
+// datapath's ct_canonical (bpf/include/parse.h) would reverse it. Older
+// builds keyed conntrack by the original tuple; ctCopy rekeys their
+// entries. The
 // order compares the address words as the kernel loads them, then the
 // ports as stored; any fixed order works as long as both agree.
 func ctSwap(k *bpf.DatapathCtKey) bool {
@@ -183,7 +166,8 @@ func ctReverse(k bpf.DatapathCtKey) bpf.DatapathCtKey {
 // ctBatch is how many conntrack entries one batched system call moves.
 const ctBatch = 4096
 
-// walkCT calls fn for every entry of a conntrack map, reading them in
+// walkCT calls fn for every entry of a kernel conntrack map (proxy_ct, an
+// older build's ct), reading them in
 // batches (a few system calls for a large table, where iterating costs two
 // per entry); where the kernel has no batch operations it iterates. An
 // error from fn stops the walk and is returned. Entries the datapath adds
@@ -249,25 +233,24 @@ func deleteKeys(m *ebpf.Map, keys []bpf.DatapathCtKey) (int, error) {
 	return n, nil
 }
 
-// CTFlush deletes every tracked connection (both conntrack maps) and
-// returns how many it removed. Established connections are then decided
-// afresh by policy on their next packet; benchmarks use it between runs.
+// CTFlush deletes every tracked connection (conntrack and proxy
+// conntrack) and returns how many it removed. Established connections are
+// then decided afresh by policy on their next packet; benchmarks use it
+// between runs.
 func (d *Datapath) CTFlush() (int, error) {
-	n := 0
-	for _, m := range []*ebpf.Map{d.objs.Ct, d.objs.ProxyCt} {
-		var keys []bpf.DatapathCtKey
-		err := walkCT(m, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
-			keys = append(keys, *k)
-			return nil
-		})
-		if err != nil {
-			return n, fmt.Errorf("flush conntrack: %w", err)
-		}
-		k2, err := deleteKeys(m, keys)
-		n += k2
-		if err != nil {
-			return n, fmt.Errorf("flush conntrack: %w", err)
-		}
+	n := d.ct.clear()
+	var keys []bpf.DatapathCtKey
+	err := walkCT(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
+		keys = append(keys, *k)
+		return nil
+	})
+	if err != nil {
+		return n, fmt.Errorf("flush proxy conntrack: %w", err)
+	}
+	k, err := deleteKeys(d.objs.ProxyCt, keys)
+	n += k
+	if err != nil {
+		return n, fmt.Errorf("flush proxy conntrack: %w", err)
 	}
 	return n, nil
 }

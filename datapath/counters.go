@@ -38,6 +38,11 @@ type Stats struct {
 	CTCreated     uint64
 	CTRevalidated uint64
 	FragTracked   uint64
+	// CTEvicted counts new connections that took the slot of a tracked
+	// one (both their buckets full); CTInsertFailed those not recorded
+	// at all (every slot of both buckets was being written).
+	CTEvicted      uint64
+	CTInsertFailed uint64
 }
 
 // Stats sums the global counters over CPUs.
@@ -52,6 +57,8 @@ func (d *Datapath) Stats() (Stats, error) {
 		s.CTCreated += c.CtCreated
 		s.CTRevalidated += c.CtRevalidated
 		s.FragTracked += c.FragTracked
+		s.CTEvicted += c.CtEvicted
+		s.CTInsertFailed += c.CtInsertFailed
 	}
 	return s, nil
 }

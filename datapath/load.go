@@ -27,8 +27,11 @@ type Sizes struct {
 	// Policy holds the policy entries of all local endpoints, twice over
 	// while an endpoint's policy is being replaced.
 	Policy uint32
-	// Conntrack is an LRU: when full the least recently used connection is
-	// forgotten and its next packet is decided by policy again.
+	// Conntrack is how many connections conntrack holds, rounded up to a
+	// power of two (at least 16). The table has twice as many slots, in
+	// buckets of four; each connection may sit in two buckets, and a new
+	// one finding both full takes the place of the least recently seen of
+	// the eight, whose next packet is then decided by policy again.
 	Conntrack uint32
 	// Fragments tracks first fragments (LRU).
 	Fragments uint32
@@ -94,6 +97,7 @@ type Options struct {
 // Datapath is a loaded set of programs and maps.
 type Datapath struct {
 	objs     bpf.DatapathObjects
+	ct       *ctTable // objs.Ct, memory-mapped
 	registry *ebpf.Map
 	pinDir   string
 	sizes    Sizes
@@ -131,8 +135,12 @@ func Load(opts Options) (*Datapath, error) {
 		bpf.DatapathMapProxyCt:     sizes.ProxyConntrack,
 		bpf.DatapathMapEvents:      sizes.EventsBytes,
 	}
+	set[bpf.DatapathMapCt] = ctTableBuckets(sizes.Conntrack)
 	for name, n := range set {
 		spec.Maps[name].MaxEntries = n
+	}
+	if err := spec.Variables["ct_bucket_mask"].Set(set[bpf.DatapathMapCt] - 1); err != nil {
+		return nil, fmt.Errorf("size the conntrack table: %w", err)
 	}
 
 	regSpec := &ebpf.MapSpec{
@@ -172,8 +180,14 @@ func Load(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load datapath programs: %w", err)
 	}
+	if d.ct, err = openCTTable(d.objs.Ct); err != nil {
+		d.objs.Close()
+		d.closeRetired()
+		return nil, err
+	}
 	d.registry, err = ebpf.NewMapWithOptions(regSpec, collOpts.Maps)
 	if err != nil {
+		d.ct.close()
 		d.objs.Close()
 		d.closeRetired()
 		return nil, fmt.Errorf("create registry map: %w", err)
@@ -268,6 +282,7 @@ func (d *Datapath) Close() error {
 	}
 	d.registry.Close()
 	d.closeRetired()
+	d.ct.close()
 	return d.objs.Close()
 }
 

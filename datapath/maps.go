@@ -309,6 +309,10 @@ func (d *Datapath) MapStats() []MapStat {
 	}
 	out := make([]MapStat, 0, len(maps))
 	for _, e := range maps {
+		if e.m == d.objs.Ct {
+			out = append(out, MapStat{Name: e.name, Entries: d.ct.len(), MaxEntries: d.ct.capacity()})
+			continue
+		}
 		out = append(out, MapStat{Name: e.name, Entries: count(e.m), MaxEntries: int(e.m.MaxEntries())})
 	}
 	return out

@@ -66,6 +66,9 @@ func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
 		m.Close()
 		return nil, fmt.Errorf("inspect pinned map %s: %w", path, err)
 	}
+	if ms.Name == bpf.DatapathMapCt && isOldConntrack(info) {
+		return m, nil // an older build's kernel LRU: converted into the table
+	}
 	if info.Type != ms.Type || info.KeySize != ms.KeySize || info.ValueSize != ms.ValueSize {
 		m.Close()
 		return nil, fmt.Errorf("pinned map %s (%v key %d value %d) differs in layout from this build's (%v key %d value %d): "+
@@ -128,7 +131,12 @@ func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 		if !migratable(j.ms.Name) {
 			continue
 		}
-		n, err := copyEntries(j.old, nm, false)
+		var n int
+		if j.ms.Name == bpf.DatapathMapCt {
+			n, err = copyConntrack(j.old, nm, false)
+		} else {
+			n, err = copyEntries(j.old, nm, false)
+		}
 		if err != nil {
 			return fail(fmt.Errorf("migrate pinned map %s to %d entries: copied %d: %w (it holds more than fit: raise its size setting)",
 				j.ms.Name, j.ms.MaxEntries, n, err))
@@ -178,6 +186,17 @@ func copyEntries(from, to *ebpf.Map, onlyMissing bool) (int, error) {
 	return n, it.Err()
 }
 
+// copyConntrack copies the connections of a conntrack map into to, a new
+// conntrack table.
+func copyConntrack(from, to *ebpf.Map, onlyMissing bool) (int, error) {
+	t, err := openCTTable(to)
+	if err != nil {
+		return 0, err
+	}
+	defer t.close()
+	return ctCopy(from, t, onlyMissing)
+}
+
 // Migrated names the pinned maps Load replaced because their capacity or
 // flags changed.
 func (d *Datapath) Migrated() []string {
@@ -196,7 +215,13 @@ func (d *Datapath) FinishMigration() (int, error) {
 	var errs []error
 	total := 0
 	for _, r := range d.retired {
-		if lateCopy(r.name) {
+		if r.name == bpf.DatapathMapCt {
+			n, err := ctCopy(r.old, d.ct, true)
+			total += n
+			if err != nil {
+				errs = append(errs, fmt.Errorf("finish migration of %s: %w", r.name, err))
+			}
+		} else if lateCopy(r.name) {
 			to := d.mapByName(r.name)
 			if to != nil {
 				n, err := copyEntries(r.old, to, true)
@@ -214,8 +239,6 @@ func (d *Datapath) FinishMigration() (int, error) {
 
 func (d *Datapath) mapByName(name string) *ebpf.Map {
 	switch name {
-	case bpf.DatapathMapCt:
-		return d.objs.Ct
 	case bpf.DatapathMapProxyCt:
 		return d.objs.ProxyCt
 	case bpf.DatapathMapFrags:

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/membrane-mesh/membrane/bpf"
 	"github.com/membrane-mesh/membrane/internal/packet"
 )
 
@@ -92,8 +93,8 @@ func TestMigrateResizedConntrack(t *testing.T) {
 	}) {
 		t.Fatalf("ipcache after migration lacks the prefix: %+v", ipc)
 	}
-	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != 4096 {
-		t.Fatalf("pinned ct holds %d entries, want 4096", info.MaxEntries)
+	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != ctTableBuckets(4096) {
+		t.Fatalf("pinned ct holds %d buckets, want %d", info.MaxEntries, ctTableBuckets(4096))
 	}
 	if _, err := os.Stat(filepath.Join(dir, "migrating-ct")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("temporary pin left behind: %v", err)
@@ -141,7 +142,7 @@ func TestMigrateRefusesWithoutTouchingPins(t *testing.T) {
 	if info := pinnedInfo(t, dir, "endpoints"); info.MaxEntries != 8 {
 		t.Fatalf("endpoints pin changed: max %d", info.MaxEntries)
 	}
-	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != 1024 {
+	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != ctTableBuckets(1024) {
 		t.Fatalf("ct pin changed although the load failed: max %d", info.MaxEntries)
 	}
 
@@ -161,7 +162,7 @@ func TestMigrateRefusesWithoutTouchingPins(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "frags") || !strings.Contains(err.Error(), "layout") {
 		t.Fatalf("pinned map of another layout: %v", err)
 	}
-	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != 1024 {
+	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != ctTableBuckets(1024) {
 		t.Fatalf("ct pin changed although the load failed: max %d", info.MaxEntries)
 	}
 
@@ -177,4 +178,79 @@ func TestMigrateRefusesWithoutTouchingPins(t *testing.T) {
 	if err != nil || len(eps) != 3 {
 		t.Fatalf("endpoints after refused migrations: %d, %v", len(eps), err)
 	}
+}
+
+// Conntrack pinned by an older build, a kernel LRU hash keyed by each
+// connection's original tuple, is converted into the table at load: its
+// connections are found in either direction.
+func TestMigrateConvertsOlderConntrack(t *testing.T) {
+	dir := pinDir(t)
+	d1, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, d: d1, cfg: DefaultConfig}
+	h.ipcache(addrA, 1001, selA)
+	h.ipcache(addrR, 1003, selR)
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
+	h.policy(k, v)
+	// R (10.1.0.5) opens a connection to A (10.0.0.1): its ends are out
+	// of order, so this build keys it reversed; an older one keyed it as
+	// it travelled.
+	h.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.SYN), retNext)
+	orig := bpf.DatapathCtKey{Saddr: toAddr(mustAddr(addrR)), Daddr: toAddr(mustAddr(addrA)), Sport: htons(40000), Dport: htons(80), Proto: packet.TCP}
+	if !ctSwap(&orig) {
+		t.Fatal("test key is already in conntrack order")
+	}
+	e, ok := d1.ct.lookup(&bpf.DatapathCtKey{Saddr: orig.Daddr, Daddr: orig.Saddr, Sport: orig.Dport, Dport: orig.Sport, Proto: orig.Proto})
+	if !ok || e.Flags&CTSwapped == 0 {
+		t.Fatalf("datapath entry: %+v, %v", e, ok)
+	}
+	e.Flags &^= CTSwapped
+
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: 40, ValueSize: 32, MaxEntries: 1024, Flags: unix.BPF_F_NO_COMMON_LRU})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Put(&orig, &e); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "ct")); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "ct")); err != nil {
+		t.Fatal(err)
+	}
+
+	d2, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatalf("load over an older build's conntrack: %v", err)
+	}
+	if got := d2.Migrated(); !slices.Contains(got, "ct") {
+		t.Fatalf("migrated %v, want ct", got)
+	}
+	if info := pinnedInfo(t, dir, "ct"); info.Type != ebpf.Array {
+		t.Fatalf("pinned ct is still %v", info.Type)
+	}
+	conns, err := d2.Conns(0)
+	if err != nil || len(conns) != 1 {
+		t.Fatalf("conns %+v, %v", conns, err)
+	}
+	if c := conns[0]; c.Src.String() != "10.1.0.5:40000" || c.Dst.String() != "10.0.0.1:80" || c.Flags&CTSwapped == 0 {
+		t.Fatalf("converted connection %s -> %s flags %#x", c.Src, c.Dst, c.Flags)
+	}
+	if _, err := d2.FinishMigration(); err != nil {
+		t.Fatal(err)
+	}
+	// From now on only conntrack lets the connection through (the
+	// revision stays, so nothing is re-checked).
+	if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
+		t.Fatal(err)
+	}
+	cur := &harness{t: t, d: d2, cfg: DefaultConfig}
+	cur.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
+	cur.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
+	cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
 }

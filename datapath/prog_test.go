@@ -665,7 +665,7 @@ func TestProxyUpstreamSharesRedirectedTuple(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := h.d.objs.Ct.Put(&k, &bpf.DatapathCtEntry{LastSeen: uint64(now), Rev: 1, Flags: CTEgress | CTRedirect, ProxyPort: 15001}); err != nil {
+	if _, err := h.d.ct.put(&k, &bpf.DatapathCtEntry{LastSeen: uint64(now), Rev: 1, Flags: CTEgress | CTRedirect, ProxyPort: 15001}, false); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := h.run(ToContainer, tcp(addrA, addrB, 40000, 80, packet.SYN).Frame(), MarkFromProxy); got != retNext {

@@ -150,6 +150,31 @@ struct ct_entry {
 	__u32 deny_rule;
 };
 
+/* The conntrack table (ct.h) is an array of buckets of CT_SLOTS slots.
+ * A slot's meta word says whether it is empty, being written or valid;
+ * a valid slot's meta also holds a tag of its key's hash, so a probe reads
+ * the bucket's meta words (its first 32 bytes) and compares a key only on
+ * a tag match. */
+#define CT_SLOTS 4
+#define CT_SLOT_BITS 2
+
+enum ct_slot_state {
+	CT_SLOT_EMPTY = 0,
+	CT_SLOT_VALID = 1,
+	CT_SLOT_BUSY = 2, /* claimed by a writer; readers skip it */
+};
+#define CT_SLOT_STATE_MASK 3
+
+struct ct_slot {
+	struct ct_key key;
+	struct ct_entry entry;
+};
+
+struct ct_bucket {
+	__u64 meta[CT_SLOTS]; /* tag << 32 | enum ct_slot_state */
+	struct ct_slot slot[CT_SLOTS];
+};
+
 /* Fragments: the first fragment's ports, for the ones that follow. */
 struct frag_key {
 	struct addr saddr;
@@ -267,6 +292,8 @@ struct stats {
 	__u64 ct_created;
 	__u64 ct_revalidated;
 	__u64 frag_tracked;
+	__u64 ct_evicted;       /* a live connection's slot taken by a new one */
+	__u64 ct_insert_failed; /* lost every race for a slot: not recorded */
 };
 
 /* skb->mark values. The mark is scrubbed when a packet crosses a network

@@ -5,5 +5,5 @@
 // generated files are committed, as in package bpf.
 package reference
 
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -go-package reference -type ct_bucket Reference conntrack.c -- -I../include
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -go-package reference Reference conntrack.c -- -I../include
 //go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -go-package reference Bypass bypass.c -- -I../include

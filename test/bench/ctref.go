@@ -8,6 +8,7 @@ import (
 
 	"github.com/membrane-mesh/membrane/bpf"
 	"github.com/membrane-mesh/membrane/bpf/reference"
+	"github.com/membrane-mesh/membrane/datapath"
 )
 
 // struct ct_key: two 16-byte addresses, then the source port.
@@ -17,13 +18,20 @@ const (
 )
 
 // ctReferences are the programs of bpf/reference/conntrack.c, run through a
-// flowRunner on the same connections as the real programs: the kernel LRU
-// hash the datapath's conntrack is (ct_lru, given the datapath map's type,
-// flags and size), which shows what the kernel map alone costs a new flow,
-// and a table of our own (ct_table), which shows how much of that is the
-// kernel map's own machinery.
+// flowRunner on the same connections as the real programs: a kernel LRU
+// hash shaped as the datapath's conntrack was (ct_lru), which shows what
+// the kernel map would cost a new flow, and the datapath's own conntrack
+// table (ct, the code of bpf/include/ct.h), which shows what it costs.
 type ctReferences struct {
-	objs reference.ReferenceObjects
+	objs struct {
+		CtLru         *ebpf.Map     `ebpf:"ct_lru"`
+		Ct            *ebpf.Map     `ebpf:"ct"`
+		CtLruInsert   *ebpf.Program `ebpf:"ct_lru_insert"`
+		CtLruLookup   *ebpf.Program `ebpf:"ct_lru_lookup"`
+		CtTableInsert *ebpf.Program `ebpf:"ct_table_insert"`
+		CtTableLookup *ebpf.Program `ebpf:"ct_table_lookup"`
+	}
+	table *datapath.CTTable
 }
 
 func newCTReferences(entries uint32) (*ctReferences, error) {
@@ -35,14 +43,25 @@ func newCTReferences(entries uint32) (*ctReferences, error) {
 	if err != nil {
 		return nil, err
 	}
-	ct, lru := dp.Maps[bpf.DatapathMapCt], spec.Maps[reference.ReferenceMapCtLru]
-	if lru.KeySize != ct.KeySize || lru.ValueSize != ct.ValueSize {
-		return nil, fmt.Errorf("the conntrack reference's key and value (%d, %d bytes) differ from the datapath's (%d, %d)", lru.KeySize, lru.ValueSize, ct.KeySize, ct.ValueSize)
+	table, lru := spec.Maps[reference.ReferenceMapCt], spec.Maps[reference.ReferenceMapCtLru]
+	if dt := dp.Maps[bpf.DatapathMapCt]; table.ValueSize != dt.ValueSize {
+		return nil, fmt.Errorf("the reference's conntrack table (%d-byte buckets) differs from the datapath's (%d)", table.ValueSize, dt.ValueSize)
 	}
-	lru.Type, lru.Flags, lru.MaxEntries = ct.Type, ct.Flags, entries
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	lru.MaxEntries = entries
+	table.MaxEntries = datapath.CTTableBuckets(entries)
+	if err := spec.Variables["ct_bucket_mask"].Set(table.MaxEntries - 1); err != nil {
+		return nil, err
+	}
 	r := &ctReferences{}
 	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
 		return nil, fmt.Errorf("load the conntrack references: %w", err)
+	}
+	if r.table, err = datapath.OpenCTTable(r.objs.Ct); err != nil {
+		r.close()
+		return nil, err
 	}
 	return r, nil
 }
@@ -72,48 +91,11 @@ func (r *ctReferences) flushLRU(first uint16, n int) error {
 	return nil
 }
 
-// tableBucketBits and tableBucket mirror CT_TABLE_BUCKET_BITS and
-// ct_table_hash in conntrack.c (the key read as little-endian 64-bit words,
-// as the program does on this little-endian machine).
-const tableBucketBits = 16
-
-func tableBucket(key *[ctKeySize]byte) uint32 {
-	var h uint64
-	for i := 0; i < ctKeySize/8; i++ {
-		h ^= binary.LittleEndian.Uint64(key[8*i:])
-		h *= 0x9E3779B97F4A7C15
-		h ^= h >> 29
-	}
-	return uint32(h >> (64 - tableBucketBits))
-}
-
-// flushTable checks that a run from source port first over n connections
-// filled n slots of ct_table, and empties the buckets it used.
-func (r *ctReferences) flushTable(first uint16, n int) error {
-	buckets := map[uint32]bool{}
-	for i := range n {
-		k := refKey(first, i)
-		buckets[tableBucket(&k)] = true
-	}
-	idx := make([]uint32, 0, len(buckets))
-	filled := 0
-	for b := range buckets {
-		var v reference.ReferenceCtBucket
-		if err := r.objs.CtTable.Lookup(b, &v); err != nil {
-			return fmt.Errorf("read the conntrack table reference: %w", err)
-		}
-		for _, s := range v.Slot {
-			if s.State != 0 {
-				filled++
-			}
-		}
-		idx = append(idx, b)
-	}
-	if filled != n {
-		return fmt.Errorf("conntrack table reference run filled %d slots, want %d", filled, n)
-	}
-	if _, err := r.objs.CtTable.BatchUpdate(idx, make([]reference.ReferenceCtBucket, len(idx)), nil); err != nil {
-		return fmt.Errorf("empty the conntrack table reference: %w", err)
+// flushTable checks that a run over n connections recorded n in the
+// table, and empties it as the datapath's conntrack is emptied.
+func (r *ctReferences) flushTable(_ uint16, n int) error {
+	if got := r.table.Flush(); got != n {
+		return fmt.Errorf("conntrack table reference run recorded %d connections, want %d", got, n)
 	}
 	return nil
 }
@@ -155,4 +137,18 @@ func (r *ctReferences) lruShape() string {
 	return fmt.Sprintf("%s, %d entries, %d-byte key, %d-byte value", m.Type(), m.MaxEntries(), m.KeySize(), m.ValueSize())
 }
 
-func (r *ctReferences) close() { r.objs.Close() }
+func (r *ctReferences) close() {
+	if r.table != nil {
+		r.table.Close()
+	}
+	for _, m := range []*ebpf.Map{r.objs.CtLru, r.objs.Ct} {
+		if m != nil {
+			m.Close()
+		}
+	}
+	for _, p := range []*ebpf.Program{r.objs.CtLruInsert, r.objs.CtLruLookup, r.objs.CtTableInsert, r.objs.CtTableLookup} {
+		if p != nil {
+			p.Close()
+		}
+	}
+}

@@ -233,7 +233,8 @@ func TestAgentRestartResizesMaps(t *testing.T) {
 		st, err := l.Agent("node1").Status(ctx)
 		return err == nil && st.Healthy && st.AppliedRevision > 0
 	})
-	for name, want := range map[string]uint32{"ct": 65536, "endpoints": 2048} {
+	// ct counts buckets of four slots, two slots per connection.
+	for name, want := range map[string]uint32{"ct": 65536 * 2 / 4, "endpoints": 2048} {
 		m, err := ebpf.LoadPinnedMap(filepath.Join(l.PinDir("node1"), name), nil)
 		if err != nil {
 			t.Fatal(err)

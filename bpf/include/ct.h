@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * ct.h — the conntrack table.
+ *
+ * Conntrack is a hash table of our own rather than a kernel LRU hash: the
+ * kernel map's helper calls, bucket lock, LRU lists and free-list
+ * bookkeeping were the largest part of a new flow's cost (see
+ * docs/ARCHITECTURE.md). The table is a BPF array of buckets (struct
+ * ct_bucket, CT_SLOTS slots each); the program hashes a key itself and
+ * reads its buckets, which the JIT reaches without a helper call.
+ *
+ * Every key has two buckets (two-choice hashing): a new connection takes
+ * an empty slot of the emptier one, else the slot of the least recently
+ * seen connection of the two (evicted, counted in stats). Placing in the
+ * emptier bucket keeps the buckets evenly filled: the first pair of
+ * buckets fills when some 46% of all slots are taken. The agent therefore
+ * sizes the table at two slots per connection (--map-size-conntrack):
+ * holding as many connections as configured, a table has evicted a
+ * handful per 100,000 (simulated with the Go twin); at 1.5 times as many,
+ * about 1% of new connections replace the least recently seen of eight,
+ * often an expired one the collector has not removed yet. The kernel LRU
+ * hash with per-CPU lists that conntrack was also evicted before it was
+ * full: when one CPU's share ran out.
+ *
+ * Buckets of four, not eight: with eight (one cache line of meta words),
+ * a new flow measured some 120 ns slower in `make bench`, for reasons not
+ * pinned down; the table's size in memory is the same either way.
+ *
+ * Concurrency: a writer claims an empty slot by a compare-and-swap of its
+ * meta word (EMPTY -> BUSY), writes key and entry, and publishes the slot
+ * with an exchange (BUSY -> tag | VALID); an eviction claims a valid slot
+ * the same way. Readers match meta and key and then use the entry in place,
+ * as they would a kernel map's value; an entry's fields are updated in
+ * place without locks, as before. The agent reads the table through a
+ * memory-mapped view and deletes with the same compare-and-swap
+ * (datapath/ctable.go), so the hash and the layout here have a Go twin.
+ *
+ * Two CPUs that see the first packets of one connection at the same moment
+ * may both insert it; the second copy is never found while the first
+ * exists and expires unused.
+ */
+#ifndef MEMBRANE_CT_H
+#define MEMBRANE_CT_H
+
+#include "membrane.h"
+#include "maps.h"
+
+/* Buckets - 1 (a power of two minus one); the agent sets it at load to
+ * the size of the table the program is loaded with. */
+volatile const __u32 ct_bucket_mask = (1 << 16) - 1;
+
+/* Multiply-xorshift over the key's five 64-bit words. */
+static __always_inline __u64 ct_hash(const struct ct_key *k)
+{
+	const __u64 *w = (const __u64 *)k;
+	__u64 h = 0;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*k) / 8); i++) {
+		h ^= w[i];
+		h *= 0x9E3779B97F4A7C15ull;
+		h ^= h >> 29;
+	}
+	return h;
+}
+
+/* The buckets take bits 32.. and 0.. of the hash; the tag, 32 bits that
+ * do not pick the bucket in tables of up to 2^16 buckets (2^19
+ * connections). */
+static __always_inline __u32 ct_bucket1(__u64 h)
+{
+	return (__u32)(h >> 32) & ct_bucket_mask;
+}
+
+static __always_inline __u32 ct_bucket2(__u64 h)
+{
+	return (__u32)h & ct_bucket_mask;
+}
+
+/* The meta word of a valid slot holding a key of hash h. */
+static __always_inline __u64 ct_meta(__u64 h)
+{
+	__u64 tag = ((h >> 16) & 0xffff) | ((h >> 32) & 0xffff0000);
+	return tag << 32 | CT_SLOT_VALID;
+}
+
+static __always_inline int ct_key_equal(const struct ct_key *a, const struct ct_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[4] == y[4] && x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+/*
+ * A slot is named by a number, bucket << CT_SLOT_BITS | slot, and these two are
+ * global functions: the verifier checks each once, and their callers get
+ * an unknown number instead of one verifier state per slot (a pointer into
+ * a bucket at eight different constant offsets multiplied the states of
+ * everything after a lookup).
+ */
+_Static_assert(CT_SLOTS == 1 << CT_SLOT_BITS, "a slot number keeps the slot in CT_SLOT_BITS bits");
+
+/* The slot holding k (hash h), or -1. */
+__noinline int ct_find(const struct ct_key *k, __u64 h)
+{
+	if (!k)
+		return -1;
+	__u64 want = ct_meta(h);
+	__u32 idx[2] = { ct_bucket1(h), ct_bucket2(h) };
+#pragma unroll
+	for (int j = 0; j < 2; j++) {
+		struct ct_bucket *b = bpf_map_lookup_elem(&ct, &idx[j]);
+		if (!b)
+			return -1;
+#pragma unroll
+		for (int i = 0; i < CT_SLOTS; i++) {
+			if (b->meta[i] == want && ct_key_equal(&b->slot[i].key, k))
+				return (int)(idx[j] << CT_SLOT_BITS | i);
+		}
+	}
+	return -1;
+}
+
+enum { CT_INSERTED = 0, CT_EVICTED = 1, CT_INSERT_FAILED = -1 };
+
+/* The helpers of ct_insert are global functions too: inlined, the
+ * verifier carried what every slot test learnt into the next and walked
+ * each combination. */
+
+/* Empty slots of bucket bi. */
+__noinline int ct_free_slots(__u32 bi)
+{
+	struct ct_bucket *b = bpf_map_lookup_elem(&ct, &bi);
+	if (!b)
+		return 0;
+	int n = 0;
+#pragma unroll
+	for (int i = 0; i < CT_SLOTS; i++)
+		if (b->meta[i] == CT_SLOT_EMPTY)
+			n++;
+	return n;
+}
+
+/* Claims an empty slot of bucket bi for k (meta word meta), writes it and
+ * publishes it. Returns 0, or -1 when the bucket has no empty slot. */
+__noinline int ct_claim(__u32 bi, const struct ct_key *k, const struct ct_entry *ne, __u64 meta)
+{
+	struct ct_bucket *b = bpf_map_lookup_elem(&ct, &bi);
+	if (!b || !k || !ne)
+		return -1;
+#pragma unroll
+	for (int i = 0; i < CT_SLOTS; i++) {
+		if (b->meta[i] == CT_SLOT_EMPTY &&
+		    __sync_val_compare_and_swap(&b->meta[i], CT_SLOT_EMPTY, CT_SLOT_BUSY) == CT_SLOT_EMPTY) {
+			b->slot[i].key = *k;
+			b->slot[i].entry = *ne;
+			__sync_lock_test_and_set(&b->meta[i], meta);
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* Replaces the least recently seen connection of buckets i1 and i2 with
+ * k. Returns 0, or -1 when another writer got there first. */
+__noinline int ct_evict(__u32 i1, __u32 i2, const struct ct_key *k, const struct ct_entry *ne,
+			__u64 meta)
+{
+	struct ct_bucket *b1 = bpf_map_lookup_elem(&ct, &i1);
+	struct ct_bucket *b2 = bpf_map_lookup_elem(&ct, &i2);
+	if (!b1 || !b2 || !k || !ne)
+		return -1;
+	__u32 victim = 0;
+	__u64 oldest = ~0ull;
+#pragma unroll
+	for (int i = 0; i < CT_SLOTS; i++) {
+		if ((b1->meta[i] & CT_SLOT_STATE_MASK) == CT_SLOT_VALID &&
+		    b1->slot[i].entry.last_seen < oldest) {
+			oldest = b1->slot[i].entry.last_seen;
+			victim = i;
+		}
+		if ((b2->meta[i] & CT_SLOT_STATE_MASK) == CT_SLOT_VALID &&
+		    b2->slot[i].entry.last_seen < oldest) {
+			oldest = b2->slot[i].entry.last_seen;
+			victim = CT_SLOTS | i;
+		}
+	}
+	if (oldest == ~0ull)
+		return -1; /* every slot is being written */
+	struct ct_bucket *b = victim & CT_SLOTS ? b2 : b1;
+	__u32 i = victim & (CT_SLOTS - 1);
+	__u64 m = b->meta[i];
+	if ((m & CT_SLOT_STATE_MASK) != CT_SLOT_VALID ||
+	    __sync_val_compare_and_swap(&b->meta[i], m, CT_SLOT_BUSY) != m)
+		return -1;
+	b->slot[i].key = *k;
+	b->slot[i].entry = *ne;
+	__sync_lock_test_and_set(&b->meta[i], meta);
+	return 0;
+}
+
+/* Records connection k (hash h) with entry ne: in the emptier of its two
+ * buckets, which keeps them evenly filled, else in place of the least
+ * recently seen connection of the two buckets. */
+static __always_inline int ct_insert(const struct ct_key *k, __u64 h, const struct ct_entry *ne)
+{
+	__u64 meta = ct_meta(h);
+	__u32 first = ct_bucket1(h), second = ct_bucket2(h);
+	if (ct_free_slots(second) > ct_free_slots(first)) {
+		__u32 t = first;
+		first = second;
+		second = t;
+	}
+	if (ct_claim(first, k, ne, meta) == 0 || ct_claim(second, k, ne, meta) == 0)
+		return CT_INSERTED;
+	return ct_evict(first, second, k, ne, meta) == 0 ? CT_EVICTED : CT_INSERT_FAILED;
+}
+
+static __always_inline struct ct_bucket *ct_slot_bucket(int s)
+{
+	if (s < 0)
+		return NULL;
+	__u32 bi = (__u32)s >> CT_SLOT_BITS;
+	return bpf_map_lookup_elem(&ct, &bi);
+}
+
+/* The entry in slot s (from ct_find), or NULL. */
+static __always_inline struct ct_entry *ct_slot_entry(int s)
+{
+	struct ct_bucket *b = ct_slot_bucket(s);
+	return b ? &b->slot[s & (CT_SLOTS - 1)].entry : NULL;
+}
+
+/* Empties slot s if it still holds a key of hash h. */
+static __always_inline void ct_slot_delete(int s, __u64 h)
+{
+	struct ct_bucket *b = ct_slot_bucket(s);
+	if (b)
+		__sync_val_compare_and_swap(&b->meta[s & (CT_SLOTS - 1)], ct_meta(h), CT_SLOT_EMPTY);
+}
+
+#endif /* MEMBRANE_CT_H */

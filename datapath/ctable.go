@@ -1,0 +1,339 @@
+package datapath
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-mesh/membrane/bpf"
+)
+
+// The conntrack table's Go twin (bpf/include/ct.h): the layout, the hash,
+// the buckets a key may sit in and the meta word of a valid slot must be
+// the program's, and every change of a slot's state goes through the same
+// compare-and-swap on its meta word.
+const (
+	ctSlots      = 4 // CT_SLOTS
+	ctSlotEmpty  = 0
+	ctSlotValid  = 1
+	ctSlotBusy   = 2
+	ctStateMask  = 3
+	ctMinEntries = 2 * ctSlots // two buckets
+)
+
+type ctBucket = bpf.DatapathCtBucket
+
+// ctTableBuckets is the number of buckets of a table for entries
+// connections: a power of two, with twice as many slots as connections.
+// Filled to half its slots, a table of two-choice buckets of four has
+// (nearly) never had to evict; beyond, evictions grow (see ct.h).
+func ctTableBuckets(entries uint32) uint32 {
+	entries = max(entries, ctMinEntries)
+	return 2 << bits.Len32(entries-1) / ctSlots
+}
+
+func ctHash(k *bpf.DatapathCtKey) uint64 {
+	b := unsafe.Slice((*byte)(unsafe.Pointer(k)), unsafe.Sizeof(*k))
+	var h uint64
+	for i := 0; i+8 <= len(b); i += 8 {
+		h ^= binary.NativeEndian.Uint64(b[i:])
+		h *= 0x9E3779B97F4A7C15
+		h ^= h >> 29
+	}
+	return h
+}
+
+func ctMeta(h uint64) uint64 {
+	tag := (h>>16)&0xffff | (h>>32)&0xffff0000
+	return tag<<32 | ctSlotValid
+}
+
+// ctTable is the conntrack map seen through a memory-mapped view. Its
+// readers and writers run concurrently with the datapath's.
+type ctTable struct {
+	m       *ebpf.Map
+	mem     []byte
+	buckets []ctBucket
+	mask    uint32
+}
+
+// openCTTable maps m, which must be a conntrack table of this build's
+// layout.
+func openCTTable(m *ebpf.Map) (*ctTable, error) {
+	n := m.MaxEntries()
+	if m.Type() != ebpf.Array || m.ValueSize() != uint32(unsafe.Sizeof(ctBucket{})) || n == 0 || n&(n-1) != 0 {
+		return nil, fmt.Errorf("conntrack map is %v with %d values of %d bytes, not a table of %d-byte buckets",
+			m.Type(), n, m.ValueSize(), unsafe.Sizeof(ctBucket{}))
+	}
+	size := int(n) * int(m.ValueSize())
+	page := os.Getpagesize()
+	mem, err := unix.Mmap(m.FD(), 0, (size+page-1)/page*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map the conntrack table: %w", err)
+	}
+	return &ctTable{
+		m:       m,
+		mem:     mem,
+		buckets: unsafe.Slice((*ctBucket)(unsafe.Pointer(&mem[0])), n),
+		mask:    n - 1,
+	}, nil
+}
+
+func (t *ctTable) close() {
+	if t != nil && t.mem != nil {
+		unix.Munmap(t.mem)
+		t.mem, t.buckets = nil, nil
+	}
+}
+
+// capacity is how many connections the table holds.
+func (t *ctTable) capacity() int { return len(t.buckets) * ctSlots }
+
+func (t *ctTable) pair(h uint64) [2]*ctBucket {
+	return [2]*ctBucket{&t.buckets[uint32(h>>32)&t.mask], &t.buckets[uint32(h)&t.mask]}
+}
+
+// read copies the slot's key and entry if it holds a connection
+// throughout the copy.
+func (t *ctTable) read(b *ctBucket, i int) (meta uint64, k bpf.DatapathCtKey, e bpf.DatapathCtEntry, ok bool) {
+	meta = atomic.LoadUint64(&b.Meta[i])
+	if meta&ctStateMask != ctSlotValid {
+		return 0, k, e, false
+	}
+	k, e = b.Slot[i].Key, b.Slot[i].Entry
+	return meta, k, e, atomic.LoadUint64(&b.Meta[i]) == meta
+}
+
+// find returns the bucket and slot holding k.
+func (t *ctTable) find(k *bpf.DatapathCtKey) (*ctBucket, int, uint64) {
+	h := ctHash(k)
+	want := ctMeta(h)
+	for _, b := range t.pair(h) {
+		for i := range ctSlots {
+			if atomic.LoadUint64(&b.Meta[i]) == want && b.Slot[i].Key == *k {
+				return b, i, want
+			}
+		}
+	}
+	return nil, 0, want
+}
+
+func (t *ctTable) lookup(k *bpf.DatapathCtKey) (bpf.DatapathCtEntry, bool) {
+	if b, i, _ := t.find(k); b != nil {
+		return b.Slot[i].Entry, true
+	}
+	return bpf.DatapathCtEntry{}, false
+}
+
+var errCTExists = errors.New("connection already tracked")
+
+// put records k with entry e as the datapath does: in an empty slot of its
+// buckets, else in place of the least recently seen connection (evicted
+// reports that). With onlyMissing a key already present is left as it is
+// (errCTExists); otherwise its entry is replaced.
+func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing bool) (evicted bool, err error) {
+	if b, i, _ := t.find(k); b != nil {
+		if onlyMissing {
+			return false, errCTExists
+		}
+		b.Slot[i].Entry = *e
+		return false, nil
+	}
+	h := ctHash(k)
+	meta := ctMeta(h)
+	pair := t.pair(h)
+	write := func(b *ctBucket, i int) {
+		b.Slot[i].Key, b.Slot[i].Entry = *k, *e
+		atomic.StoreUint64(&b.Meta[i], meta)
+	}
+	free := func(b *ctBucket) int {
+		n := 0
+		for i := range ctSlots {
+			if atomic.LoadUint64(&b.Meta[i]) == ctSlotEmpty {
+				n++
+			}
+		}
+		return n
+	}
+	if free(pair[1]) > free(pair[0]) { // the emptier bucket first
+		pair[0], pair[1] = pair[1], pair[0]
+	}
+	for _, b := range pair {
+		for i := range ctSlots {
+			if atomic.CompareAndSwapUint64(&b.Meta[i], ctSlotEmpty, ctSlotBusy) {
+				write(b, i)
+				return false, nil
+			}
+		}
+	}
+	for range 3 { // the datapath may take the victim first
+		var vb *ctBucket
+		var vi int
+		var vmeta uint64
+		oldest := ^uint64(0)
+		for _, b := range pair {
+			for i := range ctSlots {
+				m := atomic.LoadUint64(&b.Meta[i])
+				if m&ctStateMask == ctSlotValid && b.Slot[i].Entry.LastSeen < oldest {
+					vb, vi, vmeta, oldest = b, i, m, b.Slot[i].Entry.LastSeen
+				}
+			}
+		}
+		if vb != nil && atomic.CompareAndSwapUint64(&vb.Meta[vi], vmeta, ctSlotBusy) {
+			write(vb, vi)
+			return true, nil
+		}
+	}
+	return false, fmt.Errorf("no slot for the connection: its buckets are being written")
+}
+
+// remove empties the slot holding k; it reports whether k was there.
+func (t *ctTable) remove(k *bpf.DatapathCtKey) bool {
+	b, i, meta := t.find(k)
+	return b != nil && atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty)
+}
+
+// ctVisit is what walk's callback does with a connection.
+type ctVisit int
+
+const (
+	ctKeep ctVisit = iota
+	ctDelete
+	ctStop
+)
+
+// walk calls fn for every connection in the table; fn may delete it (the
+// slot is emptied only if it still holds the connection fn saw) or stop
+// the walk. It returns how many it deleted.
+func (t *ctTable) walk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit) int {
+	deleted := 0
+	for bi := range t.buckets {
+		b := &t.buckets[bi]
+		for i := range ctSlots {
+			meta, k, e, ok := t.read(b, i)
+			if !ok {
+				continue
+			}
+			switch fn(&k, &e) {
+			case ctDelete:
+				if atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty) {
+					deleted++
+				}
+			case ctStop:
+				return deleted
+			}
+		}
+	}
+	return deleted
+}
+
+// clear empties every slot and returns how many held a connection. It
+// reads only the meta words, not the connections.
+func (t *ctTable) clear() int {
+	n := 0
+	for bi := range t.buckets {
+		b := &t.buckets[bi]
+		for i := range ctSlots {
+			m := atomic.LoadUint64(&b.Meta[i])
+			if m&ctStateMask == ctSlotValid && atomic.CompareAndSwapUint64(&b.Meta[i], m, ctSlotEmpty) {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// len counts the connections in the table.
+func (t *ctTable) len() int {
+	n := 0
+	t.walk(func(*bpf.DatapathCtKey, *bpf.DatapathCtEntry) ctVisit { n++; return ctKeep })
+	return n
+}
+
+// ctCopy copies the connections of from, a conntrack map of this build
+// (a table) or of an older one (a kernel LRU hash, possibly keyed by each
+// connection's original tuple), into to. With onlyMissing connections
+// to already has are left alone. It returns how many it wrote.
+func ctCopy(from *ebpf.Map, to *ctTable, onlyMissing bool) (int, error) {
+	n := 0
+	put := func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) error {
+		if _, err := to.put(k, e, onlyMissing); err != nil {
+			if errors.Is(err, errCTExists) {
+				return nil
+			}
+			return err
+		}
+		n++
+		return nil
+	}
+	if from.Type() == ebpf.Array {
+		src, err := openCTTable(from)
+		if err != nil {
+			return 0, err
+		}
+		defer src.close()
+		var perr error
+		src.walk(func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit {
+			if perr = put(k, e); perr != nil {
+				return ctStop
+			}
+			return ctKeep
+		})
+		return n, perr
+	}
+	err := walkCT(from, func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) error {
+		if ctSwap(k) {
+			// Keyed by its original tuple, ends out of order: this
+			// build keys it reversed.
+			rk := ctReverse(*k)
+			re := *e
+			re.Flags |= CTSwapped
+			return put(&rk, &re)
+		}
+		return put(k, e)
+	})
+	return n, err
+}
+
+// isOldConntrack reports whether a pinned conntrack map is the kernel LRU
+// hash of an older build, which ctCopy converts.
+func isOldConntrack(info *ebpf.MapInfo) bool {
+	return info.Type == ebpf.LRUHash &&
+		info.KeySize == uint32(unsafe.Sizeof(bpf.DatapathCtKey{})) &&
+		info.ValueSize == uint32(unsafe.Sizeof(bpf.DatapathCtEntry{}))
+}
+
+// CTTableBuckets is how many buckets a conntrack table holding entries
+// connections has (the map's max_entries; ct_bucket_mask is one less).
+func CTTableBuckets(entries uint32) uint32 { return ctTableBuckets(entries) }
+
+// CTTable is a conntrack table (bpf/include/ct.h) loaded outside a
+// Datapath, seen through a memory-mapped view: for the benchmark's
+// reference programs, which use the datapath's table code on a map of
+// their own.
+type CTTable struct{ t *ctTable }
+
+// OpenCTTable maps m, a conntrack table of this build's layout.
+func OpenCTTable(m *ebpf.Map) (*CTTable, error) {
+	t, err := openCTTable(m)
+	if err != nil {
+		return nil, err
+	}
+	return &CTTable{t}, nil
+}
+
+// Len counts the connections in the table.
+func (t *CTTable) Len() int { return t.t.len() }
+
+// Flush empties the table and returns how many connections it held.
+func (t *CTTable) Flush() int { return t.t.clear() }
+
+// Close unmaps the table.
+func (t *CTTable) Close() { t.t.close() }
