@@ -48,8 +48,13 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	ct, err := d.ctView()
+	if err != nil {
+		return nil, err
+	}
+	defer ct.close()
 	var out []Conn
-	d.ct.walk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
+	ct.walk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
 		src := netip.AddrPortFrom(fromAddr(k.Saddr), ntohs(k.Sport))
 		dst := netip.AddrPortFrom(fromAddr(k.Daddr), ntohs(k.Dport))
 		if v.Flags&CTSwapped != 0 {
@@ -90,8 +95,13 @@ func (d *Datapath) CTCollect(c Config) (CTCollection, error) {
 	if err != nil {
 		return res, err
 	}
+	ct, err := d.ctView()
+	if err != nil {
+		return res, err
+	}
+	defer ct.close()
 	seen := 0
-	res.Expired = d.ct.walk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
+	res.Expired = ct.walk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
 		seen++
 		if d.expired(c, now, k, v) {
 			return ctDelete
@@ -99,7 +109,7 @@ func (d *Datapath) CTCollect(c Config) (CTCollection, error) {
 		return ctKeep
 	})
 	res.Entries = seen
-	res.Fill = float64(seen) / float64(d.ct.capacity())
+	res.Fill = float64(seen) / float64(ct.connections())
 
 	var expired []bpf.DatapathCtKey
 	seen = 0
@@ -238,9 +248,14 @@ func deleteKeys(m *ebpf.Map, keys []bpf.DatapathCtKey) (int, error) {
 // then decided afresh by policy on their next packet; benchmarks use it
 // between runs.
 func (d *Datapath) CTFlush() (int, error) {
-	n := d.ct.clear()
+	ct, err := d.ctView()
+	if err != nil {
+		return 0, err
+	}
+	n := ct.clear()
+	ct.close()
 	var keys []bpf.DatapathCtKey
-	err := walkCT(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
+	err = walkCT(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
 		keys = append(keys, *k)
 		return nil
 	})
@@ -251,6 +266,31 @@ func (d *Datapath) CTFlush() (int, error) {
 	n += k
 	if err != nil {
 		return n, fmt.Errorf("flush proxy conntrack: %w", err)
+	}
+	return n, nil
+}
+
+// CTDelete forgets the given connections (as Conns lists them, or either
+// direction of one) and returns how many it found; their next packets are
+// decided by policy again. Unlike CTFlush it touches only their buckets.
+func (d *Datapath) CTDelete(conns []Conn) (int, error) {
+	ct, err := d.ctView()
+	if err != nil {
+		return 0, err
+	}
+	defer ct.close()
+	n := 0
+	for _, c := range conns {
+		k := bpf.DatapathCtKey{
+			Saddr: toAddr(c.Src.Addr()), Daddr: toAddr(c.Dst.Addr()),
+			Sport: htons(c.Src.Port()), Dport: htons(c.Dst.Port()), Proto: c.Proto,
+		}
+		if ctSwap(&k) {
+			k = ctReverse(k)
+		}
+		if ct.remove(&k) {
+			n++
+		}
 	}
 	return n, nil
 }

@@ -25,6 +25,17 @@ func ctKey(i int) bpf.DatapathCtKey {
 	return k
 }
 
+// ctView opens a view of d's conntrack table for the rest of the test.
+func ctView(t *testing.T, d *Datapath) *ctTable {
+	t.Helper()
+	ct, err := d.ctView()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ct.close)
+	return ct
+}
+
 func ctCount(t *testing.T, d *Datapath) int {
 	t.Helper()
 	conns, err := d.Conns(0)
@@ -42,7 +53,8 @@ func TestCTCollectDeletesExpiredOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	const n = 100000 // 38% of the default table: no bucket pair fills
+	const n = 100000 // 38% of the default capacity: no bucket pair fills
+	ct := ctView(t, h.d)
 	for i := 0; i < n; i++ {
 		e := bpf.DatapathCtEntry{LastSeen: uint64(now), Flags: CTEgress | CTReplySeen}
 		if i%3 == 0 { // idle for 100 s: past the closing lifetime
@@ -50,7 +62,7 @@ func TestCTCollectDeletesExpiredOnly(t *testing.T) {
 			e.Flags |= CTClosing
 		}
 		k := ctKey(i)
-		if evicted, err := h.d.ct.put(&k, &e, false); err != nil || evicted {
+		if evicted, err := ct.put(&k, &e, false); err != nil || evicted {
 			t.Fatalf("put %d: evicted %v, %v", i, evicted, err)
 		}
 	}
@@ -102,5 +114,40 @@ func TestCTDeleteSkipsVanishedKeys(t *testing.T) {
 	}
 	if n, err := h.d.CTFlush(); err != nil || n != 0 {
 		t.Fatalf("%d entries left, %v", n, err)
+	}
+}
+
+// CTDelete forgets exactly the connections it is given, named in either
+// direction.
+func TestCTDeleteGivenConnections(t *testing.T) {
+	h := newHarness(t)
+	ct := ctView(t, h.d)
+	for i := range 10 {
+		k := ctKey(i)
+		if _, err := ct.put(&k, &bpf.DatapathCtEntry{Flags: CTEgress}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	conn := func(i int, reversed bool) Conn {
+		k := ctKey(i)
+		src := netip.AddrPortFrom(fromAddr(k.Saddr), ntohs(k.Sport))
+		dst := netip.AddrPortFrom(fromAddr(k.Daddr), ntohs(k.Dport))
+		if reversed {
+			src, dst = dst, src
+		}
+		return Conn{Src: src, Dst: dst, Proto: k.Proto}
+	}
+	n, err := h.d.CTDelete([]Conn{conn(1, false), conn(4, true), conn(7, false), conn(1, false)})
+	if err != nil || n != 3 {
+		t.Fatalf("deleted %d, %v; want 3", n, err)
+	}
+	if c := ctCount(t, h.d); c != 7 {
+		t.Fatalf("%d connections left, want 7", c)
+	}
+	for _, i := range []int{1, 4, 7} {
+		k := ctKey(i)
+		if _, ok := ct.lookup(&k); ok {
+			t.Errorf("connection %d still tracked", i)
+		}
 	}
 }

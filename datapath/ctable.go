@@ -57,6 +57,11 @@ func ctMeta(h uint64) uint64 {
 
 // ctTable is the conntrack map seen through a memory-mapped view. Its
 // readers and writers run concurrently with the datapath's.
+//
+// A view is opened for one operation and closed after it: the kernel maps
+// every page of the table into the process at once, and a view kept open
+// would count the whole table (tens of MB, kernel memory either way) in
+// the agent's resident set.
 type ctTable struct {
 	m       *ebpf.Map
 	mem     []byte
@@ -86,6 +91,10 @@ func openCTTable(m *ebpf.Map) (*ctTable, error) {
 	}, nil
 }
 
+// ctView opens a view of the datapath's conntrack table; close it after
+// use.
+func (d *Datapath) ctView() (*ctTable, error) { return openCTTable(d.objs.Ct) }
+
 func (t *ctTable) close() {
 	if t != nil && t.mem != nil {
 		unix.Munmap(t.mem)
@@ -93,8 +102,9 @@ func (t *ctTable) close() {
 	}
 }
 
-// capacity is how many connections the table holds.
-func (t *ctTable) capacity() int { return len(t.buckets) * ctSlots }
+// connections is how many connections the table is sized for: two slots
+// each.
+func (t *ctTable) connections() int { return len(t.buckets) * ctSlots / 2 }
 
 func (t *ctTable) pair(h uint64) [2]*ctBucket {
 	return [2]*ctBucket{&t.buckets[uint32(h>>32)&t.mask], &t.buckets[uint32(h)&t.mask]}
@@ -334,6 +344,10 @@ func (t *CTTable) Len() int { return t.t.len() }
 
 // Flush empties the table and returns how many connections it held.
 func (t *CTTable) Flush() int { return t.t.clear() }
+
+// Delete forgets connection k (its ends in conntrack order); it reports
+// whether k was there.
+func (t *CTTable) Delete(k *bpf.DatapathCtKey) bool { return t.t.remove(k) }
 
 // Close unmaps the table.
 func (t *CTTable) Close() { t.t.close() }

@@ -97,7 +97,6 @@ type Options struct {
 // Datapath is a loaded set of programs and maps.
 type Datapath struct {
 	objs     bpf.DatapathObjects
-	ct       *ctTable // objs.Ct, memory-mapped
 	registry *ebpf.Map
 	pinDir   string
 	sizes    Sizes
@@ -180,14 +179,8 @@ func Load(opts Options) (*Datapath, error) {
 		}
 		return nil, fmt.Errorf("load datapath programs: %w", err)
 	}
-	if d.ct, err = openCTTable(d.objs.Ct); err != nil {
-		d.objs.Close()
-		d.closeRetired()
-		return nil, err
-	}
 	d.registry, err = ebpf.NewMapWithOptions(regSpec, collOpts.Maps)
 	if err != nil {
-		d.ct.close()
 		d.objs.Close()
 		d.closeRetired()
 		return nil, fmt.Errorf("create registry map: %w", err)
@@ -282,7 +275,6 @@ func (d *Datapath) Close() error {
 	}
 	d.registry.Close()
 	d.closeRetired()
-	d.ct.close()
 	return d.objs.Close()
 }
 

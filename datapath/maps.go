@@ -310,7 +310,12 @@ func (d *Datapath) MapStats() []MapStat {
 	out := make([]MapStat, 0, len(maps))
 	for _, e := range maps {
 		if e.m == d.objs.Ct {
-			out = append(out, MapStat{Name: e.name, Entries: d.ct.len(), MaxEntries: d.ct.capacity()})
+			st := MapStat{Name: e.name, MaxEntries: int(e.m.MaxEntries()) * ctSlots / 2}
+			if ct, err := d.ctView(); err == nil {
+				st.Entries, st.MaxEntries = ct.len(), ct.connections()
+				ct.close()
+			}
+			out = append(out, st)
 			continue
 		}
 		out = append(out, MapStat{Name: e.name, Entries: count(e.m), MaxEntries: int(e.m.MaxEntries())})

@@ -216,7 +216,7 @@ func (d *Datapath) FinishMigration() (int, error) {
 	total := 0
 	for _, r := range d.retired {
 		if r.name == bpf.DatapathMapCt {
-			n, err := ctCopy(r.old, d.ct, true)
+			n, err := copyConntrack(r.old, d.objs.Ct, true)
 			total += n
 			if err != nil {
 				errs = append(errs, fmt.Errorf("finish migration of %s: %w", r.name, err))

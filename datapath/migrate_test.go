@@ -203,7 +203,7 @@ func TestMigrateConvertsOlderConntrack(t *testing.T) {
 	if !ctSwap(&orig) {
 		t.Fatal("test key is already in conntrack order")
 	}
-	e, ok := d1.ct.lookup(&bpf.DatapathCtKey{Saddr: orig.Daddr, Daddr: orig.Saddr, Sport: orig.Dport, Dport: orig.Sport, Proto: orig.Proto})
+	e, ok := ctView(t, d1).lookup(&bpf.DatapathCtKey{Saddr: orig.Daddr, Daddr: orig.Saddr, Sport: orig.Dport, Dport: orig.Sport, Proto: orig.Proto})
 	if !ok || e.Flags&CTSwapped == 0 {
 		t.Fatalf("datapath entry: %+v, %v", e, ok)
 	}

@@ -665,7 +665,7 @@ func TestProxyUpstreamSharesRedirectedTuple(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.d.ct.put(&k, &bpf.DatapathCtEntry{LastSeen: uint64(now), Rev: 1, Flags: CTEgress | CTRedirect, ProxyPort: 15001}, false); err != nil {
+	if _, err := ctView(t, h.d).put(&k, &bpf.DatapathCtEntry{LastSeen: uint64(now), Rev: 1, Flags: CTEgress | CTRedirect, ProxyPort: 15001}, false); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := h.run(ToContainer, tcp(addrA, addrB, 40000, 80, packet.SYN).Frame(), MarkFromProxy); got != retNext {

@@ -91,10 +91,19 @@ func (r *ctReferences) flushLRU(first uint16, n int) error {
 	return nil
 }
 
-// flushTable checks that a run over n connections recorded n in the
-// table, and empties it as the datapath's conntrack is emptied.
-func (r *ctReferences) flushTable(_ uint16, n int) error {
-	if got := r.table.Flush(); got != n {
+// flushTable deletes the connections a run from source port first over n
+// connections recorded in the table, as flushLRU does in ct_lru (and the
+// datapath's runs in conntrack): only their buckets are touched.
+func (r *ctReferences) flushTable(first uint16, n int) error {
+	got := 0
+	for i := range n {
+		b := refKey(first, i)
+		k := bpf.DatapathCtKey{Sport: binary.NativeEndian.Uint16(b[sportInKey:])}
+		if r.table.Delete(&k) {
+			got++
+		}
+	}
+	if got != n {
 		return fmt.Errorf("conntrack table reference run recorded %d connections, want %d", got, n)
 	}
 	return nil
