@@ -110,15 +110,15 @@ func (t *ctTable) pair(h uint64) [2]*ctBucket {
 	return [2]*ctBucket{&t.buckets[uint32(h>>32)&t.mask], &t.buckets[uint32(h)&t.mask]}
 }
 
-// read copies the slot's key and entry if it holds a connection
-// throughout the copy.
-func (t *ctTable) read(b *ctBucket, i int) (meta uint64, k bpf.DatapathCtKey, e bpf.DatapathCtEntry, ok bool) {
+// read copies the slot's key and entry into k and e if it holds a
+// connection throughout the copy.
+func (t *ctTable) read(b *ctBucket, i int, k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) (meta uint64, ok bool) {
 	meta = atomic.LoadUint64(&b.Meta[i])
 	if meta&ctStateMask != ctSlotValid {
-		return 0, k, e, false
+		return 0, false
 	}
-	k, e = b.Slot[i].Key, b.Slot[i].Entry
-	return meta, k, e, atomic.LoadUint64(&b.Meta[i]) == meta
+	*k, *e = b.Slot[i].Key, b.Slot[i].Entry
+	return meta, atomic.LoadUint64(&b.Meta[i]) == meta
 }
 
 // find returns the bucket and slot holding k.
@@ -224,10 +224,14 @@ const (
 // the walk. It returns how many it deleted.
 func (t *ctTable) walk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit) int {
 	deleted := 0
+	// Declared once: fn's pointers make them escape to the heap, and a
+	// pair per slot was tens of MB of garbage per walk.
+	var k bpf.DatapathCtKey
+	var e bpf.DatapathCtEntry
 	for bi := range t.buckets {
 		b := &t.buckets[bi]
 		for i := range ctSlots {
-			meta, k, e, ok := t.read(b, i)
+			meta, ok := t.read(b, i, &k, &e)
 			if !ok {
 				continue
 			}
@@ -260,10 +264,16 @@ func (t *ctTable) clear() int {
 	return n
 }
 
-// len counts the connections in the table.
+// len counts the connections in the table (reading only meta words).
 func (t *ctTable) len() int {
 	n := 0
-	t.walk(func(*bpf.DatapathCtKey, *bpf.DatapathCtEntry) ctVisit { n++; return ctKeep })
+	for bi := range t.buckets {
+		for i := range ctSlots {
+			if atomic.LoadUint64(&t.buckets[bi].Meta[i])&ctStateMask == ctSlotValid {
+				n++
+			}
+		}
+	}
 	return n
 }
 

@@ -91,3 +91,41 @@ func TestRingReaderCloseUnblocksRead(t *testing.T) {
 		t.Fatalf("Read on a closed reader: %v", err)
 	}
 }
+
+// A reader opened after another was closed (an agent restart) starts
+// exactly after the last event the first one read.
+func TestRingReaderResumesAfterClose(t *testing.T) {
+	h := newHarness(t)
+	h.ipcache(addrR, 1003, selR)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	for port := uint16(5000); port < 5010; port++ {
+		h.expect(FromNetdev, tcp(addrR, addrB, port, 80, packet.SYN), retDrop)
+	}
+	read := func(r *EventReader) []uint16 {
+		var ports []uint16
+		for {
+			r.SetDeadline(time.Now().Add(100 * time.Millisecond))
+			e, err := r.Read()
+			if err != nil {
+				return ports
+			}
+			ports = append(ports, e.Src.Port())
+			if len(ports) == 4 && r == h.evs {
+				return ports
+			}
+		}
+	}
+	first := read(h.evs)
+	if len(first) != 4 || first[0] != 5000 {
+		t.Fatalf("first reader read %v", first)
+	}
+	h.evs.Close()
+	second, err := h.d.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if got := read(second); len(got) != 6 || got[0] != 5004 || got[5] != 5009 {
+		t.Fatalf("second reader read %v, want 5004..5009", got)
+	}
+}
