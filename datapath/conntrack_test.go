@@ -151,3 +151,71 @@ func TestCTDeleteGivenConnections(t *testing.T) {
 		}
 	}
 }
+
+// A table smaller than the connections it is offered: the datapath
+// evicts (and counts) rather than drops, keeps every slot in use, and
+// the newest connection is always tracked. The Go twin evicts the least
+// recently seen of a key's two buckets.
+func TestCTTableEvictsWhenFull(t *testing.T) {
+	h := newHarnessSized(t, Sizes{Conntrack: 16}) // 8 buckets, 32 slots
+	h.ipcache(addrA, 1001, selA)
+	h.ipcache(addrR, 1003, selR)
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
+	h.policy(k, v)
+
+	const conns = 200
+	for i := range conns {
+		sport := uint16(20000 + i)
+		h.expect(FromNetdev, tcp(addrR, addrA, sport, 80, packet.SYN), retNext)
+		// The newest connection is there: its reply passes although
+		// A's egress allows nothing.
+		h.expect(FromContainer, tcp(addrA, addrR, 80, sport, packet.SYN|packet.ACK), retNext)
+	}
+	st, err := h.d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := ctView(t, h.d)
+	if n := ct.len(); n != 32 {
+		t.Fatalf("%d connections tracked, want all 32 slots used", n)
+	}
+	if st.CTCreated != conns || st.CTInsertFailed != 0 || st.CTEvicted < conns-32 {
+		t.Fatalf("stats %+v: want %d created, at least %d evicted, none failed", st, conns, conns-32)
+	}
+
+	// The Go twin: fill a key's two buckets with connections seen at
+	// increasing times; a new one takes the slot of the oldest.
+	now, err := h.d.jiffies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct.clear()
+	key := ctKey(0)
+	pair := ct.pair(ctHash(&key))
+	var placed []bpf.DatapathCtKey
+	for i := 1; len(placed) < 2*ctSlots && i < 1<<16; i++ {
+		k := ctKey(i)
+		if p := ct.pair(ctHash(&k)); p != pair && p != [2]*ctBucket{pair[1], pair[0]} {
+			continue
+		}
+		if _, err := ct.put(&k, &bpf.DatapathCtEntry{LastSeen: uint64(now) + uint64(len(placed))}, false); err != nil {
+			t.Fatal(err)
+		}
+		placed = append(placed, k)
+	}
+	if len(placed) != 2*ctSlots {
+		t.Fatalf("found only %d keys with the same buckets", len(placed))
+	}
+	if evicted, err := ct.put(&key, &bpf.DatapathCtEntry{LastSeen: uint64(now) + 100}, false); err != nil || !evicted {
+		t.Fatalf("put into a full pair: evicted %v, %v", evicted, err)
+	}
+	if _, ok := ct.lookup(&placed[0]); ok {
+		t.Fatal("the least recently seen connection was not the one evicted")
+	}
+	for _, k := range placed[1:] {
+		if _, ok := ct.lookup(&k); !ok {
+			t.Fatal("a more recently seen connection was evicted")
+		}
+	}
+}
