@@ -90,6 +90,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	if st, err := a.dp.Stats(); err == nil {
 		s.LostEvents = st.LostEvents
+		s.ConntrackEvicted = st.CTEvicted
 	}
 	s.Flows = a.flows.status() // events.go
 	a.mu.Lock()

@@ -25,6 +25,10 @@ type Status struct {
 	// "reason/direction".
 	Drops      map[string]uint64 `json:"drops,omitempty"`
 	LostEvents uint64            `json:"lostEvents"`
+	// ConntrackEvicted counts tracked connections whose conntrack slot a
+	// new connection took (its two buckets full); their next packet is
+	// decided by policy again. Growing: raise --map-size-conntrack.
+	ConntrackEvicted uint64 `json:"conntrackEvicted"`
 	// Flows counts flows by verdict and the flows lost on the way to
 	// `membranectl observe` (datapath ring full, followers behind).
 	Flows *FlowStatus `json:"flows,omitempty"`

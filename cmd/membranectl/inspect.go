@@ -131,6 +131,9 @@ func printStatus(w io.Writer, s *api.Status) {
 		}
 	}
 	fmt.Fprintf(w, "  lost events: %d\n", s.LostEvents)
+	if s.ConntrackEvicted > 0 {
+		fmt.Fprintf(w, "  conntrack evictions: %d (connections forgotten to make room: raise --map-size-conntrack if this grows)\n", s.ConntrackEvicted)
+	}
 	if f := s.Flows; f != nil {
 		fmt.Fprintf(w, "  flows since start: %s; lost: %d in the datapath (ring buffer full), %d by followers that fell behind\n",
 			formatVerdictCounts(f.ByVerdict), f.LostDatapath, f.LostFollowers)
