@@ -25,7 +25,7 @@ const (
 	ctSlotValid  = 1
 	ctSlotBusy   = 2
 	ctStateMask  = 3
-	ctMinEntries = 2 * ctSlots // two buckets
+	ctMinEntries = 16 // the smallest table: 8 buckets
 )
 
 type ctBucket = bpf.DatapathCtBucket
