@@ -63,7 +63,6 @@ func ctMeta(h uint64) uint64 {
 // would count the whole table (tens of MB, kernel memory either way) in
 // the agent's resident set.
 type ctTable struct {
-	m       *ebpf.Map
 	mem     []byte
 	buckets []ctBucket
 	mask    uint32
@@ -84,7 +83,6 @@ func openCTTable(m *ebpf.Map) (*ctTable, error) {
 		return nil, fmt.Errorf("map the conntrack table: %w", err)
 	}
 	return &ctTable{
-		m:       m,
 		mem:     mem,
 		buckets: unsafe.Slice((*ctBucket)(unsafe.Pointer(&mem[0])), n),
 		mask:    n - 1,
@@ -121,9 +119,9 @@ func (t *ctTable) read(b *ctBucket, i int, k *bpf.DatapathCtKey, e *bpf.Datapath
 	return meta, atomic.LoadUint64(&b.Meta[i]) == meta
 }
 
-// find returns the bucket and slot holding k.
-func (t *ctTable) find(k *bpf.DatapathCtKey) (*ctBucket, int, uint64) {
-	h := ctHash(k)
+// find returns the bucket and slot holding k (hash h), and the meta word
+// of its slot.
+func (t *ctTable) find(k *bpf.DatapathCtKey, h uint64) (*ctBucket, int, uint64) {
 	want := ctMeta(h)
 	for _, b := range t.pair(h) {
 		for i := range ctSlots {
@@ -136,7 +134,7 @@ func (t *ctTable) find(k *bpf.DatapathCtKey) (*ctBucket, int, uint64) {
 }
 
 func (t *ctTable) lookup(k *bpf.DatapathCtKey) (bpf.DatapathCtEntry, bool) {
-	if b, i, _ := t.find(k); b != nil {
+	if b, i, _ := t.find(k, ctHash(k)); b != nil {
 		return b.Slot[i].Entry, true
 	}
 	return bpf.DatapathCtEntry{}, false
@@ -149,15 +147,15 @@ var errCTExists = errors.New("connection already tracked")
 // reports that). With onlyMissing a key already present is left as it is
 // (errCTExists); otherwise its entry is replaced.
 func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing bool) (evicted bool, err error) {
-	if b, i, _ := t.find(k); b != nil {
+	h := ctHash(k)
+	b, i, meta := t.find(k, h)
+	if b != nil {
 		if onlyMissing {
 			return false, errCTExists
 		}
 		b.Slot[i].Entry = *e
 		return false, nil
 	}
-	h := ctHash(k)
-	meta := ctMeta(h)
 	pair := t.pair(h)
 	write := func(b *ctBucket, i int) {
 		b.Slot[i].Key, b.Slot[i].Entry = *k, *e
@@ -206,7 +204,7 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 
 // remove empties the slot holding k; it reports whether k was there.
 func (t *ctTable) remove(k *bpf.DatapathCtKey) bool {
-	b, i, meta := t.find(k)
+	b, i, meta := t.find(k, ctHash(k))
 	return b != nil && atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty)
 }
 
@@ -348,12 +346,6 @@ func OpenCTTable(m *ebpf.Map) (*CTTable, error) {
 	}
 	return &CTTable{t}, nil
 }
-
-// Len counts the connections in the table.
-func (t *CTTable) Len() int { return t.t.len() }
-
-// Flush empties the table and returns how many connections it held.
-func (t *CTTable) Flush() int { return t.t.clear() }
 
 // Delete forgets connection k (its ends in conntrack order); it reports
 // whether k was there.

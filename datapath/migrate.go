@@ -131,12 +131,7 @@ func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 		if !migratable(j.ms.Name) {
 			continue
 		}
-		var n int
-		if j.ms.Name == bpf.DatapathMapCt {
-			n, err = copyConntrack(j.old, nm, false)
-		} else {
-			n, err = copyEntries(j.old, nm, false)
-		}
+		n, err := copyMap(j.ms.Name, j.old, nm, false)
 		if err != nil {
 			return fail(fmt.Errorf("migrate pinned map %s to %d entries: copied %d: %w (it holds more than fit: raise its size setting)",
 				j.ms.Name, j.ms.MaxEntries, n, err))
@@ -186,9 +181,12 @@ func copyEntries(from, to *ebpf.Map, onlyMissing bool) (int, error) {
 	return n, it.Err()
 }
 
-// copyConntrack copies the connections of a conntrack map into to, a new
-// conntrack table.
-func copyConntrack(from, to *ebpf.Map, onlyMissing bool) (int, error) {
+// copyMap copies the entries of map name from from into to: as they are,
+// or, for conntrack, connection by connection into the table.
+func copyMap(name string, from, to *ebpf.Map, onlyMissing bool) (int, error) {
+	if name != bpf.DatapathMapCt {
+		return copyEntries(from, to, onlyMissing)
+	}
 	t, err := openCTTable(to)
 	if err != nil {
 		return 0, err
@@ -215,16 +213,10 @@ func (d *Datapath) FinishMigration() (int, error) {
 	var errs []error
 	total := 0
 	for _, r := range d.retired {
-		if r.name == bpf.DatapathMapCt {
-			n, err := copyConntrack(r.old, d.objs.Ct, true)
-			total += n
-			if err != nil {
-				errs = append(errs, fmt.Errorf("finish migration of %s: %w", r.name, err))
-			}
-		} else if lateCopy(r.name) {
+		if lateCopy(r.name) {
 			to := d.mapByName(r.name)
 			if to != nil {
-				n, err := copyEntries(r.old, to, true)
+				n, err := copyMap(r.name, r.old, to, true)
 				total += n
 				if err != nil {
 					errs = append(errs, fmt.Errorf("finish migration of %s: %w", r.name, err))
@@ -239,6 +231,8 @@ func (d *Datapath) FinishMigration() (int, error) {
 
 func (d *Datapath) mapByName(name string) *ebpf.Map {
 	switch name {
+	case bpf.DatapathMapCt:
+		return d.objs.Ct
 	case bpf.DatapathMapProxyCt:
 		return d.objs.ProxyCt
 	case bpf.DatapathMapFrags:
