@@ -42,8 +42,21 @@
 #ifndef MEMBRANE_CT_H
 #define MEMBRANE_CT_H
 
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
 #include "membrane.h"
-#include "maps.h"
+
+/* The table: buckets in a BPF array, pinned like the maps of maps.h. The
+ * agent reads and collects it through a memory-mapped view. max_entries
+ * counts buckets, of CT_SLOTS slots each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 16);
+	__type(key, __u32);
+	__type(value, struct ct_bucket);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct SEC(".maps");
 
 /* Buckets - 1 (a power of two minus one); the agent sets it at load to
  * the size of the table the program is loaded with. */

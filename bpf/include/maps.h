@@ -50,18 +50,6 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy SEC(".maps");
 
-/* Conntrack: a table of our own (ct.h), buckets in a BPF array. The agent
- * reads and collects it through a memory-mapped view. max_entries counts
- * buckets: CT_SLOTS connections each. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1 << 16);
-	__type(key, __u32);
-	__type(value, struct ct_bucket);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} ct SEC(".maps");
-
 /* Connections the node proxy opened to a workload or the world with a
  * workload's address as source (transparent upstream), keyed by their
  * original tuple. Their replies must reach the proxy, not the workload.

@@ -19,7 +19,6 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "membrane.h"
-#include "maps.h"
 #include "ct.h"
 
 /* Type, flags and size are set by the bench. */

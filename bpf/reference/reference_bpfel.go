@@ -13,30 +13,6 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-type ReferenceAddr struct {
-	_ structs.HostLayout
-	W [4]uint32
-}
-
-type ReferenceConfig struct {
-	_                structs.HostLayout
-	PolicyRev        uint32
-	Flags            uint32
-	TraceSample      uint32
-	CtTcpEstablished uint32
-	CtTcpSyn         uint32
-	CtTcpClosing     uint32
-	CtOther          uint32
-	ProxyAddr4       uint32
-	Hz               uint32
-}
-
-type ReferenceCounter struct {
-	_       structs.HostLayout
-	Packets uint64
-	Bytes   uint64
-}
-
 type ReferenceCtBucket struct {
 	_    structs.HostLayout
 	Meta [4]uint64
@@ -63,95 +39,26 @@ type ReferenceCtEntry struct {
 
 type ReferenceCtKey struct {
 	_     structs.HostLayout
-	Saddr ReferenceAddr
-	Daddr ReferenceAddr
+	Saddr struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
+	Daddr struct {
+		_ structs.HostLayout
+		W [4]uint32
+	}
 	Sport uint16
 	Dport uint16
 	Proto uint8
 	Pad   [3]uint8
-}
-
-type ReferenceEndpoint struct {
-	_        structs.HostLayout
-	Ifindex  uint32
-	Identity uint32
-	Id       uint16
-	Flags    uint16
-	Masks    [2][2]uint32
-}
-
-type ReferenceFragKey struct {
-	_     structs.HostLayout
-	Saddr ReferenceAddr
-	Daddr ReferenceAddr
-	Id    uint32
-	Proto uint8
-	Pad   [3]uint8
-}
-
-type ReferenceFragValue struct {
-	_     structs.HostLayout
-	Sport uint16
-	Dport uint16
-}
-
-type ReferenceIpcacheLpmKey struct {
-	_         structs.HostLayout
-	Prefixlen uint32
-	Addr      ReferenceAddr
-}
-
-type ReferenceIpcacheValue struct {
-	_        structs.HostLayout
-	Identity uint32
-	Selset   uint32
-}
-
-type ReferencePolicyKey struct {
-	_      structs.HostLayout
-	Selset uint32
-	EpId   uint16
-	Port   uint16
-	DirGen uint8
-	Proto  uint8
-	Plen   uint8
-	Pad    uint8
-}
-
-type ReferencePolicyValue struct {
-	_         structs.HostLayout
-	Verdict   uint8
-	Pad       uint8
-	ProxyPort uint16
-	RuleId    uint32
-}
-
-type ReferenceStats struct {
-	_              structs.HostLayout
-	LostEvents     uint64
-	CtCreated      uint64
-	CtRevalidated  uint64
-	FragTracked    uint64
-	CtEvicted      uint64
-	CtInsertFailed uint64
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ReferenceMapCounters       = "counters"
 	ReferenceMapCt             = "ct"
 	ReferenceMapCtLru          = "ct_lru"
-	ReferenceMapEndpoints      = "endpoints"
-	ReferenceMapEvents         = "events"
-	ReferenceMapFrags          = "frags"
-	ReferenceMapGlobalCfg      = "global_cfg"
-	ReferenceMapGlobalStats    = "global_stats"
-	ReferenceMapIpcacheHost    = "ipcache_host"
-	ReferenceMapIpcacheLpm     = "ipcache_lpm"
-	ReferenceMapPolicy         = "policy"
-	ReferenceMapProxyCt        = "proxy_ct"
 	ReferenceProgCtLruInsert   = "ct_lru_insert"
 	ReferenceProgCtLruLookup   = "ct_lru_lookup"
 	ReferenceProgCtTableInsert = "ct_table_insert"
@@ -211,18 +118,8 @@ type ReferenceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ReferenceMapSpecs struct {
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Ct          *ebpf.MapSpec `ebpf:"ct"`
-	CtLru       *ebpf.MapSpec `ebpf:"ct_lru"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Frags       *ebpf.MapSpec `ebpf:"frags"`
-	GlobalCfg   *ebpf.MapSpec `ebpf:"global_cfg"`
-	GlobalStats *ebpf.MapSpec `ebpf:"global_stats"`
-	IpcacheHost *ebpf.MapSpec `ebpf:"ipcache_host"`
-	IpcacheLpm  *ebpf.MapSpec `ebpf:"ipcache_lpm"`
-	Policy      *ebpf.MapSpec `ebpf:"policy"`
-	ProxyCt     *ebpf.MapSpec `ebpf:"proxy_ct"`
+	Ct    *ebpf.MapSpec `ebpf:"ct"`
+	CtLru *ebpf.MapSpec `ebpf:"ct_lru"`
 }
 
 // ReferenceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -252,34 +149,14 @@ func (o *ReferenceObjects) Close() error {
 //
 // It can be passed to LoadReferenceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ReferenceMaps struct {
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Ct          *ebpf.Map `ebpf:"ct"`
-	CtLru       *ebpf.Map `ebpf:"ct_lru"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Frags       *ebpf.Map `ebpf:"frags"`
-	GlobalCfg   *ebpf.Map `ebpf:"global_cfg"`
-	GlobalStats *ebpf.Map `ebpf:"global_stats"`
-	IpcacheHost *ebpf.Map `ebpf:"ipcache_host"`
-	IpcacheLpm  *ebpf.Map `ebpf:"ipcache_lpm"`
-	Policy      *ebpf.Map `ebpf:"policy"`
-	ProxyCt     *ebpf.Map `ebpf:"proxy_ct"`
+	Ct    *ebpf.Map `ebpf:"ct"`
+	CtLru *ebpf.Map `ebpf:"ct_lru"`
 }
 
 func (m *ReferenceMaps) Close() error {
 	return _ReferenceClose(
-		m.Counters,
 		m.Ct,
 		m.CtLru,
-		m.Endpoints,
-		m.Events,
-		m.Frags,
-		m.GlobalCfg,
-		m.GlobalStats,
-		m.IpcacheHost,
-		m.IpcacheLpm,
-		m.Policy,
-		m.ProxyCt,
 	)
 }
 

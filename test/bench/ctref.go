@@ -23,14 +23,7 @@ const (
 // the kernel map would cost a new flow, and the datapath's own conntrack
 // table (ct, the code of bpf/include/ct.h), which shows what it costs.
 type ctReferences struct {
-	objs struct {
-		CtLru         *ebpf.Map     `ebpf:"ct_lru"`
-		Ct            *ebpf.Map     `ebpf:"ct"`
-		CtLruInsert   *ebpf.Program `ebpf:"ct_lru_insert"`
-		CtLruLookup   *ebpf.Program `ebpf:"ct_lru_lookup"`
-		CtTableInsert *ebpf.Program `ebpf:"ct_table_insert"`
-		CtTableLookup *ebpf.Program `ebpf:"ct_table_lookup"`
-	}
+	objs  reference.ReferenceObjects
 	table *datapath.CTTable
 }
 
@@ -150,14 +143,5 @@ func (r *ctReferences) close() {
 	if r.table != nil {
 		r.table.Close()
 	}
-	for _, m := range []*ebpf.Map{r.objs.CtLru, r.objs.Ct} {
-		if m != nil {
-			m.Close()
-		}
-	}
-	for _, p := range []*ebpf.Program{r.objs.CtLruInsert, r.objs.CtLruLookup, r.objs.CtTableInsert, r.objs.CtTableLookup} {
-		if p != nil {
-			p.Close()
-		}
-	}
+	r.objs.Close()
 }
