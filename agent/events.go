@@ -24,7 +24,7 @@ const (
 	// maxFollowers bounds concurrent `observe --follow` streams.
 	maxFollowers = 64
 	// lostPollInterval is how often the agent checks the datapath's count
-	// of events lost to a full ring buffer.
+	// of events lost to a full ring buffer or flow log.
 	lostPollInterval = time.Second
 )
 
@@ -395,7 +395,7 @@ func (a *Agent) watchLostEvents(ctx context.Context) {
 			continue
 		}
 		if haveBase && n > base {
-			a.log.Warn("datapath events lost: the ring buffer was full", "lost", n-base)
+			a.log.Warn("datapath events lost: the ring buffer or the flow log was full", "lost", n-base)
 			a.flows.noteDatapathLost(n - base)
 		}
 		base, haveBase = n, true

@@ -93,7 +93,7 @@ func newAgentCollector(dp datapathSource, state func() agentGauges, flows *flowO
 		forwarded:      d("membrane_forwarded_packets_total", "Packets forwarded by the datapath, by direction.", []string{"direction"}, nil),
 		forwardedBytes: d("membrane_forwarded_bytes_total", "Bytes forwarded by the datapath, by direction.", []string{"direction"}, nil),
 		flowsTotal:     d("membrane_flows_total", "Flow records produced by the agent, by verdict and type.", []string{"verdict", "type"}, nil),
-		lost:           d("membrane_lost_events_total", "Events lost on the way to observers: source=datapath, the datapath's ring buffer was full (since the maps were created); source=follower, flows skipped for a follower that fell behind.", []string{"source"}, nil),
+		lost:           d("membrane_lost_events_total", "Events lost on the way to observers: source=datapath, the datapath's ring buffer or flow log was full (since the maps were created); source=follower, flows skipped for a follower that fell behind.", []string{"source"}, nil),
 		ctCreated:      d("membrane_conntrack_created_total", "Connections the datapath started tracking.", nil, nil),
 		ctRevalidated:  d("membrane_conntrack_revalidated_total", "Established connections checked again after a policy change.", nil, nil),
 		ctEvicted:      d("membrane_conntrack_evicted_total", "Tracked connections whose conntrack slot a new connection took (both its buckets full): raise --map-size-conntrack if this grows.", nil, nil),

@@ -59,7 +59,7 @@ membrane_flows_total{type="l7",verdict="DROPPED"} 0
 membrane_flows_total{type="l7",verdict="ERROR"} 0
 membrane_flows_total{type="l7",verdict="FORWARDED"} 0
 membrane_flows_total{type="l7",verdict="REDIRECTED"} 0
-# HELP membrane_lost_events_total Events lost on the way to observers: source=datapath, the datapath's ring buffer was full (since the maps were created); source=follower, flows skipped for a follower that fell behind.
+# HELP membrane_lost_events_total Events lost on the way to observers: source=datapath, the datapath's ring buffer or flow log was full (since the maps were created); source=follower, flows skipped for a follower that fell behind.
 # TYPE membrane_lost_events_total counter
 membrane_lost_events_total{source="datapath"} 3
 membrane_lost_events_total{source="follower"} 4

@@ -157,7 +157,7 @@ type FlowPolicy struct {
 
 // Lost flow sources.
 const (
-	// LostDatapath: the datapath's ring buffer was full, so these events
+	// LostDatapath: the datapath's ring buffer or flow log was full, so these events
 	// never reached the agent.
 	LostDatapath = "datapath"
 	// LostFollower: this stream fell behind the agent, which skipped
@@ -226,7 +226,7 @@ type FlowStatus struct {
 	// ByVerdict counts flows produced since the agent started.
 	ByVerdict map[string]uint64 `json:"byVerdict"`
 	// LostDatapath counts events the datapath could not queue since the
-	// agent started (its ring buffer was full); Status.LostEvents is the
+	// agent started (its ring buffer or flow log was full); Status.LostEvents is the
 	// total since the maps were created.
 	LostDatapath uint64 `json:"lostDatapath"`
 	// LostFollowers counts flows skipped for followers that fell behind;

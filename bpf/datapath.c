@@ -45,8 +45,10 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Keeps struct event in BTF so bpf2go generates its Go twin. */
+/* Keep struct event and struct flowlog_head in BTF so bpf2go generates
+ * their Go twins. */
 const struct event *unused_event __attribute__((unused));
+const struct flowlog_head *unused_flowlog_head __attribute__((unused));
 
 /* Conntrack keeps time in jiffies: reading them costs a load, reading a
  * clock costs far more. The agent measures HZ. */
@@ -593,13 +595,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 				ei.peer_ep_id = dst_ep->id;
 				ei.peer_rule_id = di.rule_id;
 			}
-			emit(skb, &p, EV_VERDICT, REASON_NONE, &ei);
+			flowlog_write(skb, &p, &ei, now);
 			ei.flags &= ~EVF_BOTH;
 		} else if (dst_ep) {
 			ei.dir = DIR_INGRESS;
 			ei.ep_id = dst_ep->id;
 			ei.rule_id = di.rule_id;
-			emit(skb, &p, EV_VERDICT, REASON_NONE, &ei);
+			flowlog_write(skb, &p, &ei, now);
 		}
 	}
 

@@ -104,6 +104,14 @@ type DatapathEvent struct {
 	PeerRuleId  uint32
 }
 
+type DatapathFlowlogHead struct {
+	_    structs.HostLayout
+	Head uint64
+	Tail uint64
+	Lost uint64
+	Pad  [56]uint8
+}
+
 type DatapathFragKey struct {
 	_     structs.HostLayout
 	Saddr DatapathAddr
@@ -164,24 +172,27 @@ type DatapathStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	DatapathMapCounters       = "counters"
-	DatapathMapCt             = "ct"
-	DatapathMapEndpoints      = "endpoints"
-	DatapathMapEvents         = "events"
-	DatapathMapFrags          = "frags"
-	DatapathMapGlobalCfg      = "global_cfg"
-	DatapathMapGlobalStats    = "global_stats"
-	DatapathMapIpcacheHost    = "ipcache_host"
-	DatapathMapIpcacheLpm     = "ipcache_lpm"
-	DatapathMapPolicy         = "policy"
-	DatapathMapProxyCt        = "proxy_ct"
-	DatapathProgFromContainer = "from_container"
-	DatapathProgFromNetdev    = "from_netdev"
-	DatapathProgJiffiesProbe  = "jiffies_probe"
-	DatapathProgToContainer   = "to_container"
-	DatapathProgToNetdev      = "to_netdev"
-	DatapathVarCtBucketMask   = "ct_bucket_mask"
-	DatapathVarUnusedEvent    = "unused_event"
+	DatapathMapCounters          = "counters"
+	DatapathMapCt                = "ct"
+	DatapathMapEndpoints         = "endpoints"
+	DatapathMapEvents            = "events"
+	DatapathMapFlowlog           = "flowlog"
+	DatapathMapFrags             = "frags"
+	DatapathMapGlobalCfg         = "global_cfg"
+	DatapathMapGlobalStats       = "global_stats"
+	DatapathMapIpcacheHost       = "ipcache_host"
+	DatapathMapIpcacheLpm        = "ipcache_lpm"
+	DatapathMapPolicy            = "policy"
+	DatapathMapProxyCt           = "proxy_ct"
+	DatapathProgFromContainer    = "from_container"
+	DatapathProgFromNetdev       = "from_netdev"
+	DatapathProgJiffiesProbe     = "jiffies_probe"
+	DatapathProgToContainer      = "to_container"
+	DatapathProgToNetdev         = "to_netdev"
+	DatapathVarCtBucketMask      = "ct_bucket_mask"
+	DatapathVarFlowlogSlotMask   = "flowlog_slot_mask"
+	DatapathVarUnusedEvent       = "unused_event"
+	DatapathVarUnusedFlowlogHead = "unused_flowlog_head"
 )
 
 // LoadDatapath returns the embedded CollectionSpec for Datapath.
@@ -241,6 +252,7 @@ type DatapathMapSpecs struct {
 	Ct          *ebpf.MapSpec `ebpf:"ct"`
 	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
+	Flowlog     *ebpf.MapSpec `ebpf:"flowlog"`
 	Frags       *ebpf.MapSpec `ebpf:"frags"`
 	GlobalCfg   *ebpf.MapSpec `ebpf:"global_cfg"`
 	GlobalStats *ebpf.MapSpec `ebpf:"global_stats"`
@@ -254,8 +266,10 @@ type DatapathMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
-	CtBucketMask *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
-	UnusedEvent  *ebpf.VariableSpec `ebpf:"unused_event"`
+	CtBucketMask      *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
+	FlowlogSlotMask   *ebpf.VariableSpec `ebpf:"flowlog_slot_mask"`
+	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFlowlogHead *ebpf.VariableSpec `ebpf:"unused_flowlog_head"`
 }
 
 // DatapathObjects contains all objects after they have been loaded into the kernel.
@@ -282,6 +296,7 @@ type DatapathMaps struct {
 	Ct          *ebpf.Map `ebpf:"ct"`
 	Endpoints   *ebpf.Map `ebpf:"endpoints"`
 	Events      *ebpf.Map `ebpf:"events"`
+	Flowlog     *ebpf.Map `ebpf:"flowlog"`
 	Frags       *ebpf.Map `ebpf:"frags"`
 	GlobalCfg   *ebpf.Map `ebpf:"global_cfg"`
 	GlobalStats *ebpf.Map `ebpf:"global_stats"`
@@ -297,6 +312,7 @@ func (m *DatapathMaps) Close() error {
 		m.Ct,
 		m.Endpoints,
 		m.Events,
+		m.Flowlog,
 		m.Frags,
 		m.GlobalCfg,
 		m.GlobalStats,
@@ -311,8 +327,10 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
-	CtBucketMask *ebpf.Variable `ebpf:"ct_bucket_mask"`
-	UnusedEvent  *ebpf.Variable `ebpf:"unused_event"`
+	CtBucketMask      *ebpf.Variable `ebpf:"ct_bucket_mask"`
+	FlowlogSlotMask   *ebpf.Variable `ebpf:"flowlog_slot_mask"`
+	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFlowlogHead *ebpf.Variable `ebpf:"unused_flowlog_head"`
 }
 
 // DatapathPrograms contains all programs after they have been loaded into the kernel.

@@ -72,7 +72,8 @@ type Event struct {
 	Obs         uint8
 }
 
-// EventReader reads the datapath's ring buffer.
+// EventReader reads the datapath's events: drops and traces from its ring
+// buffer, verdict events from its flow log (flowlog.go).
 //
 // The programs submit events without waking the reader (a wakeup costs
 // more than the event) until a batch has accumulated, so Read polls the
@@ -81,6 +82,8 @@ type Event struct {
 // that long.
 type EventReader struct {
 	ring     *ring
+	log      *flowLog
+	flows    []flowRecord // read from the flow log, not yet returned
 	buf      []byte
 	bootWall time.Time // wall-clock time of monotonic zero
 	deadline time.Time
@@ -112,7 +115,12 @@ func (d *Datapath) NewEventReader() (*EventReader, error) {
 		return nil, fmt.Errorf("read monotonic clock: %w", err)
 	}
 	boot := time.Now().Add(-time.Duration(ts.Nano()))
-	return &EventReader{ring: rg, bootWall: boot, buf: make([]byte, 0, 256), poll: PollInterval}, nil
+	fl, err := d.openFlowLog()
+	if err != nil {
+		rg.close()
+		return nil, err
+	}
+	return &EventReader{ring: rg, log: fl, bootWall: boot, buf: make([]byte, 0, 256), poll: PollInterval}, nil
 }
 
 // ErrClosed is returned by Read after Close.
@@ -129,6 +137,18 @@ func (r *EventReader) Read() (Event, error) {
 		return r.pending, nil
 	}
 	for {
+		if len(r.flows) > 0 {
+			f := r.flows[0]
+			r.flows = r.flows[1:]
+			r.ring.mu.Lock()
+			if r.ring.closed.Load() {
+				r.ring.mu.Unlock()
+				return Event{}, ErrClosed
+			}
+			r.log.done(&f)
+			r.ring.mu.Unlock()
+			return r.event(&f.ev, f.time), nil
+		}
 		rec, err := r.ring.next(r.buf)
 		if err == nil {
 			r.buf = rec
@@ -137,6 +157,10 @@ func (r *EventReader) Read() (Event, error) {
 		}
 		if err != errRingEmpty {
 			return Event{}, err
+		}
+		if r.readFlowLog() {
+			r.poll = PollInterval
+			continue
 		}
 		now := time.Now()
 		wake := now.Add(r.poll)
@@ -158,6 +182,21 @@ func (r *EventReader) Read() (Event, error) {
 	}
 }
 
+// flowLogBatch is how many flow log records Read takes at a time.
+const flowLogBatch = 256
+
+// readFlowLog refills r.flows from the flow log and reports whether it
+// found any.
+func (r *EventReader) readFlowLog() bool {
+	r.ring.mu.Lock()
+	defer r.ring.mu.Unlock()
+	if r.ring.closed.Load() {
+		return false
+	}
+	r.flows = r.log.read(r.flows[:0], flowLogBatch)
+	return len(r.flows) > 0
+}
+
 // decode turns a ring record into an Event.
 func (r *EventReader) decode(rec []byte) (Event, error) {
 	var raw bpf.DatapathEvent
@@ -165,8 +204,14 @@ func (r *EventReader) decode(rec []byte) (Event, error) {
 		return Event{}, fmt.Errorf("read event: short record of %d bytes", len(rec))
 	}
 	raw = *(*bpf.DatapathEvent)(unsafe.Pointer(&rec[0]))
+	return r.event(&raw, r.bootWall.Add(time.Duration(raw.Ts))), nil
+}
+
+// event turns a record, whose time t is, into an Event; a record that
+// holds two verdicts gives the second on the next Read.
+func (r *EventReader) event(raw *bpf.DatapathEvent, t time.Time) Event {
 	e := Event{
-		Time:        r.bootWall.Add(time.Duration(raw.Ts)),
+		Time:        t,
 		Type:        EventType(raw.Type),
 		Reason:      Reason(raw.Reason),
 		Dir:         Dir(raw.Dir),
@@ -193,8 +238,14 @@ func (r *EventReader) decode(rec []byte) (Event, error) {
 		r.hasPending = true
 		e.Dir = Egress
 	}
-	return e, nil
+	return e
 }
 
 // Close stops the reader; a blocked Read returns ErrClosed.
-func (r *EventReader) Close() error { return r.ring.close() }
+func (r *EventReader) Close() error {
+	err := r.ring.close()
+	r.ring.mu.Lock()
+	r.log.close()
+	r.ring.mu.Unlock()
+	return err
+}

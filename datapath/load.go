@@ -41,6 +41,10 @@ type Sizes struct {
 	// EventsBytes is the ring buffer size; a power of two, multiple of the
 	// page size. Events that do not fit are counted as lost.
 	EventsBytes uint32
+	// FlowLog is how many verdict events each CPU's flow log holds,
+	// rounded up to a power of two: a reader that falls this far behind
+	// loses the oldest (counted as lost).
+	FlowLog uint32
 	// Registry holds the agent's bookkeeping (selector set and rule
 	// fingerprints) so that a restart reuses the same numbers.
 	Registry uint32
@@ -56,6 +60,7 @@ var DefaultSizes = Sizes{
 	Fragments:      1 << 13,
 	ProxyConntrack: 1 << 16,
 	EventsBytes:    1 << 22,
+	FlowLog:        1 << 12,
 	Registry:       1 << 20,
 }
 
@@ -76,6 +81,7 @@ func (s Sizes) withDefaults() Sizes {
 		Fragments:      pick(s.Fragments, d.Fragments),
 		ProxyConntrack: pick(s.ProxyConntrack, d.ProxyConntrack),
 		EventsBytes:    pick(s.EventsBytes, d.EventsBytes),
+		FlowLog:        pick(s.FlowLog, d.FlowLog),
 		Registry:       pick(s.Registry, d.Registry),
 	}
 }
@@ -135,11 +141,20 @@ func Load(opts Options) (*Datapath, error) {
 		bpf.DatapathMapEvents:      sizes.EventsBytes,
 	}
 	set[bpf.DatapathMapCt] = ctTableBuckets(sizes.Conntrack)
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count the CPUs for the flow log: %w", err)
+	}
+	sizes.FlowLog = flowLogSlots(sizes.FlowLog)
+	set[bpf.DatapathMapFlowlog] = uint32(cpus) * (sizes.FlowLog + 1)
 	for name, n := range set {
 		spec.Maps[name].MaxEntries = n
 	}
 	if err := spec.Variables["ct_bucket_mask"].Set(set[bpf.DatapathMapCt] - 1); err != nil {
 		return nil, fmt.Errorf("size the conntrack table: %w", err)
+	}
+	if err := spec.Variables["flowlog_slot_mask"].Set(sizes.FlowLog - 1); err != nil {
+		return nil, fmt.Errorf("size the flow log: %w", err)
 	}
 
 	regSpec := &ebpf.MapSpec{

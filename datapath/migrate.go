@@ -28,7 +28,7 @@ import (
 // starts empty.
 func migratable(name string) (copyEntries bool) {
 	switch name {
-	case bpf.DatapathMapEvents, bpf.DatapathMapCounters, bpf.DatapathMapGlobalStats:
+	case bpf.DatapathMapEvents, bpf.DatapathMapFlowlog, bpf.DatapathMapCounters, bpf.DatapathMapGlobalStats:
 		return false
 	}
 	return true

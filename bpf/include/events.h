@@ -43,18 +43,11 @@ static __always_inline struct stats *stats_get(void)
 	return bpf_map_lookup_elem(&global_stats, &zero);
 }
 
-/* A subprogram: every drop site calls it. */
-static __noinline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 type,
-				 __u8 reason, const struct ev_info *ei)
+/* The fields every event carries, in a ring record or a flow log slot. */
+static __always_inline void event_fill(struct event *e, struct __sk_buff *skb,
+				       const struct pkt *p, __u8 type, __u8 reason,
+				       const struct ev_info *ei)
 {
-	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		struct stats *s = stats_get();
-		if (s)
-			s->lost_events++;
-		return;
-	}
-	e->ts = bpf_ktime_get_ns();
 	e->type = type;
 	e->reason = reason;
 	e->dir = ei->dir;
@@ -79,6 +72,21 @@ static __noinline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 typ
 	e->peer_rule_id = ei->peer_rule_id;
 	e->saddr = p->t.saddr;
 	e->daddr = p->t.daddr;
+}
+
+/* A subprogram: every drop site calls it. */
+static __noinline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 type,
+				 __u8 reason, const struct ev_info *ei)
+{
+	struct event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		struct stats *s = stats_get();
+		if (s)
+			s->lost_events++;
+		return;
+	}
+	e->ts = bpf_ktime_get_ns();
+	event_fill(e, skb, p, type, reason, ei);
 	/* Waking the reader costs more than the event: wake it only with the
 	 * event that makes the waiting data cross a threshold (once per
 	 * batch, and never again while a slow reader lets data pile up). The
@@ -89,6 +97,34 @@ static __noinline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 typ
 	if (avail >= EVENTS_WAKEUP_BYTES && avail < EVENTS_WAKEUP_BYTES + EVENT_RECORD_BYTES)
 		flags = BPF_RB_FORCE_WAKEUP;
 	bpf_ringbuf_submit(e, flags);
+}
+
+/* Writes the verdict event of a new connection into this CPU's block of
+ * the flow log (maps.h): into the slot its head counter names, then
+ * publishes it by counting the head up. Only this CPU writes its block,
+ * and tc programs do not interleave on a CPU (they run with bottom halves
+ * off), so there is no lock and no helper call but the CPU number's,
+ * which the verifier inlines. The time is the jiffies conntrack already
+ * read: the reader converts them; a verdict event's time is as coarse as
+ * a tick. A reader that falls a whole log behind loses the oldest
+ * records and counts them. */
+static __always_inline void flowlog_write(struct __sk_buff *skb, const struct pkt *p,
+					  const struct ev_info *ei, __u64 jiffies)
+{
+	__u32 base = bpf_get_smp_processor_id() * (flowlog_slot_mask + 2);
+	struct flowlog_head *h = bpf_map_lookup_elem(&flowlog, &base);
+	if (!h)
+		return; /* a CPU the agent did not size the log for */
+	__u64 head = h->head;
+	__u32 idx = base + 1 + ((__u32)head & flowlog_slot_mask);
+	struct event *e = bpf_map_lookup_elem(&flowlog, &idx);
+	if (!e)
+		return;
+	e->ts = jiffies;
+	event_fill(e, skb, p, EV_VERDICT, REASON_NONE, ei);
+	/* Orders the record's stores before the head's on every
+	 * architecture: a fetching atomic is fully ordered. */
+	__sync_fetch_and_add(&h->head, 1);
 }
 
 #endif /* MEMBRANE_EVENTS_H */

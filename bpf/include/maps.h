@@ -86,6 +86,24 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
+/* The flow log: verdict events of new connections (events.h). One block
+ * per CPU, each a header element (struct flowlog_head, as large as an
+ * element) and then flowlog_slot_mask + 1 slots, a ring that CPU alone
+ * writes. The agent sizes it at load and reads it through a memory
+ * mapping (datapath/flowlog.go). Drops keep the ring buffer: they wake
+ * the reader and are never overwritten. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct event);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} flowlog SEC(".maps");
+
+/* Slots per CPU - 1 (a power of two minus one), set at load. */
+volatile const __u32 flowlog_slot_mask = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, __REASON_MAX * 2);

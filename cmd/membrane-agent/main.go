@@ -39,7 +39,7 @@ func main() {
 	sizes := map[string]*uint32{
 		"ipcache-host": &cfg.Sizes.IPCacheHost, "ipcache-lpm": &cfg.Sizes.IPCacheLPM, "endpoints": &cfg.Sizes.Endpoints,
 		"policy": &cfg.Sizes.Policy, "conntrack": &cfg.Sizes.Conntrack, "fragments": &cfg.Sizes.Fragments,
-		"proxy-conntrack": &cfg.Sizes.ProxyConntrack,
+		"proxy-conntrack": &cfg.Sizes.ProxyConntrack, "flowlog": &cfg.Sizes.FlowLog,
 	}
 	for name, p := range sizes {
 		flag.Func("map-size-"+name, fmt.Sprintf("capacity of the %s map (default %d)", name, defaultSize(name)), func(s string) error {
@@ -109,6 +109,6 @@ func defaultSize(name string) uint32 {
 	return map[string]uint32{
 		"ipcache-host": d.IPCacheHost, "ipcache-lpm": d.IPCacheLPM, "endpoints": d.Endpoints,
 		"policy": d.Policy, "conntrack": d.Conntrack, "fragments": d.Fragments,
-		"proxy-conntrack": d.ProxyConntrack,
+		"proxy-conntrack": d.ProxyConntrack, "flowlog": d.FlowLog,
 	}[name]
 }

@@ -135,7 +135,7 @@ func printStatus(w io.Writer, s *api.Status) {
 		fmt.Fprintf(w, "  conntrack evictions: %d (connections forgotten to make room: raise --map-size-conntrack if this grows)\n", s.ConntrackEvicted)
 	}
 	if f := s.Flows; f != nil {
-		fmt.Fprintf(w, "  flows since start: %s; lost: %d in the datapath (ring buffer full), %d by followers that fell behind\n",
+		fmt.Fprintf(w, "  flows since start: %s; lost: %d in the datapath (ring buffer or flow log full), %d by followers that fell behind\n",
 			formatVerdictCounts(f.ByVerdict), f.LostDatapath, f.LostFollowers)
 	}
 	if x := s.XDS; x != nil {

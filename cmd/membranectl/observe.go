@@ -58,7 +58,7 @@ Filters are Hubble's: different flags must all match, repeated values of
 one flag are alternatives. --port matches either side's port.
 
 Lost flows are never silent: a line "LOST N flows" (or {"lost": N, ...} in
-JSON) marks where the datapath's ring buffer was full or this stream fell
+JSON) marks where the datapath's ring buffer or flow log was full or this stream fell
 behind the agent.`,
 		Example: `  membranectl observe --verdict DROPPED
   membranectl observe --to-pod y/b --follow
@@ -310,7 +310,7 @@ func compactRecord(rec api.FlowRecord) string {
 	if l := rec.Lost; l != nil {
 		why := "this stream fell behind the agent"
 		if l.Source == api.LostDatapath {
-			why = "the datapath's event ring buffer was full"
+			why = "the datapath's event ring buffer or flow log was full"
 		}
 		return fmt.Sprintf("%s %s: LOST %d flows: %s", l.Time.Local().Format(stamp), l.Node, l.Lost, why)
 	}

@@ -56,7 +56,7 @@ func TestCompactFlow(t *testing.T) {
 		"Nov 21 14:03:12.345 node2: LOST 17 flows: this stream fell behind the agent",
 	}, {
 		api.FlowRecord{Lost: &api.LostFlows{Time: ts, Node: "node2", Lost: 3, Source: api.LostDatapath}},
-		"Nov 21 14:03:12.345 node2: LOST 3 flows: the datapath's event ring buffer was full",
+		"Nov 21 14:03:12.345 node2: LOST 3 flows: the datapath's event ring buffer or flow log was full",
 	}} {
 		if got := compactRecord(tc.rec); got != tc.want {
 			t.Errorf("got\n  %s\nwant\n  %s", got, tc.want)
@@ -168,7 +168,7 @@ func TestObserveCommand(t *testing.T) {
 		t.Errorf("default query %v", q)
 	}
 	if !strings.Contains(out, "x/a:1234 (ID:257) -> y/b:80 (ID:258) tcp DROPPED (POLICY_DENIED) ingress policy of y/b: default deny") ||
-		!strings.Contains(out, "node1: LOST 2 flows: the datapath's event ring buffer was full") {
+		!strings.Contains(out, "node1: LOST 2 flows: the datapath's event ring buffer or flow log was full") {
 		t.Errorf("compact output:\n%s", out)
 	}
 

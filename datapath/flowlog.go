@@ -1,0 +1,208 @@
+package datapath
+
+import (
+	"fmt"
+	"math/bits"
+	"os"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-mesh/membrane/bpf"
+)
+
+// The flow log carries the verdict event of every new connection
+// (bpf/include/events.h, flowlog_write). Drops and traces keep the ring
+// buffer; a verdict event was the most frequent event and the dearest part
+// of a new connection's cost there (the ring's lock, its helper calls and
+// a nanosecond clock read, some 100 ns of `make bench`'s new flow).
+//
+// Layout: a BPF array (BPF_F_MMAPABLE) of struct event-sized elements, one
+// block per possible CPU of 1 + slots elements. A block's first element is
+// its header (struct flowlog_head): head counts the records that CPU ever
+// wrote, and the record numbered i sits in slot i % slots. The program
+// writes slot head % slots and then counts head up; the reader copies
+// records from its tail up to head and checks afterwards that the writer
+// has not come round to them meanwhile. tail and the count of records lost
+// to overwriting live in the header too, so that a restarted agent goes on
+// where the last one stopped.
+//
+// A record's time is in jiffies (the tick counter conntrack reads anyway);
+// the reader converts it against an anchor, a moment at which it read
+// both the jiffies and the clock.
+
+// flowLogSlots is the slots per CPU for a requested size: a power of two,
+// at least 64.
+func flowLogSlots(n uint32) uint32 {
+	n = max(n, 64)
+	if n&(n-1) == 0 {
+		return n
+	}
+	return 1 << bits.Len32(n)
+}
+
+type flowLog struct {
+	mem   []byte
+	elems []bpf.DatapathEvent
+	cpus  int
+	slots uint64
+
+	// jiffies -> time
+	hz         uint32
+	jiffies    func() (uint32, error)
+	anchorJ    uint32 // low 31 bits of jiffies at anchorT
+	anchorT    time.Time
+	anchoredAt time.Time
+}
+
+// flowLogReanchor is how often the reader re-reads jiffies against the
+// clock, so that a wall-clock step does not linger in event times.
+const flowLogReanchor = time.Minute
+
+func (d *Datapath) openFlowLog() (*flowLog, error) {
+	m := d.objs.Flowlog
+	elem := uint32(unsafe.Sizeof(bpf.DatapathEvent{}))
+	slots := uint64(d.sizes.FlowLog)
+	n := m.MaxEntries()
+	if m.Type() != ebpf.Array || m.ValueSize() != elem || slots == 0 || uint64(n)%(slots+1) != 0 {
+		return nil, fmt.Errorf("flow log map is %v with %d values of %d bytes, not blocks of %d+1 events", m.Type(), n, m.ValueSize(), slots)
+	}
+	size := int(n) * int(elem)
+	page := os.Getpagesize()
+	mem, err := unix.Mmap(m.FD(), 0, (size+page-1)/page*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("map the flow log: %w", err)
+	}
+	l := &flowLog{
+		mem:     mem,
+		elems:   unsafe.Slice((*bpf.DatapathEvent)(unsafe.Pointer(&mem[0])), n),
+		cpus:    int(uint64(n) / (slots + 1)),
+		slots:   slots,
+		hz:      d.hz,
+		jiffies: d.jiffies,
+	}
+	if err := l.anchor(); err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *flowLog) close() {
+	if l != nil && l.mem != nil {
+		unix.Munmap(l.mem)
+		l.mem, l.elems = nil, nil
+	}
+}
+
+func (l *flowLog) anchor() error {
+	j, err := l.jiffies()
+	if err != nil {
+		return err
+	}
+	l.anchorJ, l.anchorT = j, time.Now()
+	l.anchoredAt = l.anchorT
+	return nil
+}
+
+// time converts a record's jiffies: the difference to the anchor is taken
+// in the 31 bits the probe returns, so it is right within 2^30 ticks
+// (some 12 days at HZ=1000) of the anchor.
+func (l *flowLog) time(j uint64) time.Time {
+	d := int64((uint32(j) - l.anchorJ) & 0x7fffffff)
+	if d >= 1<<30 {
+		d -= 1 << 31
+	}
+	return l.anchorT.Add(time.Duration(d) * time.Second / time.Duration(l.hz))
+}
+
+func (l *flowLog) head(cpu int) *bpf.DatapathFlowlogHead {
+	return (*bpf.DatapathFlowlogHead)(unsafe.Pointer(&l.elems[uint64(cpu)*(l.slots+1)]))
+}
+
+// eventWords is a record as the 64-bit words it is copied in: each is
+// read atomically, so a record the writer overwrites during the copy is
+// torn word by word, never within one, and the check afterwards discards
+// it.
+const eventWords = unsafe.Sizeof(bpf.DatapathEvent{}) / 8
+
+// read appends up to max records, oldest first per CPU, to out, with
+// their times, and returns it. A CPU's tail moves past a record when the
+// reader hands it out (done), so records read but not yet handed out when
+// the reader closes are read again by the next one.
+func (l *flowLog) read(out []flowRecord, max int) []flowRecord {
+	if time.Since(l.anchoredAt) > flowLogReanchor {
+		l.anchor() // on failure the old anchor stays
+	}
+	for cpu := 0; cpu < l.cpus && len(out) < max; cpu++ {
+		h := l.head(cpu)
+		head := atomic.LoadUint64(&h.Head)
+		tail := atomic.LoadUint64(&h.Tail)
+		lost := uint64(0)
+		if tail > head {
+			tail = head // a header from a log of another layout
+		}
+		if head-tail > l.slots {
+			lost += head - tail - l.slots
+			tail = head - l.slots
+		}
+		first := len(out)
+		for ; tail < head && len(out) < max; tail++ {
+			src := (*[eventWords]uint64)(unsafe.Pointer(&l.elems[uint64(cpu)*(l.slots+1)+1+tail%l.slots]))
+			var rec flowRecord
+			dst := (*[eventWords]uint64)(unsafe.Pointer(&rec.ev))
+			for w := range src {
+				dst[w] = atomic.LoadUint64(&src[w])
+			}
+			rec.cpu, rec.seq = cpu, tail
+			out = append(out, rec)
+		}
+		// The writer's next record (head now) may be going into the slot
+		// of record head-slots: copies of that one and older ones are
+		// not to be trusted.
+		now := atomic.LoadUint64(&h.Head)
+		keep := first
+		for _, rec := range out[first:] {
+			if now >= l.slots && rec.seq <= now-l.slots {
+				lost++
+				continue
+			}
+			rec.time = l.time(rec.ev.Ts)
+			out[keep] = rec
+			keep++
+		}
+		if keep == first {
+			atomic.StoreUint64(&h.Tail, tail) // nothing to hand out
+		}
+		out = out[:keep]
+		if lost > 0 {
+			atomic.AddUint64(&h.Lost, lost)
+		}
+	}
+	return out
+}
+
+// lost is how many records readers have lost to overwriting, over the
+// log's life.
+func (l *flowLog) lost() uint64 {
+	var n uint64
+	for cpu := 0; cpu < l.cpus; cpu++ {
+		n += atomic.LoadUint64(&l.head(cpu).Lost)
+	}
+	return n
+}
+
+// done records that rec has been handed out.
+func (l *flowLog) done(rec *flowRecord) {
+	atomic.StoreUint64(&l.head(rec.cpu).Tail, rec.seq+1)
+}
+
+type flowRecord struct {
+	ev   bpf.DatapathEvent
+	cpu  int
+	seq  uint64
+	time time.Time
+}

@@ -1,0 +1,118 @@
+package datapath
+
+import (
+	"runtime"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/membrane-mesh/membrane/internal/packet"
+)
+
+// onOneCPU runs fn on a thread bound to one CPU, so that every record the
+// programs write goes to that CPU's block of the flow log, in order.
+func onOneCPU(t *testing.T, fn func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var old unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		t.Fatal(err)
+	}
+	var one unix.CPUSet
+	for c := 0; c < 1024; c++ {
+		if old.IsSet(c) {
+			one.Set(c)
+			break
+		}
+	}
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.SchedSetaffinity(0, &old)
+	fn()
+}
+
+// readPorts reads events until none comes for a while, or n came, and
+// returns their source ports.
+func readPorts(r *EventReader, n int) []uint16 {
+	var ports []uint16
+	for len(ports) < n {
+		r.SetDeadline(time.Now().Add(100 * time.Millisecond))
+		e, err := r.Read()
+		if err != nil {
+			break
+		}
+		ports = append(ports, e.Src.Port())
+	}
+	return ports
+}
+
+// Verdict events go through the flow log: their time is the tick
+// conntrack read, and a reader that stops hands the records it has not
+// returned yet to the next one.
+func TestFlowLogVerdictsResumeAndTime(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrB, 2, 0, [2][2]uint32{})
+	tick := time.Second / time.Duration(h.d.HZ())
+	before := time.Now()
+	onOneCPU(t, func() {
+		for port := uint16(6000); port < 6010; port++ {
+			h.expect(FromNetdev, tcp(addrR, addrB, port, 80, packet.SYN), retNext)
+		}
+	})
+	after := time.Now()
+	e := h.event(EventVerdict)
+	if e.Src.Port() != 6000 || e.Dir != Ingress || e.EndpointID != 2 {
+		t.Fatalf("first verdict event %+v", e)
+	}
+	if e.Time.Before(before.Add(-2*tick)) || e.Time.After(after.Add(2*tick)) {
+		t.Fatalf("event time %v, not within two ticks of the run (%v to %v)", e.Time, before, after)
+	}
+	if got := readPorts(h.evs, 3); len(got) != 3 || got[0] != 6001 || got[2] != 6003 {
+		t.Fatalf("first reader read %v, want 6001..6003", got)
+	}
+	h.evs.Close()
+	second, err := h.d.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	if got := readPorts(second, 100); len(got) != 6 || got[0] != 6004 || got[5] != 6009 {
+		t.Fatalf("second reader read %v, want 6004..6009", got)
+	}
+}
+
+// A reader that falls a whole log behind loses the oldest records, and
+// the datapath's statistics count them.
+func TestFlowLogOverwrittenCountsLost(t *testing.T) {
+	h := newHarnessSized(t, Sizes{FlowLog: 64})
+	h.ipcache(addrR, 1003, selR)
+	h.endpoint(addrB, 2, 0, [2][2]uint32{})
+	h.evs.Close() // no reader while the log overflows
+	onOneCPU(t, func() {
+		for i := range 200 {
+			h.expect(FromNetdev, tcp(addrR, addrB, uint16(7000+i), 80, packet.SYN), retNext)
+		}
+	})
+	rd, err := h.d.NewEventReader()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	got := readPorts(rd, 1000)
+	// 200 records in 64 slots: the last 64 are there, and the oldest of
+	// them is given up too (the writer's next record would go into its
+	// slot).
+	if len(got) != 63 || got[0] != 7137 || got[62] != 7199 {
+		t.Fatalf("read %d events (%v ... ), want 63: 7137..7199", len(got), got[:min(3, len(got))])
+	}
+	st, err := h.d.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LostEvents != 137 {
+		t.Fatalf("lost events %d, want 137", st.LostEvents)
+	}
+}
