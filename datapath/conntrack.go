@@ -279,6 +279,10 @@ func (d *Datapath) CTDelete(conns []Conn) (int, error) {
 		return 0, err
 	}
 	defer ct.close()
+	return ct.deleteConns(conns), nil
+}
+
+func (t *ctTable) deleteConns(conns []Conn) int {
 	n := 0
 	for _, c := range conns {
 		k := bpf.DatapathCtKey{
@@ -288,9 +292,9 @@ func (d *Datapath) CTDelete(conns []Conn) (int, error) {
 		if ctSwap(&k) {
 			k = ctReverse(k)
 		}
-		if ct.remove(&k) {
+		if t.remove(&k) {
 			n++
 		}
 	}
-	return n, nil
+	return n
 }

@@ -332,11 +332,17 @@ func isOldConntrack(info *ebpf.MapInfo) bool {
 // connections has (the map's max_entries; ct_bucket_mask is one less).
 func CTTableBuckets(entries uint32) uint32 { return ctTableBuckets(entries) }
 
-// CTTable is a conntrack table (bpf/include/ct.h) loaded outside a
-// Datapath, seen through a memory-mapped view: for the benchmark's
-// reference programs, which use the datapath's table code on a map of
-// their own.
+// CTTable is a conntrack table (bpf/include/ct.h) seen through a
+// memory-mapped view kept open until Close: for the benchmark, whose
+// reference programs use the datapath's table code on a map of their own,
+// and which deletes the connections of each run. (Each mapping and
+// unmapping of the whole table, as CTDelete does, walks every page of it
+// and evicts what the next run would find in the CPU's caches.)
 type CTTable struct{ t *ctTable }
+
+// CTTable opens a view of the datapath's own conntrack table. While it is
+// open, the whole table counts in the process's resident set.
+func (d *Datapath) CTTable() (*CTTable, error) { return OpenCTTable(d.objs.Ct) }
 
 // OpenCTTable maps m, a conntrack table of this build's layout.
 func OpenCTTable(m *ebpf.Map) (*CTTable, error) {
@@ -350,6 +356,10 @@ func OpenCTTable(m *ebpf.Map) (*CTTable, error) {
 // Delete forgets connection k (its ends in conntrack order); it reports
 // whether k was there.
 func (t *CTTable) Delete(k *bpf.DatapathCtKey) bool { return t.t.remove(k) }
+
+// DeleteConns is CTDelete through this view: it forgets conns and returns
+// how many it found.
+func (t *CTTable) DeleteConns(conns []Conn) int { return t.t.deleteConns(conns) }
 
 // Close unmaps the table.
 func (t *CTTable) Close() { t.t.close() }
