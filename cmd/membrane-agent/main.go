@@ -42,7 +42,11 @@ func main() {
 		"proxy-conntrack": &cfg.Sizes.ProxyConntrack, "flowlog": &cfg.Sizes.FlowLog,
 	}
 	for name, p := range sizes {
-		flag.Func("map-size-"+name, fmt.Sprintf("capacity of the %s map (default %d)", name, defaultSize(name)), func(s string) error {
+		what := fmt.Sprintf("capacity of the %s map (default %d)", name, defaultSize(name))
+		if name == "flowlog" {
+			what = fmt.Sprintf("verdict events each CPU's flow log holds until the agent reads them (default %d)", defaultSize(name))
+		}
+		flag.Func("map-size-"+name, what, func(s string) error {
 			var v uint32
 			if _, err := fmt.Sscan(s, &v); err != nil || v == 0 {
 				return fmt.Errorf("want a positive number, got %q", s)
