@@ -153,6 +153,10 @@ func (r *EventReader) Read() (Event, error) {
 		if err == nil {
 			r.buf = rec
 			r.poll = PollInterval
+			if len(rec) == flowLogWakeBytes {
+				r.readFlowLog() // a CPU's flow log is half full
+				continue
+			}
 			return r.decode(rec)
 		}
 		if err != errRingEmpty {
@@ -184,6 +188,10 @@ func (r *EventReader) Read() (Event, error) {
 
 // flowLogBatch is how many flow log records Read takes at a time.
 const flowLogBatch = 256
+
+// flowLogWakeBytes is the size of the ring record with which a program
+// wakes the reader for a half-full flow log (FLOWLOG_WAKE_BYTES).
+const flowLogWakeBytes = 8
 
 // readFlowLog refills r.flows from the flow log and reports whether it
 // found any.

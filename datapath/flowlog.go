@@ -28,7 +28,9 @@ import (
 // records from its tail up to head and checks afterwards that the writer
 // has not come round to them meanwhile. tail and the count of records lost
 // to overwriting live in the header too, so that a restarted agent goes on
-// where the last one stopped.
+// where the last one stopped. The record that fills half a CPU's log since
+// the reader last moved its tail wakes the reader through the ring buffer
+// (an 8-byte record, skipped by EventReader).
 //
 // A record's time is in jiffies (the tick counter conntrack reads anyway);
 // the reader converts it against an anchor, a moment at which it read
@@ -49,6 +51,9 @@ type flowLog struct {
 	elems []bpf.DatapathEvent
 	cpus  int
 	slots uint64
+	// handed is, per CPU, the tail past the records handed out since
+	// the last flush (0: none).
+	handed []uint64
 
 	// jiffies -> time
 	hz         uint32
@@ -80,6 +85,7 @@ func (d *Datapath) openFlowLog() (*flowLog, error) {
 		mem:     mem,
 		elems:   unsafe.Slice((*bpf.DatapathEvent)(unsafe.Pointer(&mem[0])), n),
 		cpus:    int(uint64(n) / (slots + 1)),
+		handed:  make([]uint64, uint64(n)/(slots+1)),
 		slots:   slots,
 		hz:      d.hz,
 		jiffies: d.jiffies,
@@ -93,6 +99,7 @@ func (d *Datapath) openFlowLog() (*flowLog, error) {
 
 func (l *flowLog) close() {
 	if l != nil && l.mem != nil {
+		l.flush()
 		unix.Munmap(l.mem)
 		l.mem, l.elems = nil, nil
 	}
@@ -130,10 +137,11 @@ func (l *flowLog) head(cpu int) *bpf.DatapathFlowlogHead {
 const eventWords = unsafe.Sizeof(bpf.DatapathEvent{}) / 8
 
 // read appends up to max records, oldest first per CPU, to out, with
-// their times, and returns it. A CPU's tail moves past a record when the
-// reader hands it out (done), so records read but not yet handed out when
-// the reader closes are read again by the next one.
+// their times, and returns it. A CPU's tail moves past a record once the
+// reader has handed it out (done, flush), so records read but not yet
+// handed out when the reader closes are read again by the next one.
 func (l *flowLog) read(out []flowRecord, max int) []flowRecord {
+	l.flush()
 	if time.Since(l.anchoredAt) > flowLogReanchor {
 		l.anchor() // on failure the old anchor stays
 	}
@@ -195,9 +203,21 @@ func (l *flowLog) lost() uint64 {
 	return n
 }
 
-// done records that rec has been handed out.
+// done records that rec has been handed out. The tails move in the
+// headers at the next read or at close: a store per record would pull the
+// header's cache line away from the CPU writing it for every event.
 func (l *flowLog) done(rec *flowRecord) {
-	atomic.StoreUint64(&l.head(rec.cpu).Tail, rec.seq+1)
+	l.handed[rec.cpu] = rec.seq + 1
+}
+
+// flush moves the headers' tails past the records handed out.
+func (l *flowLog) flush() {
+	for cpu, t := range l.handed {
+		if t != 0 {
+			atomic.StoreUint64(&l.head(cpu).Tail, t)
+			l.handed[cpu] = 0
+		}
+	}
 }
 
 type flowRecord struct {

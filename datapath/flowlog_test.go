@@ -1,10 +1,12 @@
 package datapath
 
 import (
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/membrane-mesh/membrane/internal/packet"
@@ -12,13 +14,12 @@ import (
 
 // onOneCPU runs fn on a thread bound to one CPU, so that every record the
 // programs write goes to that CPU's block of the flow log, in order.
-func onOneCPU(t *testing.T, fn func()) {
-	t.Helper()
+func onOneCPU(fn func()) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	var old unix.CPUSet
 	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	var one unix.CPUSet
 	for c := 0; c < 1024; c++ {
@@ -28,10 +29,11 @@ func onOneCPU(t *testing.T, fn func()) {
 		}
 	}
 	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer unix.SchedSetaffinity(0, &old)
 	fn()
+	return nil
 }
 
 // readPorts reads events until none comes for a while, or n came, and
@@ -57,11 +59,13 @@ func TestFlowLogVerdictsResumeAndTime(t *testing.T) {
 	h.endpoint(addrB, 2, 0, [2][2]uint32{})
 	tick := time.Second / time.Duration(h.d.HZ())
 	before := time.Now()
-	onOneCPU(t, func() {
+	if err := onOneCPU(func() {
 		for port := uint16(6000); port < 6010; port++ {
 			h.expect(FromNetdev, tcp(addrR, addrB, port, 80, packet.SYN), retNext)
 		}
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	after := time.Now()
 	e := h.event(EventVerdict)
 	if e.Src.Port() != 6000 || e.Dir != Ingress || e.EndpointID != 2 {
@@ -91,11 +95,13 @@ func TestFlowLogOverwrittenCountsLost(t *testing.T) {
 	h.ipcache(addrR, 1003, selR)
 	h.endpoint(addrB, 2, 0, [2][2]uint32{})
 	h.evs.Close() // no reader while the log overflows
-	onOneCPU(t, func() {
+	if err := onOneCPU(func() {
 		for i := range 200 {
 			h.expect(FromNetdev, tcp(addrR, addrB, uint16(7000+i), 80, packet.SYN), retNext)
 		}
-	})
+	}); err != nil {
+		t.Fatal(err)
+	}
 	rd, err := h.d.NewEventReader()
 	if err != nil {
 		t.Fatal(err)
@@ -114,5 +120,50 @@ func TestFlowLogOverwrittenCountsLost(t *testing.T) {
 	}
 	if st.LostEvents != 137 {
 		t.Fatalf("lost events %d, want 137", st.LostEvents)
+	}
+}
+
+// A reader that polls seldom (idle) is woken through the ring buffer when
+// a CPU's flow log fills halfway, instead of losing records at its next
+// poll.
+func TestFlowLogHalfFullWakesReader(t *testing.T) {
+	h := newHarnessSized(t, Sizes{FlowLog: 64})
+	h.ipcache(addrR, 1003, selR)
+	h.endpoint(addrB, 2, 0, [2][2]uint32{})
+	h.evs.poll = time.Minute // as if idle for long
+	h.evs.SetDeadline(time.Now().Add(time.Minute))
+	done := make(chan error, 1)
+	go func() {
+		time.Sleep(100 * time.Millisecond) // let Read start waiting
+		var err error
+		if aerr := onOneCPU(func() {
+			for i := range 32 {
+				ret, rerr := h.prog(FromNetdev).Run(&ebpf.RunOptions{Data: tcp(addrR, addrB, uint16(8000+i), 80, packet.SYN).Frame()})
+				if rerr != nil || int32(ret) != retNext {
+					err = fmt.Errorf("new flow %d: verdict %d, %v", i, int32(ret), rerr)
+					return
+				}
+			}
+		}); aerr != nil {
+			err = aerr
+		}
+		done <- err
+	}()
+	start := time.Now()
+	e, err := h.evs.Read()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(start); waited > 10*time.Second {
+		t.Fatalf("Read returned after %v: the half-full flow log did not wake it", waited)
+	}
+	if e.Type != EventVerdict || e.Src.Port() != 8000 {
+		t.Fatalf("first event %+v, want the verdict of source port 8000", e)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got := readPorts(h.evs, 100); len(got) != 31 || got[30] != 8031 {
+		t.Fatalf("read %v after the first, want 8001..8031", got)
 	}
 }

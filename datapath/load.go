@@ -42,8 +42,9 @@ type Sizes struct {
 	// page size. Events that do not fit are counted as lost.
 	EventsBytes uint32
 	// FlowLog is how many verdict events each CPU's flow log holds,
-	// rounded up to a power of two: a reader that falls this far behind
-	// loses the oldest (counted as lost).
+	// rounded up to a power of two (80 bytes each): a reader that falls
+	// this far behind loses the oldest (counted as lost). Half of it
+	// filled wakes the reader.
 	FlowLog uint32
 	// Registry holds the agent's bookkeeping (selector set and rule
 	// fingerprints) so that a restart reuses the same numbers.
@@ -60,7 +61,7 @@ var DefaultSizes = Sizes{
 	Fragments:      1 << 13,
 	ProxyConntrack: 1 << 16,
 	EventsBytes:    1 << 22,
-	FlowLog:        1 << 12,
+	FlowLog:        1 << 10,
 	Registry:       1 << 20,
 }
 

@@ -12,6 +12,8 @@
 
 /* Wake the reader once this much is waiting (about 300 events). */
 #define EVENTS_WAKEUP_BYTES (32 * 1024)
+/* The size of the ring record that wakes the reader for the flow log. */
+#define FLOWLOG_WAKE_BYTES 8
 /* A record in the ring: the event plus the ring's 8-byte header. */
 #define EVENT_RECORD_BYTES (sizeof(struct event) + 8)
 
@@ -125,6 +127,14 @@ static __always_inline void flowlog_write(struct __sk_buff *skb, const struct pk
 	/* Orders the record's stores before the head's on every
 	 * architecture: a fetching atomic is fully ordered. */
 	__sync_fetch_and_add(&h->head, 1);
+	/* The reader is not woken for verdict events, and polls less often
+	 * while idle: the record that fills half the log since the reader's
+	 * last visit wakes it through the ring buffer, with a record of
+	 * FLOWLOG_WAKE_BYTES the reader recognises by its size. */
+	if (head + 1 - h->tail == (flowlog_slot_mask + 1) / 2) {
+		__u64 mark = 0;
+		bpf_ringbuf_output(&events, &mark, FLOWLOG_WAKE_BYTES, BPF_RB_FORCE_WAKEUP);
+	}
 }
 
 #endif /* MEMBRANE_EVENTS_H */
