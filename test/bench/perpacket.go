@@ -414,7 +414,11 @@ func benchPerPacket(r *report, rounds int) {
 	}
 	fmt.Fprintf(&b, "Conntrack hit by a reply (the local endpoint answering, from-container, 10 entries): %.1f ns [%s].\n", median(ctReply), fmtList(ctReply))
 	q := median(steadyQuiet) - sFloor
-	fmt.Fprintf(&b, "Without verdict events (10 entries): new flow %.1f ns: one event costs about %.0f ns.\n", q, res[10][1]-q)
+	if ev := res[10][1] - q; ev >= 1 {
+		fmt.Fprintf(&b, "Without verdict events (10 entries): new flow %.1f ns: one event costs about %.0f ns.\n", q, ev)
+	} else {
+		fmt.Fprintf(&b, "Without verdict events (10 entries): new flow %.1f ns: one event costs less than the runs' noise (difference %.0f ns).\n", q, ev)
+	}
 	cr := median(steadyRef) - sFloor
 	lm := median(steadyLookup) - sFloor
 	// A warm table lookup can cost less than the wrapper's run-to-run
