@@ -110,6 +110,7 @@ func (d *Datapath) CTCollect(c Config) (CTCollection, error) {
 	})
 	res.Entries = seen
 	res.Fill = float64(seen) / float64(ct.connections())
+	d.ctCount.Store(int64(seen - res.Expired))
 
 	var expired []bpf.DatapathCtKey
 	seen = 0
@@ -254,6 +255,7 @@ func (d *Datapath) CTFlush() (int, error) {
 	}
 	n := ct.clear()
 	ct.close()
+	d.ctForgot(n)
 	var keys []bpf.DatapathCtKey
 	err = walkCT(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
 		keys = append(keys, *k)
@@ -279,7 +281,19 @@ func (d *Datapath) CTDelete(conns []Conn) (int, error) {
 		return 0, err
 	}
 	defer ct.close()
-	return ct.deleteConns(conns), nil
+	n := ct.deleteConns(conns)
+	d.ctForgot(n)
+	return n, nil
+}
+
+// ctForgot takes n deleted connections off the count MapStats reports.
+func (d *Datapath) ctForgot(n int) {
+	for {
+		c := d.ctCount.Load()
+		if c < 0 || d.ctCount.CompareAndSwap(c, max(0, c-int64(n))) {
+			return
+		}
+	}
 }
 
 func (t *ctTable) deleteConns(conns []Conn) int {

@@ -219,3 +219,52 @@ func TestCTTableEvictsWhenFull(t *testing.T) {
 		}
 	}
 }
+
+// Status and metrics report conntrack's size from the last collection,
+// less deletions since, instead of mapping and walking the table each
+// time; before any collection they count.
+func TestMapStatsConntrackFromCollection(t *testing.T) {
+	h := newHarness(t)
+	now, err := h.d.jiffies()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := ctView(t, h.d)
+	for i := range 10 {
+		k := ctKey(i)
+		if _, err := ct.put(&k, &bpf.DatapathCtEntry{Flags: CTEgress, LastSeen: uint64(now)}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries := func() int {
+		for _, m := range h.d.MapStats() {
+			if m.Name == "ct" {
+				return m.Entries
+			}
+		}
+		t.Fatal("no ct in MapStats")
+		return 0
+	}
+	if n := entries(); n != 10 {
+		t.Fatalf("before a collection: %d entries, want 10 (counted)", n)
+	}
+	if _, err := h.d.CTCollect(DefaultConfig); err != nil {
+		t.Fatal(err)
+	}
+	k := ctKey(10)
+	if _, err := ct.put(&k, &bpf.DatapathCtEntry{Flags: CTEgress}, false); err != nil {
+		t.Fatal(err)
+	}
+	if n := entries(); n != 10 {
+		t.Fatalf("after a collection: %d entries, want the collection's 10", n)
+	}
+	k0 := ctKey(0)
+	src := netip.AddrPortFrom(fromAddr(k0.Saddr), ntohs(k0.Sport))
+	dst := netip.AddrPortFrom(fromAddr(k0.Daddr), ntohs(k0.Dport))
+	if n, err := h.d.CTDelete([]Conn{{Src: src, Dst: dst, Proto: k0.Proto}}); err != nil || n != 1 {
+		t.Fatalf("deleted %d, %v; want 1", n, err)
+	}
+	if n := entries(); n != 9 {
+		t.Fatalf("after a deletion: %d entries, want 9", n)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -114,6 +115,11 @@ type Datapath struct {
 
 	hz uint32 // kernel jiffies per second
 
+	// ctCount is how many connections the last conntrack collection
+	// found, less those deleted since (-1: no collection yet). MapStats
+	// reports it rather than walking the table.
+	ctCount atomic.Int64
+
 	// Pinned maps Load replaced (migrate.go), until FinishMigration.
 	retired []retiredMap
 }
@@ -182,6 +188,7 @@ func Load(opts Options) (*Datapath, error) {
 	}
 
 	d := &Datapath{pinDir: opts.PinDir, sizes: sizes, legacy: opts.LegacyTC, links: map[string]link.Link{}}
+	d.ctCount.Store(-1)
 	if opts.PinDir != "" {
 		if d.retired, err = migratePinned(opts.PinDir, pinnedSpecs(spec, regSpec)); err != nil {
 			return nil, err

@@ -283,7 +283,12 @@ type MapStat struct {
 }
 
 // MapStats counts the entries of the datapath's maps. Counting walks the
-// maps, so call it for status output, not per packet.
+// maps, so call it for status output, not per packet. Conntrack's count is
+// the last collection's (CTCollect; the agent's runs every 30 s), less the
+// connections deleted since, as Cilium reports its conntrack map pressure:
+// counting anew maps the whole table, which costs milliseconds and evicts
+// what the datapath had in the CPUs' caches, on every status request and
+// metrics scrape. Before any collection it counts.
 func (d *Datapath) MapStats() []MapStat {
 	count := func(m *ebpf.Map) int {
 		n := 0
@@ -311,8 +316,10 @@ func (d *Datapath) MapStats() []MapStat {
 	for _, e := range maps {
 		if e.m == d.objs.Ct {
 			st := MapStat{Name: e.name, MaxEntries: int(e.m.MaxEntries()) * ctSlots / 2}
-			if ct, err := d.ctView(); err == nil {
-				st.Entries, st.MaxEntries = ct.len(), ct.connections()
+			if n := d.ctCount.Load(); n >= 0 {
+				st.Entries = int(n)
+			} else if ct, err := d.ctView(); err == nil {
+				st.Entries = ct.len()
 				ct.close()
 			}
 			out = append(out, st)
