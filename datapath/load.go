@@ -62,7 +62,7 @@ var DefaultSizes = Sizes{
 	Fragments:      1 << 13,
 	ProxyConntrack: 1 << 16,
 	EventsBytes:    1 << 22,
-	FlowLog:        1 << 10,
+	FlowLog:        1 << 12,
 	Registry:       1 << 20,
 }
 
