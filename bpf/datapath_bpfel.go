@@ -109,7 +109,8 @@ type DatapathFlowlogHead struct {
 	Head uint64
 	Tail uint64
 	Lost uint64
-	Pad  [56]uint8
+	Wake uint64
+	Pad  [48]uint8
 }
 
 type DatapathFragKey struct {

@@ -172,6 +172,7 @@ func (r *EventReader) Read() (Event, error) {
 			continue
 		}
 		wake := now.Add(r.poll)
+		r.setFlowLogWake(r.poll > PollInterval)
 		r.poll = min(2*r.poll, MaxPollInterval)
 		if !r.deadline.IsZero() {
 			if !now.Before(r.deadline) {
@@ -215,6 +216,16 @@ func (r *EventReader) readFlowLog(now time.Time) bool {
 		r.flowNext = now.Add(PollInterval)
 	}
 	return len(r.flows) > 0
+}
+
+// setFlowLogWake sets the flow log's wake flags: on while the reader
+// waits longer than PollInterval.
+func (r *EventReader) setFlowLogWake(on bool) {
+	r.ring.mu.Lock()
+	defer r.ring.mu.Unlock()
+	if !r.ring.closed.Load() {
+		r.log.setWake(on)
+	}
 }
 
 // decode turns a ring record into an Event.

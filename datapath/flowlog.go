@@ -28,9 +28,10 @@ import (
 // records from its tail up to head and checks afterwards that the writer
 // has not come round to them meanwhile. tail and the count of records lost
 // to overwriting live in the header too, so that a restarted agent goes on
-// where the last one stopped. The record that fills half a CPU's log since
-// the reader last moved its tail wakes the reader through the ring buffer
-// (an 8-byte record, skipped by EventReader).
+// where the last one stopped. While the reader polls seldom (idle), the
+// record that fills half a CPU's log since the reader last moved its tail
+// wakes it through the ring buffer (an 8-byte record, skipped by
+// EventReader); the reader sets the headers' wake flags for that.
 //
 // A record's time is in jiffies (the tick counter conntrack reads anyway);
 // the reader converts it against an anchor, a moment at which it read
@@ -54,6 +55,7 @@ type flowLog struct {
 	// handed is, per CPU, the tail past the records handed out since
 	// the last flush (0: none).
 	handed []uint64
+	waking bool // the headers' wake flags are set
 
 	// jiffies -> time
 	hz         uint32
@@ -94,6 +96,8 @@ func (d *Datapath) openFlowLog() (*flowLog, error) {
 		l.close()
 		return nil, err
 	}
+	l.waking = true // whatever an earlier reader left: clear it
+	l.setWake(false)
 	return l, nil
 }
 
@@ -208,6 +212,22 @@ func (l *flowLog) lost() uint64 {
 // header's cache line away from the CPU writing it for every event.
 func (l *flowLog) done(rec *flowRecord) {
 	l.handed[rec.cpu] = rec.seq + 1
+}
+
+// setWake asks the programs to wake the reader when a CPU's log fills
+// halfway (on), or not to (off: the reader polls often).
+func (l *flowLog) setWake(on bool) {
+	if on == l.waking {
+		return
+	}
+	v := uint64(0)
+	if on {
+		v = 1
+	}
+	for cpu := 0; cpu < l.cpus; cpu++ {
+		atomic.StoreUint64(&l.head(cpu).Wake, v)
+	}
+	l.waking = on
 }
 
 // flush moves the headers' tails past the records handed out.

@@ -128,10 +128,12 @@ static __always_inline void flowlog_write(struct __sk_buff *skb, const struct pk
 	 * architecture: a fetching atomic is fully ordered. */
 	__sync_fetch_and_add(&h->head, 1);
 	/* The reader is not woken for verdict events, and polls less often
-	 * while idle: the record that fills half the log since the reader's
-	 * last visit wakes it through the ring buffer, with a record of
-	 * FLOWLOG_WAKE_BYTES the reader recognises by its size. */
-	if (head + 1 - h->tail == (flowlog_slot_mask + 1) / 2) {
+	 * while idle: then (wake set) the record that fills half the log
+	 * since the reader's last visit wakes it through the ring buffer,
+	 * with a record of FLOWLOG_WAKE_BYTES the reader recognises by its
+	 * size. A busy reader polls often enough, and wakeups under load
+	 * (an interrupt on this CPU each) cost more than they save. */
+	if (h->wake && head + 1 - h->tail == (flowlog_slot_mask + 1) / 2) {
 		__u64 mark = 0;
 		bpf_ringbuf_output(&events, &mark, FLOWLOG_WAKE_BYTES, BPF_RB_FORCE_WAKEUP);
 	}

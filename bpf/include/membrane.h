@@ -282,13 +282,15 @@ struct event {
 /* The first element of each CPU's block of the flow log. head counts the
  * records ever written there (slot head % slots is the next); tail is
  * where the agent's reader has read up to and lost how many records it
- * found overwritten, kept here across restarts. Only the program writes
- * head, only the reader the rest. */
+ * found overwritten, kept here across restarts; wake is set while the
+ * reader polls seldom (idle) and wants a half-full log to wake it. Only
+ * the program writes head, only the reader the rest. */
 struct flowlog_head {
 	__u64 head;
 	__u64 tail;
 	__u64 lost;
-	__u8 pad[sizeof(struct event) - 24];
+	__u64 wake;
+	__u8 pad[sizeof(struct event) - 32];
 };
 
 /* Counters: per CPU, indexed by reason * 2 + dir; reason 0 counts
