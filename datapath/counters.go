@@ -61,13 +61,10 @@ func (d *Datapath) Stats() (Stats, error) {
 		s.CTInsertFailed += c.CtInsertFailed
 	}
 	// Verdict events the flow log's readers found overwritten.
-	block := uint64(d.sizes.FlowLog) + 1
-	for i := uint64(0); i < uint64(d.objs.Flowlog.MaxEntries()); i += block {
-		var h bpf.DatapathFlowlogHead
-		if err := d.objs.Flowlog.Lookup(uint32(i), &h); err != nil {
-			return Stats{}, fmt.Errorf("read the flow log's header: %w", err)
-		}
-		s.LostEvents += h.Lost
+	lost, err := d.flowLogLost()
+	if err != nil {
+		return Stats{}, err
 	}
+	s.LostEvents += lost
 	return s, nil
 }

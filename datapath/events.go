@@ -141,16 +141,10 @@ func (r *EventReader) Read() (Event, error) {
 		if len(r.flows) > 0 {
 			f := r.flows[0]
 			r.flows = r.flows[1:]
-			r.ring.mu.Lock()
-			if r.ring.closed.Load() {
-				r.ring.mu.Unlock()
+			r.log.done(&f)
+			if len(r.flows) == 0 && !r.flushFlowLog() {
 				return Event{}, ErrClosed
 			}
-			r.log.done(&f)
-			if len(r.flows) == 0 {
-				r.log.flush()
-			}
-			r.ring.mu.Unlock()
 			return r.event(&f.ev, f.time), nil
 		}
 		rec, err := r.ring.next(r.buf)
@@ -216,6 +210,18 @@ func (r *EventReader) readFlowLog(now time.Time) bool {
 		r.flowNext = now.Add(PollInterval)
 	}
 	return len(r.flows) > 0
+}
+
+// flushFlowLog moves the flow log's tails past the batch handed out; false
+// once the reader is closed (Close has flushed it).
+func (r *EventReader) flushFlowLog() bool {
+	r.ring.mu.Lock()
+	defer r.ring.mu.Unlock()
+	if r.ring.closed.Load() {
+		return false
+	}
+	r.log.flush()
+	return true
 }
 
 // setFlowLogWake sets the flow log's wake flags: on while the reader

@@ -131,7 +131,7 @@ func (l *flowLog) time(j uint64) time.Time {
 }
 
 func (l *flowLog) head(cpu int) *bpf.DatapathFlowlogHead {
-	return (*bpf.DatapathFlowlogHead)(unsafe.Pointer(&l.elems[uint64(cpu)*(l.slots+1)]))
+	return (*bpf.DatapathFlowlogHead)(unsafe.Pointer(&l.elems[flowLogHeadIndex(uint64(cpu), l.slots)]))
 }
 
 // eventWords is a record as the 64-bit words it is copied in: each is
@@ -145,7 +145,6 @@ const eventWords = unsafe.Sizeof(bpf.DatapathEvent{}) / 8
 // reader has handed it out (done, flush), so records read but not yet
 // handed out when the reader closes are read again by the next one.
 func (l *flowLog) read(out []flowRecord, max int) []flowRecord {
-	l.flush()
 	if time.Since(l.anchoredAt) > flowLogReanchor {
 		l.anchor() // on failure the old anchor stays
 	}
@@ -163,7 +162,7 @@ func (l *flowLog) read(out []flowRecord, max int) []flowRecord {
 		}
 		first := len(out)
 		for ; tail < head && len(out) < max; tail++ {
-			src := (*[eventWords]uint64)(unsafe.Pointer(&l.elems[uint64(cpu)*(l.slots+1)+1+tail%l.slots]))
+			src := (*[eventWords]uint64)(unsafe.Pointer(&l.elems[flowLogHeadIndex(uint64(cpu), l.slots)+1+tail%l.slots]))
 			var rec flowRecord
 			dst := (*[eventWords]uint64)(unsafe.Pointer(&rec.ev))
 			for w := range src {
@@ -197,21 +196,31 @@ func (l *flowLog) read(out []flowRecord, max int) []flowRecord {
 	return out
 }
 
-// lost is how many records readers have lost to overwriting, over the
-// log's life.
-func (l *flowLog) lost() uint64 {
+// flowLogLost is how many records the flow log's readers have found
+// overwritten, over the log's life: read through the map, for Stats,
+// which has no mapping of its own.
+func (d *Datapath) flowLogLost() (uint64, error) {
+	slots := uint64(d.sizes.FlowLog)
 	var n uint64
-	for cpu := 0; cpu < l.cpus; cpu++ {
-		n += atomic.LoadUint64(&l.head(cpu).Lost)
+	for cpu := uint64(0); cpu < uint64(d.objs.Flowlog.MaxEntries())/(slots+1); cpu++ {
+		var h bpf.DatapathFlowlogHead
+		if err := d.objs.Flowlog.Lookup(uint32(flowLogHeadIndex(cpu, slots)), &h); err != nil {
+			return 0, fmt.Errorf("read the flow log's header: %w", err)
+		}
+		n += h.Lost
 	}
-	return n
+	return n, nil
 }
 
-// done records that rec has been handed out. The tails move in the
-// headers at the next read or at close: a store per record would pull the
-// header's cache line away from the CPU writing it for every event.
+// flowLogHeadIndex is the element of CPU cpu's header; its slots follow.
+func flowLogHeadIndex(cpu, slots uint64) uint64 { return cpu * (slots + 1) }
+
+// done records that rec has been handed out, in the reader's memory
+// only. The tails move in the headers at flush, once the batch is handed
+// out, or at close: a store per record would pull the header's cache line
+// away from the CPU writing it for every event.
 func (l *flowLog) done(rec *flowRecord) {
-	l.handed[rec.cpu] = rec.seq + 1
+	atomic.StoreUint64(&l.handed[rec.cpu], rec.seq+1) // Close may flush meanwhile
 }
 
 // setWake asks the programs to wake the reader when a CPU's log fills
@@ -232,10 +241,9 @@ func (l *flowLog) setWake(on bool) {
 
 // flush moves the headers' tails past the records handed out.
 func (l *flowLog) flush() {
-	for cpu, t := range l.handed {
-		if t != 0 {
+	for cpu := range l.handed {
+		if t := atomic.SwapUint64(&l.handed[cpu], 0); t != 0 {
 			atomic.StoreUint64(&l.head(cpu).Tail, t)
-			l.handed[cpu] = 0
 		}
 	}
 }

@@ -45,7 +45,7 @@ type Sizes struct {
 	// FlowLog is how many verdict events each CPU's flow log holds,
 	// rounded up to a power of two (80 bytes each): a reader that falls
 	// this far behind loses the oldest (counted as lost). Half of it
-	// filled wakes the reader.
+	// filled wakes an idle reader.
 	FlowLog uint32
 	// Registry holds the agent's bookkeeping (selector set and rule
 	// fingerprints) so that a restart reuses the same numbers.
