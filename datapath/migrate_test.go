@@ -58,25 +58,38 @@ func pinnedInfo(t *testing.T, dir, name string) *ebpf.MapInfo {
 	return info
 }
 
+// pinnedWithConnection loads a datapath pinned in dir with ipcache entries
+// for A, R and the given prefixes (identity 2, selector set 77), A's
+// ingress allowing R on TCP port 80, and R's connection to A from port
+// 40000 open. It returns the harness and the policy key of that rule.
+func pinnedWithConnection(t *testing.T, dir string, sizes Sizes, prefixes ...string) (*harness, PolicyKey) {
+	t.Helper()
+	d, err := loadPinned(t, dir, sizes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, d: d, cfg: DefaultConfig}
+	for _, p := range prefixes {
+		h.ipcache(p, 2, 77)
+	}
+	h.ipcache(addrA, 1001, selA)
+	h.ipcache(addrR, 1003, selR)
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
+	h.policy(k, v)
+	h.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.SYN), retNext)
+	return h, k
+}
+
 // A new conntrack size takes effect on the next load: the pinned map is
 // replaced by a bigger one holding the same connections, and connections
 // the previous programs open until they are replaced are carried over too.
 func TestMigrateResizedConntrack(t *testing.T) {
 	dir := pinDir(t)
-	d1, err := loadPinned(t, dir, Sizes{Conntrack: 1024, IPCacheLPM: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := &harness{t: t, d: d1, cfg: DefaultConfig}
-	old.ipcache("198.51.100.0/24", 2, 77)
-	old.ipcache(addrA, 1001, selA)
-	old.ipcache(addrR, 1003, selR)
-	old.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
-	old.policy(k, v)
-	old.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.SYN), retNext)
+	old, k := pinnedWithConnection(t, dir, Sizes{Conntrack: 1024, IPCacheLPM: 64}, "198.51.100.0/24")
 
-	// d1 stays loaded: its programs are the ones still attached.
+	// The first datapath stays loaded: its programs are the ones still
+	// attached.
 	d2, err := loadPinned(t, dir, Sizes{Conntrack: 4096, IPCacheLPM: 128})
 	if err != nil {
 		t.Fatalf("load with a bigger conntrack: %v", err)
@@ -185,25 +198,15 @@ func TestMigrateRefusesWithoutTouchingPins(t *testing.T) {
 // connections are found in either direction.
 func TestMigrateConvertsOlderConntrack(t *testing.T) {
 	dir := pinDir(t)
-	d1, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, d: d1, cfg: DefaultConfig}
-	h.ipcache(addrA, 1001, selA)
-	h.ipcache(addrR, 1003, selR)
-	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
-	h.policy(k, v)
 	// R (10.1.0.5) opens a connection to A (10.0.0.1): its ends are out
 	// of order, so this build keys it reversed; an older one keyed it as
 	// it travelled.
-	h.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.SYN), retNext)
+	h, k := pinnedWithConnection(t, dir, Sizes{Conntrack: 1024})
 	orig := bpf.DatapathCtKey{Saddr: toAddr(mustAddr(addrR)), Daddr: toAddr(mustAddr(addrA)), Sport: htons(40000), Dport: htons(80), Proto: packet.TCP}
 	if !ctSwap(&orig) {
 		t.Fatal("test key is already in conntrack order")
 	}
-	e, ok := ctView(t, d1).lookup(&bpf.DatapathCtKey{Saddr: orig.Daddr, Daddr: orig.Saddr, Sport: orig.Dport, Dport: orig.Sport, Proto: orig.Proto})
+	e, ok := ctView(t, h.d).lookup(&bpf.DatapathCtKey{Saddr: orig.Daddr, Daddr: orig.Saddr, Sport: orig.Dport, Dport: orig.Sport, Proto: orig.Proto})
 	if !ok || e.Flags&CTSwapped == 0 {
 		t.Fatalf("datapath entry: %+v, %v", e, ok)
 	}
