@@ -134,31 +134,24 @@ __noinline int ct_find(const struct ct_key *k, __u64 h)
 
 enum { CT_INSERTED = 0, CT_EVICTED = 1, CT_INSERT_FAILED = -1 };
 
-/* The helpers of ct_insert are global functions too: inlined, the
- * verifier carried what every slot test learnt into the next and walked
- * each combination. */
-
-/* Empty slots of bucket bi. */
-__noinline int ct_free_slots(__u32 bi)
+/* Empty slots of bucket b, without a branch: each test would otherwise
+ * double the verifier's states, as the two counts are compared. */
+static __always_inline int ct_free_slots(const struct ct_bucket *b)
 {
-	struct ct_bucket *b = bpf_map_lookup_elem(&ct, &bi);
-	if (!b)
-		return 0;
 	int n = 0;
 #pragma unroll
-	for (int i = 0; i < CT_SLOTS; i++)
-		if (b->meta[i] == CT_SLOT_EMPTY)
-			n++;
+	for (int i = 0; i < CT_SLOTS; i++) {
+		__u64 m = b->meta[i];
+		n += 1 ^ (int)((m | -m) >> 63); /* 1 when m == CT_SLOT_EMPTY */
+	}
 	return n;
 }
 
-/* Claims an empty slot of bucket bi for k (meta word meta), writes it and
+/* Claims an empty slot of bucket b for k (meta word meta), writes it and
  * publishes it. Returns 0, or -1 when the bucket has no empty slot. */
-__noinline int ct_claim(__u32 bi, const struct ct_key *k, const struct ct_entry *ne, __u64 meta)
+static __always_inline int ct_claim(struct ct_bucket *b, const struct ct_key *k,
+				    const struct ct_entry *ne, __u64 meta)
 {
-	struct ct_bucket *b = bpf_map_lookup_elem(&ct, &bi);
-	if (!b || !k || !ne)
-		return -1;
 #pragma unroll
 	for (int i = 0; i < CT_SLOTS; i++) {
 		if (b->meta[i] == CT_SLOT_EMPTY &&
@@ -173,7 +166,8 @@ __noinline int ct_claim(__u32 bi, const struct ct_key *k, const struct ct_entry 
 }
 
 /* Replaces the least recently seen connection of buckets i1 and i2 with
- * k. Returns 0, or -1 when another writer got there first. */
+ * k. Returns 0, or -1 when another writer got there first. A global
+ * function of its own: it runs only when both buckets are full. */
 __noinline int ct_evict(__u32 i1, __u32 i2, const struct ct_key *k, const struct ct_entry *ne,
 			__u64 meta)
 {
@@ -212,19 +206,28 @@ __noinline int ct_evict(__u32 i1, __u32 i2, const struct ct_key *k, const struct
 
 /* Records connection k (hash h) with entry ne: in the emptier of its two
  * buckets, which keeps them evenly filled, else in place of the least
- * recently seen connection of the two buckets. */
-static __always_inline int ct_insert(const struct ct_key *k, __u64 h, const struct ct_entry *ne)
+ * recently seen connection of the two buckets.
+ *
+ * One global function, with counting and claiming inlined: a call and
+ * its return cost some 8 ns here (the kernel's return thunk for
+ * speculative return stack overflow, "Safe RET", makes every return
+ * mispredict; see docs/ARCHITECTURE.md), and an insert made three. */
+__noinline int ct_insert(const struct ct_key *k, __u64 h, const struct ct_entry *ne)
 {
+	__u32 i1 = ct_bucket1(h), i2 = ct_bucket2(h);
+	struct ct_bucket *first = bpf_map_lookup_elem(&ct, &i1);
+	struct ct_bucket *second = bpf_map_lookup_elem(&ct, &i2);
+	if (!first || !second || !k || !ne)
+		return CT_INSERT_FAILED;
 	__u64 meta = ct_meta(h);
-	__u32 first = ct_bucket1(h), second = ct_bucket2(h);
 	if (ct_free_slots(second) > ct_free_slots(first)) {
-		__u32 t = first;
+		struct ct_bucket *t = first;
 		first = second;
 		second = t;
 	}
 	if (ct_claim(first, k, ne, meta) == 0 || ct_claim(second, k, ne, meta) == 0)
 		return CT_INSERTED;
-	return ct_evict(first, second, k, ne, meta) == 0 ? CT_EVICTED : CT_INSERT_FAILED;
+	return ct_evict(i1, i2, k, ne, meta) == 0 ? CT_EVICTED : CT_INSERT_FAILED;
 }
 
 static __always_inline struct ct_bucket *ct_slot_bucket(int s)

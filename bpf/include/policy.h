@@ -22,11 +22,10 @@ struct decision {
 	__u32 rule_id;
 };
 
-/* A subprogram, not inlined: policy_decide has four call sites in each
- * program, and an unrolled copy of this loop at each made up half of the
- * programs' code (28 KB of JIT output for from_container; 13 KB now). */
-static __noinline struct policy_value *policy_probe(struct policy_key *k, __u32 mask,
-							 __u16 port)
+/* Probes the policy entries of key k for port, from the most specific
+ * port block to the least, as mask says which exist. */
+static __always_inline struct policy_value *policy_probe_inline(struct policy_key *k, __u32 mask,
+								__u16 port)
 {
 	struct policy_value *v;
 
@@ -55,10 +54,21 @@ static __noinline struct policy_value *policy_probe(struct policy_key *k, __u32 
 	return NULL;
 }
 
+/* The same as a subprogram, for the cold call sites (revalidation): an
+ * unrolled copy of the loop at each of them made up half of the
+ * programs' code (28 KB of JIT output for from_container; 13 KB as a
+ * subprogram). A new connection's decisions inline it: a call and its
+ * return cost ~7 ns here (docs/ARCHITECTURE.md). */
+static __noinline struct policy_value *policy_probe(struct policy_key *k, __u32 mask, __u16 port)
+{
+	return policy_probe_inline(k, mask, port);
+}
+
 /* Decides traffic in direction dir for endpoint ep with a peer in selector
  * set selset, protocol proto and policy port port. */
-static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, __u32 selset,
-					  __u8 proto, __u16 port, struct decision *d)
+static __always_inline void policy_decide_at(const struct endpoint *ep, __u8 dir, __u32 selset,
+					     __u8 proto, __u16 port, struct decision *d,
+					     const int hot)
 {
 	struct policy_key k = {
 		.ep_id = ep->id,
@@ -83,11 +93,11 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 
 	if (m_sel && selset) {
 		k.selset = selset;
-		v = policy_probe(&k, m_sel, port);
+		v = hot ? policy_probe_inline(&k, m_sel, port) : policy_probe(&k, m_sel, port);
 	}
 	if (!v && m_any) {
 		k.selset = 0;
-		v = policy_probe(&k, m_any, port);
+		v = hot ? policy_probe_inline(&k, m_any, port) : policy_probe(&k, m_any, port);
 	}
 
 	if (v) {
@@ -106,6 +116,20 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 		d->verdict = VERDICT_ALLOW;
 		d->reason = REASON_NONE;
 	}
+}
+
+/* For a new connection (hot: the probes inlined). */
+static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, __u32 selset,
+					  __u8 proto, __u16 port, struct decision *d)
+{
+	policy_decide_at(ep, dir, selset, proto, port, d, 1);
+}
+
+/* For revalidating an established one (the probes called). */
+static __always_inline void policy_recheck(const struct endpoint *ep, __u8 dir, __u32 selset,
+					   __u8 proto, __u16 port, struct decision *d)
+{
+	policy_decide_at(ep, dir, selset, proto, port, d, 0);
 }
 
 #endif /* MEMBRANE_POLICY_H */
