@@ -137,7 +137,7 @@ static __always_inline __u16 ct_policy_port(const struct ct_key *orig)
 
 static __always_inline void decide_ingress(const struct config *cfg, const struct endpoint *ep,
 					   const struct ipcache_value *src, __u8 proto, __u16 port,
-					   struct decision *d, const int hot)
+					   struct decision *d, const int probe)
 {
 	if ((cfg->flags & CFG_ALLOW_HOST) && src->identity == ID_HOST) {
 		d->verdict = VERDICT_ALLOW;
@@ -146,7 +146,7 @@ static __always_inline void decide_ingress(const struct config *cfg, const struc
 		d->rule_id = 0;
 		return;
 	}
-	policy_decide_at(ep, DIR_INGRESS, src->selset, proto, port, d, hot);
+	policy_decide(ep, DIR_INGRESS, src->selset, proto, port, d, probe);
 }
 
 /* Re-checks an established connection after a policy or ipcache change.
@@ -163,7 +163,7 @@ static __always_inline int ct_revalidate(const struct config *cfg, struct ct_ent
 	if (e->flags & CT_F_EGRESS) {
 		ep = bpf_map_lookup_elem(&endpoints, &orig->saddr);
 		if (ep) {
-			policy_recheck(ep, DIR_EGRESS, dst.selset, orig->proto, port, d);
+			policy_decide(ep, DIR_EGRESS, dst.selset, orig->proto, port, d, PROBE_CALLED);
 			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
 				/* L7 policy now applies, but this connection
 				 * bypasses the proxy: end it. */
@@ -181,7 +181,7 @@ static __always_inline int ct_revalidate(const struct config *cfg, struct ct_ent
 	if (e->flags & CT_F_INGRESS) {
 		ep = bpf_map_lookup_elem(&endpoints, &orig->daddr);
 		if (ep) {
-			decide_ingress(cfg, ep, &src, orig->proto, port, d, 0);
+			decide_ingress(cfg, ep, &src, orig->proto, port, d, PROBE_CALLED);
 			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
 				d->verdict = VERDICT_DENY;
 				d->reason = REASON_POLICY;
@@ -522,7 +522,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	}
 
 	if (src_ep) {
-		policy_decide(src_ep, DIR_EGRESS, dstv.selset, p.t.proto, p.port, &de);
+		policy_decide(src_ep, DIR_EGRESS, dstv.selset, p.t.proto, p.port, &de, PROBE_INLINE);
 		if (de.verdict == VERDICT_DENY) {
 			ei.dir = DIR_EGRESS;
 			ei.ep_id = src_ep->id;
@@ -532,7 +532,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		ctflags |= CT_F_EGRESS;
 	}
 	if (dst_ep) {
-		decide_ingress(cfg, dst_ep, &srcv, p.t.proto, p.port, &di, 1);
+		decide_ingress(cfg, dst_ep, &srcv, p.t.proto, p.port, &di, PROBE_INLINE);
 		if (di.verdict == VERDICT_DENY) {
 			ei.dir = DIR_INGRESS;
 			ei.ep_id = dst_ep->id;

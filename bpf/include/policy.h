@@ -64,11 +64,15 @@ static __noinline struct policy_value *policy_probe(struct policy_key *k, __u32 
 	return policy_probe_inline(k, mask, port);
 }
 
+/* Where policy_decide's probes run: inlined for a new connection, called
+ * for the revalidation of an established one. */
+enum { PROBE_CALLED = 0, PROBE_INLINE = 1 };
+
 /* Decides traffic in direction dir for endpoint ep with a peer in selector
  * set selset, protocol proto and policy port port. */
-static __always_inline void policy_decide_at(const struct endpoint *ep, __u8 dir, __u32 selset,
-					     __u8 proto, __u16 port, struct decision *d,
-					     const int hot)
+static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, __u32 selset,
+					  __u8 proto, __u16 port, struct decision *d,
+					  const int probe)
 {
 	struct policy_key k = {
 		.ep_id = ep->id,
@@ -93,11 +97,11 @@ static __always_inline void policy_decide_at(const struct endpoint *ep, __u8 dir
 
 	if (m_sel && selset) {
 		k.selset = selset;
-		v = hot ? policy_probe_inline(&k, m_sel, port) : policy_probe(&k, m_sel, port);
+		v = probe == PROBE_INLINE ? policy_probe_inline(&k, m_sel, port) : policy_probe(&k, m_sel, port);
 	}
 	if (!v && m_any) {
 		k.selset = 0;
-		v = hot ? policy_probe_inline(&k, m_any, port) : policy_probe(&k, m_any, port);
+		v = probe == PROBE_INLINE ? policy_probe_inline(&k, m_any, port) : policy_probe(&k, m_any, port);
 	}
 
 	if (v) {
@@ -116,20 +120,6 @@ static __always_inline void policy_decide_at(const struct endpoint *ep, __u8 dir
 		d->verdict = VERDICT_ALLOW;
 		d->reason = REASON_NONE;
 	}
-}
-
-/* For a new connection (hot: the probes inlined). */
-static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, __u32 selset,
-					  __u8 proto, __u16 port, struct decision *d)
-{
-	policy_decide_at(ep, dir, selset, proto, port, d, 1);
-}
-
-/* For revalidating an established one (the probes called). */
-static __always_inline void policy_recheck(const struct endpoint *ep, __u8 dir, __u32 selset,
-					   __u8 proto, __u16 port, struct decision *d)
-{
-	policy_decide_at(ep, dir, selset, proto, port, d, 0);
 }
 
 #endif /* MEMBRANE_POLICY_H */
