@@ -39,6 +39,7 @@
 #include "membrane.h"
 #include "maps.h"
 #include "parse.h"
+#include "index.h"
 #include "policy.h"
 #include "events.h"
 #include "ct.h"
@@ -68,18 +69,19 @@ static __always_inline struct config *config_get(void)
  * own entry. */
 static __always_inline struct ipcache_value ipcache_lookup_exact(const struct addr *a, int *exact)
 {
-	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache_host, a);
-	*exact = v != NULL;
-	if (v)
-		return *v;
+	struct ipcache_value r;
+	*exact = ipcache_host_get(a, &r);
+	if (*exact)
+		return r;
 
 	struct ipcache_lpm_key k = { .prefixlen = 128, .addr = *a };
-	v = bpf_map_lookup_elem(&ipcache_lpm, &k);
+	struct ipcache_value *v = bpf_map_lookup_elem(&ipcache_lpm, &k);
 	if (v)
 		return *v;
 
-	struct ipcache_value world = { .identity = ID_WORLD, .selset = 0 };
-	return world;
+	r.identity = ID_WORLD;
+	r.selset = 0;
+	return r;
 }
 
 static __always_inline struct ipcache_value ipcache_lookup(const struct addr *a)
@@ -158,11 +160,10 @@ static __always_inline int ct_revalidate(const struct config *cfg, struct ct_ent
 	struct ipcache_value src = ipcache_lookup(&orig->saddr);
 	struct ipcache_value dst = ipcache_lookup(&orig->daddr);
 	__u16 port = ct_policy_port(orig);
-	struct endpoint *ep;
+	struct endpoint epv, *ep = &epv;
 
 	if (e->flags & CT_F_EGRESS) {
-		ep = bpf_map_lookup_elem(&endpoints, &orig->saddr);
-		if (ep) {
+		if (endpoint_get(&orig->saddr, &epv)) {
 			policy_decide(ep, DIR_EGRESS, dst.selset, orig->proto, port, d, PROBE_CALLED);
 			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
 				/* L7 policy now applies, but this connection
@@ -179,8 +180,7 @@ static __always_inline int ct_revalidate(const struct config *cfg, struct ct_ent
 		}
 	}
 	if (e->flags & CT_F_INGRESS) {
-		ep = bpf_map_lookup_elem(&endpoints, &orig->daddr);
-		if (ep) {
+		if (endpoint_get(&orig->daddr, &epv)) {
 			decide_ingress(cfg, ep, &src, orig->proto, port, d, PROBE_CALLED);
 			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
 				d->verdict = VERDICT_DENY;
@@ -343,19 +343,23 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	 * its interface; an ICMP error's destination is not one of the
 	 * connection's); otherwise only for a new connection: for a tracked
 	 * one, its conntrack entry says whether the destination is local. */
+	struct endpoint src_epv, dst_epv;
 	struct endpoint *src_ep = NULL, *dst_ep = NULL;
 	int dst_known = 0;
 	if (obs == OBS_FROM_ENDPOINT) {
-		src_ep = bpf_map_lookup_elem(&endpoints, &p.t.saddr);
+		if (endpoint_get(&p.t.saddr, &src_epv))
+			src_ep = &src_epv;
 		if (!src_ep || src_ep->ifindex != skb->ifindex)
 			return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
 		ei.ep_id = src_ep->id;
 		if (p.icmp_error) {
-			dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+			if (endpoint_get(&p.t.daddr, &dst_epv))
+				dst_ep = &dst_epv;
 			dst_known = 1;
 		}
 	} else if (obs == OBS_TO_ENDPOINT || p.icmp_error) {
-		dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+		if (endpoint_get(&p.t.daddr, &dst_epv))
+			dst_ep = &dst_epv;
 		dst_known = 1;
 		if (!dst_ep) {
 			if (obs == OBS_FROM_NETDEV)
@@ -391,7 +395,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	if (!e && !dst_known && obs == OBS_FROM_NETDEV) {
 		/* Traffic of the node itself leaves here, before anything
 		 * else is looked up. */
-		dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+		if (endpoint_get(&p.t.daddr, &dst_epv))
+			dst_ep = &dst_epv;
 		dst_known = 1;
 		if (!dst_ep)
 			return TCX_NEXT;
@@ -480,7 +485,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	/* A new connection: the source's egress policy, then the destination's
 	 * ingress policy; either may deny. */
 	if (!dst_known) {
-		dst_ep = bpf_map_lookup_elem(&endpoints, &p.t.daddr);
+		if (endpoint_get(&p.t.daddr, &dst_epv))
+			dst_ep = &dst_epv;
 		if (obs == OBS_FROM_NETDEV) {
 			if (!dst_ep)
 				return TCX_NEXT; /* not for a workload */

@@ -80,6 +80,15 @@ type DatapathEndpoint struct {
 	Masks    [2][2]uint32
 }
 
+type DatapathEndpointBucket struct {
+	_        structs.HostLayout
+	State    [4]uint8
+	Overflow uint8
+	Pad      [3]uint8
+	Key      [4]DatapathAddr
+	Val      [4]DatapathEndpoint
+}
+
 type DatapathEvent struct {
 	_           structs.HostLayout
 	Ts          uint64
@@ -128,6 +137,15 @@ type DatapathFragValue struct {
 	Dport uint16
 }
 
+type DatapathIpcacheBucket struct {
+	_        structs.HostLayout
+	State    [4]uint8
+	Overflow uint8
+	Pad      [3]uint8
+	Key      [4]DatapathAddr
+	Val      [4]uint64
+}
+
 type DatapathIpcacheLpmKey struct {
 	_         structs.HostLayout
 	Prefixlen uint32
@@ -138,6 +156,15 @@ type DatapathIpcacheValue struct {
 	_        structs.HostLayout
 	Identity uint32
 	Selset   uint32
+}
+
+type DatapathPolicyBucket struct {
+	_        structs.HostLayout
+	State    [4]uint8
+	Overflow uint8
+	Pad      [3]uint8
+	Key      [4]DatapathPolicyKey
+	Val      [4]uint64
 }
 
 type DatapathPolicyKey struct {
@@ -173,27 +200,33 @@ type DatapathStats struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	DatapathMapCounters          = "counters"
-	DatapathMapCt                = "ct"
-	DatapathMapEndpoints         = "endpoints"
-	DatapathMapEvents            = "events"
-	DatapathMapFlowlog           = "flowlog"
-	DatapathMapFrags             = "frags"
-	DatapathMapGlobalCfg         = "global_cfg"
-	DatapathMapGlobalStats       = "global_stats"
-	DatapathMapIpcacheHost       = "ipcache_host"
-	DatapathMapIpcacheLpm        = "ipcache_lpm"
-	DatapathMapPolicy            = "policy"
-	DatapathMapProxyCt           = "proxy_ct"
-	DatapathProgFromContainer    = "from_container"
-	DatapathProgFromNetdev       = "from_netdev"
-	DatapathProgJiffiesProbe     = "jiffies_probe"
-	DatapathProgToContainer      = "to_container"
-	DatapathProgToNetdev         = "to_netdev"
-	DatapathVarCtBucketMask      = "ct_bucket_mask"
-	DatapathVarFlowlogSlotMask   = "flowlog_slot_mask"
-	DatapathVarUnusedEvent       = "unused_event"
-	DatapathVarUnusedFlowlogHead = "unused_flowlog_head"
+	DatapathMapCounters           = "counters"
+	DatapathMapCt                 = "ct"
+	DatapathMapEndpoints          = "endpoints"
+	DatapathMapEndpointsIndex     = "endpoints_index"
+	DatapathMapEvents             = "events"
+	DatapathMapFlowlog            = "flowlog"
+	DatapathMapFrags              = "frags"
+	DatapathMapGlobalCfg          = "global_cfg"
+	DatapathMapGlobalStats        = "global_stats"
+	DatapathMapIpcacheHost        = "ipcache_host"
+	DatapathMapIpcacheIndex       = "ipcache_index"
+	DatapathMapIpcacheLpm         = "ipcache_lpm"
+	DatapathMapPolicy             = "policy"
+	DatapathMapPolicyIndex        = "policy_index"
+	DatapathMapProxyCt            = "proxy_ct"
+	DatapathProgFromContainer     = "from_container"
+	DatapathProgFromNetdev        = "from_netdev"
+	DatapathProgJiffiesProbe      = "jiffies_probe"
+	DatapathProgToContainer       = "to_container"
+	DatapathProgToNetdev          = "to_netdev"
+	DatapathVarCtBucketMask       = "ct_bucket_mask"
+	DatapathVarEndpointsIndexMask = "endpoints_index_mask"
+	DatapathVarFlowlogSlotMask    = "flowlog_slot_mask"
+	DatapathVarIpcacheIndexMask   = "ipcache_index_mask"
+	DatapathVarPolicyIndexMask    = "policy_index_mask"
+	DatapathVarUnusedEvent        = "unused_event"
+	DatapathVarUnusedFlowlogHead  = "unused_flowlog_head"
 )
 
 // LoadDatapath returns the embedded CollectionSpec for Datapath.
@@ -249,28 +282,34 @@ type DatapathProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathMapSpecs struct {
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Ct          *ebpf.MapSpec `ebpf:"ct"`
-	Endpoints   *ebpf.MapSpec `ebpf:"endpoints"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Flowlog     *ebpf.MapSpec `ebpf:"flowlog"`
-	Frags       *ebpf.MapSpec `ebpf:"frags"`
-	GlobalCfg   *ebpf.MapSpec `ebpf:"global_cfg"`
-	GlobalStats *ebpf.MapSpec `ebpf:"global_stats"`
-	IpcacheHost *ebpf.MapSpec `ebpf:"ipcache_host"`
-	IpcacheLpm  *ebpf.MapSpec `ebpf:"ipcache_lpm"`
-	Policy      *ebpf.MapSpec `ebpf:"policy"`
-	ProxyCt     *ebpf.MapSpec `ebpf:"proxy_ct"`
+	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	Ct             *ebpf.MapSpec `ebpf:"ct"`
+	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
+	EndpointsIndex *ebpf.MapSpec `ebpf:"endpoints_index"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	Flowlog        *ebpf.MapSpec `ebpf:"flowlog"`
+	Frags          *ebpf.MapSpec `ebpf:"frags"`
+	GlobalCfg      *ebpf.MapSpec `ebpf:"global_cfg"`
+	GlobalStats    *ebpf.MapSpec `ebpf:"global_stats"`
+	IpcacheHost    *ebpf.MapSpec `ebpf:"ipcache_host"`
+	IpcacheIndex   *ebpf.MapSpec `ebpf:"ipcache_index"`
+	IpcacheLpm     *ebpf.MapSpec `ebpf:"ipcache_lpm"`
+	Policy         *ebpf.MapSpec `ebpf:"policy"`
+	PolicyIndex    *ebpf.MapSpec `ebpf:"policy_index"`
+	ProxyCt        *ebpf.MapSpec `ebpf:"proxy_ct"`
 }
 
 // DatapathVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
-	CtBucketMask      *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
-	FlowlogSlotMask   *ebpf.VariableSpec `ebpf:"flowlog_slot_mask"`
-	UnusedEvent       *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedFlowlogHead *ebpf.VariableSpec `ebpf:"unused_flowlog_head"`
+	CtBucketMask       *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
+	EndpointsIndexMask *ebpf.VariableSpec `ebpf:"endpoints_index_mask"`
+	FlowlogSlotMask    *ebpf.VariableSpec `ebpf:"flowlog_slot_mask"`
+	IpcacheIndexMask   *ebpf.VariableSpec `ebpf:"ipcache_index_mask"`
+	PolicyIndexMask    *ebpf.VariableSpec `ebpf:"policy_index_mask"`
+	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedFlowlogHead  *ebpf.VariableSpec `ebpf:"unused_flowlog_head"`
 }
 
 // DatapathObjects contains all objects after they have been loaded into the kernel.
@@ -293,18 +332,21 @@ func (o *DatapathObjects) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathMaps struct {
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Ct          *ebpf.Map `ebpf:"ct"`
-	Endpoints   *ebpf.Map `ebpf:"endpoints"`
-	Events      *ebpf.Map `ebpf:"events"`
-	Flowlog     *ebpf.Map `ebpf:"flowlog"`
-	Frags       *ebpf.Map `ebpf:"frags"`
-	GlobalCfg   *ebpf.Map `ebpf:"global_cfg"`
-	GlobalStats *ebpf.Map `ebpf:"global_stats"`
-	IpcacheHost *ebpf.Map `ebpf:"ipcache_host"`
-	IpcacheLpm  *ebpf.Map `ebpf:"ipcache_lpm"`
-	Policy      *ebpf.Map `ebpf:"policy"`
-	ProxyCt     *ebpf.Map `ebpf:"proxy_ct"`
+	Counters       *ebpf.Map `ebpf:"counters"`
+	Ct             *ebpf.Map `ebpf:"ct"`
+	Endpoints      *ebpf.Map `ebpf:"endpoints"`
+	EndpointsIndex *ebpf.Map `ebpf:"endpoints_index"`
+	Events         *ebpf.Map `ebpf:"events"`
+	Flowlog        *ebpf.Map `ebpf:"flowlog"`
+	Frags          *ebpf.Map `ebpf:"frags"`
+	GlobalCfg      *ebpf.Map `ebpf:"global_cfg"`
+	GlobalStats    *ebpf.Map `ebpf:"global_stats"`
+	IpcacheHost    *ebpf.Map `ebpf:"ipcache_host"`
+	IpcacheIndex   *ebpf.Map `ebpf:"ipcache_index"`
+	IpcacheLpm     *ebpf.Map `ebpf:"ipcache_lpm"`
+	Policy         *ebpf.Map `ebpf:"policy"`
+	PolicyIndex    *ebpf.Map `ebpf:"policy_index"`
+	ProxyCt        *ebpf.Map `ebpf:"proxy_ct"`
 }
 
 func (m *DatapathMaps) Close() error {
@@ -312,14 +354,17 @@ func (m *DatapathMaps) Close() error {
 		m.Counters,
 		m.Ct,
 		m.Endpoints,
+		m.EndpointsIndex,
 		m.Events,
 		m.Flowlog,
 		m.Frags,
 		m.GlobalCfg,
 		m.GlobalStats,
 		m.IpcacheHost,
+		m.IpcacheIndex,
 		m.IpcacheLpm,
 		m.Policy,
+		m.PolicyIndex,
 		m.ProxyCt,
 	)
 }
@@ -328,10 +373,13 @@ func (m *DatapathMaps) Close() error {
 //
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
-	CtBucketMask      *ebpf.Variable `ebpf:"ct_bucket_mask"`
-	FlowlogSlotMask   *ebpf.Variable `ebpf:"flowlog_slot_mask"`
-	UnusedEvent       *ebpf.Variable `ebpf:"unused_event"`
-	UnusedFlowlogHead *ebpf.Variable `ebpf:"unused_flowlog_head"`
+	CtBucketMask       *ebpf.Variable `ebpf:"ct_bucket_mask"`
+	EndpointsIndexMask *ebpf.Variable `ebpf:"endpoints_index_mask"`
+	FlowlogSlotMask    *ebpf.Variable `ebpf:"flowlog_slot_mask"`
+	IpcacheIndexMask   *ebpf.Variable `ebpf:"ipcache_index_mask"`
+	PolicyIndexMask    *ebpf.Variable `ebpf:"policy_index_mask"`
+	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
+	UnusedFlowlogHead  *ebpf.Variable `ebpf:"unused_flowlog_head"`
 }
 
 // DatapathPrograms contains all programs after they have been loaded into the kernel.

@@ -122,6 +122,11 @@ type Datapath struct {
 
 	// Pinned maps Load replaced (migrate.go), until FinishMigration.
 	retired []retiredMap
+
+	// The inline indexes of the endpoints, ipcache_host and policy maps
+	// (index.go), and what makes their writers wait for readers.
+	epIndex, ipcIndex, polIndex *index
+	grace                       *graceMap
 }
 
 const bpffsMagic = 0xcafe4a11
@@ -148,6 +153,9 @@ func Load(opts Options) (*Datapath, error) {
 		bpf.DatapathMapEvents:      sizes.EventsBytes,
 	}
 	set[bpf.DatapathMapCt] = ctTableBuckets(sizes.Conntrack)
+	set[bpf.DatapathMapEndpointsIndex] = indexBuckets(sizes.Endpoints)
+	set[bpf.DatapathMapIpcacheIndex] = indexBuckets(sizes.IPCacheHost)
+	set[bpf.DatapathMapPolicyIndex] = indexBuckets(sizes.Policy)
 	cpus, err := ebpf.PossibleCPU()
 	if err != nil {
 		return nil, fmt.Errorf("count the CPUs for the flow log: %w", err)
@@ -162,6 +170,15 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	if err := spec.Variables["flowlog_slot_mask"].Set(sizes.FlowLog - 1); err != nil {
 		return nil, fmt.Errorf("size the flow log: %w", err)
+	}
+	for m, v := range map[string]string{
+		bpf.DatapathMapEndpointsIndex: bpf.DatapathVarEndpointsIndexMask,
+		bpf.DatapathMapIpcacheIndex:   bpf.DatapathVarIpcacheIndexMask,
+		bpf.DatapathMapPolicyIndex:    bpf.DatapathVarPolicyIndexMask,
+	} {
+		if err := spec.Variables[v].Set(set[m] - 1); err != nil {
+			return nil, fmt.Errorf("size %s: %w", m, err)
+		}
 	}
 
 	regSpec := &ebpf.MapSpec{
@@ -207,6 +224,10 @@ func Load(opts Options) (*Datapath, error) {
 		d.objs.Close()
 		d.closeRetired()
 		return nil, fmt.Errorf("create registry map: %w", err)
+	}
+	if err := d.openIndexes(); err != nil {
+		d.Close()
+		return nil, err
 	}
 	if d.hz, err = d.measureHZ(); err != nil {
 		d.Close()
@@ -297,6 +318,9 @@ func (d *Datapath) Close() error {
 		delete(d.links, k)
 	}
 	d.registry.Close()
+	if d.grace != nil {
+		d.grace.close()
+	}
 	d.closeRetired()
 	return d.objs.Close()
 }

@@ -44,7 +44,13 @@ func (d *Datapath) IPCachePut(e IPCacheEntry) error {
 	p := e.Prefix.Masked()
 	if isHostPrefix(p) {
 		k := toAddr(p.Addr())
-		return wrapUpdate("ipcache_host", d.objs.IpcacheHost.Put(&k, &v))
+		ix := d.ipcIndex
+		ix.mu.Lock()
+		defer ix.mu.Unlock()
+		if err := d.objs.IpcacheHost.Put(&k, &v); err != nil {
+			return wrapUpdate("ipcache_host", err)
+		}
+		return ix.written(ix.put(rawBytes(&k), rawBytes(&v)))
 	}
 	k := bpf.DatapathIpcacheLpmKey{Prefixlen: prefixBits(p), Addr: toAddr(p.Addr())}
 	return wrapUpdate("ipcache_lpm", d.objs.IpcacheLpm.Put(&k, &v))
@@ -56,7 +62,14 @@ func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
 	var err error
 	if isHostPrefix(p) {
 		k := toAddr(p.Addr())
-		err = d.objs.IpcacheHost.Delete(&k)
+		ix := d.ipcIndex
+		ix.mu.Lock()
+		defer ix.mu.Unlock()
+		if err = d.objs.IpcacheHost.Delete(&k); err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
+			if ierr := ix.written(ix.del(rawBytes(&k))); ierr != nil {
+				return fmt.Errorf("delete ipcache %s: %w", p, ierr)
+			}
+		}
 	} else {
 		k := bpf.DatapathIpcacheLpmKey{Prefixlen: prefixBits(p), Addr: toAddr(p.Addr())}
 		err = d.objs.IpcacheLpm.Delete(&k)
@@ -117,13 +130,25 @@ func (e EndpointInfo) Gen() uint8 {
 func (d *Datapath) EndpointPut(e EndpointInfo) error {
 	k := toAddr(e.Addr)
 	v := bpf.DatapathEndpoint{Ifindex: e.Ifindex, Identity: e.Identity, Id: e.ID, Flags: e.Flags, Masks: e.Masks}
-	return wrapUpdate("endpoints", d.objs.Endpoints.Put(&k, &v))
+	ix := d.epIndex
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if err := d.objs.Endpoints.Put(&k, &v); err != nil {
+		return wrapUpdate("endpoints", err)
+	}
+	return ix.written(ix.put(rawBytes(&k), rawBytes(&v)))
 }
 
 // EndpointDelete removes an endpoint address.
 func (d *Datapath) EndpointDelete(a netip.Addr) error {
 	k := toAddr(a)
+	ix := d.epIndex
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
 	if err := d.objs.Endpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("delete endpoint %s: %w", a, err)
+	}
+	if err := ix.written(ix.del(rawBytes(&k))); err != nil {
 		return fmt.Errorf("delete endpoint %s: %w", a, err)
 	}
 	return nil
@@ -193,14 +218,25 @@ func (d *Datapath) PolicyPut(keys []PolicyKey, values []PolicyValue) error {
 		rk[i] = keys[i].raw()
 		rv[i] = bpf.DatapathPolicyValue{Verdict: uint8(values[i].Verdict), ProxyPort: values[i].ProxyPort, RuleId: values[i].RuleID}
 	}
+	ix := d.polIndex
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
 	n, err := d.objs.Policy.BatchUpdate(rk, rv, nil)
 	if err != nil && errors.Is(err, ebpf.ErrNotSupported) {
-		for i := range rk {
-			if err := d.objs.Policy.Put(&rk[i], &rv[i]); err != nil {
-				return wrapUpdate("policy", err)
+		for n = 0; n < len(rk); n++ {
+			if err = d.objs.Policy.Put(&rk[n], &rv[n]); err != nil {
+				break
 			}
 		}
-		return nil
+	}
+	// The index follows what the map took.
+	for i := 0; i < n; i++ {
+		if ierr := ix.put(rawBytes(&rk[i]), rawBytes(&rv[i])); ierr != nil {
+			return wrapUpdate("policy", ix.written(ierr))
+		}
+	}
+	if ierr := ix.written(nil); ierr != nil {
+		return wrapUpdate("policy", ierr)
 	}
 	if err != nil {
 		return wrapUpdate("policy", fmt.Errorf("after %d of %d entries: %w", n, len(rk), err))
@@ -210,13 +246,19 @@ func (d *Datapath) PolicyPut(keys []PolicyKey, values []PolicyValue) error {
 
 // PolicyDelete removes entries; missing ones are ignored.
 func (d *Datapath) PolicyDelete(keys []PolicyKey) error {
+	ix := d.polIndex
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
 	for _, k := range keys {
 		rk := k.raw()
 		if err := d.objs.Policy.Delete(&rk); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			return fmt.Errorf("delete policy entry %+v: %w", k, err)
+			return fmt.Errorf("delete policy entry %+v: %w", k, ix.written(err))
+		}
+		if err := ix.del(rawBytes(&rk)); err != nil {
+			return fmt.Errorf("delete policy entry %+v: %w", k, ix.written(err))
 		}
 	}
-	return nil
+	return ix.written(nil)
 }
 
 // PolicyList returns every entry.

@@ -24,12 +24,14 @@ import (
 // converted: Load refuses it, naming the map, and leaves the pins alone.
 
 // migratable reports how a pinned map is carried over when its capacity or
-// flags change: its entries are copied, or (events and statistics) it
-// starts empty.
+// flags change: its entries are copied, or (events, statistics and the
+// indexes) it starts empty.
 func migratable(name string) (copyEntries bool) {
 	switch name {
 	case bpf.DatapathMapEvents, bpf.DatapathMapFlowlog, bpf.DatapathMapCounters, bpf.DatapathMapGlobalStats:
 		return false
+	case bpf.DatapathMapEndpointsIndex, bpf.DatapathMapIpcacheIndex, bpf.DatapathMapPolicyIndex:
+		return false // rebuilt from their maps by Load (index.go)
 	}
 	return true
 }

@@ -14,6 +14,7 @@
 
 #include "membrane.h"
 #include "maps.h"
+#include "index.h"
 
 struct decision {
 	__u8 verdict;     /* enum verdict, never VERDICT_NONE */
@@ -23,11 +24,11 @@ struct decision {
 };
 
 /* Probes the policy entries of key k for port, from the most specific
- * port block to the least, as mask says which exist. */
-static __always_inline struct policy_value *policy_probe_inline(struct policy_key *k, __u32 mask,
-								__u16 port)
+ * port block to the least, as mask says which exist. Returns the entry's
+ * value word (index.h), or 0. */
+static __always_inline __u64 policy_probe_inline(struct policy_key *k, __u32 mask, __u16 port)
 {
-	struct policy_value *v;
+	__u64 v;
 
 	if (mask & ((1u << 17) - 1)) {
 #pragma unroll
@@ -36,7 +37,7 @@ static __always_inline struct policy_value *policy_probe_inline(struct policy_ke
 				continue;
 			k->plen = plen;
 			k->port = plen ? (port & (__u16)(0xffff << (16 - plen))) : 0;
-			v = bpf_map_lookup_elem(&policy, k);
+			v = policy_get(k);
 			if (v)
 				return v;
 		}
@@ -46,12 +47,12 @@ static __always_inline struct policy_value *policy_probe_inline(struct policy_ke
 		k->proto = 0;
 		k->plen = 0;
 		k->port = 0;
-		v = bpf_map_lookup_elem(&policy, k);
+		v = policy_get(k);
 		k->proto = proto;
 		if (v)
 			return v;
 	}
-	return NULL;
+	return 0;
 }
 
 /* The same as a subprogram, for the cold call sites (revalidation): an
@@ -59,7 +60,7 @@ static __always_inline struct policy_value *policy_probe_inline(struct policy_ke
  * programs' code (28 KB of JIT output for from_container; 13 KB as a
  * subprogram). A new connection's decisions inline it: a call and its
  * return cost ~7 ns here (docs/ARCHITECTURE.md). */
-static __noinline struct policy_value *policy_probe(struct policy_key *k, __u32 mask, __u16 port)
+static __noinline __u64 policy_probe(struct policy_key *k, __u32 mask, __u16 port)
 {
 	return policy_probe_inline(k, mask, port);
 }
@@ -79,7 +80,7 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 		.dir_gen = dir | ((ep->flags & EP_F_GEN) ? 2 : 0),
 		.proto = proto,
 	};
-	struct policy_value *v = NULL;
+	__u64 v = 0;
 	__u16 enforced = dir == DIR_INGRESS ? EP_F_INGRESS_ENFORCED : EP_F_EGRESS_ENFORCED;
 
 	if (ep->flags & EP_F_FAIL_CLOSED) {
@@ -105,10 +106,11 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 	}
 
 	if (v) {
-		d->verdict = v->verdict;
-		d->reason = v->verdict == VERDICT_DENY ? REASON_POLICY_DENY : REASON_NONE;
-		d->proxy_port = v->proxy_port;
-		d->rule_id = v->rule_id;
+		/* struct policy_value's bytes, little-endian */
+		d->verdict = (__u8)v;
+		d->reason = d->verdict == VERDICT_DENY ? REASON_POLICY_DENY : REASON_NONE;
+		d->proxy_port = (__u16)(v >> 16);
+		d->rule_id = (__u32)(v >> 32);
 		return;
 	}
 	d->proxy_port = 0;
