@@ -265,6 +265,16 @@ func (ix *index) overflowing() int {
 	return len(ix.overflowed)
 }
 
+// fill adds entries to an index known to be empty. Caller holds mu.
+func (ix *index) fill(entries map[string][]byte) error {
+	for k, v := range entries {
+		if err := ix.put([]byte(k), v); err != nil {
+			return err
+		}
+	}
+	return ix.settle()
+}
+
 // indexBatch is how many buckets one system call reads while reconciling.
 const indexBatch = 1024
 
@@ -378,8 +388,9 @@ func rawBytes[T any](v *T) []byte {
 }
 
 // openIndexes sets up the writers of the three indexes and makes each agree
-// with its map.
-func (d *Datapath) openIndexes() error {
+// with its map. An index this Load created (fresh) is known to be empty:
+// its entries are only added, without reading its buckets first.
+func (d *Datapath) openIndexes(fresh map[string]bool) error {
 	g, err := newGraceMap()
 	if err != nil {
 		return err
@@ -408,7 +419,11 @@ func (d *Datapath) openIndexes() error {
 			return fmt.Errorf("rebuild %s: %w", r.ix.name, err)
 		}
 		r.ix.mu.Lock()
-		err = r.build(r.ix, entries)
+		if fresh[r.ix.name] {
+			err = r.ix.fill(entries)
+		} else {
+			err = r.build(r.ix, entries)
+		}
 		r.ix.mu.Unlock()
 		if err != nil {
 			return fmt.Errorf("rebuild %s: %w", r.ix.name, err)

@@ -206,9 +206,23 @@ func Load(opts Options) (*Datapath, error) {
 
 	d := &Datapath{pinDir: opts.PinDir, sizes: sizes, legacy: opts.LegacyTC, links: map[string]link.Link{}}
 	d.ctCount.Store(-1)
+	// An index this Load creates is empty: there is nothing in it to check.
+	fresh := map[string]bool{}
+	for _, name := range []string{bpf.DatapathMapEndpointsIndex, bpf.DatapathMapIpcacheIndex, bpf.DatapathMapPolicyIndex} {
+		if opts.PinDir == "" {
+			fresh[name] = true
+		} else if _, err := os.Stat(filepath.Join(opts.PinDir, name)); err != nil {
+			fresh[name] = true
+		}
+	}
 	if opts.PinDir != "" {
 		if d.retired, err = migratePinned(opts.PinDir, pinnedSpecs(spec, regSpec)); err != nil {
 			return nil, err
+		}
+		for _, r := range d.retired {
+			if _, ok := fresh[r.name]; ok {
+				fresh[r.name] = true // replaced by an empty one (migratable)
+			}
 		}
 	}
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
@@ -225,7 +239,7 @@ func Load(opts Options) (*Datapath, error) {
 		d.closeRetired()
 		return nil, fmt.Errorf("create registry map: %w", err)
 	}
-	if err := d.openIndexes(); err != nil {
+	if err := d.openIndexes(fresh); err != nil {
 		d.Close()
 		return nil, err
 	}
