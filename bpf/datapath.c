@@ -139,7 +139,7 @@ static __always_inline __u16 ct_policy_port(const struct ct_key *orig)
 
 static __always_inline void decide_ingress(const struct config *cfg, const struct endpoint *ep,
 					   const struct ipcache_value *src, __u8 proto, __u16 port,
-					   struct decision *d, const int probe)
+					   struct decision *d)
 {
 	if ((cfg->flags & CFG_ALLOW_HOST) && src->identity == ID_HOST) {
 		d->verdict = VERDICT_ALLOW;
@@ -148,7 +148,7 @@ static __always_inline void decide_ingress(const struct config *cfg, const struc
 		d->rule_id = 0;
 		return;
 	}
-	policy_decide(ep, DIR_INGRESS, src->selset, proto, port, d, probe);
+	policy_decide(ep, DIR_INGRESS, src->selset, proto, port, d);
 }
 
 /* Re-checks an established connection after a policy or ipcache change.
@@ -164,7 +164,7 @@ static __always_inline int ct_revalidate(const struct config *cfg, struct ct_ent
 
 	if (e->flags & CT_F_EGRESS) {
 		if (endpoint_get(&orig->saddr, &epv)) {
-			policy_decide(ep, DIR_EGRESS, dst.selset, orig->proto, port, d, PROBE_CALLED);
+			policy_decide(ep, DIR_EGRESS, dst.selset, orig->proto, port, d);
 			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
 				/* L7 policy now applies, but this connection
 				 * bypasses the proxy: end it. */
@@ -181,7 +181,7 @@ static __always_inline int ct_revalidate(const struct config *cfg, struct ct_ent
 	}
 	if (e->flags & CT_F_INGRESS) {
 		if (endpoint_get(&orig->daddr, &epv)) {
-			decide_ingress(cfg, ep, &src, orig->proto, port, d, PROBE_CALLED);
+			decide_ingress(cfg, ep, &src, orig->proto, port, d);
 			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
 				d->verdict = VERDICT_DENY;
 				d->reason = REASON_POLICY;
@@ -528,7 +528,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	}
 
 	if (src_ep) {
-		policy_decide(src_ep, DIR_EGRESS, dstv.selset, p.t.proto, p.port, &de, PROBE_INLINE);
+		policy_decide(src_ep, DIR_EGRESS, dstv.selset, p.t.proto, p.port, &de);
 		if (de.verdict == VERDICT_DENY) {
 			ei.dir = DIR_EGRESS;
 			ei.ep_id = src_ep->id;
@@ -538,7 +538,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		ctflags |= CT_F_EGRESS;
 	}
 	if (dst_ep) {
-		decide_ingress(cfg, dst_ep, &srcv, p.t.proto, p.port, &di, PROBE_INLINE);
+		decide_ingress(cfg, dst_ep, &srcv, p.t.proto, p.port, &di);
 		if (di.verdict == VERDICT_DENY) {
 			ei.dir = DIR_INGRESS;
 			ei.ep_id = dst_ep->id;

@@ -138,8 +138,8 @@ static __always_inline __u64 zero_mask(__u64 d)
  * sits in one slot, or for a moment in two (old and new value, both
  * current); the last match wins. *hit is all ones on a match.
  */
-static __always_inline __u32 addr_slot(const void *bucket, const __u8 *state, const struct addr *keys,
-				       __u64 w0, __u64 w1, __u64 *hit)
+static __always_inline __u32 addr_slot(const __u8 *state, const struct addr *keys, __u64 w0, __u64 w1,
+				       __u64 *hit)
 {
 	__u64 found = 0, slot = 0;
 #pragma unroll
@@ -165,7 +165,7 @@ __noinline int endpoint_get(const struct addr *a, struct endpoint *out)
 	struct endpoint_bucket *b = bpf_map_lookup_elem(&endpoints_index, &i);
 	if (!b)
 		return 0;
-	__u32 s = addr_slot(b, b->state, b->key, w0, w1, &hit);
+	__u32 s = addr_slot(b->state, b->key, w0, w1, &hit);
 	if (hit) {
 		*out = b->val[s];
 		return 1;
@@ -190,7 +190,7 @@ __noinline int ipcache_host_get(const struct addr *a, struct ipcache_value *out)
 	struct ipcache_bucket *b = bpf_map_lookup_elem(&ipcache_index, &i);
 	if (!b)
 		return 0;
-	__u32 s = addr_slot(b, b->state, b->key, w0, w1, &hit);
+	__u32 s = addr_slot(b->state, b->key, w0, w1, &hit);
 	if (hit) {
 		__u64 w = b->val[s];
 		out->identity = (__u32)w;

@@ -26,7 +26,7 @@ struct decision {
 /* Probes the policy entries of key k for port, from the most specific
  * port block to the least, as mask says which exist. Returns the entry's
  * value word (index.h), or 0. */
-static __always_inline __u64 policy_probe_inline(struct policy_key *k, __u32 mask, __u16 port)
+static __always_inline __u64 policy_probe(struct policy_key *k, __u32 mask, __u16 port)
 {
 	__u64 v;
 
@@ -55,25 +55,10 @@ static __always_inline __u64 policy_probe_inline(struct policy_key *k, __u32 mas
 	return 0;
 }
 
-/* The same as a subprogram, for the cold call sites (revalidation): an
- * unrolled copy of the loop at each of them made up half of the
- * programs' code (28 KB of JIT output for from_container; 13 KB as a
- * subprogram). A new connection's decisions inline it: a call and its
- * return cost ~7 ns here (docs/ARCHITECTURE.md). */
-static __noinline __u64 policy_probe(struct policy_key *k, __u32 mask, __u16 port)
-{
-	return policy_probe_inline(k, mask, port);
-}
-
-/* Where policy_decide's probes run: inlined for a new connection, called
- * for the revalidation of an established one. */
-enum { PROBE_CALLED = 0, PROBE_INLINE = 1 };
-
 /* Decides traffic in direction dir for endpoint ep with a peer in selector
  * set selset, protocol proto and policy port port. */
 static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, __u32 selset,
-					  __u8 proto, __u16 port, struct decision *d,
-					  const int probe)
+					  __u8 proto, __u16 port, struct decision *d)
 {
 	struct policy_key k = {
 		.ep_id = ep->id,
@@ -98,11 +83,11 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 
 	if (m_sel && selset) {
 		k.selset = selset;
-		v = probe == PROBE_INLINE ? policy_probe_inline(&k, m_sel, port) : policy_probe(&k, m_sel, port);
+		v = policy_probe(&k, m_sel, port);
 	}
 	if (!v && m_any) {
 		k.selset = 0;
-		v = probe == PROBE_INLINE ? policy_probe_inline(&k, m_any, port) : policy_probe(&k, m_any, port);
+		v = policy_probe(&k, m_any, port);
 	}
 
 	if (v) {
