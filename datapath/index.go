@@ -309,11 +309,9 @@ func reconcile[B any](ix *index, entries map[string][]byte) error {
 						present[string(k)] = true
 						continue
 					}
-					wb := append([]byte(nil), b...)
-					if err := ix.clear(i, wb, s); err != nil {
+					if err := ix.clear(i, b, s); err != nil {
 						return err
 					}
-					b[s] = 0
 				}
 			}
 		}

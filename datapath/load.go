@@ -206,22 +206,21 @@ func Load(opts Options) (*Datapath, error) {
 
 	d := &Datapath{pinDir: opts.PinDir, sizes: sizes, legacy: opts.LegacyTC, links: map[string]link.Link{}}
 	d.ctCount.Store(-1)
-	// An index this Load creates is empty: there is nothing in it to check.
+	// An index this Load creates is empty: there is nothing in it to
+	// check. It is one without a pin, or one a migration replaced
+	// (migratable: it starts empty).
 	fresh := map[string]bool{}
 	for _, name := range []string{bpf.DatapathMapEndpointsIndex, bpf.DatapathMapIpcacheIndex, bpf.DatapathMapPolicyIndex} {
-		if opts.PinDir == "" {
-			fresh[name] = true
-		} else if _, err := os.Stat(filepath.Join(opts.PinDir, name)); err != nil {
-			fresh[name] = true
-		}
+		_, err := os.Stat(filepath.Join(opts.PinDir, name))
+		fresh[name] = opts.PinDir == "" || err != nil
 	}
 	if opts.PinDir != "" {
 		if d.retired, err = migratePinned(opts.PinDir, pinnedSpecs(spec, regSpec)); err != nil {
 			return nil, err
 		}
 		for _, r := range d.retired {
-			if _, ok := fresh[r.name]; ok {
-				fresh[r.name] = true // replaced by an empty one (migratable)
+			if _, isIndex := fresh[r.name]; isIndex {
+				fresh[r.name] = true
 			}
 		}
 	}
