@@ -23,10 +23,30 @@ struct decision {
 	__u32 rule_id;
 };
 
-/* Probes the policy entries of key k for port, from the most specific
- * port block to the least, as mask says which exist. Returns the entry's
- * value word (index.h), or 0. */
-static __always_inline __u64 policy_probe(struct policy_key *k, __u32 mask, __u16 port)
+/* Sets the port block and protocol of key k, writing whole words: its
+ * fields written one by one were narrower stores that policy_get's word
+ * loads right after them could not be forwarded from (each such load waits
+ * until the stores reach the cache). Little-endian, as the objects are
+ * built. */
+static __always_inline void policy_key_set(struct policy_key *k, __u8 proto, __u8 plen, __u16 port)
+{
+	__u32 *w = (__u32 *)k;
+	w[1] = (__u32)k->ep_id | (__u32)port << 16;
+	w[2] = (__u32)k->dir_gen | (__u32)proto << 8 | (__u32)plen << 16;
+}
+
+_Static_assert(sizeof(struct policy_key) == 12 && __builtin_offsetof(struct policy_key, ep_id) == 4 &&
+	       __builtin_offsetof(struct policy_key, port) == 6 &&
+	       __builtin_offsetof(struct policy_key, dir_gen) == 8 &&
+	       __builtin_offsetof(struct policy_key, proto) == 9 &&
+	       __builtin_offsetof(struct policy_key, plen) == 10,
+	       "policy key words");
+
+/* Probes the policy entries of key k (its selector set, endpoint and
+ * direction set) for protocol proto and port, from the most specific port
+ * block to the least, as mask says which exist. Returns the entry's value
+ * word (index.h), or 0. */
+static __always_inline __u64 policy_probe(struct policy_key *k, __u32 mask, __u8 proto, __u16 port)
 {
 	__u64 v;
 
@@ -35,20 +55,15 @@ static __always_inline __u64 policy_probe(struct policy_key *k, __u32 mask, __u1
 		for (int plen = 16; plen >= 0; plen--) {
 			if (!(mask & (1u << plen)))
 				continue;
-			k->plen = plen;
-			k->port = plen ? (port & (__u16)(0xffff << (16 - plen))) : 0;
+			policy_key_set(k, proto, plen, plen ? (port & (__u16)(0xffff << (16 - plen))) : 0);
 			v = policy_get(k);
 			if (v)
 				return v;
 		}
 	}
 	if (mask & MASK_ANY_PROTO) {
-		__u8 proto = k->proto;
-		k->proto = 0;
-		k->plen = 0;
-		k->port = 0;
+		policy_key_set(k, 0, 0, 0);
 		v = policy_get(k);
-		k->proto = proto;
 		if (v)
 			return v;
 	}
@@ -63,7 +78,6 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 	struct policy_key k = {
 		.ep_id = ep->id,
 		.dir_gen = dir | ((ep->flags & EP_F_GEN) ? 2 : 0),
-		.proto = proto,
 	};
 	__u64 v = 0;
 	__u16 enforced = dir == DIR_INGRESS ? EP_F_INGRESS_ENFORCED : EP_F_EGRESS_ENFORCED;
@@ -83,11 +97,11 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 
 	if (m_sel && selset) {
 		k.selset = selset;
-		v = policy_probe(&k, m_sel, port);
+		v = policy_probe(&k, m_sel, proto, port);
 	}
 	if (!v && m_any) {
 		k.selset = 0;
-		v = policy_probe(&k, m_any, port);
+		v = policy_probe(&k, m_any, proto, port);
 	}
 
 	if (v) {
