@@ -192,9 +192,9 @@ __noinline int ipcache_host_get(const struct addr *a, struct ipcache_value *out)
 		return 0;
 	__u32 s = addr_slot(b->state, b->key, w0, w1, &hit);
 	if (hit) {
-		__u64 w = b->val[s];
-		out->identity = (__u32)w;
-		out->selset = (__u32)(w >> 32);
+		/* One store: the caller reads the value back as a word, which
+		 * two narrower stores could not have been forwarded to. */
+		*(__u64 *)out = b->val[s];
 		return 1;
 	}
 	if (!b->overflow)
