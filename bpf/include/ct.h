@@ -165,16 +165,11 @@ static __always_inline int ct_claim(struct ct_bucket *b, const struct ct_key *k,
 	return -1;
 }
 
-/* Replaces the least recently seen connection of buckets i1 and i2 with
- * k. Returns 0, or -1 when another writer got there first. A global
- * function of its own: it runs only when both buckets are full. */
-__noinline int ct_evict(__u32 i1, __u32 i2, const struct ct_key *k, const struct ct_entry *ne,
-			__u64 meta)
+/* Replaces the least recently seen connection of buckets b1 and b2 with
+ * k. Returns 0, or -1 when another writer got there first. */
+static __always_inline int ct_evict(struct ct_bucket *b1, struct ct_bucket *b2, const struct ct_key *k,
+				    const struct ct_entry *ne, __u64 meta)
 {
-	struct ct_bucket *b1 = bpf_map_lookup_elem(&ct, &i1);
-	struct ct_bucket *b2 = bpf_map_lookup_elem(&ct, &i2);
-	if (!b1 || !b2 || !k || !ne)
-		return -1;
 	__u32 victim = 0;
 	__u64 oldest = ~0ull;
 #pragma unroll
@@ -208,7 +203,8 @@ __noinline int ct_evict(__u32 i1, __u32 i2, const struct ct_key *k, const struct
  * buckets, which keeps them evenly filled, else in place of the least
  * recently seen connection of the two buckets.
  *
- * One global function, with counting and claiming inlined: a call and
+ * One global function, with counting, claiming and eviction inlined (the
+ * hooks call it, and their stack and its must fit in 512 bytes); a call and
  * its return cost some 8 ns here (the kernel's return thunk for
  * speculative return stack overflow, "Safe RET", makes every return
  * mispredict; see docs/ARCHITECTURE.md), and an insert made three. */
@@ -227,7 +223,7 @@ __noinline int ct_insert(const struct ct_key *k, __u64 h, const struct ct_entry 
 	}
 	if (ct_claim(first, k, ne, meta) == 0 || ct_claim(second, k, ne, meta) == 0)
 		return CT_INSERTED;
-	return ct_evict(i1, i2, k, ne, meta) == 0 ? CT_EVICTED : CT_INSERT_FAILED;
+	return ct_evict(first, second, k, ne, meta) == 0 ? CT_EVICTED : CT_INSERT_FAILED;
 }
 
 static __always_inline struct ct_bucket *ct_slot_bucket(int s)

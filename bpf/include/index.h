@@ -10,12 +10,14 @@
  * BPF array of buckets the agent writes beside the map, which a program
  * hashes into and reads itself.
  *
- * The lookups are global functions, one call each (~7.5 ns here): inlined
- * at their call sites, they more than tripled the states the verifier
- * explored (from_container went from 358k to over a million instructions,
- * the limit) even with branch-free scans, as every copied field and every
- * way out of a lookup multiplied the paths after it. A global function is
- * verified once, and its caller only sees its return value.
+ * The lookups are global functions, one call each (~7.5 ns here), or
+ * inlined into one (flow_ends in datapath.c, a new connection's lookups):
+ * inlined at the hooks' call sites, they more than tripled the states the
+ * verifier explored (from_container went from 358k to over a million
+ * instructions, the limit) even with branch-free scans, as every copied
+ * field and every way out of a lookup multiplied the paths after it. A
+ * global function is verified once, and its caller only sees its return
+ * value.
  *
  * The kernel maps stay the record: the agent lists them, `policy get` and
  * migration read them, and a bucket that could not take all of its keys
@@ -154,12 +156,9 @@ static __always_inline __u32 addr_slot(const __u8 *state, const struct addr *key
 }
 
 /* Copies the endpoint of address a into *out; returns 0 when a is not a
- * local endpoint. (Global functions check their pointers: the verifier
- * does not know their callers.) */
-__noinline int endpoint_get(const struct addr *a, struct endpoint *out)
+ * local endpoint. */
+static __always_inline int endpoint_find(const struct addr *a, struct endpoint *out)
 {
-	if (!a || !out)
-		return 0;
 	__u64 w0 = addr_word0(a), w1 = addr_word1(a), hit;
 	__u32 i = index_bucket(w0, w1, endpoints_index_mask);
 	struct endpoint_bucket *b = bpf_map_lookup_elem(&endpoints_index, &i);
@@ -179,12 +178,19 @@ __noinline int endpoint_get(const struct addr *a, struct endpoint *out)
 	return 1;
 }
 
-/* Copies the exact ipcache entry of address a into *out; returns 0 when
- * there is none. */
-__noinline int ipcache_host_get(const struct addr *a, struct ipcache_value *out)
+/* endpoint_find as a function of its own. (Global functions check their
+ * pointers: the verifier does not know their callers.) */
+__noinline int endpoint_get(const struct addr *a, struct endpoint *out)
 {
 	if (!a || !out)
 		return 0;
+	return endpoint_find(a, out);
+}
+
+/* Copies the exact ipcache entry of address a into *out; returns 0 when
+ * there is none. */
+static __always_inline int ipcache_host_find(const struct addr *a, struct ipcache_value *out)
+{
 	__u64 w0 = addr_word0(a), w1 = addr_word1(a), hit;
 	__u32 i = index_bucket(w0, w1, ipcache_index_mask);
 	struct ipcache_bucket *b = bpf_map_lookup_elem(&ipcache_index, &i);
@@ -204,6 +210,14 @@ __noinline int ipcache_host_get(const struct addr *a, struct ipcache_value *out)
 		return 0;
 	*out = *v;
 	return 1;
+}
+
+/* ipcache_host_find as a function of its own. */
+__noinline int ipcache_host_get(const struct addr *a, struct ipcache_value *out)
+{
+	if (!a || !out)
+		return 0;
+	return ipcache_host_find(a, out);
 }
 
 /* The policy entry of key k, as its value word; 0 when none (an entry's
