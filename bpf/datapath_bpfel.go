@@ -38,9 +38,11 @@ type DatapathCounter struct {
 }
 
 type DatapathCtBucket struct {
-	_    structs.HostLayout
-	Meta [4]uint64
-	Slot [4]struct {
+	_     structs.HostLayout
+	Meta  [4]uint64
+	Spill uint32
+	Pad   uint32
+	Slot  [4]struct {
 		_     structs.HostLayout
 		Key   DatapathCtKey
 		Entry DatapathCtEntry

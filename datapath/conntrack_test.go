@@ -180,6 +180,7 @@ func TestCTTableEvictsWhenFull(t *testing.T) {
 	if n := ct.len(); n != 32 {
 		t.Fatalf("%d connections tracked, want all 32 slots used", n)
 	}
+	checkSpill(t, ct) // the datapath's evictions kept the counts
 	if st.CTCreated != conns || st.CTInsertFailed != 0 || st.CTEvicted < conns-32 {
 		t.Fatalf("stats %+v: want %d created, at least %d evicted, none failed", st, conns, conns-32)
 	}
@@ -196,7 +197,7 @@ func TestCTTableEvictsWhenFull(t *testing.T) {
 	var placed []bpf.DatapathCtKey
 	for i := 1; len(placed) < 2*ctSlots && i < 1<<16; i++ {
 		k := ctKey(i)
-		if p := ct.pair(ctHash(&k)); p != pair && p != [2]*ctBucket{pair[1], pair[0]} {
+		if p := ct.pair(ctHash(&k)); p != pair && p != [2]uint32{pair[1], pair[0]} {
 			continue
 		}
 		if _, err := ct.put(&k, &bpf.DatapathCtEntry{LastSeen: uint64(now) + uint64(len(placed))}, false); err != nil {
@@ -217,6 +218,79 @@ func TestCTTableEvictsWhenFull(t *testing.T) {
 		if _, ok := ct.lookup(&k); !ok {
 			t.Fatal("a more recently seen connection was evicted")
 		}
+	}
+	checkSpill(t, ct)
+}
+
+// checkSpill fails t unless every bucket's spill count is the number of
+// connections whose first bucket it is that sit in their second.
+func checkSpill(t *testing.T, ct *ctTable) {
+	t.Helper()
+	want := make([]uint32, len(ct.buckets))
+	ct.walk(func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) ctVisit {
+		want[ct.pair(ctHash(k))[0]]++
+		return ctKeep
+	})
+	// walk does not say where a connection sits: count those in their
+	// first bucket back out.
+	for bi := range ct.buckets {
+		b := &ct.buckets[bi]
+		for i := range ctSlots {
+			if b.Meta[i]&ctStateMask == ctSlotValid && ct.pair(ctHash(&b.Slot[i].Key))[0] == uint32(bi) {
+				want[bi]--
+			}
+		}
+	}
+	for bi := range ct.buckets {
+		if got := ct.buckets[bi].Spill; got != want[bi] {
+			t.Fatalf("bucket %d counts %d spilled connections, holds %d", bi, got, want[bi])
+		}
+	}
+}
+
+// The spill counts let a lookup that misses in a key's first bucket skip
+// its second: connections the datapath put in their second buckets are
+// counted there, are found (their replies pass on conntrack alone), and
+// stop being counted when the agent deletes them.
+func TestCTTableSpillCounts(t *testing.T) {
+	h := newHarnessSized(t, Sizes{Conntrack: 16}) // 8 buckets, 32 slots
+	h.ipcache(addrA, 1001, selA)
+	h.ipcache(addrR, 1003, selR)
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
+	h.policy(k, v)
+
+	const conns = 20 // fewer than the slots: nothing is evicted
+	for i := range conns {
+		h.expect(FromNetdev, tcp(addrR, addrA, uint16(20000+i), 80, packet.SYN), retNext)
+	}
+	ct := ctView(t, h.d)
+	checkSpill(t, ct)
+	spilled := 0
+	for bi := range ct.buckets {
+		spilled += int(ct.buckets[bi].Spill)
+	}
+	if spilled == 0 {
+		t.Fatal("no connection went to its second bucket: the test shows nothing")
+	}
+	for i := range conns {
+		// A's egress allows nothing: only conntrack lets the reply out.
+		h.expect(FromContainer, tcp(addrA, addrR, 80, uint16(20000+i), packet.SYN|packet.ACK), retNext)
+	}
+	var gone []Conn
+	for i := 0; i < conns; i += 2 {
+		gone = append(gone, Conn{Src: netip.AddrPortFrom(mustAddr(addrR), uint16(20000+i)), Dst: netip.AddrPortFrom(mustAddr(addrA), 80), Proto: packet.TCP})
+	}
+	if n, err := h.d.CTDelete(gone); err != nil || n != len(gone) {
+		t.Fatalf("deleted %d of %d: %v", n, len(gone), err)
+	}
+	checkSpill(t, ct)
+	for i := 0; i < conns; i++ {
+		want := int32(retNext)
+		if i%2 == 0 {
+			want = retDrop // forgotten: the reply is a new connection A's egress denies
+		}
+		h.expect(FromContainer, tcp(addrA, addrR, 80, uint16(20000+i), packet.ACK), want)
 	}
 }
 
@@ -267,4 +341,31 @@ func TestMapStatsConntrackFromCollection(t *testing.T) {
 	if n := entries(); n != 9 {
 		t.Fatalf("after a deletion: %d entries, want 9", n)
 	}
+}
+
+// The Go twin filled to the capacity the agent sizes a table for (two
+// slots per connection) evicts only a few connections per 100,000, as
+// ct.h says, and its spill counts stay exact. (A table in memory, not a
+// map: this is the placement rule, not the datapath.)
+func TestCTTablePlacementAtCapacity(t *testing.T) {
+	const buckets = 1 << 15
+	ct := &ctTable{buckets: make([]ctBucket, buckets), mask: buckets - 1}
+	conns := ct.connections()
+	evicted := 0
+	for i := range conns {
+		k := bpf.DatapathCtKey{Sport: uint16(i), Dport: uint16(i >> 16), Proto: packet.TCP}
+		k.Saddr.W[0] = uint32(i) * 2654435761
+		ev, err := ct.put(&k, &bpf.DatapathCtEntry{LastSeen: uint64(i)}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev {
+			evicted++
+		}
+	}
+	t.Logf("%d connections into %d slots: %d evicted", conns, buckets*ctSlots, evicted)
+	if per100k := evicted * 100000 / conns; per100k > 10 {
+		t.Fatalf("%d evictions per 100,000 connections at capacity", per100k)
+	}
+	checkSpill(t, ct)
 }

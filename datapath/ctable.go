@@ -104,8 +104,35 @@ func (t *ctTable) close() {
 // each.
 func (t *ctTable) connections() int { return len(t.buckets) * ctSlots / 2 }
 
-func (t *ctTable) pair(h uint64) [2]*ctBucket {
-	return [2]*ctBucket{&t.buckets[uint32(h>>32)&t.mask], &t.buckets[uint32(h)&t.mask]}
+// pair is the numbers of the first and the second bucket of a key of
+// hash h (possibly the same).
+func (t *ctTable) pair(h uint64) [2]uint32 {
+	return [2]uint32{uint32(h>>32) & t.mask, uint32(h) & t.mask}
+}
+
+// spillAdd counts n more connections in the spill count of bucket bi
+// (ct.h): the connections whose first bucket it is, held in their second.
+// A count never goes below zero here (the datapath's may wrap, which only
+// sends its lookups on to second buckets).
+func (t *ctTable) spillAdd(bi uint32, n int32) {
+	p := &t.buckets[bi].Spill
+	for {
+		c := atomic.LoadUint32(p)
+		if n < 0 && c == 0 {
+			return
+		}
+		if atomic.CompareAndSwapUint32(p, c, c+uint32(n)) {
+			return
+		}
+	}
+}
+
+// removed does the bookkeeping of connection k (hash h) leaving bucket bi:
+// if that was its second bucket, its first counts one less.
+func (t *ctTable) removed(h uint64, bi uint32) {
+	if first := t.pair(h)[0]; first != bi {
+		t.spillAdd(first, -1)
+	}
 }
 
 // read copies the slot's key and entry into k and e if it holds a
@@ -119,22 +146,24 @@ func (t *ctTable) read(b *ctBucket, i int, k *bpf.DatapathCtKey, e *bpf.Datapath
 	return meta, atomic.LoadUint64(&b.Meta[i]) == meta
 }
 
-// find returns the bucket and slot holding k (hash h), and the meta word
-// of its slot.
-func (t *ctTable) find(k *bpf.DatapathCtKey, h uint64) (*ctBucket, int, uint64) {
+// find returns the number of the bucket holding k (hash h), the bucket
+// and the slot, and the meta word of its slot. It reads both buckets
+// whatever the spill count says: the agent's side does not rely on it.
+func (t *ctTable) find(k *bpf.DatapathCtKey, h uint64) (uint32, *ctBucket, int, uint64) {
 	want := ctMeta(h)
-	for _, b := range t.pair(h) {
+	for _, bi := range t.pair(h) {
+		b := &t.buckets[bi]
 		for i := range ctSlots {
 			if atomic.LoadUint64(&b.Meta[i]) == want && b.Slot[i].Key == *k {
-				return b, i, want
+				return bi, b, i, want
 			}
 		}
 	}
-	return nil, 0, want
+	return 0, nil, 0, want
 }
 
 func (t *ctTable) lookup(k *bpf.DatapathCtKey) (bpf.DatapathCtEntry, bool) {
-	if b, i, _ := t.find(k, ctHash(k)); b != nil {
+	if _, b, i, _ := t.find(k, ctHash(k)); b != nil {
 		return b.Slot[i].Entry, true
 	}
 	return bpf.DatapathCtEntry{}, false
@@ -142,13 +171,14 @@ func (t *ctTable) lookup(k *bpf.DatapathCtKey) (bpf.DatapathCtEntry, bool) {
 
 var errCTExists = errors.New("connection already tracked")
 
-// put records k with entry e as the datapath does: in an empty slot of its
-// buckets, else in place of the least recently seen connection (evicted
-// reports that). With onlyMissing a key already present is left as it is
-// (errCTExists); otherwise its entry is replaced.
+// put records k with entry e as the datapath does (ct_insert): in its
+// first bucket while that holds at most one connection, else in the
+// emptier bucket, else in place of the least recently seen connection
+// (evicted reports that). With onlyMissing a key already present is left
+// as it is (errCTExists); otherwise its entry is replaced.
 func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing bool) (evicted bool, err error) {
 	h := ctHash(k)
-	b, i, meta := t.find(k, h)
+	_, b, i, meta := t.find(k, h)
 	if b != nil {
 		if onlyMissing {
 			return false, errCTExists
@@ -157,44 +187,69 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 		return false, nil
 	}
 	pair := t.pair(h)
+	first := pair[0]
 	write := func(b *ctBucket, i int) {
 		b.Slot[i].Key, b.Slot[i].Entry = *k, *e
 		atomic.StoreUint64(&b.Meta[i], meta)
 	}
-	free := func(b *ctBucket) int {
+	free := func(bi uint32) int {
 		n := 0
 		for i := range ctSlots {
-			if atomic.LoadUint64(&b.Meta[i]) == ctSlotEmpty {
+			if atomic.LoadUint64(&t.buckets[bi].Meta[i]) == ctSlotEmpty {
 				n++
 			}
 		}
 		return n
 	}
-	if free(pair[1]) > free(pair[0]) { // the emptier bucket first
-		pair[0], pair[1] = pair[1], pair[0]
-	}
-	for _, b := range pair {
+	claim := func(bi uint32) bool {
+		b := &t.buckets[bi]
+		if bi != first {
+			t.spillAdd(first, 1) // counted before it can be found there
+		}
 		for i := range ctSlots {
 			if atomic.CompareAndSwapUint64(&b.Meta[i], ctSlotEmpty, ctSlotBusy) {
 				write(b, i)
-				return false, nil
+				return true
 			}
+		}
+		if bi != first {
+			t.spillAdd(first, -1)
+		}
+		return false
+	}
+	order := pair
+	if free1 := free(first); free1 < ctSlots-1 && free(pair[1]) > free1 {
+		order = [2]uint32{pair[1], first}
+	}
+	for _, bi := range order {
+		if claim(bi) {
+			return false, nil
+		}
+		if pair[1] == first {
+			break
 		}
 	}
 	for range 3 { // the datapath may take the victim first
-		var vb *ctBucket
+		var vbi uint32
 		var vi int
 		var vmeta uint64
+		found := false
 		oldest := ^uint64(0)
-		for _, b := range pair {
+		for _, bi := range pair {
+			b := &t.buckets[bi]
 			for i := range ctSlots {
 				m := atomic.LoadUint64(&b.Meta[i])
 				if m&ctStateMask == ctSlotValid && b.Slot[i].Entry.LastSeen < oldest {
-					vb, vi, vmeta, oldest = b, i, m, b.Slot[i].Entry.LastSeen
+					vbi, vi, vmeta, oldest, found = bi, i, m, b.Slot[i].Entry.LastSeen, true
 				}
 			}
 		}
-		if vb != nil && atomic.CompareAndSwapUint64(&vb.Meta[vi], vmeta, ctSlotBusy) {
+		vb := &t.buckets[vbi]
+		if found && atomic.CompareAndSwapUint64(&vb.Meta[vi], vmeta, ctSlotBusy) {
+			t.removed(ctHash(&vb.Slot[vi].Key), vbi)
+			if vbi != first {
+				t.spillAdd(first, 1)
+			}
 			write(vb, vi)
 			return true, nil
 		}
@@ -204,8 +259,13 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 
 // remove empties the slot holding k; it reports whether k was there.
 func (t *ctTable) remove(k *bpf.DatapathCtKey) bool {
-	b, i, meta := t.find(k, ctHash(k))
-	return b != nil && atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty)
+	h := ctHash(k)
+	bi, b, i, meta := t.find(k, h)
+	if b == nil || !atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty) {
+		return false
+	}
+	t.removed(h, bi)
+	return true
 }
 
 // ctVisit is what walk's callback does with a connection.
@@ -236,6 +296,7 @@ func (t *ctTable) walk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctV
 			switch fn(&k, &e) {
 			case ctDelete:
 				if atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty) {
+					t.removed(ctHash(&k), uint32(bi))
 					deleted++
 				}
 			case ctStop:
@@ -247,7 +308,9 @@ func (t *ctTable) walk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctV
 }
 
 // clear empties every slot and returns how many held a connection. It
-// reads only the meta words, not the connections.
+// reads only the meta words, not the connections, and then zeroes every
+// spill count: a connection the datapath adds to its second bucket
+// meanwhile may be left uncounted, and is then decided again as new (ct.h).
 func (t *ctTable) clear() int {
 	n := 0
 	for bi := range t.buckets {
@@ -258,6 +321,9 @@ func (t *ctTable) clear() int {
 				n++
 			}
 		}
+	}
+	for bi := range t.buckets {
+		atomic.StoreUint32(&t.buckets[bi].Spill, 0)
 	}
 	return n
 }
@@ -276,8 +342,8 @@ func (t *ctTable) len() int {
 }
 
 // ctCopy copies the connections of from, a conntrack map of this build
-// (a table) or of an older one (a kernel LRU hash, possibly keyed by each
-// connection's original tuple), into to. With onlyMissing connections
+// (a table) or of an older one (a table without spill counts, or a kernel
+// LRU hash, possibly keyed by each connection's original tuple), into to. With onlyMissing connections
 // to already has are left alone. It returns how many it wrote.
 func ctCopy(from *ebpf.Map, to *ctTable, onlyMissing bool) (int, error) {
 	n := 0
@@ -290,6 +356,17 @@ func ctCopy(from *ebpf.Map, to *ctTable, onlyMissing bool) (int, error) {
 		}
 		n++
 		return nil
+	}
+	if isV1Table(from.Type(), from.ValueSize()) {
+		var perr error
+		err := walkV1Table(from, func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) bool {
+			perr = put(k, e)
+			return perr == nil
+		})
+		if err != nil {
+			return n, err
+		}
+		return n, perr
 	}
 	if from.Type() == ebpf.Array {
 		src, err := openCTTable(from)
@@ -318,6 +395,55 @@ func ctCopy(from *ebpf.Map, to *ctTable, onlyMissing bool) (int, error) {
 		return put(k, e)
 	})
 	return n, err
+}
+
+// ctBucketV1Size is the size of a conntrack bucket before buckets had
+// spill counts: four meta words, then four slots.
+const ctBucketV1Size = ctSlots*8 + ctSlots*int(unsafe.Sizeof(bpf.DatapathCtKey{})+unsafe.Sizeof(bpf.DatapathCtEntry{}))
+
+// isV1Table reports whether a conntrack map is a table of buckets without
+// spill counts, which ctCopy copies connection by connection.
+func isV1Table(typ ebpf.MapType, valueSize uint32) bool {
+	return typ == ebpf.Array && valueSize == uint32(ctBucketV1Size)
+}
+
+// walkV1Table calls fn for every connection of m, a table of buckets
+// without spill counts (the layout of ct.h before them), until fn returns
+// false. Its writers may still be running: a slot is read only while its
+// meta word says valid, before and after the copy.
+func walkV1Table(m *ebpf.Map, fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) bool) error {
+	n := int(m.MaxEntries())
+	page := os.Getpagesize()
+	size := n * ctBucketV1Size
+	mem, err := unix.Mmap(m.FD(), 0, (size+page-1)/page*page, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map the older conntrack table: %w", err)
+	}
+	defer unix.Munmap(mem)
+	keySize := int(unsafe.Sizeof(bpf.DatapathCtKey{}))
+	slotSize := keySize + int(unsafe.Sizeof(bpf.DatapathCtEntry{}))
+	var k bpf.DatapathCtKey
+	var e bpf.DatapathCtEntry
+	for bi := range n {
+		b := bi * ctBucketV1Size
+		for i := range ctSlots {
+			meta := (*uint64)(unsafe.Pointer(&mem[b+8*i]))
+			m := atomic.LoadUint64(meta)
+			if m&ctStateMask != ctSlotValid {
+				continue
+			}
+			slot := b + 8*ctSlots + i*slotSize
+			k = *(*bpf.DatapathCtKey)(unsafe.Pointer(&mem[slot]))
+			e = *(*bpf.DatapathCtEntry)(unsafe.Pointer(&mem[slot+keySize]))
+			if atomic.LoadUint64(meta) != m {
+				continue
+			}
+			if !fn(&k, &e) {
+				return nil
+			}
+		}
+	}
+	return nil
 }
 
 // isOldConntrack reports whether a pinned conntrack map is the kernel LRU

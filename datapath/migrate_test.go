@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"net/netip"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -249,6 +251,71 @@ func TestMigrateConvertsOlderConntrack(t *testing.T) {
 	}
 	// From now on only conntrack lets the connection through (the
 	// revision stays, so nothing is re-checked).
+	if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
+		t.Fatal(err)
+	}
+	cur := &harness{t: t, d: d2, cfg: DefaultConfig}
+	cur.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
+	cur.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
+	cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
+}
+
+// Conntrack pinned by a build whose table buckets had no spill counts (320
+// bytes, not 328) is copied into this build's table at load, and its
+// connections keep passing on conntrack alone.
+func TestMigrateCopiesTableWithoutSpillCounts(t *testing.T) {
+	dir := pinDir(t)
+	h, k := pinnedWithConnection(t, dir, Sizes{Conntrack: 1024})
+	var key bpf.DatapathCtKey
+	var entry bpf.DatapathCtEntry
+	n := 0
+	ctView(t, h.d).walk(func(ck *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit {
+		key, entry = *ck, *e
+		n++
+		return ctKeep
+	})
+	if n != 1 {
+		t.Fatalf("%d connections tracked, want 1", n)
+	}
+
+	// The older layout: four meta words, then four slots of key and entry.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(ctBucketV1Size), MaxEntries: 512, Flags: unix.BPF_F_MMAPABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	bucket := make([]byte, ctBucketV1Size)
+	binary.NativeEndian.PutUint64(bucket[8:], ctMeta(ctHash(&key))) // slot 1
+	slot := 8*ctSlots + int(unsafe.Sizeof(key)+unsafe.Sizeof(entry))
+	copy(bucket[slot:], unsafe.Slice((*byte)(unsafe.Pointer(&key)), unsafe.Sizeof(key)))
+	copy(bucket[slot+int(unsafe.Sizeof(key)):], unsafe.Slice((*byte)(unsafe.Pointer(&entry)), unsafe.Sizeof(entry)))
+	if err := old.Put(uint32(77), bucket); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, "ct")); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "ct")); err != nil {
+		t.Fatal(err)
+	}
+
+	d2, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatalf("load over an older build's table: %v", err)
+	}
+	if got := d2.Migrated(); !slices.Contains(got, "ct") {
+		t.Fatalf("migrated %v, want ct", got)
+	}
+	if info := pinnedInfo(t, dir, "ct"); info.ValueSize != uint32(unsafe.Sizeof(ctBucket{})) {
+		t.Fatalf("pinned ct still has %d-byte buckets", info.ValueSize)
+	}
+	conns, err := d2.Conns(0)
+	if err != nil || len(conns) != 1 {
+		t.Fatalf("conns %+v, %v", conns, err)
+	}
+	if _, err := d2.FinishMigration(); err != nil {
+		t.Fatal(err)
+	}
 	if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
 		t.Fatal(err)
 	}

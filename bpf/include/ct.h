@@ -10,17 +10,31 @@
  * reads its buckets, which the JIT reaches without a helper call.
  *
  * Every key has two buckets (two-choice hashing): a new connection takes
- * an empty slot of the emptier one, else the slot of the least recently
- * seen connection of the two (evicted, counted in stats). Placing in the
- * emptier bucket keeps the buckets evenly filled: the first pair of
- * buckets fills when some 46% of all slots are taken. The agent therefore
- * sizes the table at two slots per connection (--map-size-conntrack):
- * holding as many connections as configured, a table has evicted a
- * handful per 100,000 (simulated with the Go twin); at 1.5 times as many,
- * about 1% of new connections replace the least recently seen of eight,
- * often an expired one the collector has not removed yet. The kernel LRU
- * hash with per-CPU lists that conntrack was also evicted before it was
- * full: when one CPU's share ran out.
+ * an empty slot of its first bucket while that holds at most one
+ * connection, else of the emptier of the two, else the slot of the least
+ * recently seen connection of the two (evicted, counted in stats). Placing
+ * in the emptier bucket keeps the buckets evenly filled. The agent sizes
+ * the table at two slots per connection (--map-size-conntrack): holding
+ * as many connections as configured, a table evicts some 3-5 per 100,000
+ * new ones (simulated, and TestCTTablePlacementAtCapacity; 1 if every
+ * connection went to the emptier bucket);
+ * at 1.5 times as many, about 1% replace the least recently seen of
+ * eight, often an expired one the collector has not removed yet. The
+ * kernel LRU hash with per-CPU lists that conntrack was also evicted
+ * before it was full: when one CPU's share ran out.
+ *
+ * A bucket counts the connections whose first bucket it is but which sit
+ * in their second (spill). A lookup that misses in the first bucket reads
+ * the second only when that count is not zero, and a new connection
+ * placed in a mostly empty first bucket never reads its second: a new
+ * flow touches one bucket, not two. Each bucket is a random page of a
+ * table of tens of MB, and the second page's TLB miss was a tenth of a
+ * new flow's cost in profiles. The count rises before a connection is
+ * published in its second bucket and falls after one is removed from
+ * there, so it never falls short of the truth but for one race: a table
+ * flushed while connections are being added (CTFlush) may leave a count
+ * short, and a connection then missed is decided again as new, as when
+ * two CPUs insert one connection at once (below).
  *
  * Buckets of four, not eight: with eight (one cache line of meta words),
  * a new flow measured some 120 ns slower in `make bench`, for reasons not
@@ -128,8 +142,20 @@ __noinline int ct_find(const struct ct_key *k, __u64 h)
 			if (b->meta[i] == want && ct_key_equal(&b->slot[i].key, k))
 				return (int)(idx[j] << CT_SLOT_BITS | i);
 		}
+		/* Only a first bucket that counts spilled connections sends
+		 * a lookup on to the second. */
+		if (j == 0 && (idx[1] == idx[0] || !*(volatile __u32 *)&b->spill))
+			return -1;
 	}
 	return -1;
+}
+
+/* Counts one connection more or less in the spill count of bucket i. */
+static __always_inline void ct_spill_add(__u32 i, int n)
+{
+	struct ct_bucket *b = bpf_map_lookup_elem(&ct, &i);
+	if (b)
+		__sync_fetch_and_add(&b->spill, n);
 }
 
 enum { CT_INSERTED = 0, CT_EVICTED = 1, CT_INSERT_FAILED = -1 };
@@ -165,10 +191,11 @@ static __always_inline int ct_claim(struct ct_bucket *b, const struct ct_key *k,
 	return -1;
 }
 
-/* Replaces the least recently seen connection of buckets b1 and b2 with
- * k. Returns 0, or -1 when another writer got there first. */
-static __always_inline int ct_evict(struct ct_bucket *b1, struct ct_bucket *b2, const struct ct_key *k,
-				    const struct ct_entry *ne, __u64 meta)
+/* Replaces the least recently seen connection of buckets b1 and b2
+ * (numbers i1 and i2, k's first and second; b2 is b1 when they are the
+ * same) with k. Returns 0, or -1 when another writer got there first. */
+static __always_inline int ct_evict(struct ct_bucket *b1, struct ct_bucket *b2, __u32 i1, __u32 i2,
+				    const struct ct_key *k, const struct ct_entry *ne, __u64 meta)
 {
 	__u32 victim = 0;
 	__u64 oldest = ~0ull;
@@ -188,20 +215,30 @@ static __always_inline int ct_evict(struct ct_bucket *b1, struct ct_bucket *b2, 
 	if (oldest == ~0ull)
 		return -1; /* every slot is being written */
 	struct ct_bucket *b = victim & CT_SLOTS ? b2 : b1;
+	__u32 bi = victim & CT_SLOTS ? i2 : i1;
 	__u32 i = victim & (CT_SLOTS - 1);
 	__u64 m = b->meta[i];
 	if ((m & CT_SLOT_STATE_MASK) != CT_SLOT_VALID ||
 	    __sync_val_compare_and_swap(&b->meta[i], m, CT_SLOT_BUSY) != m)
 		return -1;
+	/* The victim leaves: if this was its second bucket, its first
+	 * counts one less. The newcomer, if this is its second, is counted
+	 * before it is published. */
+	__u32 vfirst = ct_bucket1(ct_hash(&b->slot[i].key));
+	if (vfirst != bi)
+		ct_spill_add(vfirst, -1);
+	if (bi != i1)
+		__sync_fetch_and_add(&b1->spill, 1);
 	b->slot[i].key = *k;
 	b->slot[i].entry = *ne;
 	__sync_lock_test_and_set(&b->meta[i], meta);
 	return 0;
 }
 
-/* Records connection k (hash h) with entry ne: in the emptier of its two
- * buckets, which keeps them evenly filled, else in place of the least
- * recently seen connection of the two buckets.
+/* Records connection k (hash h) with entry ne: in its first bucket while
+ * that holds at most one connection, else in the emptier of its two
+ * buckets, else in place of the least recently seen connection of the
+ * two.
  *
  * One global function, with counting, claiming and eviction inlined (the
  * hooks call it, and their stack and its must fit in 512 bytes); a call and
@@ -212,18 +249,33 @@ __noinline int ct_insert(const struct ct_key *k, __u64 h, const struct ct_entry 
 {
 	__u32 i1 = ct_bucket1(h), i2 = ct_bucket2(h);
 	struct ct_bucket *first = bpf_map_lookup_elem(&ct, &i1);
-	struct ct_bucket *second = bpf_map_lookup_elem(&ct, &i2);
-	if (!first || !second || !k || !ne)
+	if (!first || !k || !ne)
 		return CT_INSERT_FAILED;
 	__u64 meta = ct_meta(h);
-	if (ct_free_slots(second) > ct_free_slots(first)) {
-		struct ct_bucket *t = first;
-		first = second;
-		second = t;
-	}
-	if (ct_claim(first, k, ne, meta) == 0 || ct_claim(second, k, ne, meta) == 0)
+	int free1 = ct_free_slots(first);
+	/* A first bucket with room and at most one connection takes it
+	 * without the second being read. */
+	if (free1 >= CT_SLOTS - 1 && ct_claim(first, k, ne, meta) == 0)
 		return CT_INSERTED;
-	return ct_evict(first, second, k, ne, meta) == 0 ? CT_EVICTED : CT_INSERT_FAILED;
+	struct ct_bucket *second = first;
+	if (i2 != i1) {
+		second = bpf_map_lookup_elem(&ct, &i2);
+		if (!second)
+			return CT_INSERT_FAILED;
+		int take_second = ct_free_slots(second) > free1;
+		if (!take_second && ct_claim(first, k, ne, meta) == 0)
+			return CT_INSERTED;
+		/* Counted before it can be found there. */
+		__sync_fetch_and_add(&first->spill, 1);
+		if (ct_claim(second, k, ne, meta) == 0)
+			return CT_INSERTED;
+		__sync_fetch_and_add(&first->spill, -1);
+		if (take_second && ct_claim(first, k, ne, meta) == 0)
+			return CT_INSERTED;
+	} else if (ct_claim(first, k, ne, meta) == 0) {
+		return CT_INSERTED;
+	}
+	return ct_evict(first, second, i1, i2, k, ne, meta) == 0 ? CT_EVICTED : CT_INSERT_FAILED;
 }
 
 static __always_inline struct ct_bucket *ct_slot_bucket(int s)
@@ -245,8 +297,10 @@ static __always_inline struct ct_entry *ct_slot_entry(int s)
 static __always_inline void ct_slot_delete(int s, __u64 h)
 {
 	struct ct_bucket *b = ct_slot_bucket(s);
-	if (b)
-		__sync_val_compare_and_swap(&b->meta[s & (CT_SLOTS - 1)], ct_meta(h), CT_SLOT_EMPTY);
+	__u64 m = ct_meta(h);
+	if (b && __sync_val_compare_and_swap(&b->meta[s & (CT_SLOTS - 1)], m, CT_SLOT_EMPTY) == m &&
+	    ((__u32)s >> CT_SLOT_BITS) != ct_bucket1(h))
+		ct_spill_add(ct_bucket1(h), -1);
 }
 
 #endif /* MEMBRANE_CT_H */

@@ -153,8 +153,8 @@ struct ct_entry {
 /* The conntrack table (ct.h) is an array of buckets of CT_SLOTS slots.
  * A slot's meta word says whether it is empty, being written or valid;
  * a valid slot's meta also holds a tag of its key's hash, so a probe reads
- * the bucket's meta words (its first 32 bytes) and compares a key only on
- * a tag match. */
+ * the bucket's meta words and spill count (its first 40 bytes) and
+ * compares a key only on a tag match. */
 #define CT_SLOTS 4
 #define CT_SLOT_BITS 2
 
@@ -172,6 +172,10 @@ struct ct_slot {
 
 struct ct_bucket {
 	__u64 meta[CT_SLOTS]; /* tag << 32 | enum ct_slot_state */
+	/* Connections whose first bucket this is, held in their second:
+	 * while it is zero, a key missing here is in neither. */
+	__u32 spill;
+	__u32 pad;
 	struct ct_slot slot[CT_SLOTS];
 };
 

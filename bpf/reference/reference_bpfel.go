@@ -14,9 +14,11 @@ import (
 )
 
 type ReferenceCtBucket struct {
-	_    structs.HostLayout
-	Meta [4]uint64
-	Slot [4]struct {
+	_     structs.HostLayout
+	Meta  [4]uint64
+	Spill uint32
+	Pad   uint32
+	Slot  [4]struct {
 		_     structs.HostLayout
 		Key   ReferenceCtKey
 		Entry ReferenceCtEntry
