@@ -223,6 +223,7 @@ const (
 	DatapathProgToContainer       = "to_container"
 	DatapathProgToNetdev          = "to_netdev"
 	DatapathVarCtBucketMask       = "ct_bucket_mask"
+	DatapathVarCtStoresOrdered    = "ct_stores_ordered"
 	DatapathVarEndpointsIndexMask = "endpoints_index_mask"
 	DatapathVarFlowlogSlotMask    = "flowlog_slot_mask"
 	DatapathVarIpcacheIndexMask   = "ipcache_index_mask"
@@ -306,6 +307,7 @@ type DatapathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
 	CtBucketMask       *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
+	CtStoresOrdered    *ebpf.VariableSpec `ebpf:"ct_stores_ordered"`
 	EndpointsIndexMask *ebpf.VariableSpec `ebpf:"endpoints_index_mask"`
 	FlowlogSlotMask    *ebpf.VariableSpec `ebpf:"flowlog_slot_mask"`
 	IpcacheIndexMask   *ebpf.VariableSpec `ebpf:"ipcache_index_mask"`
@@ -376,6 +378,7 @@ func (m *DatapathMaps) Close() error {
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
 	CtBucketMask       *ebpf.Variable `ebpf:"ct_bucket_mask"`
+	CtStoresOrdered    *ebpf.Variable `ebpf:"ct_stores_ordered"`
 	EndpointsIndexMask *ebpf.Variable `ebpf:"endpoints_index_mask"`
 	FlowlogSlotMask    *ebpf.Variable `ebpf:"flowlog_slot_mask"`
 	IpcacheIndexMask   *ebpf.Variable `ebpf:"ipcache_index_mask"`

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 
@@ -29,6 +30,16 @@ const (
 )
 
 type ctBucket = bpf.DatapathCtBucket
+
+// ctStoresOrdered is ct.h's ct_stores_ordered: 1 where every CPU sees
+// another's stores in program order (x86, the kernel's architecture as
+// this process's), so that a plain store publishes a slot.
+func ctStoresOrdered() uint8 {
+	if runtime.GOARCH == "amd64" || runtime.GOARCH == "386" {
+		return 1
+	}
+	return 0
+}
 
 // ctTableBuckets is the number of buckets of a table for entries
 // connections: a power of two, with twice as many slots as connections.
@@ -453,6 +464,10 @@ func isOldConntrack(info *ebpf.MapInfo) bool {
 		info.KeySize == uint32(unsafe.Sizeof(bpf.DatapathCtKey{})) &&
 		info.ValueSize == uint32(unsafe.Sizeof(bpf.DatapathCtEntry{}))
 }
+
+// CTStoresOrdered is the value of ct.h's ct_stores_ordered for this
+// machine, for programs that use the table code apart from the datapath.
+func CTStoresOrdered() uint8 { return ctStoresOrdered() }
 
 // CTTableBuckets is how many buckets a conntrack table holding entries
 // connections has (the map's max_entries; ct_bucket_mask is one less).

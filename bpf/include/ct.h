@@ -42,7 +42,7 @@
  *
  * Concurrency: a writer claims an empty slot by a compare-and-swap of its
  * meta word (EMPTY -> BUSY), writes key and entry, and publishes the slot
- * with an exchange (BUSY -> tag | VALID); an eviction claims a valid slot
+ * (BUSY -> tag | VALID; ct_publish); an eviction claims a valid slot
  * the same way. Readers match meta and key and then use the entry in place,
  * as they would a kernel map's value; an entry's fields are updated in
  * place without locks, as before. The agent reads the table through a
@@ -75,6 +75,24 @@ struct {
 /* Buckets - 1 (a power of two minus one); the agent sets it at load to
  * the size of the table the program is loaded with. */
 volatile const __u32 ct_bucket_mask = (1 << 16) - 1;
+
+/* Set by the agent where every CPU sees another's stores in the order
+ * they were made (x86): a slot is then published by a plain store rather
+ * than an exchange, a locked instruction that also waits for the slot's
+ * own stores to reach the cache. Elsewhere the exchange orders them. */
+volatile const __u8 ct_stores_ordered = 0;
+
+/* Publishes a slot whose key and entry have been written: sets its meta
+ * word to v. */
+static __always_inline void ct_publish(__u64 *meta, __u64 v)
+{
+	if (ct_stores_ordered) {
+		asm volatile("" ::: "memory"); /* the slot's stores come first */
+		*(volatile __u64 *)meta = v;
+	} else {
+		__sync_lock_test_and_set(meta, v);
+	}
+}
 
 /* Multiply-xorshift over the key's five 64-bit words. */
 static __always_inline __u64 ct_hash(const struct ct_key *k)
@@ -184,7 +202,7 @@ static __always_inline int ct_claim(struct ct_bucket *b, const struct ct_key *k,
 		    __sync_val_compare_and_swap(&b->meta[i], CT_SLOT_EMPTY, CT_SLOT_BUSY) == CT_SLOT_EMPTY) {
 			b->slot[i].key = *k;
 			b->slot[i].entry = *ne;
-			__sync_lock_test_and_set(&b->meta[i], meta);
+			ct_publish(&b->meta[i], meta);
 			return 0;
 		}
 	}
@@ -231,7 +249,7 @@ static __always_inline int ct_evict(struct ct_bucket *b1, struct ct_bucket *b2, 
 		__sync_fetch_and_add(&b1->spill, 1);
 	b->slot[i].key = *k;
 	b->slot[i].entry = *ne;
-	__sync_lock_test_and_set(&b->meta[i], meta);
+	ct_publish(&b->meta[i], meta);
 	return 0;
 }
 

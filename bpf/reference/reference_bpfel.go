@@ -59,13 +59,14 @@ type ReferenceCtKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ReferenceMapCt             = "ct"
-	ReferenceMapCtLru          = "ct_lru"
-	ReferenceProgCtLruInsert   = "ct_lru_insert"
-	ReferenceProgCtLruLookup   = "ct_lru_lookup"
-	ReferenceProgCtTableInsert = "ct_table_insert"
-	ReferenceProgCtTableLookup = "ct_table_lookup"
-	ReferenceVarCtBucketMask   = "ct_bucket_mask"
+	ReferenceMapCt              = "ct"
+	ReferenceMapCtLru           = "ct_lru"
+	ReferenceProgCtLruInsert    = "ct_lru_insert"
+	ReferenceProgCtLruLookup    = "ct_lru_lookup"
+	ReferenceProgCtTableInsert  = "ct_table_insert"
+	ReferenceProgCtTableLookup  = "ct_table_lookup"
+	ReferenceVarCtBucketMask    = "ct_bucket_mask"
+	ReferenceVarCtStoresOrdered = "ct_stores_ordered"
 )
 
 // LoadReference returns the embedded CollectionSpec for Reference.
@@ -128,7 +129,8 @@ type ReferenceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ReferenceVariableSpecs struct {
-	CtBucketMask *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
+	CtBucketMask    *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
+	CtStoresOrdered *ebpf.VariableSpec `ebpf:"ct_stores_ordered"`
 }
 
 // ReferenceObjects contains all objects after they have been loaded into the kernel.
@@ -166,7 +168,8 @@ func (m *ReferenceMaps) Close() error {
 //
 // It can be passed to LoadReferenceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ReferenceVariables struct {
-	CtBucketMask *ebpf.Variable `ebpf:"ct_bucket_mask"`
+	CtBucketMask    *ebpf.Variable `ebpf:"ct_bucket_mask"`
+	CtStoresOrdered *ebpf.Variable `ebpf:"ct_stores_ordered"`
 }
 
 // ReferencePrograms contains all programs after they have been loaded into the kernel.

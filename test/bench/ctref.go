@@ -48,6 +48,9 @@ func newCTReferences(entries uint32) (*ctReferences, error) {
 	if err := spec.Variables["ct_bucket_mask"].Set(table.MaxEntries - 1); err != nil {
 		return nil, err
 	}
+	if err := spec.Variables["ct_stores_ordered"].Set(datapath.CTStoresOrdered()); err != nil {
+		return nil, err
+	}
 	r := &ctReferences{}
 	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
 		return nil, fmt.Errorf("load the conntrack references: %w", err)
