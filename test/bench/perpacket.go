@@ -443,7 +443,7 @@ func benchPerPacket(r *report, rounds int) {
 	fmt.Fprintf(&b, "lookup miss alone %.1f ns [%s raw]; %.0f%% of the from-netdev new flow (10 entries).\n", tl, fmtList(steadyTableLookup), 100*tc/res[10][1])
 	fmt.Fprintf(&b, "The kernel LRU hash conntrack was before (%s):\n", ref.lruShape())
 	fmt.Fprintf(&b, "lookup miss + insert %.1f ns [%s raw], lookup miss alone %.1f ns [%s raw]: the latter is what\n", cr, fmtList(steadyRef), lm, fmtList(steadyLookup))
-	b.WriteString("a kernel hash-map lookup costs here; a new flow still makes three (endpoint, ipcache, policy) besides conntrack and the event.\n")
+	b.WriteString("a kernel hash-map lookup costs here; a new flow made three (endpoint, ipcache, policy) before they went through indexes of our own (bpf/include/index.h).\n")
 	ci := median(callInline)
 	perCall := max(0, (median(callSub)-ci)/10)
 	perHash := max(0, (median(callHash)-ci)/10)
