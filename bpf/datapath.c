@@ -467,7 +467,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	__u8 reply = 0;
 
 	__u64 hash = ct_hash(&key);
-	struct ct_entry *e = ct_slot_entry(ct_find(&key, hash));
+	/* A new connection's first bucket mostly tells it is not there. */
+	struct ct_entry *e = ct_may_hold(hash) ? ct_slot_entry(ct_find(&key, hash)) : NULL;
 	/* The slot of this key, kept when the entry is not taken (expired,
 	 * or its ends reused): a new connection on the same ends replaces it. */
 	struct ct_entry *slot = e;

@@ -168,6 +168,26 @@ __noinline int ct_find(const struct ct_key *k, __u64 h)
 	return -1;
 }
 
+/* Whether the table may hold a key of hash h: 0 when no slot of its first
+ * bucket has its tag and the bucket counts no spilled connection, a miss
+ * known without calling ct_find (a call and its return cost some 7 ns
+ * here). Branch-free, so that the verifier's states do not multiply where
+ * it is inlined. */
+static __always_inline int ct_may_hold(__u64 h)
+{
+	__u32 i = ct_bucket1(h);
+	struct ct_bucket *b = bpf_map_lookup_elem(&ct, &i);
+	if (!b)
+		return 1;
+	__u64 want = ct_meta(h), none = 1;
+#pragma unroll
+	for (int s = 0; s < CT_SLOTS; s++) {
+		__u64 d = b->meta[s] ^ want;
+		none &= (d | -d) >> 63; /* 1 unless the tag is there */
+	}
+	return !none | (*(volatile __u32 *)&b->spill != 0);
+}
+
 /* Counts one connection more or less in the spill count of bucket i. */
 static __always_inline void ct_spill_add(__u32 i, int n)
 {
