@@ -659,7 +659,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		int res = CT_INSERTED;
 		if (slot)
 			*slot = ne;
-		else
+		else if (ct_insert_inline(&key, hash, &ne) < 0)
 			res = ct_insert(&key, hash, &ne);
 		struct stats *s = stats_get();
 		if (s) {

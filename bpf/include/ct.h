@@ -273,6 +273,35 @@ static __always_inline int ct_evict(struct ct_bucket *b1, struct ct_bucket *b2, 
 	return 0;
 }
 
+/* ct_insert's common case inline: k (hash h) into its first bucket while
+ * that holds at most one connection, in its first empty slot (with three
+ * of four empty, slot 0 or 1), by one compare-and-swap. Returns 0, or -1
+ * when ct_insert must do it (a fuller bucket, or another writer first);
+ * saves the call. */
+static __always_inline int ct_insert_inline(const struct ct_key *k, __u64 h, const struct ct_entry *ne)
+{
+	__u32 i = ct_bucket1(h);
+	struct ct_bucket *b = bpf_map_lookup_elem(&ct, &i);
+	if (!b)
+		return -1;
+	__u32 empty = 0, n = 0;
+#pragma unroll
+	for (int s = 0; s < CT_SLOTS; s++) {
+		__u64 m = b->meta[s];
+		__u32 e = (__u32)((m | -m) >> 63) ^ 1; /* 1 when empty */
+		empty |= e << s;
+		n += e;
+	}
+	__u32 slot = ~empty & 1;
+	if (n < CT_SLOTS - 1 ||
+	    __sync_val_compare_and_swap(&b->meta[slot], CT_SLOT_EMPTY, CT_SLOT_BUSY) != CT_SLOT_EMPTY)
+		return -1;
+	b->slot[slot].key = *k;
+	b->slot[slot].entry = *ne;
+	ct_publish(&b->meta[slot], ct_meta(h));
+	return 0;
+}
+
 /* Records connection k (hash h) with entry ne: in its first bucket while
  * that holds at most one connection, else in the emptier of its two
  * buckets, else in place of the least recently seen connection of the
