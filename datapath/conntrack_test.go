@@ -157,12 +157,7 @@ func TestCTDeleteGivenConnections(t *testing.T) {
 // the newest connection is always tracked. The Go twin evicts the least
 // recently seen of a key's two buckets.
 func TestCTTableEvictsWhenFull(t *testing.T) {
-	h := newHarnessSized(t, Sizes{Conntrack: 16}) // 8 buckets, 32 slots
-	h.ipcache(addrA, 1001, selA)
-	h.ipcache(addrR, 1003, selR)
-	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
-	h.policy(k, v)
+	h := smallTableAllowingR(t)
 
 	const conns = 200
 	for i := range conns {
@@ -222,6 +217,19 @@ func TestCTTableEvictsWhenFull(t *testing.T) {
 	checkSpill(t, ct)
 }
 
+// smallTableAllowingR is a datapath with a conntrack table of 8 buckets
+// (32 slots) where A's ingress allows R on TCP port 80 and A's egress
+// allows nothing.
+func smallTableAllowingR(t *testing.T) *harness {
+	h := newHarnessSized(t, Sizes{Conntrack: 16})
+	h.ipcache(addrA, 1001, selA)
+	h.ipcache(addrR, 1003, selR)
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
+	h.policy(k, v)
+	return h
+}
+
 // checkSpill fails t unless every bucket's spill count is the number of
 // connections whose first bucket it is that sit in their second.
 func checkSpill(t *testing.T, ct *ctTable) {
@@ -253,12 +261,7 @@ func checkSpill(t *testing.T, ct *ctTable) {
 // counted there, are found (their replies pass on conntrack alone), and
 // stop being counted when the agent deletes them.
 func TestCTTableSpillCounts(t *testing.T) {
-	h := newHarnessSized(t, Sizes{Conntrack: 16}) // 8 buckets, 32 slots
-	h.ipcache(addrA, 1001, selA)
-	h.ipcache(addrR, 1003, selR)
-	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
-	k, v := allowIn(1, selR, packet.TCP, 80, 16, 1)
-	h.policy(k, v)
+	h := smallTableAllowingR(t)
 
 	const conns = 20 // fewer than the slots: nothing is evicted
 	for i := range conns {

@@ -222,20 +222,7 @@ func TestMigrateConvertsOlderConntrack(t *testing.T) {
 	if err := old.Put(&orig, &e); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(dir, "ct")); err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Pin(filepath.Join(dir, "ct")); err != nil {
-		t.Fatal(err)
-	}
-
-	d2, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
-	if err != nil {
-		t.Fatalf("load over an older build's conntrack: %v", err)
-	}
-	if got := d2.Migrated(); !slices.Contains(got, "ct") {
-		t.Fatalf("migrated %v, want ct", got)
-	}
+	d2 := loadOverOldConntrack(t, dir, old)
 	if info := pinnedInfo(t, dir, "ct"); info.Type != ebpf.Array {
 		t.Fatalf("pinned ct is still %v", info.Type)
 	}
@@ -292,20 +279,7 @@ func TestMigrateCopiesTableWithoutSpillCounts(t *testing.T) {
 	if err := old.Put(uint32(77), bucket); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(dir, "ct")); err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Pin(filepath.Join(dir, "ct")); err != nil {
-		t.Fatal(err)
-	}
-
-	d2, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
-	if err != nil {
-		t.Fatalf("load over an older build's table: %v", err)
-	}
-	if got := d2.Migrated(); !slices.Contains(got, "ct") {
-		t.Fatalf("migrated %v, want ct", got)
-	}
+	d2 := loadOverOldConntrack(t, dir, old)
 	if info := pinnedInfo(t, dir, "ct"); info.ValueSize != uint32(unsafe.Sizeof(ctBucket{})) {
 		t.Fatalf("pinned ct still has %d-byte buckets", info.ValueSize)
 	}
@@ -323,4 +297,25 @@ func TestMigrateCopiesTableWithoutSpillCounts(t *testing.T) {
 	cur.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
 	cur.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
 	cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
+}
+
+// loadOverOldConntrack pins old, an older build's conntrack map, in place
+// of the one in dir, loads this build over it and checks that conntrack
+// was migrated.
+func loadOverOldConntrack(t *testing.T, dir string, old *ebpf.Map) *Datapath {
+	t.Helper()
+	if err := os.Remove(filepath.Join(dir, "ct")); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, "ct")); err != nil {
+		t.Fatal(err)
+	}
+	d, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatalf("load over an older build's conntrack: %v", err)
+	}
+	if got := d.Migrated(); !slices.Contains(got, "ct") {
+		t.Fatalf("migrated %v, want ct", got)
+	}
+	return d
 }
