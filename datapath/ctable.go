@@ -149,12 +149,18 @@ func (t *ctTable) removed(h uint64, bi uint32) {
 // read copies the slot's key and entry into k and e if it holds a
 // connection throughout the copy.
 func (t *ctTable) read(b *ctBucket, i int, k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) (meta uint64, ok bool) {
-	meta = atomic.LoadUint64(&b.Meta[i])
-	if meta&ctStateMask != ctSlotValid {
+	return readSlot(&b.Meta[i], &b.Slot[i].Key, &b.Slot[i].Entry, k, e)
+}
+
+// readSlot copies a slot's key and entry into k and e if its meta word
+// says valid before and after the copy.
+func readSlot(meta *uint64, key *bpf.DatapathCtKey, entry *bpf.DatapathCtEntry, k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) (uint64, bool) {
+	m := atomic.LoadUint64(meta)
+	if m&ctStateMask != ctSlotValid {
 		return 0, false
 	}
-	*k, *e = b.Slot[i].Key, b.Slot[i].Entry
-	return meta, atomic.LoadUint64(&b.Meta[i]) == meta
+	*k, *e = *key, *entry
+	return m, atomic.LoadUint64(meta) == m
 }
 
 // find returns the number of the bucket holding k (hash h), the bucket
@@ -354,8 +360,9 @@ func (t *ctTable) len() int {
 
 // ctCopy copies the connections of from, a conntrack map of this build
 // (a table) or of an older one (a table without spill counts, or a kernel
-// LRU hash, possibly keyed by each connection's original tuple), into to. With onlyMissing connections
-// to already has are left alone. It returns how many it wrote.
+// LRU hash, possibly keyed by each connection's original tuple), into to.
+// With onlyMissing connections to already has are left alone. It returns
+// how many it wrote.
 func ctCopy(from *ebpf.Map, to *ctTable, onlyMissing bool) (int, error) {
 	n := 0
 	put := func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) error {
@@ -438,18 +445,11 @@ func walkV1Table(m *ebpf.Map, fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEnt
 	for bi := range n {
 		b := bi * ctBucketV1Size
 		for i := range ctSlots {
-			meta := (*uint64)(unsafe.Pointer(&mem[b+8*i]))
-			m := atomic.LoadUint64(meta)
-			if m&ctStateMask != ctSlotValid {
-				continue
-			}
 			slot := b + 8*ctSlots + i*slotSize
-			k = *(*bpf.DatapathCtKey)(unsafe.Pointer(&mem[slot]))
-			e = *(*bpf.DatapathCtEntry)(unsafe.Pointer(&mem[slot+keySize]))
-			if atomic.LoadUint64(meta) != m {
-				continue
-			}
-			if !fn(&k, &e) {
+			_, ok := readSlot((*uint64)(unsafe.Pointer(&mem[b+8*i])),
+				(*bpf.DatapathCtKey)(unsafe.Pointer(&mem[slot])),
+				(*bpf.DatapathCtEntry)(unsafe.Pointer(&mem[slot+keySize])), &k, &e)
+			if ok && !fn(&k, &e) {
 				return nil
 			}
 		}

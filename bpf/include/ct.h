@@ -284,16 +284,9 @@ static __always_inline int ct_insert_inline(const struct ct_key *k, __u64 h, con
 	struct ct_bucket *b = bpf_map_lookup_elem(&ct, &i);
 	if (!b)
 		return -1;
-	__u32 empty = 0, n = 0;
-#pragma unroll
-	for (int s = 0; s < CT_SLOTS; s++) {
-		__u64 m = b->meta[s];
-		__u32 e = (__u32)((m | -m) >> 63) ^ 1; /* 1 when empty */
-		empty |= e << s;
-		n += e;
-	}
-	__u32 slot = ~empty & 1;
-	if (n < CT_SLOTS - 1 ||
+	__u64 m0 = b->meta[0];
+	__u32 slot = (__u32)((m0 | -m0) >> 63); /* 0 when slot 0 is empty, else 1 */
+	if (ct_free_slots(b) < CT_SLOTS - 1 ||
 	    __sync_val_compare_and_swap(&b->meta[slot], CT_SLOT_EMPTY, CT_SLOT_BUSY) != CT_SLOT_EMPTY)
 		return -1;
 	b->slot[slot].key = *k;
