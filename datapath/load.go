@@ -40,7 +40,10 @@ type Sizes struct {
 	// connections (LRU).
 	ProxyConntrack uint32
 	// EventsBytes is the ring buffer size; a power of two, multiple of the
-	// page size. Events that do not fit are counted as lost.
+	// page size. Events that do not fit are counted as lost. Only drops
+	// and sampled traces go there (verdicts go to the flow log): 1 MiB
+	// holds 32 times the backlog that wakes the reader. The agent's
+	// mapping counts it twice in its RSS.
 	EventsBytes uint32
 	// FlowLog is how many verdict events each CPU's flow log holds,
 	// rounded up to a power of two (80 bytes each): a reader that falls
@@ -61,7 +64,7 @@ var DefaultSizes = Sizes{
 	Conntrack:      1 << 18,
 	Fragments:      1 << 13,
 	ProxyConntrack: 1 << 16,
-	EventsBytes:    1 << 22,
+	EventsBytes:    1 << 20,
 	FlowLog:        1 << 12,
 	Registry:       1 << 20,
 }
