@@ -48,13 +48,8 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	ct, err := d.ctView()
-	if err != nil {
-		return nil, err
-	}
-	defer ct.close()
 	var out []Conn
-	ct.walk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
+	_, err = d.ctWalk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
 		src := netip.AddrPortFrom(fromAddr(k.Saddr), ntohs(k.Sport))
 		dst := netip.AddrPortFrom(fromAddr(k.Daddr), ntohs(k.Dport))
 		if v.Flags&CTSwapped != 0 {
@@ -76,7 +71,7 @@ func (d *Datapath) Conns(max int) ([]Conn, error) {
 		}
 		return ctKeep
 	})
-	return out, nil
+	return out, err
 }
 
 // CTCollection is what one conntrack collection found.
@@ -95,21 +90,19 @@ func (d *Datapath) CTCollect(c Config) (CTCollection, error) {
 	if err != nil {
 		return res, err
 	}
-	ct, err := d.ctView()
-	if err != nil {
-		return res, err
-	}
-	defer ct.close()
 	seen := 0
-	res.Expired = ct.walk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
+	res.Expired, err = d.ctWalk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
 		seen++
 		if d.expired(c, now, k, v) {
 			return ctDelete
 		}
 		return ctKeep
 	})
+	if err != nil {
+		return res, fmt.Errorf("collect conntrack: %w", err)
+	}
 	res.Entries = seen
-	res.Fill = float64(seen) / float64(ct.connections())
+	res.Fill = float64(seen) / float64(d.ctConnections())
 	d.ctCount.Store(int64(seen - res.Expired))
 
 	var expired []bpf.DatapathCtKey
@@ -249,13 +242,15 @@ func deleteKeys(m *ebpf.Map, keys []bpf.DatapathCtKey) (int, error) {
 // then decided afresh by policy on their next packet; benchmarks use it
 // between runs.
 func (d *Datapath) CTFlush() (int, error) {
-	ct, err := d.ctView()
-	if err != nil {
-		return 0, err
-	}
-	n := ct.clear()
-	ct.close()
+	n := 0
+	err := scanCT(d.objs.Ct, ctScanWindow, func(t *ctTable) bool {
+		n += t.clear()
+		return true
+	})
 	d.ctForgot(n)
+	if err != nil {
+		return n, fmt.Errorf("flush conntrack: %w", err)
+	}
 	var keys []bpf.DatapathCtKey
 	err = walkCT(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
 		keys = append(keys, *k)
@@ -312,3 +307,7 @@ func (t *ctTable) deleteConns(conns []Conn) int {
 	}
 	return n
 }
+
+// ctConnections is how many connections the datapath's table is sized
+// for: two slots each.
+func (d *Datapath) ctConnections() int { return int(d.objs.Ct.MaxEntries()) * ctSlots / 2 }

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -220,8 +221,12 @@ func TestCTTableEvictsWhenFull(t *testing.T) {
 // smallTableAllowingR is a datapath with a conntrack table of 8 buckets
 // (32 slots) where A's ingress allows R on TCP port 80 and A's egress
 // allows nothing.
-func smallTableAllowingR(t *testing.T) *harness {
-	h := newHarnessSized(t, Sizes{Conntrack: 16})
+func smallTableAllowingR(t *testing.T) *harness { return tableAllowingR(t, 16) }
+
+// tableAllowingR is smallTableAllowingR with a table for conns
+// connections.
+func tableAllowingR(t *testing.T, conns uint32) *harness {
+	h := newHarnessSized(t, Sizes{Conntrack: conns})
 	h.ipcache(addrA, 1001, selA)
 	h.ipcache(addrR, 1003, selR)
 	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
@@ -295,6 +300,91 @@ func TestCTTableSpillCounts(t *testing.T) {
 		}
 		h.expect(FromContainer, tcp(addrA, addrR, 80, uint16(20000+i), packet.ACK), want)
 	}
+}
+
+// Collection, listing and flushing map the table a window at a time
+// (scanCT), not whole: windows that start inside a page see the right
+// buckets, and a deletion whose connection sat in its second bucket, its
+// first in another window, still brings that count down.
+func TestCTScanInWindows(t *testing.T) {
+	h := tableAllowingR(t, 64) // 32 buckets, over three pages
+	const conns = 48
+	for i := range conns {
+		h.expect(FromNetdev, tcp(addrR, addrA, uint16(20000+i), 80, packet.SYN), retNext)
+	}
+	const window = 5 // windows at buckets 0, 5, 10 …: most start inside a page
+	full := ctView(t, h.d)
+	var want, got []bpf.DatapathCtKey
+	full.walk(func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) ctVisit {
+		want = append(want, *k)
+		return ctKeep
+	})
+	if len(want) != conns {
+		t.Fatalf("%d connections tracked, want %d", len(want), conns)
+	}
+	// R's connections from even ports are deleted (keyed in conntrack
+	// order, R's port is the source or the destination; A's is 80).
+	evenR := func(k *bpf.DatapathCtKey) bool {
+		p := ntohs(k.Sport)
+		if p == 80 {
+			p = ntohs(k.Dport)
+		}
+		return p%2 == 0
+	}
+	crossing := 0 // spilled connections to delete whose first bucket is in another window
+	for bi := range full.buckets {
+		b := &full.buckets[bi]
+		for i := range ctSlots {
+			if b.Meta[i]&ctStateMask == ctSlotValid && evenR(&b.Slot[i].Key) {
+				if first := full.pair(ctHash(&b.Slot[i].Key))[0]; first/window != uint32(bi)/window {
+					crossing++
+				}
+			}
+		}
+	}
+	if crossing == 0 {
+		t.Fatal("no connection to delete sits in its second bucket in another window: the test shows nothing")
+	}
+	windows := 0
+	if err := scanCT(h.d.objs.Ct, window, func(ct *ctTable) bool {
+		windows++
+		ct.walk(func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) ctVisit {
+			got = append(got, *k)
+			return ctKeep
+		})
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if windows != 7 || !slices.Equal(got, want) {
+		t.Fatalf("in %d windows of %d buckets the walk saw %v, whole %v", windows, window, got, want)
+	}
+
+	deleted := 0
+	if err := scanCT(h.d.objs.Ct, window, func(ct *ctTable) bool {
+		n, _ := ct.walk(func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) ctVisit {
+			if evenR(k) {
+				return ctDelete
+			}
+			return ctKeep
+		})
+		deleted += n
+		return true
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if deleted != conns/2 || full.len() != conns/2 {
+		t.Fatalf("deleted %d, %d left; want %d each", deleted, full.len(), conns/2)
+	}
+	checkSpill(t, full)
+
+	if n, err := h.d.CTFlush(); err != nil || n != conns/2 {
+		t.Fatalf("flush removed %d, %v; want %d", n, err, conns/2)
+	}
+	if full.len() != 0 {
+		t.Fatalf("%d connections left after a flush", full.len())
+	}
+	checkSpill(t, full)
 }
 
 // Status and metrics report conntrack's size from the last collection,

@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	"os"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"unsafe"
 
@@ -66,43 +67,109 @@ func ctMeta(h uint64) uint64 {
 	return tag<<32 | ctSlotValid
 }
 
-// ctTable is the conntrack map seen through a memory-mapped view. Its
-// readers and writers run concurrently with the datapath's.
+// ctTable is the conntrack map, or a window of its buckets, seen through
+// a memory-mapped view. Its readers and writers run concurrently with the
+// datapath's.
 //
 // A view is opened for one operation and closed after it: the kernel maps
-// every page of the table into the process at once, and a view kept open
-// would count the whole table (tens of MB, kernel memory either way) in
-// the agent's resident set.
+// every page of a mapping into the process at once, and a view of the
+// whole table kept open would count it all (tens of MB, kernel memory
+// either way) in the agent's resident set. Operations that read the whole
+// table (collection, listing, flush) go through it a window at a time
+// (scanCT); those that look connections up map it whole for their
+// duration.
 type ctTable struct {
 	mem     []byte
-	buckets []ctBucket
-	mask    uint32
+	buckets []ctBucket // the table's buckets base, base+1, …
+	base    uint32
+	mask    uint32 // of the whole table
+	// pending holds the buckets outside a window whose spill counts a
+	// deletion in it left one too high; scanCT brings them down.
+	pending []uint32
 }
 
 // openCTTable maps m, which must be a conntrack table of this build's
 // layout.
-func openCTTable(m *ebpf.Map) (*ctTable, error) {
-	n := m.MaxEntries()
-	if m.Type() != ebpf.Array || m.ValueSize() != uint32(unsafe.Sizeof(ctBucket{})) || n == 0 || n&(n-1) != 0 {
+func openCTTable(m *ebpf.Map) (*ctTable, error) { return openCTWindow(m, 0, m.MaxEntries()) }
+
+// openCTWindow maps buckets first … first+n-1 of m (fewer where the table
+// ends before), a conntrack table of this build's layout.
+func openCTWindow(m *ebpf.Map, first, n uint32) (*ctTable, error) {
+	total := m.MaxEntries()
+	if m.Type() != ebpf.Array || m.ValueSize() != uint32(unsafe.Sizeof(ctBucket{})) || total == 0 || total&(total-1) != 0 {
 		return nil, fmt.Errorf("conntrack map is %v with %d values of %d bytes, not a table of %d-byte buckets",
-			m.Type(), n, m.ValueSize(), unsafe.Sizeof(ctBucket{}))
+			m.Type(), total, m.ValueSize(), unsafe.Sizeof(ctBucket{}))
 	}
-	size := int(n) * int(m.ValueSize())
-	page := os.Getpagesize()
-	mem, err := unix.Mmap(m.FD(), 0, (size+page-1)/page*page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if first >= total || n == 0 {
+		return nil, fmt.Errorf("no buckets %d+%d in a conntrack table of %d", first, n, total)
+	}
+	n = min(n, total-first)
+	size, page := uint64(m.ValueSize()), uint64(os.Getpagesize())
+	lo, hi := uint64(first)*size, uint64(first+n)*size
+	off := lo &^ (page - 1)
+	mem, err := unix.Mmap(m.FD(), int64(off), int((hi-off+page-1)&^(page-1)), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("map the conntrack table: %w", err)
 	}
 	return &ctTable{
 		mem:     mem,
-		buckets: unsafe.Slice((*ctBucket)(unsafe.Pointer(&mem[0])), n),
-		mask:    n - 1,
+		buckets: unsafe.Slice((*ctBucket)(unsafe.Pointer(&mem[lo-off])), n),
+		base:    first,
+		mask:    total - 1,
 	}, nil
 }
 
-// ctView opens a view of the datapath's conntrack table; close it after
-// use.
+// ctScanWindow is how many buckets a scan maps at a time (some 650 KB).
+const ctScanWindow = 2048
+
+// scanCT calls fn with a view of each window of window buckets of m in
+// turn until fn returns false. Spill counts that fn's deletions left too
+// high in buckets outside their window are brought down afterwards (if
+// the scan fails first, they stay too high: that only sends some lookups
+// on to second buckets, until the next deletion of one of them).
+func scanCT(m *ebpf.Map, window uint32, fn func(t *ctTable) bool) error {
+	var pending []uint32
+	for first := uint64(0); first < uint64(m.MaxEntries()); first += uint64(window) {
+		t, err := openCTWindow(m, uint32(first), window)
+		if err != nil {
+			return err
+		}
+		more := fn(t)
+		pending = append(pending, t.pending...)
+		t.close()
+		if !more {
+			break
+		}
+	}
+	slices.Sort(pending)
+	for len(pending) > 0 {
+		t, err := openCTWindow(m, pending[0]/window*window, window)
+		if err != nil {
+			return err
+		}
+		for len(pending) > 0 && pending[0]-t.base < uint32(len(t.buckets)) {
+			t.spillAdd(pending[0], -1)
+			pending = pending[1:]
+		}
+		t.close()
+	}
+	return nil
+}
+
+// ctView opens a view of the datapath's whole conntrack table; close it
+// after use.
 func (d *Datapath) ctView() (*ctTable, error) { return openCTTable(d.objs.Ct) }
+
+// ctWalk is walk over the datapath's conntrack table, a window at a time.
+func (d *Datapath) ctWalk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit) (int, error) {
+	deleted := 0
+	err := scanCT(d.objs.Ct, ctScanWindow, func(t *ctTable) bool {
+		n, stopped := t.walk(fn)
+		deleted += n
+		return !stopped
+	})
+	return deleted, err
+}
 
 func (t *ctTable) close() {
 	if t != nil && t.mem != nil {
@@ -111,9 +178,12 @@ func (t *ctTable) close() {
 	}
 }
 
+// bucket is the table's bucket number bi, which must lie in the view.
+func (t *ctTable) bucket(bi uint32) *ctBucket { return &t.buckets[bi-t.base] }
+
 // connections is how many connections the table is sized for: two slots
 // each.
-func (t *ctTable) connections() int { return len(t.buckets) * ctSlots / 2 }
+func (t *ctTable) connections() int { return int(t.mask+1) * ctSlots / 2 }
 
 // pair is the numbers of the first and the second bucket of a key of
 // hash h (possibly the same).
@@ -124,9 +194,17 @@ func (t *ctTable) pair(h uint64) [2]uint32 {
 // spillAdd counts n more connections in the spill count of bucket bi
 // (ct.h): the connections whose first bucket it is, held in their second.
 // A count never goes below zero here (the datapath's may wrap, which only
-// sends its lookups on to second buckets).
+// sends its lookups on to second buckets). A decrement for a bucket
+// outside a window is left to scanCT.
 func (t *ctTable) spillAdd(bi uint32, n int32) {
-	p := &t.buckets[bi].Spill
+	if bi-t.base >= uint32(len(t.buckets)) {
+		if n != -1 {
+			panic("conntrack: spill count of a bucket outside the view")
+		}
+		t.pending = append(t.pending, bi)
+		return
+	}
+	p := &t.bucket(bi).Spill
 	for {
 		c := atomic.LoadUint32(p)
 		if n < 0 && c == 0 {
@@ -169,7 +247,7 @@ func readSlot(meta *uint64, key *bpf.DatapathCtKey, entry *bpf.DatapathCtEntry, 
 func (t *ctTable) find(k *bpf.DatapathCtKey, h uint64) (uint32, *ctBucket, int, uint64) {
 	want := ctMeta(h)
 	for _, bi := range t.pair(h) {
-		b := &t.buckets[bi]
+		b := t.bucket(bi)
 		for i := range ctSlots {
 			if atomic.LoadUint64(&b.Meta[i]) == want && b.Slot[i].Key == *k {
 				return bi, b, i, want
@@ -212,14 +290,14 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 	free := func(bi uint32) int {
 		n := 0
 		for i := range ctSlots {
-			if atomic.LoadUint64(&t.buckets[bi].Meta[i]) == ctSlotEmpty {
+			if atomic.LoadUint64(&t.bucket(bi).Meta[i]) == ctSlotEmpty {
 				n++
 			}
 		}
 		return n
 	}
 	claim := func(bi uint32) bool {
-		b := &t.buckets[bi]
+		b := t.bucket(bi)
 		if bi != first {
 			t.spillAdd(first, 1) // counted before it can be found there
 		}
@@ -253,7 +331,7 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 		found := false
 		oldest := ^uint64(0)
 		for _, bi := range pair {
-			b := &t.buckets[bi]
+			b := t.bucket(bi)
 			for i := range ctSlots {
 				m := atomic.LoadUint64(&b.Meta[i])
 				if m&ctStateMask == ctSlotValid && b.Slot[i].Entry.LastSeen < oldest {
@@ -261,7 +339,7 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 				}
 			}
 		}
-		vb := &t.buckets[vbi]
+		vb := t.bucket(vbi)
 		if found && atomic.CompareAndSwapUint64(&vb.Meta[vi], vmeta, ctSlotBusy) {
 			t.removed(ctHash(&vb.Slot[vi].Key), vbi)
 			if vbi != first {
@@ -294,11 +372,10 @@ const (
 	ctStop
 )
 
-// walk calls fn for every connection in the table; fn may delete it (the
+// walk calls fn for every connection in the view; fn may delete it (the
 // slot is emptied only if it still holds the connection fn saw) or stop
-// the walk. It returns how many it deleted.
-func (t *ctTable) walk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit) int {
-	deleted := 0
+// the walk. It returns how many it deleted and whether fn stopped it.
+func (t *ctTable) walk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit) (deleted int, stopped bool) {
 	// Declared once: fn's pointers make them escape to the heap, and a
 	// pair per slot was tens of MB of garbage per walk.
 	var k bpf.DatapathCtKey
@@ -313,20 +390,20 @@ func (t *ctTable) walk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctV
 			switch fn(&k, &e) {
 			case ctDelete:
 				if atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty) {
-					t.removed(ctHash(&k), uint32(bi))
+					t.removed(ctHash(&k), t.base+uint32(bi))
 					deleted++
 				}
 			case ctStop:
-				return deleted
+				return deleted, true
 			}
 		}
 	}
-	return deleted
+	return deleted, false
 }
 
-// clear empties every slot and returns how many held a connection. It
-// reads only the meta words, not the connections, and then zeroes every
-// spill count: a connection the datapath adds to its second bucket
+// clear empties every slot of the view and returns how many held a
+// connection. It reads only the meta words, not the connections, and then
+// zeroes the view's spill counts: a connection the datapath adds to its second bucket
 // meanwhile may be left uncounted, and is then decided again as new (ct.h).
 func (t *ctTable) clear() int {
 	n := 0
@@ -345,7 +422,7 @@ func (t *ctTable) clear() int {
 	return n
 }
 
-// len counts the connections in the table (reading only meta words).
+// len counts the connections in the view (reading only meta words).
 func (t *ctTable) len() int {
 	n := 0
 	for bi := range t.buckets {
@@ -387,18 +464,19 @@ func ctCopy(from *ebpf.Map, to *ctTable, onlyMissing bool) (int, error) {
 		return n, perr
 	}
 	if from.Type() == ebpf.Array {
-		src, err := openCTTable(from)
-		if err != nil {
-			return 0, err
-		}
-		defer src.close()
 		var perr error
-		src.walk(func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit {
-			if perr = put(k, e); perr != nil {
-				return ctStop
-			}
-			return ctKeep
+		err := scanCT(from, ctScanWindow, func(src *ctTable) bool {
+			_, stopped := src.walk(func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit {
+				if perr = put(k, e); perr != nil {
+					return ctStop
+				}
+				return ctKeep
+			})
+			return !stopped
 		})
+		if err != nil {
+			return n, err
+		}
 		return n, perr
 	}
 	err := walkCT(from, func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) error {

@@ -357,12 +357,14 @@ func (d *Datapath) MapStats() []MapStat {
 	out := make([]MapStat, 0, len(maps))
 	for _, e := range maps {
 		if e.m == d.objs.Ct {
-			st := MapStat{Name: e.name, MaxEntries: int(e.m.MaxEntries()) * ctSlots / 2}
+			st := MapStat{Name: e.name, MaxEntries: d.ctConnections()}
 			if n := d.ctCount.Load(); n >= 0 {
 				st.Entries = int(n)
-			} else if ct, err := d.ctView(); err == nil {
-				st.Entries = ct.len()
-				ct.close()
+			} else {
+				scanCT(e.m, ctScanWindow, func(t *ctTable) bool {
+					st.Entries += t.len()
+					return true
+				})
 			}
 			out = append(out, st)
 			continue
