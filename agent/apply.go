@@ -321,9 +321,14 @@ func (a *applier) apply(snap *policy.Snapshot, ifindexOf ifindexFunc, adoptedEnt
 			for k := range st.entries {
 				if retiring[k.Selset] {
 					del = append(del, st.datapathKey(k, st.gen))
-					delete(st.entries, k)
 				}
 			}
+			if len(del) == 0 {
+				continue
+			}
+			// st.entries may be the engine's map: replaced, not changed.
+			st.entries = maps.Clone(st.entries)
+			maps.DeleteFunc(st.entries, func(k policy.EntryKey, _ policy.Value) bool { return retiring[k.Selset] })
 			if err := a.dp.PolicyDelete(del); err != nil {
 				problem("endpoint %s: delete entries of vanished selector sets: %v", st.key, err)
 			}
@@ -505,10 +510,7 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 	oldGen := st.gen
 	oldEntries := st.entries
 	st.gen, st.flags, st.ifindex = newGen, flags, ifindex
-	st.entries = desired
-	if !carried {
-		st.entries = maps.Clone(desired)
-	}
+	st.entries = desired // shared with the engine, which never changes it
 	if newGen != oldGen && len(oldEntries) > 0 {
 		old := make([]datapath.PolicyKey, 0, len(oldEntries))
 		for k := range oldEntries {

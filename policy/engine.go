@@ -110,7 +110,10 @@ type Endpoint struct {
 	// Masks summarise Entries as the datapath's endpoint record does.
 	Masks [2][2]uint32
 	// Rules that apply to the endpoint, in evaluation order.
-	Rules   []*Rule
+	Rules []*Rule
+	// Entries is the endpoint's policy. The engine computes a new map
+	// whenever it changes and never changes one it has handed out, so
+	// holders may keep it without a copy.
 	Entries map[EntryKey]Value
 	// Hash changes whenever Enforce or Entries change.
 	Hash uint64
