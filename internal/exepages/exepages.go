@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -79,8 +80,10 @@ func Release() (int64, error) {
 }
 
 // ReleaseWhenReady calls Release once, a little after ready first reports
-// true (a proxy with its configuration and listeners, an agent after its
-// first full sync), and logs the outcome.
+// true (a proxy with its configuration and listeners, an agent with every
+// endpoint attached), and logs the outcome. Start-up's garbage goes back
+// to the OS first: that is a full collection, whose code would otherwise
+// fault back in just after the release.
 func ReleaseWhenReady(ctx context.Context, log *slog.Logger, ready func() bool) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
@@ -96,6 +99,7 @@ func ReleaseWhenReady(ctx context.Context, log *slog.Logger, ready func() bool) 
 		return
 	case <-time.After(2 * time.Second):
 	}
+	debug.FreeOSMemory()
 	n, err := Release()
 	if err != nil {
 		log.Warn("releasing startup pages", "err", err)
