@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -332,15 +333,6 @@ type MapStat struct {
 // what the datapath had in the CPUs' caches, on every status request and
 // metrics scrape. Before any collection it counts.
 func (d *Datapath) MapStats() []MapStat {
-	count := func(m *ebpf.Map) int {
-		n := 0
-		it := m.Iterate()
-		var k, v []byte
-		for it.Next(&k, &v) {
-			n++
-		}
-		return n
-	}
 	maps := []struct {
 		name string
 		m    *ebpf.Map
@@ -369,7 +361,44 @@ func (d *Datapath) MapStats() []MapStat {
 			out = append(out, st)
 			continue
 		}
-		out = append(out, MapStat{Name: e.name, Entries: count(e.m), MaxEntries: int(e.m.MaxEntries())})
+		out = append(out, MapStat{Name: e.name, Entries: countEntries(e.m), MaxEntries: int(e.m.MaxEntries())})
 	}
 	return out
+}
+
+// countBatch is how many entries one batched lookup of countEntries reads.
+const countBatch = 4096
+
+// countEntries counts m's entries with batched lookups, a system call per
+// 4,096 entries: iterating costs two per entry (200,000 for a policy map of
+// 100,000 entries, on every status request and metrics scrape). Where the
+// kernel has no batched lookup for the map's type (LPM tries) it
+// iterates.
+func countEntries(m *ebpf.Map) int {
+	switch m.Type() {
+	case ebpf.Hash, ebpf.LRUHash, ebpf.Array:
+		byteArray := func(n uint32) reflect.Type { return reflect.ArrayOf(int(n), reflect.TypeFor[byte]()) }
+		keys := reflect.MakeSlice(reflect.SliceOf(byteArray(m.KeySize())), countBatch, countBatch).Interface()
+		vals := reflect.MakeSlice(reflect.SliceOf(byteArray(m.ValueSize())), countBatch, countBatch).Interface()
+		total := 0
+		var cursor ebpf.MapBatchCursor
+		for {
+			n, err := m.BatchLookup(&cursor, keys, vals, nil)
+			total += n
+			switch {
+			case err == nil:
+				continue
+			case errors.Is(err, ebpf.ErrKeyNotExist):
+				return total
+			}
+			break // not supported here, or the map changed under the cursor: count anew by iterating
+		}
+	}
+	n := 0
+	it := m.Iterate()
+	var k, v []byte
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
 }
