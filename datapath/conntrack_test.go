@@ -436,6 +436,38 @@ func TestMapStatsConntrackFromCollection(t *testing.T) {
 	}
 }
 
+// A connection two CPUs inserted at once sits in two slots; deleting it
+// deletes both, and the spill counts stay exact. (A table in memory: the
+// race is hard to make happen on demand.)
+func TestCTTableRemoveDeletesEveryCopy(t *testing.T) {
+	const buckets = 8
+	ct := &ctTable{buckets: make([]ctBucket, buckets), mask: buckets - 1}
+	var k bpf.DatapathCtKey
+	for i := 0; ; i++ { // a key whose two buckets differ
+		k = bpf.DatapathCtKey{Sport: uint16(i), Dport: 80, Proto: packet.TCP}
+		if p := ct.pair(ctHash(&k)); p[0] != p[1] {
+			break
+		}
+	}
+	if _, err := ct.put(&k, &bpf.DatapathCtEntry{LastSeen: 1}, false); err != nil {
+		t.Fatal(err)
+	}
+	// The other CPU's copy, in the key's second bucket.
+	h := ctHash(&k)
+	second := ct.bucket(ct.pair(h)[1])
+	second.Slot[3].Key = k
+	second.Meta[3] = ctMeta(h)
+	ct.spillAdd(ct.pair(h)[0], 1)
+	checkSpill(t, ct)
+	if !ct.remove(&k) {
+		t.Fatal("the connection was not found")
+	}
+	if n := ct.len(); n != 0 {
+		t.Fatalf("%d copies left after deleting the connection", n)
+	}
+	checkSpill(t, ct)
+}
+
 // The Go twin filled to the capacity the agent sizes a table for (two
 // slots per connection) evicts only a few connections per 100,000, as
 // ct.h says, and its spill counts stay exact. (A table in memory, not a

@@ -352,15 +352,23 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 	return false, fmt.Errorf("no slot for the connection: its buckets are being written")
 }
 
-// remove empties the slot holding k; it reports whether k was there.
+// remove empties the slots holding k, every copy of it (ct.h: two CPUs
+// may insert a new connection at once, and the copy a lookup did not find
+// would be found once the other is gone); it reports whether k was there.
 func (t *ctTable) remove(k *bpf.DatapathCtKey) bool {
 	h := ctHash(k)
-	bi, b, i, meta := t.find(k, h)
-	if b == nil || !atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty) {
-		return false
+	removed := false
+	for range 2 * ctSlots {
+		bi, b, i, meta := t.find(k, h)
+		if b == nil {
+			break
+		}
+		if atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty) {
+			t.removed(h, bi)
+			removed = true
+		}
 	}
-	t.removed(h, bi)
-	return true
+	return removed
 }
 
 // ctVisit is what walk's callback does with a connection.

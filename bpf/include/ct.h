@@ -51,7 +51,8 @@
  *
  * Two CPUs that see the first packets of one connection at the same moment
  * may both insert it; the second copy is never found while the first
- * exists and expires unused.
+ * exists and expires unused, and the agent deleting the connection
+ * deletes both.
  */
 #ifndef MEMBRANE_CT_H
 #define MEMBRANE_CT_H
