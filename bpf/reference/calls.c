@@ -16,6 +16,19 @@
  *   ten_array      looks an index up in an array (inlined by the
  *                  verifier, as the conntrack table's buckets are).
  * The bench reports (ten_X - ten_inline) / 10.
+ *
+ * And what reading a random bucket of a table the conntrack table's size
+ * costs (the first thing a new connection does), ten reads each of whose
+ * index depends on the word the one before read, so that they cannot
+ * overlap:
+ *   ten_near       in the first 8 buckets (in the caches: the floor);
+ *   ten_far        anywhere in a BPF array of the table's size (vmalloc'd,
+ *                  in 4 KB pages, as the conntrack table is);
+ *   ten_far_kmalloc the same in an array of arrays of 64 buckets, each
+ *                  small enough to be kmalloc'd, so in the kernel's direct
+ *                  map (huge pages): whether huge pages would help.
+ * The bench reports (ten_far* - ten_near) / 10. The agent sizes the
+ * tables at load.
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -124,6 +137,98 @@ int ten_array(struct __sk_buff *skb)
 			*c += *v;
 		asm volatile("" ::: "memory");
 	}
+	return 0;
+}
+
+/* A conntrack bucket's size (bpf/include/ct.h). */
+struct far_bucket {
+	__u64 w[41];
+};
+
+struct far_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 64);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct far_bucket)); /* a type here is left undefined in BTF */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, struct far_bucket);
+} far SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct far_inner);
+} far_kmalloc SEC(".maps");
+
+volatile const __u32 far_mask = 7; /* far's buckets - 1 */
+volatile const __u32 far_outer_mask = 0; /* far_kmalloc's arrays - 1 */
+
+/* The next bucket: a step of a random walk that depends on the word the
+ * last read found (always 0, which the CPU cannot know). */
+static __always_inline __u32 far_next(__u32 x, __u64 v)
+{
+	return (x ^ (__u32)v) * 2654435761u + 0x9e3779b9u;
+}
+
+static __always_inline int far_walk(__u32 mask)
+{
+	__u32 x = bpf_get_prandom_u32();
+	__u64 v = 0;
+	__u64 *c = count_get();
+	if (!c)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < TIMES; i++) {
+		x = far_next(x, v);
+		__u32 k = (x >> 8) & mask;
+		struct far_bucket *b = bpf_map_lookup_elem(&far, &k);
+		if (!b)
+			return 0;
+		v = b->w[0];
+	}
+	*c += v;
+	return 0;
+}
+
+SEC("tc")
+int ten_near(struct __sk_buff *skb)
+{
+	return far_walk(7);
+}
+
+SEC("tc")
+int ten_far(struct __sk_buff *skb)
+{
+	return far_walk(far_mask);
+}
+
+SEC("tc")
+int ten_far_kmalloc(struct __sk_buff *skb)
+{
+	__u32 x = bpf_get_prandom_u32();
+	__u64 v = 0;
+	__u64 *c = count_get();
+	if (!c)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < TIMES; i++) {
+		x = far_next(x, v);
+		__u32 o = (x >> 14) & far_outer_mask, k = (x >> 8) & 63;
+		void *inner = bpf_map_lookup_elem(&far_kmalloc, &o);
+		if (!inner)
+			return 0;
+		struct far_bucket *b = bpf_map_lookup_elem(inner, &k);
+		if (!b)
+			return 0;
+		v = b->w[0];
+	}
+	*c += v;
 	return 0;
 }
 

@@ -13,6 +13,11 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type CallsFarBucket struct {
+	_ structs.HostLayout
+	W [41]uint64
+}
+
 type CallsKey16 struct {
 	_  structs.HostLayout
 	Hi uint64
@@ -23,13 +28,20 @@ type CallsKey16 struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	CallsMapArray      = "array"
-	CallsMapCounter    = "counter"
-	CallsMapHash       = "hash"
-	CallsProgTenArray  = "ten_array"
-	CallsProgTenCalls  = "ten_calls"
-	CallsProgTenHash   = "ten_hash"
-	CallsProgTenInline = "ten_inline"
+	CallsMapArray          = "array"
+	CallsMapCounter        = "counter"
+	CallsMapFar            = "far"
+	CallsMapFarKmalloc     = "far_kmalloc"
+	CallsMapHash           = "hash"
+	CallsProgTenArray      = "ten_array"
+	CallsProgTenCalls      = "ten_calls"
+	CallsProgTenFar        = "ten_far"
+	CallsProgTenFarKmalloc = "ten_far_kmalloc"
+	CallsProgTenHash       = "ten_hash"
+	CallsProgTenInline     = "ten_inline"
+	CallsProgTenNear       = "ten_near"
+	CallsVarFarMask        = "far_mask"
+	CallsVarFarOuterMask   = "far_outer_mask"
 )
 
 // LoadCalls returns the embedded CollectionSpec for Calls.
@@ -74,25 +86,32 @@ type CallsSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CallsProgramSpecs struct {
-	TenArray  *ebpf.ProgramSpec `ebpf:"ten_array"`
-	TenCalls  *ebpf.ProgramSpec `ebpf:"ten_calls"`
-	TenHash   *ebpf.ProgramSpec `ebpf:"ten_hash"`
-	TenInline *ebpf.ProgramSpec `ebpf:"ten_inline"`
+	TenArray      *ebpf.ProgramSpec `ebpf:"ten_array"`
+	TenCalls      *ebpf.ProgramSpec `ebpf:"ten_calls"`
+	TenFar        *ebpf.ProgramSpec `ebpf:"ten_far"`
+	TenFarKmalloc *ebpf.ProgramSpec `ebpf:"ten_far_kmalloc"`
+	TenHash       *ebpf.ProgramSpec `ebpf:"ten_hash"`
+	TenInline     *ebpf.ProgramSpec `ebpf:"ten_inline"`
+	TenNear       *ebpf.ProgramSpec `ebpf:"ten_near"`
 }
 
 // CallsMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CallsMapSpecs struct {
-	Array   *ebpf.MapSpec `ebpf:"array"`
-	Counter *ebpf.MapSpec `ebpf:"counter"`
-	Hash    *ebpf.MapSpec `ebpf:"hash"`
+	Array      *ebpf.MapSpec `ebpf:"array"`
+	Counter    *ebpf.MapSpec `ebpf:"counter"`
+	Far        *ebpf.MapSpec `ebpf:"far"`
+	FarKmalloc *ebpf.MapSpec `ebpf:"far_kmalloc"`
+	Hash       *ebpf.MapSpec `ebpf:"hash"`
 }
 
 // CallsVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type CallsVariableSpecs struct {
+	FarMask      *ebpf.VariableSpec `ebpf:"far_mask"`
+	FarOuterMask *ebpf.VariableSpec `ebpf:"far_outer_mask"`
 }
 
 // CallsObjects contains all objects after they have been loaded into the kernel.
@@ -115,15 +134,19 @@ func (o *CallsObjects) Close() error {
 //
 // It can be passed to LoadCallsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CallsMaps struct {
-	Array   *ebpf.Map `ebpf:"array"`
-	Counter *ebpf.Map `ebpf:"counter"`
-	Hash    *ebpf.Map `ebpf:"hash"`
+	Array      *ebpf.Map `ebpf:"array"`
+	Counter    *ebpf.Map `ebpf:"counter"`
+	Far        *ebpf.Map `ebpf:"far"`
+	FarKmalloc *ebpf.Map `ebpf:"far_kmalloc"`
+	Hash       *ebpf.Map `ebpf:"hash"`
 }
 
 func (m *CallsMaps) Close() error {
 	return _CallsClose(
 		m.Array,
 		m.Counter,
+		m.Far,
+		m.FarKmalloc,
 		m.Hash,
 	)
 }
@@ -132,24 +155,32 @@ func (m *CallsMaps) Close() error {
 //
 // It can be passed to LoadCallsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CallsVariables struct {
+	FarMask      *ebpf.Variable `ebpf:"far_mask"`
+	FarOuterMask *ebpf.Variable `ebpf:"far_outer_mask"`
 }
 
 // CallsPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadCallsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type CallsPrograms struct {
-	TenArray  *ebpf.Program `ebpf:"ten_array"`
-	TenCalls  *ebpf.Program `ebpf:"ten_calls"`
-	TenHash   *ebpf.Program `ebpf:"ten_hash"`
-	TenInline *ebpf.Program `ebpf:"ten_inline"`
+	TenArray      *ebpf.Program `ebpf:"ten_array"`
+	TenCalls      *ebpf.Program `ebpf:"ten_calls"`
+	TenFar        *ebpf.Program `ebpf:"ten_far"`
+	TenFarKmalloc *ebpf.Program `ebpf:"ten_far_kmalloc"`
+	TenHash       *ebpf.Program `ebpf:"ten_hash"`
+	TenInline     *ebpf.Program `ebpf:"ten_inline"`
+	TenNear       *ebpf.Program `ebpf:"ten_near"`
 }
 
 func (p *CallsPrograms) Close() error {
 	return _CallsClose(
 		p.TenArray,
 		p.TenCalls,
+		p.TenFar,
+		p.TenFarKmalloc,
 		p.TenHash,
 		p.TenInline,
+		p.TenNear,
 	)
 }
 

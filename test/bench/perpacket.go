@@ -281,7 +281,7 @@ func benchPerPacket(r *report, rounds int) {
 	steadyLocal := map[int][]float64{}
 	cold := map[int][]float64{}
 	coldLocal := map[int][]float64{}
-	var callInline, callSub, callHash, callArray []float64
+	var callInline, callSub, callHash, callArray, memNear, memFar, memFarKmalloc []float64
 	var steadyQuiet, steadyRef, steadyLookup, steadyTable, steadyTableLookup, coldFloors, steadyFloors []float64
 	sport := map[int]uint16{}
 	for _, n := range entryCounts {
@@ -382,6 +382,7 @@ func benchPerPacket(r *report, rounds int) {
 			}
 			callInline, callSub = append(callInline, cc[0]), append(callSub, cc[1])
 			callHash, callArray = append(callHash, cc[2]), append(callArray, cc[3])
+			memNear, memFar, memFarKmalloc = append(memNear, cc[4]), append(memFar, cc[5]), append(memFarKmalloc, cc[6])
 			if v, err = setups[10].ctHitReply(20000); err != nil {
 				fail(err)
 				return
@@ -451,6 +452,13 @@ func benchPerPacket(r *report, rounds int) {
 	b.WriteString("What a call costs here (bpf/reference/calls.c: ten of each in one program, less ten adds, over 10;\n")
 	fmt.Fprintf(&b, "warm, the same key every time): a BPF-to-BPF call and return %.1f ns, a kernel hash-map lookup (16-byte key,\n", perCall)
 	fmt.Fprintf(&b, "as endpoints and the ipcache have) %.1f ns, an array lookup (inlined by the verifier) %.1f ns.\n", perHash, perArray)
+	perFar := max(0, (median(memFar)-median(memNear))/10)
+	perFarKmalloc := max(0, (median(memFarKmalloc)-median(memNear))/10)
+	b.WriteString("What reading a random bucket of a table of conntrack's size costs, as a new flow's first lookup does\n")
+	b.WriteString("(calls.c: ten reads, each at an index that depends on the last read, less ten in the first 8 buckets, over 10):\n")
+	fmt.Fprintf(&b, "%.1f ns [%s raw, %s the floor]; in arrays small enough to be kmalloc'd (the kernel's direct map, huge pages)\n",
+		perFar, fmtList(memFar), fmtList(memNear))
+	fmt.Fprintf(&b, "%.1f ns [%s raw]: a new flow pays this however the table's pages are mapped.\n", perFarKmalloc, fmtList(memFarKmalloc))
 	fmt.Fprintf(&b, "The kernel's mitigations: %s.\n", mitigations())
 	b.WriteString("With \"Safe RET\", every return mispredicts, and a hash-map lookup returns from several kernel functions.\n")
 	ctRatios := roundRatios(ctHit[100000], ctHit[10], 0)
@@ -485,6 +493,8 @@ func benchPerPacket(r *report, rounds int) {
 	r.info("kernel LRU hash instead (reference): lookup miss", lm, "ns")
 	r.info("BPF-to-BPF call and return (reference)", perCall, "ns")
 	r.info("kernel hash-map lookup, warm (reference)", perHash, "ns")
+	r.info("random bucket of a conntrack-sized table, read (reference)", perFar, "ns")
+	r.info("  the same, table in kmalloc'd arrays (huge pages)", perFarKmalloc, "ns")
 	r.check("conntrack hit ratio 100k/10 entries", median(ctRatios), "x", 1.05, true)
 	r.check("new flow ratio 100k/10 entries", median(nfRatios), "x", 1.05, true)
 }
