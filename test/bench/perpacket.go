@@ -319,7 +319,7 @@ func benchPerPacket(r *report, rounds int) {
 			return
 		}
 		coldFloors = append(coldFloors, f)
-		var sf, sq, sr, sm, stt, stm, cr []float64
+		var sf, sq, sr, sm, stt, stm, cr, mn, mf, mk []float64
 		ct, st, stl, cd, cdl := map[int][]float64{}, map[int][]float64{}, map[int][]float64{}, map[int][]float64{}, map[int][]float64{}
 		// Each round takes many short samples of every table size in
 		// turn (rotating the order), so a burst of noise on this shared
@@ -382,7 +382,7 @@ func benchPerPacket(r *report, rounds int) {
 			}
 			callInline, callSub = append(callInline, cc[0]), append(callSub, cc[1])
 			callHash, callArray = append(callHash, cc[2]), append(callArray, cc[3])
-			memNear, memFar, memFarKmalloc = append(memNear, cc[4]), append(memFar, cc[5]), append(memFarKmalloc, cc[6])
+			mn, mf, mk = append(mn, cc[4]), append(mf, cc[5]), append(mk, cc[6])
 			if v, err = setups[10].ctHitReply(20000); err != nil {
 				fail(err)
 				return
@@ -396,6 +396,7 @@ func benchPerPacket(r *report, rounds int) {
 		steadyTable = append(steadyTable, median(stt))
 		steadyTableLookup = append(steadyTableLookup, median(stm))
 		ctReply = append(ctReply, median(cr))
+		memNear, memFar, memFarKmalloc = append(memNear, median(mn)), append(memFar, median(mf)), append(memFarKmalloc, median(mk))
 		for _, n := range entryCounts {
 			ctHit[n] = append(ctHit[n], median(ct[n]))
 			steady[n] = append(steady[n], median(st[n]))
@@ -452,13 +453,13 @@ func benchPerPacket(r *report, rounds int) {
 	b.WriteString("What a call costs here (bpf/reference/calls.c: ten of each in one program, less ten adds, over 10;\n")
 	fmt.Fprintf(&b, "warm, the same key every time): a BPF-to-BPF call and return %.1f ns, a kernel hash-map lookup (16-byte key,\n", perCall)
 	fmt.Fprintf(&b, "as endpoints and the ipcache have) %.1f ns, an array lookup (inlined by the verifier) %.1f ns.\n", perHash, perArray)
-	perFar := max(0, (median(memFar)-median(memNear))/10)
-	perFarKmalloc := max(0, (median(memFarKmalloc)-median(memNear))/10)
+	perFar := median(roundDiffs(memFar, memNear, 10))
+	perFarKmalloc := median(roundDiffs(memFarKmalloc, memNear, 10))
 	b.WriteString("What reading a random bucket of a table of conntrack's size costs, as a new flow's first lookup does\n")
 	b.WriteString("(calls.c: ten reads, each at an index that depends on the last read, less ten in the first 8 buckets, over 10):\n")
-	fmt.Fprintf(&b, "%.1f ns [%s raw, %s the floor]; in arrays small enough to be kmalloc'd (the kernel's direct map, huge pages)\n",
-		perFar, fmtList(memFar), fmtList(memNear))
-	fmt.Fprintf(&b, "%.1f ns [%s raw]: a new flow pays this however the table's pages are mapped.\n", perFarKmalloc, fmtList(memFarKmalloc))
+	fmt.Fprintf(&b, "%.1f ns [%s], in arrays small enough to be kmalloc'd (on the kernel's direct map, in huge pages)\n",
+		perFar, fmtList(roundDiffs(memFar, memNear, 10)))
+	fmt.Fprintf(&b, "%.1f ns [%s]: a new flow pays this however the table's pages are mapped.\n", perFarKmalloc, fmtList(roundDiffs(memFarKmalloc, memNear, 10)))
 	fmt.Fprintf(&b, "The kernel's mitigations: %s.\n", mitigations())
 	b.WriteString("With \"Safe RET\", every return mispredicts, and a hash-map lookup returns from several kernel functions.\n")
 	ctRatios := roundRatios(ctHit[100000], ctHit[10], 0)
@@ -493,7 +494,7 @@ func benchPerPacket(r *report, rounds int) {
 	r.info("kernel LRU hash instead (reference): lookup miss", lm, "ns")
 	r.info("BPF-to-BPF call and return (reference)", perCall, "ns")
 	r.info("kernel hash-map lookup, warm (reference)", perHash, "ns")
-	r.info("random bucket of a conntrack-sized table, read (reference)", perFar, "ns")
+	r.info("random read of a conntrack-sized table (reference)", perFar, "ns")
 	r.info("  the same, table in kmalloc'd arrays (huge pages)", perFarKmalloc, "ns")
 	r.check("conntrack hit ratio 100k/10 entries", median(ctRatios), "x", 1.05, true)
 	r.check("new flow ratio 100k/10 entries", median(nfRatios), "x", 1.05, true)

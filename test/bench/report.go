@@ -139,6 +139,16 @@ func roundRatios(num, den []float64, off float64) []float64 {
 	return out
 }
 
+// roundDiffs is, per round, (a - b) / n: a cost per operation of
+// programs doing n of it, less their floor.
+func roundDiffs(a, b []float64, n float64) []float64 {
+	out := make([]float64, min(len(a), len(b)))
+	for i := range out {
+		out[i] = max(0, (a[i]-b[i])/n)
+	}
+	return out
+}
+
 func fmtList(v []float64) string {
 	parts := make([]string, len(v))
 	for i, x := range v {
