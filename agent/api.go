@@ -77,7 +77,8 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	full := maps.Clone(a.app.full)
 	a.mu.Unlock()
 	for _, m := range a.dp.MapStats() {
-		s.Maps = append(s.Maps, api.MapStats{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries, Full: full[m.Name]})
+		s.Maps = append(s.Maps, api.MapStats{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries, Full: full[m.Name],
+			Indexed: m.Indexed, Overflowing: m.Overflowing})
 	}
 	if c, err := a.dp.Counters(); err == nil {
 		for reason := 1; reason < datapath.NumReasons; reason++ {

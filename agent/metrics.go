@@ -80,6 +80,7 @@ type agentCollector struct {
 	ctCreated, ctRevalidated   *prometheus.Desc
 	ctEvicted, ctInsertFailed  *prometheus.Desc
 	mapEntries, mapCapacity    *prometheus.Desc
+	mapOverflowing             *prometheus.Desc
 	mapRefused                 *prometheus.Desc
 	identities, endpoints, pol *prometheus.Desc
 }
@@ -100,6 +101,7 @@ func newAgentCollector(dp datapathSource, state func() agentGauges, flows *flowO
 		ctInsertFailed: d("membrane_conntrack_insert_failed_total", "New connections conntrack could not record (every slot of their buckets being written at once).", nil, nil),
 		mapEntries:     d("membrane_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
 		mapCapacity:    d("membrane_map_capacity", "Capacity (max entries) of a BPF map.", []string{"map"}, nil),
+		mapOverflowing: d("membrane_map_index_overflowing_keys", "Keys of an indexed BPF map its index could not hold (their bucket full): the datapath finds them with a slower kernel-map lookup. Raise the map's size if this grows.", []string{"map"}, nil),
 		mapRefused:     d("membrane_map_updates_refused_total", "Map updates refused because the map was full (the endpoint fails closed).", []string{"map"}, nil),
 		identities:     d("membrane_identities", "Workload identities in use.", nil, nil),
 		endpoints:      d("membrane_endpoints", "Local endpoints, by state.", []string{"state"}, nil),
@@ -109,7 +111,7 @@ func newAgentCollector(dp datapathSource, state func() agentGauges, flows *flowO
 
 func (c *agentCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.drops, c.dropBytes, c.forwarded, c.forwardedBytes, c.flowsTotal, c.lost,
-		c.ctCreated, c.ctRevalidated, c.ctEvicted, c.ctInsertFailed, c.mapEntries, c.mapCapacity, c.mapRefused, c.identities, c.endpoints, c.pol} {
+		c.ctCreated, c.ctRevalidated, c.ctEvicted, c.ctInsertFailed, c.mapEntries, c.mapCapacity, c.mapOverflowing, c.mapRefused, c.identities, c.endpoints, c.pol} {
 		ch <- d
 	}
 }
@@ -158,6 +160,9 @@ func (c *agentCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range c.dp.MapStats() {
 		gauge(c.mapEntries, float64(m.Entries), m.Name)
 		gauge(c.mapCapacity, float64(m.MaxEntries), m.Name)
+		if m.Indexed {
+			gauge(c.mapOverflowing, float64(m.Overflowing), m.Name)
+		}
 		counter(c.mapRefused, s.refused[m.Name], m.Name)
 	}
 	gauge(c.identities, float64(s.identities))

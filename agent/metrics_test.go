@@ -28,7 +28,8 @@ func (f *fakeDatapath) Stats() (datapath.Stats, error) { return f.stats, f.err }
 func (f *fakeDatapath) MapStats() []datapath.MapStat   { return f.maps }
 
 func testMetrics() (*agentMetrics, *fakeDatapath, *flowObserver) {
-	dp := &fakeDatapath{maps: []datapath.MapStat{{Name: "policy", Entries: 4, MaxEntries: 4}, {Name: "ipcache_host", Entries: 9, MaxEntries: 1024}}}
+	dp := &fakeDatapath{maps: []datapath.MapStat{{Name: "policy", Entries: 4, MaxEntries: 4, Indexed: true, Overflowing: 2},
+		{Name: "ipcache_host", Entries: 9, MaxEntries: 1024, Indexed: true}, {Name: "frags", Entries: 1, MaxEntries: 64}}}
 	dp.counters[datapath.ReasonPolicy][datapath.Ingress] = datapath.Counter{Packets: 5, Bytes: 300}
 	dp.counters[datapath.ReasonNone][datapath.Egress] = datapath.Counter{Packets: 70, Bytes: 7000}
 	dp.stats = datapath.Stats{LostEvents: 3, CTCreated: 11, CTRevalidated: 2}
@@ -65,14 +66,21 @@ membrane_lost_events_total{source="datapath"} 3
 membrane_lost_events_total{source="follower"} 4
 # HELP membrane_map_entries Entries in a BPF map.
 # TYPE membrane_map_entries gauge
+membrane_map_entries{map="frags"} 1
 membrane_map_entries{map="ipcache_host"} 9
 membrane_map_entries{map="policy"} 4
 # HELP membrane_map_capacity Capacity (max entries) of a BPF map.
 # TYPE membrane_map_capacity gauge
+membrane_map_capacity{map="frags"} 64
 membrane_map_capacity{map="ipcache_host"} 1024
 membrane_map_capacity{map="policy"} 4
+# HELP membrane_map_index_overflowing_keys Keys of an indexed BPF map its index could not hold (their bucket full): the datapath finds them with a slower kernel-map lookup. Raise the map's size if this grows.
+# TYPE membrane_map_index_overflowing_keys gauge
+membrane_map_index_overflowing_keys{map="ipcache_host"} 0
+membrane_map_index_overflowing_keys{map="policy"} 2
 # HELP membrane_map_updates_refused_total Map updates refused because the map was full (the endpoint fails closed).
 # TYPE membrane_map_updates_refused_total counter
+membrane_map_updates_refused_total{map="frags"} 0
 membrane_map_updates_refused_total{map="ipcache_host"} 0
 membrane_map_updates_refused_total{map="policy"} 8
 # HELP membrane_endpoints Local endpoints, by state.
@@ -94,7 +102,7 @@ membrane_forwarded_packets_total{direction="ingress"} 0
 # TYPE membrane_conntrack_created_total counter
 membrane_conntrack_created_total 11
 `
-	names := []string{"membrane_flows_total", "membrane_lost_events_total", "membrane_map_entries", "membrane_map_capacity",
+	names := []string{"membrane_flows_total", "membrane_lost_events_total", "membrane_map_entries", "membrane_map_capacity", "membrane_map_index_overflowing_keys",
 		"membrane_map_updates_refused_total", "membrane_endpoints", "membrane_identities", "membrane_policies",
 		"membrane_forwarded_packets_total", "membrane_conntrack_created_total"}
 	if err := testutil.GatherAndCompare(m.reg, strings.NewReader(expect), names...); err != nil {

@@ -101,6 +101,11 @@ type MapStats struct {
 	MaxEntries int    `json:"maxEntries"`
 	// Full counts updates refused because the map was full.
 	Full uint64 `json:"full"`
+	// Indexed: the datapath looks the map up through an index of its
+	// own; Overflowing counts the keys that index could not hold, which
+	// take a slower lookup (raise the map's size if it grows).
+	Indexed     bool `json:"indexed,omitempty"`
+	Overflowing int  `json:"overflowing,omitempty"`
 }
 
 // Endpoint states.

@@ -60,6 +60,14 @@ func TestIndexOverflow(t *testing.T) {
 	if n := ix.overflowing(); n != 2 {
 		t.Fatalf("%d keys overflowing, want 2", n)
 	}
+	for _, st := range h.d.MapStats() { // as status and metrics report it
+		if want := st.Name == "endpoints" || st.Name == "ipcache_host" || st.Name == "policy"; st.Indexed != want {
+			t.Fatalf("map %s: indexed %v, want %v", st.Name, st.Indexed, want)
+		}
+		if st.Name == "endpoints" && st.Overflowing != 2 {
+			t.Fatalf("map statistics: %d endpoints past their index, want 2", st.Overflowing)
+		}
+	}
 	if h.overflowByte(ix, addrs[0]) == 0 {
 		t.Fatal("the full bucket's overflow byte is not set")
 	}

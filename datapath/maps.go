@@ -323,6 +323,12 @@ type MapStat struct {
 	Name       string
 	Entries    int
 	MaxEntries int
+	// Indexed: the programs look the map up through an index of ours
+	// (index.h). Overflowing counts the keys the index could not hold
+	// (their bucket full), which the programs find in the kernel map, a
+	// slower lookup: many mean the map is sized too small.
+	Indexed     bool
+	Overflowing int
 }
 
 // MapStats counts the entries of the datapath's maps. Counting walks the
@@ -361,9 +367,26 @@ func (d *Datapath) MapStats() []MapStat {
 			out = append(out, st)
 			continue
 		}
-		out = append(out, MapStat{Name: e.name, Entries: countEntries(e.m), MaxEntries: int(e.m.MaxEntries())})
+		st := MapStat{Name: e.name, Entries: countEntries(e.m), MaxEntries: int(e.m.MaxEntries())}
+		if ix := d.indexOf(e.m); ix != nil {
+			st.Indexed, st.Overflowing = true, ix.overflowing()
+		}
+		out = append(out, st)
 	}
 	return out
+}
+
+// indexOf is the index of map m, nil if it has none.
+func (d *Datapath) indexOf(m *ebpf.Map) *index {
+	switch m {
+	case d.objs.Endpoints:
+		return d.epIndex
+	case d.objs.IpcacheHost:
+		return d.ipcIndex
+	case d.objs.Policy:
+		return d.polIndex
+	}
+	return nil
 }
 
 // countBatch is how many entries one batched lookup of countEntries reads.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -115,13 +116,17 @@ func printStatus(w io.Writer, s *api.Status) {
 	fmt.Fprintf(w, "  datastore revision %d, applied %d; last regeneration %s\n", s.DatastoreRevision, s.AppliedRevision, s.LastRegeneration)
 	fmt.Fprintf(w, "  endpoints %d, identities %d, policies %d\n", s.Endpoints, s.Identities, s.Policies)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  MAP\tENTRIES\tCAPACITY\tFILL\tREFUSED (FULL)")
+	fmt.Fprintln(tw, "  MAP\tENTRIES\tCAPACITY\tFILL\tREFUSED (FULL)\tPAST ITS INDEX")
 	for _, m := range s.Maps {
 		fill := 0.0
 		if m.MaxEntries > 0 {
 			fill = 100 * float64(m.Entries) / float64(m.MaxEntries)
 		}
-		fmt.Fprintf(tw, "  %s\t%d\t%d\t%.1f%%\t%d\n", m.Name, m.Entries, m.MaxEntries, fill, m.Full)
+		past := "-"
+		if m.Indexed {
+			past = strconv.Itoa(m.Overflowing)
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%d\t%.1f%%\t%d\t%s\n", m.Name, m.Entries, m.MaxEntries, fill, m.Full, past)
 	}
 	tw.Flush()
 	if len(s.Drops) > 0 {
