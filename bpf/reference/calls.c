@@ -176,7 +176,9 @@ static __always_inline __u32 far_next(__u32 x, __u64 v)
 	return (x ^ (__u32)v) * 2654435761u + 0x9e3779b9u;
 }
 
-static __always_inline int far_walk(__u32 mask)
+/* Ten reads at random: in far's first mask + 1 buckets, or (kmalloc) in
+ * far_kmalloc's arrays. */
+static __always_inline int far_walk(__u32 mask, int kmalloc)
 {
 	__u32 x = bpf_get_prandom_u32();
 	__u64 v = 0;
@@ -186,8 +188,17 @@ static __always_inline int far_walk(__u32 mask)
 #pragma unroll
 	for (int i = 0; i < TIMES; i++) {
 		x = far_next(x, v);
-		__u32 k = (x >> 8) & mask;
-		struct far_bucket *b = bpf_map_lookup_elem(&far, &k);
+		struct far_bucket *b;
+		if (kmalloc) {
+			__u32 o = (x >> 14) & far_outer_mask, k = (x >> 8) & 63;
+			void *inner = bpf_map_lookup_elem(&far_kmalloc, &o);
+			if (!inner)
+				return 0;
+			b = bpf_map_lookup_elem(inner, &k);
+		} else {
+			__u32 k = (x >> 8) & mask;
+			b = bpf_map_lookup_elem(&far, &k);
+		}
 		if (!b)
 			return 0;
 		v = b->w[0];
@@ -199,37 +210,19 @@ static __always_inline int far_walk(__u32 mask)
 SEC("tc")
 int ten_near(struct __sk_buff *skb)
 {
-	return far_walk(7);
+	return far_walk(7, 0);
 }
 
 SEC("tc")
 int ten_far(struct __sk_buff *skb)
 {
-	return far_walk(far_mask);
+	return far_walk(far_mask, 0);
 }
 
 SEC("tc")
 int ten_far_kmalloc(struct __sk_buff *skb)
 {
-	__u32 x = bpf_get_prandom_u32();
-	__u64 v = 0;
-	__u64 *c = count_get();
-	if (!c)
-		return 0;
-#pragma unroll
-	for (int i = 0; i < TIMES; i++) {
-		x = far_next(x, v);
-		__u32 o = (x >> 14) & far_outer_mask, k = (x >> 8) & 63;
-		void *inner = bpf_map_lookup_elem(&far_kmalloc, &o);
-		if (!inner)
-			return 0;
-		struct far_bucket *b = bpf_map_lookup_elem(inner, &k);
-		if (!b)
-			return 0;
-		v = b->w[0];
-	}
-	*c += v;
-	return 0;
+	return far_walk(0, 1);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
