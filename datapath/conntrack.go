@@ -167,45 +167,14 @@ func ctReverse(k bpf.DatapathCtKey) bpf.DatapathCtKey {
 	return bpf.DatapathCtKey{Saddr: k.Daddr, Daddr: k.Saddr, Sport: k.Dport, Dport: k.Sport, Proto: k.Proto}
 }
 
-// ctBatch is how many conntrack entries one batched system call moves.
+// ctBatch is how many conntrack entries one batched deletion removes.
 const ctBatch = 4096
 
 // walkCT calls fn for every entry of a kernel conntrack map (proxy_ct, an
-// older build's ct), reading them in
-// batches (a few system calls for a large table, where iterating costs two
-// per entry); where the kernel has no batch operations it iterates. An
-// error from fn stops the walk and is returned. Entries the datapath adds
-// or removes meanwhile may or may not be seen.
+// older build's ct), read in batches (walkRaw). An error from fn stops the
+// walk and is returned.
 func walkCT(m *ebpf.Map, fn func(*bpf.DatapathCtKey, *bpf.DatapathCtEntry) error) error {
-	keys := make([]bpf.DatapathCtKey, ctBatch)
-	vals := make([]bpf.DatapathCtEntry, ctBatch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := 0; i < n; i++ {
-			if ferr := fn(&keys[i], &vals[i]); ferr != nil {
-				return ferr
-			}
-		}
-		switch {
-		case err == nil:
-			continue
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			return nil // done
-		case errors.Is(err, ebpf.ErrNotSupported) && n == 0:
-			var k bpf.DatapathCtKey
-			var v bpf.DatapathCtEntry
-			it := m.Iterate()
-			for it.Next(&k, &v) {
-				if ferr := fn(&k, &v); ferr != nil {
-					return ferr
-				}
-			}
-			return it.Err()
-		default:
-			return err
-		}
-	}
+	return walkMap(m, fn)
 }
 
 // deleteKeys deletes keys from m, in batches where the kernel supports it.

@@ -433,13 +433,11 @@ func (d *Datapath) openIndexes(fresh map[string]bool) error {
 // rawEntries reads every entry of a hash map as key and value bytes.
 func rawEntries(m *ebpf.Map) (map[string][]byte, error) {
 	out := map[string][]byte{}
-	k := make([]byte, m.KeySize())
-	v := make([]byte, m.ValueSize())
-	it := m.Iterate()
-	for it.Next(k, v) {
+	err := walkRaw(m, func(k, v []byte) error {
 		out[string(k)] = append([]byte(nil), v...)
-	}
-	return out, it.Err()
+		return nil
+	})
+	return out, err
 }
 
 // written ends a write of the index: overflow bytes that wait to be

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"reflect"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -84,18 +83,17 @@ func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
 // IPCacheList returns every entry.
 func (d *Datapath) IPCacheList() ([]IPCacheEntry, error) {
 	var out []IPCacheEntry
-	var hk bpf.DatapathAddr
-	var v bpf.DatapathIpcacheValue
-	it := d.objs.IpcacheHost.Iterate()
-	for it.Next(&hk, &v) {
-		a := fromAddr(hk)
+	err := walkMap(d.objs.IpcacheHost, func(hk *bpf.DatapathAddr, v *bpf.DatapathIpcacheValue) error {
+		a := fromAddr(*hk)
 		out = append(out, IPCacheEntry{Prefix: netip.PrefixFrom(a, a.BitLen()), Identity: v.Identity, Selset: v.Selset})
-	}
-	if err := it.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("list ipcache_host: %w", err)
 	}
 	var lk bpf.DatapathIpcacheLpmKey
-	it = d.objs.IpcacheLpm.Iterate()
+	var v bpf.DatapathIpcacheValue
+	it := d.objs.IpcacheLpm.Iterate()
 	for it.Next(&lk, &v) {
 		out = append(out, IPCacheEntry{Prefix: fromPrefix(lk.Addr, lk.Prefixlen), Identity: v.Identity, Selset: v.Selset})
 	}
@@ -158,13 +156,11 @@ func (d *Datapath) EndpointDelete(a netip.Addr) error {
 // EndpointList returns every endpoint address.
 func (d *Datapath) EndpointList() ([]EndpointInfo, error) {
 	var out []EndpointInfo
-	var k bpf.DatapathAddr
-	var v bpf.DatapathEndpoint
-	it := d.objs.Endpoints.Iterate()
-	for it.Next(&k, &v) {
-		out = append(out, EndpointInfo{Addr: fromAddr(k), ID: v.Id, Ifindex: v.Ifindex, Identity: v.Identity, Flags: v.Flags, Masks: v.Masks})
-	}
-	if err := it.Err(); err != nil {
+	err := walkMap(d.objs.Endpoints, func(k *bpf.DatapathAddr, v *bpf.DatapathEndpoint) error {
+		out = append(out, EndpointInfo{Addr: fromAddr(*k), ID: v.Id, Ifindex: v.Ifindex, Identity: v.Identity, Flags: v.Flags, Masks: v.Masks})
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("list endpoints: %w", err)
 	}
 	return out, nil
@@ -265,13 +261,11 @@ func (d *Datapath) PolicyDelete(keys []PolicyKey) error {
 // PolicyList returns every entry.
 func (d *Datapath) PolicyList() (map[PolicyKey]PolicyValue, error) {
 	out := map[PolicyKey]PolicyValue{}
-	var k bpf.DatapathPolicyKey
-	var v bpf.DatapathPolicyValue
-	it := d.objs.Policy.Iterate()
-	for it.Next(&k, &v) {
-		out[policyKeyFrom(k)] = PolicyValue{Verdict: Verdict(v.Verdict), ProxyPort: v.ProxyPort, RuleID: v.RuleId}
-	}
-	if err := it.Err(); err != nil {
+	err := walkMap(d.objs.Policy, func(k *bpf.DatapathPolicyKey, v *bpf.DatapathPolicyValue) error {
+		out[policyKeyFrom(*k)] = PolicyValue{Verdict: Verdict(v.Verdict), ProxyPort: v.ProxyPort, RuleID: v.RuleId}
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("list policy: %w", err)
 	}
 	return out, nil
@@ -303,14 +297,13 @@ func (d *Datapath) RegistryDelete(kind, id uint32) error {
 // RegistryList returns id → fingerprint for one kind.
 func (d *Datapath) RegistryList(kind uint32) (map[uint32]uint64, error) {
 	out := map[uint32]uint64{}
-	var k, v uint64
-	it := d.registry.Iterate()
-	for it.Next(&k, &v) {
-		if uint32(k>>32) == kind {
-			out[uint32(k)] = v
+	err := walkMap(d.registry, func(k, v *uint64) error {
+		if uint32(*k>>32) == kind {
+			out[uint32(*k)] = *v
 		}
-	}
-	if err := it.Err(); err != nil {
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("list registry: %w", err)
 	}
 	return out, nil
@@ -387,41 +380,4 @@ func (d *Datapath) indexOf(m *ebpf.Map) *index {
 		return d.polIndex
 	}
 	return nil
-}
-
-// countBatch is how many entries one batched lookup of countEntries reads.
-const countBatch = 4096
-
-// countEntries counts m's entries with batched lookups, a system call per
-// 4,096 entries: iterating costs two per entry (200,000 for a policy map of
-// 100,000 entries, on every status request and metrics scrape). Where the
-// kernel has no batched lookup for the map's type (LPM tries) it
-// iterates.
-func countEntries(m *ebpf.Map) int {
-	switch m.Type() {
-	case ebpf.Hash, ebpf.LRUHash, ebpf.Array:
-		byteArray := func(n uint32) reflect.Type { return reflect.ArrayOf(int(n), reflect.TypeFor[byte]()) }
-		keys := reflect.MakeSlice(reflect.SliceOf(byteArray(m.KeySize())), countBatch, countBatch).Interface()
-		vals := reflect.MakeSlice(reflect.SliceOf(byteArray(m.ValueSize())), countBatch, countBatch).Interface()
-		total := 0
-		var cursor ebpf.MapBatchCursor
-		for {
-			n, err := m.BatchLookup(&cursor, keys, vals, nil)
-			total += n
-			switch {
-			case err == nil:
-				continue
-			case errors.Is(err, ebpf.ErrKeyNotExist):
-				return total
-			}
-			break // not supported here, or the map changed under the cursor: count anew by iterating
-		}
-	}
-	n := 0
-	it := m.Iterate()
-	var k, v []byte
-	for it.Next(&k, &v) {
-		n++
-	}
-	return n
 }

@@ -8,13 +8,14 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// Map statistics count a hash map in batches of countBatch entries and an
-// LPM trie, which has no batched lookup, by iterating; both counts are
-// exact.
+// Maps are read in batches of mapBatch entries (walkRaw: map statistics,
+// listings, index rebuilds), and an LPM trie, which has no batched lookup,
+// by iterating; both counts are exact, and a typed walk sees every entry
+// as it is.
 func TestCountEntries(t *testing.T) {
 	requireBPF(t)
-	const n = 2*countBatch + 123
-	hash, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 12, ValueSize: 8, MaxEntries: 4 * countBatch})
+	const n = 2*mapBatch + 123
+	hash, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Hash, KeySize: 12, ValueSize: 8, MaxEntries: 4 * mapBatch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -24,6 +25,7 @@ func TestCountEntries(t *testing.T) {
 	for i := range keys {
 		binary.LittleEndian.PutUint32(keys[i][:], uint32(i)*2654435761)
 		binary.LittleEndian.PutUint32(keys[i][4:], uint32(i))
+		vals[i] = uint64(i)*7 + 1
 	}
 	if _, err := hash.BatchUpdate(keys, vals, nil); err != nil {
 		t.Fatal(err)
@@ -58,5 +60,17 @@ func TestCountEntries(t *testing.T) {
 	t.Logf("%d entries counted in batches in %v, by iterating in %v", n, batched, time.Since(start))
 	if got := countEntries(lpm); got != 37 {
 		t.Fatalf("LPM trie: counted %d, want 37", got)
+	}
+	seen := map[[12]byte]uint64{}
+	if err := walkMap(hash, func(k *[12]byte, v *uint64) error { seen[*k] = *v; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i, k := range keys {
+		if v, ok := seen[k]; !ok || v != vals[i] || len(seen) != n {
+			t.Fatalf("typed walk: %d entries, key %d: %d, %v; want %d entries, value %d", len(seen), i, v, ok, n, vals[i])
+		}
+	}
+	if err := walkMap(hash, func(_ *[8]byte, _ *uint64) error { return nil }); err == nil {
+		t.Fatal("a walk with the wrong key type did not fail")
 	}
 }

@@ -163,24 +163,22 @@ func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 // copyEntries copies every entry of from into to and returns how many it
 // wrote. With onlyMissing, entries to already has are left alone.
 func copyEntries(from, to *ebpf.Map, onlyMissing bool) (int, error) {
-	key := make([]byte, from.KeySize())
-	val := make([]byte, from.ValueSize())
 	flags := ebpf.UpdateAny
 	if onlyMissing {
 		flags = ebpf.UpdateNoExist
 	}
 	n := 0
-	it := from.Iterate()
-	for it.Next(&key, &val) {
+	err := walkRaw(from, func(key, val []byte) error {
 		if err := to.Update(key, val, flags); err != nil {
 			if onlyMissing && errors.Is(err, ebpf.ErrKeyExist) {
-				continue
+				return nil
 			}
-			return n, err
+			return err
 		}
 		n++
-	}
-	return n, it.Err()
+		return nil
+	})
+	return n, err
 }
 
 // copyMap copies the entries of map name from from into to: as they are,
