@@ -25,6 +25,29 @@ func wrapUpdate(name string, err error) error {
 	return fmt.Errorf("update %s: %w", name, err)
 }
 
+// indexedPut writes k -> v to m, a map the programs look up through index
+// ix, and then to the index, under the index's lock (index.h says in
+// which order a bucket changes).
+func indexedPut[K, V any](m *ebpf.Map, ix *index, name string, k *K, v *V) error {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if err := m.Put(k, v); err != nil {
+		return wrapUpdate(name, err)
+	}
+	return ix.written(ix.put(rawBytes(k), rawBytes(v)))
+}
+
+// indexedDelete removes k from m and then from its index ix; a key that is
+// not there is not an error.
+func indexedDelete[K any](m *ebpf.Map, ix *index, k *K) error {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return ix.written(ix.del(rawBytes(k)))
+}
+
 // ---- ipcache ----------------------------------------------------------------
 
 // IPCacheEntry maps a prefix to the identity of the addresses in it and to
@@ -44,13 +67,7 @@ func (d *Datapath) IPCachePut(e IPCacheEntry) error {
 	p := e.Prefix.Masked()
 	if isHostPrefix(p) {
 		k := toAddr(p.Addr())
-		ix := d.ipcIndex
-		ix.mu.Lock()
-		defer ix.mu.Unlock()
-		if err := d.objs.IpcacheHost.Put(&k, &v); err != nil {
-			return wrapUpdate("ipcache_host", err)
-		}
-		return ix.written(ix.put(rawBytes(&k), rawBytes(&v)))
+		return indexedPut(d.objs.IpcacheHost, d.ipcIndex, "ipcache_host", &k, &v)
 	}
 	k := bpf.DatapathIpcacheLpmKey{Prefixlen: prefixBits(p), Addr: toAddr(p.Addr())}
 	return wrapUpdate("ipcache_lpm", d.objs.IpcacheLpm.Put(&k, &v))
@@ -62,14 +79,7 @@ func (d *Datapath) IPCacheDelete(p netip.Prefix) error {
 	var err error
 	if isHostPrefix(p) {
 		k := toAddr(p.Addr())
-		ix := d.ipcIndex
-		ix.mu.Lock()
-		defer ix.mu.Unlock()
-		if err = d.objs.IpcacheHost.Delete(&k); err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
-			if ierr := ix.written(ix.del(rawBytes(&k))); ierr != nil {
-				return fmt.Errorf("delete ipcache %s: %w", p, ierr)
-			}
-		}
+		err = indexedDelete(d.objs.IpcacheHost, d.ipcIndex, &k)
 	} else {
 		k := bpf.DatapathIpcacheLpmKey{Prefixlen: prefixBits(p), Addr: toAddr(p.Addr())}
 		err = d.objs.IpcacheLpm.Delete(&k)
@@ -129,25 +139,13 @@ func (e EndpointInfo) Gen() uint8 {
 func (d *Datapath) EndpointPut(e EndpointInfo) error {
 	k := toAddr(e.Addr)
 	v := bpf.DatapathEndpoint{Ifindex: e.Ifindex, Identity: e.Identity, Id: e.ID, Flags: e.Flags, Masks: e.Masks}
-	ix := d.epIndex
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	if err := d.objs.Endpoints.Put(&k, &v); err != nil {
-		return wrapUpdate("endpoints", err)
-	}
-	return ix.written(ix.put(rawBytes(&k), rawBytes(&v)))
+	return indexedPut(d.objs.Endpoints, d.epIndex, "endpoints", &k, &v)
 }
 
 // EndpointDelete removes an endpoint address.
 func (d *Datapath) EndpointDelete(a netip.Addr) error {
 	k := toAddr(a)
-	ix := d.epIndex
-	ix.mu.Lock()
-	defer ix.mu.Unlock()
-	if err := d.objs.Endpoints.Delete(&k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("delete endpoint %s: %w", a, err)
-	}
-	if err := ix.written(ix.del(rawBytes(&k))); err != nil {
+	if err := indexedDelete(d.objs.Endpoints, d.epIndex, &k); err != nil {
 		return fmt.Errorf("delete endpoint %s: %w", a, err)
 	}
 	return nil
