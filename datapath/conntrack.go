@@ -278,5 +278,5 @@ func (t *ctTable) deleteConns(conns []Conn) int {
 }
 
 // ctConnections is how many connections the datapath's table is sized
-// for: two slots each.
-func (d *Datapath) ctConnections() int { return int(d.objs.Ct.MaxEntries()) * ctSlots / 2 }
+// for.
+func (d *Datapath) ctConnections() int { return ctCapacity(d.objs.Ct.MaxEntries()) }

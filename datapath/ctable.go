@@ -183,7 +183,11 @@ func (t *ctTable) bucket(bi uint32) *ctBucket { return &t.buckets[bi-t.base] }
 
 // connections is how many connections the table is sized for: two slots
 // each.
-func (t *ctTable) connections() int { return int(t.mask+1) * ctSlots / 2 }
+func (t *ctTable) connections() int { return ctCapacity(t.mask + 1) }
+
+// ctCapacity is how many connections a table of buckets buckets is sized
+// for: two slots each.
+func ctCapacity(buckets uint32) int { return int(buckets) * ctSlots / 2 }
 
 // pair is the numbers of the first and the second bucket of a key of
 // hash h (possibly the same).

@@ -9,7 +9,8 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// mapBatch is how many entries one batched lookup reads.
+// mapBatch is how many entries one batched lookup reads at most (fewer
+// for a smaller map: the buffers are allocated per walk).
 const mapBatch = 4096
 
 // walkRaw calls fn with the key and the value of every entry of m, as
@@ -24,9 +25,10 @@ func walkRaw(m *ebpf.Map, fn func(k, v []byte) error) error {
 	if t := m.Type(); t == ebpf.Hash || t == ebpf.LRUHash {
 		// Slices of byte arrays of the map's sizes: BatchLookup counts
 		// entries by slice elements.
+		batch := min(mapBatch, int(m.MaxEntries()))
 		buf := func(size int) (reflect.Value, []byte) {
-			s := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), mapBatch, mapBatch)
-			return s, unsafe.Slice((*byte)(s.UnsafePointer()), mapBatch*size)
+			s := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(size, reflect.TypeFor[byte]())), batch, batch)
+			return s, unsafe.Slice((*byte)(s.UnsafePointer()), batch*size)
 		}
 		keys, kb := buf(ks)
 		vals, vb := buf(vs)
