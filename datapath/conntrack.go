@@ -107,7 +107,7 @@ func (d *Datapath) CTCollect(c Config) (CTCollection, error) {
 
 	var expired []bpf.DatapathCtKey
 	seen = 0
-	err = walkCT(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
+	err = walkMap(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) error {
 		seen++
 		if d.expired(c, now, k, v) {
 			expired = append(expired, *k)
@@ -170,13 +170,6 @@ func ctReverse(k bpf.DatapathCtKey) bpf.DatapathCtKey {
 // ctBatch is how many conntrack entries one batched deletion removes.
 const ctBatch = 4096
 
-// walkCT calls fn for every entry of a kernel conntrack map (proxy_ct, an
-// older build's ct), read in batches (walkRaw). An error from fn stops the
-// walk and is returned.
-func walkCT(m *ebpf.Map, fn func(*bpf.DatapathCtKey, *bpf.DatapathCtEntry) error) error {
-	return walkMap(m, fn)
-}
-
 // deleteKeys deletes keys from m, in batches where the kernel supports it.
 // A key already gone (the datapath's LRU evicted it) is not an error.
 func deleteKeys(m *ebpf.Map, keys []bpf.DatapathCtKey) (int, error) {
@@ -221,7 +214,7 @@ func (d *Datapath) CTFlush() (int, error) {
 		return n, fmt.Errorf("flush conntrack: %w", err)
 	}
 	var keys []bpf.DatapathCtKey
-	err = walkCT(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
+	err = walkMap(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
 		keys = append(keys, *k)
 		return nil
 	})

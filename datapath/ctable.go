@@ -491,7 +491,7 @@ func ctCopy(from *ebpf.Map, to *ctTable, onlyMissing bool) (int, error) {
 		}
 		return n, perr
 	}
-	err := walkCT(from, func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) error {
+	err := walkMap(from, func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) error {
 		if ctSwap(k) {
 			// Keyed by its original tuple, ends out of order: this
 			// build keys it reversed.
