@@ -33,6 +33,9 @@ func clientAddr(i int) netip.Addr {
 	return netip.AddrFrom4([4]byte{10, byte(2 + i>>16), byte(i >> 8), byte(i)})
 }
 
+// controlN keys the control datapath: 10 identities, like the small one.
+const controlN = -10
+
 func newIDSetup(n int) (*idSetup, error) {
 	dp, err := datapath.Load(datapath.Options{})
 	if err != nil {
@@ -154,17 +157,25 @@ func benchIdentityScale(r *report, rounds int) {
 		return
 	}
 	defer large.close()
-	_, _, fromNetdev := small.dp.Programs()
-	_, _, fromNetdevL := large.dp.Programs()
-	progs := map[int]*idSetup{10: small, 100_000: large}
+	// The method's own error: a second datapath with the same 10
+	// identities, measured the same way (docs/ARCHITECTURE.md, "Identity
+	// scale"): which peers are measured and where their entries and
+	// connections land in memory move one datapath against another by
+	// several percent.
+	control, err := newIDSetup(10)
+	if err != nil {
+		r.failed(name, "≤ 1.05", err)
+		return
+	}
+	defer control.close()
+	progs := map[int]*idSetup{10: small, 100_000: large, controlN: control}
 	progOf := func(s *idSetup) interface {
 		Benchmark([]byte, int, func()) (uint32, time.Duration, error)
 	} {
-		if s == small {
-			return fromNetdev
-		}
-		return fromNetdevL
+		_, _, fromNetdev := s.dp.Programs()
+		return fromNetdev
 	}
+	sizes := []int{10, 100_000, controlN}
 
 	ct := map[int][]float64{}
 	nf := map[int][]float64{}
@@ -173,10 +184,8 @@ func benchIdentityScale(r *report, rounds int) {
 		cs := map[int][]float64{}
 		ns := map[int][]float64{}
 		for sl := 0; sl < 12; sl++ {
-			for _, n := range []int{10, 100_000} {
-				if (sl+round)%2 == 1 {
-					n = map[int]int{10: 100_000, 100_000: 10}[n]
-				}
+			for i := range sizes {
+				n := sizes[(i+sl+round)%len(sizes)]
 				s := progs[n]
 				prog := progOf(s)
 				src := s.src[sl%len(s.src)].String()
@@ -202,7 +211,7 @@ func benchIdentityScale(r *report, rounds int) {
 				}
 			}
 		}
-		for _, n := range []int{10, 100_000} {
+		for _, n := range sizes {
 			ct[n] = append(ct[n], median(cs[n]))
 			nf[n] = append(nf[n], median(ns[n]))
 		}
@@ -215,11 +224,16 @@ func benchIdentityScale(r *report, rounds int) {
 	ctRatios, nfRatios := roundRatios(ct[100_000], ct[10], 0), roundRatios(nf[100_000], nf[10], 0)
 	fmt.Fprintf(&b, "  100k/10, each round's ratio: conntrack hit median %.3f [%s], new flow median %.3f [%s]\n",
 		median(ctRatios), fmtList(ctRatios), median(nfRatios), fmtList(nfRatios))
+	ctA, nfA := roundRatios(ct[controlN], ct[10], 0), roundRatios(nf[controlN], nf[10], 0)
+	fmt.Fprintf(&b, "  the method's error: a second datapath with the same 10 identities against the first,\n")
+	fmt.Fprintf(&b, "  each round's ratio: conntrack hit median %.3f [%s], new flow median %.3f [%s]\n",
+		median(ctA), fmtList(ctA), median(nfA), fmtList(nfA))
 	fmt.Fprintf(&b, "Policy engine with 1,000,000 identities allocated and a rule selecting 100,000 of them: %d policy entry,\n", entries)
 	fmt.Fprintf(&b, "computed in %s, %.0f MB live heap (allocator, engine state and snapshot).\n", took.Round(time.Millisecond), mb)
 	r.section("Identity scale", b.String())
 	r.check("conntrack hit ratio, rule selecting 100k identities vs 10", median(ctRatios), "x", 1.05, true)
 	r.check("new flow ratio, rule selecting 100k identities vs 10", median(nfRatios), "x", 1.05, true)
+	r.info("  the same, 10 identities vs 10 (the method's error)", median(nfA), "x")
 	r.check("policy entries for one rule selecting 100k of 1M identities", float64(entries), "entries", 1, true)
 	r.info("engine memory, 1M identities allocated, 100k selected", mb, "MB")
 }
