@@ -169,12 +169,6 @@ func benchIdentityScale(r *report, rounds int) {
 	}
 	defer control.close()
 	progs := map[int]*idSetup{10: small, 100_000: large, controlN: control}
-	progOf := func(s *idSetup) interface {
-		Benchmark([]byte, int, func()) (uint32, time.Duration, error)
-	} {
-		_, _, fromNetdev := s.dp.Programs()
-		return fromNetdev
-	}
 	sizes := []int{10, 100_000, controlN}
 
 	ct := map[int][]float64{}
@@ -187,7 +181,7 @@ func benchIdentityScale(r *report, rounds int) {
 			for i := range sizes {
 				n := sizes[(i+sl+round)%len(sizes)]
 				s := progs[n]
-				prog := progOf(s)
+				_, _, prog := s.dp.Programs() // from-netdev
 				src := s.src[sl%len(s.src)].String()
 				// Conntrack hit: an established connection's packet.
 				if _, _, err := prog.Benchmark(tcpFrame(src, dstAddr, 40000+uint16(sl), packet.SYN), 1, nil); err != nil {
