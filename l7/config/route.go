@@ -13,8 +13,9 @@ type Route struct {
 	Name string
 	// Cluster is the cluster every request goes to.
 	Cluster string
-	// Timeout bounds the wait for an upstream response's header; 0: none
-	// (Envoy bounds the whole response; streams need 0 either way).
+	// Timeout bounds an exchange as Envoy's route timeout does: from the
+	// end of the request to the end of the response (an upgrade's: to its
+	// answer); 0: none, as streams need.
 	Timeout time.Duration
 }
 

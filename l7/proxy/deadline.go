@@ -3,8 +3,12 @@ package proxy
 import (
 	"errors"
 	"net"
+	"os"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/membrane-mesh/membrane/l7/config"
 )
 
 // errAborted ends a read that the request path stopped (a request body
@@ -29,6 +33,9 @@ type timedConn struct {
 	readIdle  atomic.Int64 // time.Duration; 0: leave the read deadline alone
 	writeIdle atomic.Int64
 	aborted   atomic.Bool
+	// expired: a route timeout passed; every later Read and Write fails
+	// with a timeout (routeTimer).
+	expired atomic.Bool
 	// readFailed: a Read returned an error (the peer went away, a timeout).
 	readFailed atomic.Bool
 
@@ -47,13 +54,20 @@ func (t *timedConn) Read(b []byte) (int, error) {
 	if t.aborted.Load() {
 		return 0, errAborted
 	}
+	if t.expired.Load() {
+		return 0, os.ErrDeadlineExceeded
+	}
 	if d := time.Duration(t.readIdle.Load()); d > 0 {
 		if now := time.Now().UnixNano(); due(t.readDL, now, d) {
 			t.readDL = now + int64(d)
 			t.c.SetReadDeadline(time.Unix(0, t.readDL))
-			// abort may have set its deadline before ours replaced it.
+			// abort or expire may have set its deadline before ours
+			// replaced it.
 			if t.aborted.Load() {
 				return 0, errAborted
+			}
+			if t.expired.Load() {
+				return 0, os.ErrDeadlineExceeded
 			}
 		}
 	}
@@ -74,10 +88,16 @@ func (t *timedConn) Read(b []byte) (int, error) {
 }
 
 func (t *timedConn) Write(b []byte) (int, error) {
+	if t.expired.Load() {
+		return 0, os.ErrDeadlineExceeded
+	}
 	if d := time.Duration(t.writeIdle.Load()); d > 0 {
 		if now := time.Now().UnixNano(); due(t.writeDL, now, d) {
 			t.writeDL = now + int64(d)
 			t.c.SetWriteDeadline(time.Unix(0, t.writeDL))
+			if t.expired.Load() {
+				return 0, os.ErrDeadlineExceeded
+			}
 		}
 	}
 	if t.raw != nil {
@@ -134,7 +154,107 @@ func (t *timedConn) abort() {
 	t.c.SetReadDeadline(time.Unix(1, 0))
 }
 
+// expire makes the current and every later Read and Write fail with a
+// timeout: the connection's exchange ran out of time.
+func (t *timedConn) expire() {
+	t.expired.Store(true)
+	past := time.Unix(1, 0)
+	t.c.SetReadDeadline(past)
+	t.c.SetWriteDeadline(past)
+}
+
+// routeTimer enforces a route's timeout as Envoy does: the clock starts
+// when the request is complete (its last byte sent upstream) and stops
+// when the response is; a response not complete by then ends. Before the
+// response has started, the client is answered 504; after, the exchange is
+// cut (HTTP/1: the connection closes; HTTP/2: the stream is reset).
+type routeTimer struct {
+	d time.Duration
+	// onExpire runs once when the time is up, under mu, told whether the
+	// response has started.
+	onExpire func(started bool)
+
+	mu                       sync.Mutex
+	t                        *time.Timer
+	fired, started, finished bool
+}
+
+// newRouteTimer returns a timer for timeout d, or nil when d is 0 (no
+// timeout: streams, and what Membrane's own routes say). Its methods do
+// nothing on nil.
+func newRouteTimer(d time.Duration, onExpire func(started bool)) *routeTimer {
+	if d <= 0 {
+		return nil
+	}
+	return &routeTimer{d: d, onExpire: onExpire}
+}
+
+// start starts the clock: the request is complete. Later calls do nothing.
+func (r *routeTimer) start() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.t == nil && !r.finished {
+		r.t = time.AfterFunc(r.d, r.expire)
+	}
+}
+
+func (r *routeTimer) expire() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.finished {
+		return
+	}
+	r.fired = true
+	r.onExpire(r.started)
+}
+
+// respond notes that the response starts going to the client.
+func (r *routeTimer) respond() {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	r.started = true
+	r.mu.Unlock()
+}
+
+// timedOut reports whether the time ran out.
+func (r *routeTimer) timedOut() bool {
+	if r == nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fired
+}
+
+// finish stops the clock and reports whether the time had run out. After
+// it, the timer touches nothing (connections may go back to a pool).
+func (r *routeTimer) finish() bool {
+	if r == nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.finished = true
+	if r.t != nil {
+		r.t.Stop()
+	}
+	return r.fired
+}
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// routeTimeout is the timeout of the listener's route (0: none).
+func routeTimeout(lc *config.Listener) time.Duration {
+	if lc.Route == nil {
+		return 0
+	}
+	return lc.Route.Timeout
 }

@@ -81,7 +81,8 @@ type echoReply struct {
 }
 
 // echoHandler answers every request with what it saw. /slow/D sleeps D
-// first; /stream writes a chunk every 50ms five times.
+// first; /stream writes a chunk every 50ms five times; /drip writes one
+// every 100ms for 3s.
 func echoHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/early" {
@@ -98,6 +99,16 @@ func echoHandler() http.Handler {
 			if dur, err := time.ParseDuration(d); err == nil {
 				time.Sleep(dur)
 			}
+		}
+		if r.URL.Path == "/drip" {
+			for i := range 30 {
+				if _, err := fmt.Fprintf(w, "drop %d\n", i); err != nil {
+					return
+				}
+				w.(http.Flusher).Flush()
+				time.Sleep(100 * time.Millisecond)
+			}
+			return
 		}
 		if r.URL.Path == "/stream" {
 			for i := range 5 {

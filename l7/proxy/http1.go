@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -247,13 +248,27 @@ func (c *conn) forward1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 		resp     *http1.Response
 		bodyDone chan error
 		err      error
+		cur      atomic.Pointer[upstream] // the attempt's, for rt
 	)
+	rt := newRouteTimer(routeTimeout(lc), func(started bool) {
+		if u := cur.Load(); u != nil {
+			u.tc.expire()
+		}
+		if started {
+			c.tc.expire() // cut the response: the connection closes
+		}
+	})
+	defer rt.finish()
 	for attempt := 0; ; attempt++ {
 		up, err = c.p.pool.get(context.Background(), c.src.Addr(), c.dst, lc, body)
 		if err != nil {
 			return failWith(503, detailsConnectFailed, "upstream connect error: "+err.Error())
 		}
-		resp, bodyDone, err = c.roundTrip1(br, bw, up, req, target, lc, body)
+		cur.Store(up)
+		if rt.timedOut() {
+			up.tc.expire()
+		}
+		resp, bodyDone, err = c.roundTrip1(br, bw, up, req, target, lc, body, rt)
 		if err == nil {
 			break
 		}
@@ -279,9 +294,12 @@ func (c *conn) forward1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 		case errors.As(err, &pe):
 			keepOnFail = keepOnFail && bodyDone == nil
 			return failWith(502, detailsUpstreamProto, pe.Reason)
+		case rt.timedOut() && isTimeout(err):
+			keepOnFail = keepOnFail && bodyDone == nil
+			return failWith(504, detailsUpstreamTimeout, "upstream request timeout")
 		case isTimeout(err):
 			keepOnFail = keepOnFail && bodyDone == nil
-			return failWith(504, detailsUpstreamTimeout, "upstream response timeout")
+			return failWith(504, detailsStreamIdle, "upstream response timeout (stream_idle_timeout)")
 		default:
 			keepOnFail = keepOnFail && bodyDone == nil
 			return failWith(502, detailsUpstreamReset, "upstream reset before response: "+err.Error())
@@ -313,6 +331,7 @@ func (c *conn) forward1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 	}
 	out := http1.ResponseFraming(resp, req.ProtoMinor)
 	rec.Status = uint32(resp.Status)
+	rt.respond()
 	if err := http1.WriteResponseHead(bw, resp, req.ProtoMinor, keep); err != nil {
 		if bodyDone != nil {
 			c.stopBody(up, bodyDone)
@@ -332,10 +351,20 @@ func (c *conn) forward1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 		rec.Verdict = accesslog.Error
 		rec.StatusDetails = detailsUpstreamAfter
 		rec.Reason = "response body: " + err.Error()
+		if rt.finish() {
+			rec.StatusDetails = detailsUpstreamTimeout
+			rec.Reason = "upstream request timeout: response not complete within the route's timeout"
+		}
 		return false
 	}
 	rec.Verdict = accesslog.Forwarded
 	rec.StatusDetails = detailsUpstream
+	if rt.finish() {
+		// The time ran out as the response ended: both connections may
+		// be expired.
+		up.close()
+		return false
+	}
 	if resp.KeepAlive && bodyOK && bodyDone == nil {
 		idle := config.DefaultUpstreamIdleTimeout
 		if lc.Upstream != nil {
@@ -367,8 +396,9 @@ func (e *mutationError) Error() string { return e.err.Error() }
 
 // roundTrip1 writes the request head, starts copying the body (if any) in
 // the background, and reads the response head, relaying 1xx responses to
-// the client. bodyDone, when not nil, delivers the body copy's result.
-func (c *conn) roundTrip1(br *bufio.Reader, bw *bufio.Writer, up *upstream, req *http1.Request, target string, lc *config.Listener, body bool) (resp *http1.Response, bodyDone chan error, err error) {
+// the client. bodyDone, when not nil, delivers the body copy's result. The
+// route's clock (rt) starts once the request is all sent.
+func (c *conn) roundTrip1(br *bufio.Reader, bw *bufio.Writer, up *upstream, req *http1.Request, target string, lc *config.Listener, body bool, rt *routeTimer) (resp *http1.Response, bodyDone chan error, err error) {
 	up.tc.streamMode(lc.HTTP.StreamIdleTimeout)
 	if err := http1.WriteRequestHead(up.bw, req, target); err != nil {
 		up.bw.Reset(&up.tc)
@@ -382,6 +412,9 @@ func (c *conn) roundTrip1(br *bufio.Reader, bw *bufio.Writer, up *upstream, req 
 		lim := limits(&lc.HTTP)
 		go func() {
 			_, err := http1.CopyBody(up.bw, http1.RequestFraming(req), br, req.Body, lim)
+			if err == nil {
+				rt.start()
+			}
 			var pe *http1.Error
 			if err != nil && (errors.As(err, &pe) || c.tc.readFailed.Load()) {
 				// The client's body is broken or gone: wake the response
@@ -392,8 +425,8 @@ func (c *conn) roundTrip1(br *bufio.Reader, bw *bufio.Writer, up *upstream, req 
 			bodyDone <- err
 		}()
 	}
-	if lc.Route != nil && lc.Route.Timeout > 0 {
-		up.tc.readBy(time.Now().Add(lc.Route.Timeout))
+	if !body {
+		rt.start()
 	}
 	for {
 		resp, err = http1.ReadResponse(up.br, req.Method, upstreamLimits)

@@ -266,6 +266,15 @@ func (c *conn) forward2(w http.ResponseWriter, r *http.Request, target string, l
 		}
 	})
 	defer wd.stop()
+	rt := newRouteTimer(routeTimeout(lc), func(started bool) {
+		cancel() // the upstream stream, and the wait for its response
+		if started {
+			past := time.Unix(1, 0)
+			rc.SetReadDeadline(past)
+			rc.SetWriteDeadline(past)
+		}
+	})
+	defer rt.finish()
 
 	path, query, _ := strings.Cut(target, "?")
 	out := &http.Request{
@@ -283,7 +292,9 @@ func (c *conn) forward2(w http.ResponseWriter, r *http.Request, target string, l
 		out.Header["User-Agent"] = nil // do not let the transport add one
 	}
 	if r.ContentLength != 0 {
-		out.Body = &touchReader{r: r.Body, wd: wd}
+		out.Body = &touchReader{r: r.Body, wd: wd, rt: rt}
+	} else {
+		rt.start()
 	}
 	out = out.WithContext(ctx)
 	resp, err := tr.RoundTrip(out)
@@ -292,6 +303,8 @@ func (c *conn) forward2(w http.ResponseWriter, r *http.Request, target string, l
 		switch {
 		case r.Context().Err() != nil:
 			fail(rec, 0, detailsDownstreamReset, "client reset the stream")
+		case rt.timedOut():
+			failWith(504, detailsUpstreamTimeout, "upstream request timeout")
 		case timedOut.Load():
 			failWith(504, detailsStreamIdle, "upstream response timeout (stream_idle_timeout)")
 		case errors.As(err, &de):
@@ -314,6 +327,7 @@ func (c *conn) forward2(w http.ResponseWriter, r *http.Request, target string, l
 	rec.StatusDetails = detailsUpstream
 	rec.Verdict = accesslog.Forwarded
 	started.Store(true)
+	rt.respond()
 	w.WriteHeader(resp.StatusCode)
 	if resp.ContentLength != 0 {
 		// Stream: the client sees the headers now, not with the first data.
@@ -342,11 +356,19 @@ func (c *conn) forward2(w http.ResponseWriter, r *http.Request, target string, l
 		}
 		if rerr != nil {
 			details := detailsUpstreamAfter
-			if timedOut.Load() {
+			switch {
+			case rt.timedOut():
+				details = detailsUpstreamTimeout
+			case timedOut.Load():
 				details = detailsStreamIdle
 			}
 			c.abortStream(rec, details, "response body: "+rerr.Error())
 		}
+	}
+	if rt.finish() {
+		// Out of time as the body ended: the trailers would go out on a
+		// stream whose deadlines have passed.
+		c.abortStream(rec, detailsUpstreamTimeout, "upstream request timeout: response not complete within the route's timeout")
 	}
 	for k, vv := range resp.Trailer {
 		for _, v := range vv {
@@ -364,16 +386,21 @@ func (c *conn) abortStream(rec *accesslog.Record, details, reason string) {
 	panic(http.ErrAbortHandler)
 }
 
-// touchReader notes progress of a request body for the stream's watchdog.
+// touchReader notes progress of a request body for the stream's watchdog,
+// and its end for the route's clock.
 type touchReader struct {
 	r  io.ReadCloser
 	wd *watchdog
+	rt *routeTimer
 }
 
 func (t *touchReader) Read(b []byte) (int, error) {
 	n, err := t.r.Read(b)
 	if n > 0 {
 		t.wd.touch()
+	}
+	if err == io.EOF {
+		t.rt.start()
 	}
 	return n, err
 }

@@ -51,6 +51,8 @@ type lbOptions struct {
 	source IdentitySource
 	// deadUpstream: nothing listens at the original destination.
 	deadUpstream bool
+	// routeTimeout is the route's timeout (default 0: none).
+	routeTimeout time.Duration
 }
 
 func newLoopbackWith(t testing.TB, o lbOptions) *loopback {
@@ -82,6 +84,9 @@ func newLoopbackWith(t testing.TB, o lbOptions) *loopback {
 	e.source = o.source
 	if o.upstreamIdle > 0 {
 		e.xds.Update(xdstest.TypeCluster, xdstest.OriginalDstName, xdstest.OriginalDstCluster(time.Second, o.upstreamIdle))
+	}
+	if o.routeTimeout > 0 {
+		e.xds.Update(xdstest.TypeRoute, xdstest.RouteName, xdstest.RouteWithTimeout("", "", o.routeTimeout))
 	}
 	e.startProxy(nil, func(netip.AddrPort) netip.AddrPort { return up }, xdsclient.Delta)
 	return &loopback{env: e, proxyAddr: fmt.Sprintf("127.0.0.1:%d", port), upstream: up}

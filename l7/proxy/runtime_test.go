@@ -145,6 +145,79 @@ func TestStreamIdleTimeout(t *testing.T) {
 	}
 }
 
+// TestRouteTimeout: a route's timeout bounds the whole response, as
+// Envoy's does: 504 when the response head is late, the exchange cut when
+// its body is (HTTP/1: the connection closes; HTTP/2: the stream is
+// reset). The clock starts once the request is complete, so a slow upload
+// does not count. Exchanges within the timeout leave both connections
+// reusable.
+func TestRouteTimeout(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	lb := newLoopbackWith(t, lbOptions{routeTimeout: timeout})
+	h1 := &http.Client{Timeout: 5 * time.Second}
+	h2 := &http.Client{Timeout: 5 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, addr)
+		}}}
+	base := "http://" + lb.proxyAddr
+	for _, tc := range []struct {
+		name string
+		c    *http.Client
+	}{{"HTTP/1", h1}, {"HTTP/2", h2}} {
+		// A late response head.
+		start := time.Now()
+		s, body := lbGet(t, tc.c, base+"/slow/3s")
+		if took := time.Since(start); s != 504 || took < timeout || took > 2*time.Second {
+			t.Errorf("%s, late head: %d %q after %v", tc.name, s, body, took)
+		}
+		// A response whose body outlasts the timeout: its head is out,
+		// then it is cut.
+		start = time.Now()
+		resp, err := tc.c.Get(base + "/drip")
+		if err != nil {
+			t.Fatalf("%s, slow body: %v", tc.name, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if took := time.Since(start); resp.StatusCode != 200 || err == nil || took > 2*time.Second || !strings.Contains(string(b), "drop 0") {
+			t.Errorf("%s, slow body: %d, read %q, %v after %v; want 200, part of the body and an error within 2s", tc.name, resp.StatusCode, b, err, took)
+		}
+		// Within the timeout, twice: connections stay usable.
+		for range 2 {
+			if s, body := lbGet(t, tc.c, base+"/stream"); s != 200 || !strings.Contains(body, "chunk 4") {
+				t.Errorf("%s, in time: %d %q", tc.name, s, body)
+			}
+		}
+		// An upload slower than the timeout, answered at once.
+		pr, pw := io.Pipe()
+		go func() {
+			for range 8 {
+				time.Sleep(100 * time.Millisecond)
+				pw.Write([]byte("0123456789"))
+			}
+			pw.Close()
+		}()
+		resp, err = tc.c.Post(base+"/upload", "text/plain", pr)
+		if err != nil {
+			t.Fatalf("%s, slow upload: %v", tc.name, err)
+		}
+		b, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), `"body_len":80`) {
+			t.Errorf("%s, slow upload: %d %q", tc.name, resp.StatusCode, b)
+		}
+	}
+	waitFor(t, 5*time.Second, "the timeouts in the access log", func() bool {
+		n := 0
+		for _, e := range lb.xds.AccessLogs() {
+			if e.GetResponse().GetResponseCodeDetails() == detailsUpstreamTimeout {
+				n++
+			}
+		}
+		return n == 4
+	})
+}
+
 // TestAgentGoneKeepsServing: with the agent away the proxy keeps its
 // configuration, its connections and its listeners; a restarted agent's
 // policy applies to the next request.

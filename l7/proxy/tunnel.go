@@ -72,7 +72,10 @@ func (c *conn) tunnel1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, t
 	if err := http1.WriteResponseHead(bw, resp, req.ProtoMinor, false); err != nil {
 		return failWith(502, detailsUpstreamProto, "invalid upstream response: "+err.Error())
 	}
-	up.tc.readBy(time.Time{}) // the route timeout bounds only the response head
+	// Envoy starts a route's clock when the request is complete, which
+	// an upgraded one never is: here it bounds the wait for the answer,
+	// and then no more.
+	up.tc.readBy(time.Time{})
 	up.tc.streamMode(idle)
 	if resp.Status != 101 {
 		// The upstream refused the upgrade: relay its answer.

@@ -207,6 +207,14 @@ func Route(name, cluster string) *routev3.RouteConfiguration {
 	}
 }
 
+// RouteWithTimeout is Route with the route's timeout set to d, as a
+// control plane other than Membrane's may send.
+func RouteWithTimeout(name, cluster string, d time.Duration) *routev3.RouteConfiguration {
+	r := Route(name, cluster)
+	r.VirtualHosts[0].Routes[0].GetRoute().Timeout = durationpb.New(d)
+	return r
+}
+
 // OriginalDstCluster builds membrane/original-dst.
 func OriginalDstCluster(connectTimeout, idleTimeout time.Duration) *clusterv3.Cluster {
 	po := &upstreamhttpv3.HttpProtocolOptions{
