@@ -13,6 +13,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/membrane-mesh/membrane/l7/config"
@@ -199,6 +200,46 @@ func TestParseRoute(t *testing.T) {
 	upgrade.VirtualHosts[0].Routes[0].GetRoute().UpgradeConfigs = []*routev3.RouteAction_UpgradeConfig{{UpgradeType: "websocket"}}
 	if _, err := config.ParseRoute(upgrade); err == nil || !strings.Contains(err.Error(), "route.upgrade_configs: not supported") {
 		t.Errorf("route upgrade_configs: %v", err)
+	}
+
+	// What the proxy would ignore is refused, naming the field; what
+	// changes nothing here is taken.
+	hdr := []*corev3.HeaderValueOption{{Header: &corev3.HeaderValue{Key: "x-a", Value: "1"}}}
+	for _, tc := range []struct {
+		field string
+		edit  func(r *routev3.RouteConfiguration)
+	}{
+		{"request_headers_to_add", func(r *routev3.RouteConfiguration) { r.RequestHeadersToAdd = hdr }},
+		{"virtual_hosts[0].retry_policy", func(r *routev3.RouteConfiguration) {
+			r.VirtualHosts[0].RetryPolicy = &routev3.RetryPolicy{RetryOn: "5xx"}
+		}},
+		{"virtual_hosts[0].routes[0].response_headers_to_remove", func(r *routev3.RouteConfiguration) {
+			r.VirtualHosts[0].Routes[0].ResponseHeadersToRemove = []string{"server"}
+		}},
+		{"virtual_hosts[0].routes[0].match.tls_context", func(r *routev3.RouteConfiguration) {
+			r.VirtualHosts[0].Routes[0].Match.TlsContext = &routev3.RouteMatch_TlsContextMatchOptions{Presented: wrapperspb.Bool(true)}
+		}},
+		{"virtual_hosts[0].routes[0].route.prefix_rewrite", func(r *routev3.RouteConfiguration) {
+			r.VirtualHosts[0].Routes[0].GetRoute().PrefixRewrite = "/v2/"
+		}},
+		{"virtual_hosts[0].routes[0].route.idle_timeout", func(r *routev3.RouteConfiguration) {
+			r.VirtualHosts[0].Routes[0].GetRoute().IdleTimeout = durationpb.New(time.Second)
+		}},
+	} {
+		r := xdstest.Route("", "")
+		tc.edit(r)
+		_, err := config.ParseRoute(r)
+		if err == nil || !strings.Contains(err.Error(), tc.field+": not supported") {
+			t.Errorf("%s: %v", tc.field, err)
+		}
+	}
+	harmless := xdstest.Route("", "")
+	harmless.ValidateClusters = wrapperspb.Bool(true)
+	harmless.VirtualHosts[0].Routes[0].Name = "all"
+	harmless.VirtualHosts[0].Routes[0].Decorator = &routev3.Decorator{Operation: "forward"}
+	harmless.VirtualHosts[0].Routes[0].Match.CaseSensitive = wrapperspb.Bool(false)
+	if _, err := config.ParseRoute(harmless); err != nil {
+		t.Errorf("names, decorator, validate_clusters, case_sensitive: %v", err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
 )
 
 // Route is one parsed RouteConfiguration: the proxy supports the one shape
@@ -69,6 +70,24 @@ func parseRoute(r *routev3.RouteConfiguration) (*Route, string, error) {
 	var err error
 	if out.Timeout, err = duration(act.GetTimeout(), DefaultRouteTimeout); err != nil {
 		return nil, "virtual_hosts[0].routes[0].route.timeout", err
+	}
+	// Anything else set would change what a request gets (rewrites,
+	// header edits, retries, mirrors, other timeouts) and the proxy does
+	// none of it; names, metadata and decorators change nothing here.
+	for _, c := range []struct {
+		m     proto.Message
+		field string
+		known []string
+	}{
+		{r, "", []string{"name", "virtual_hosts", "validate_clusters", "metadata"}},
+		{vh, "virtual_hosts[0].", []string{"name", "domains", "routes", "metadata"}},
+		{rt, "virtual_hosts[0].routes[0].", []string{"name", "match", "route", "metadata", "decorator", "stat_prefix"}},
+		{m, "virtual_hosts[0].routes[0].match.", []string{"prefix", "case_sensitive"}},
+		{act, "virtual_hosts[0].routes[0].route.", []string{"cluster", "timeout", "cluster_not_found_response_code"}},
+	} {
+		if f, ok := extraField(c.m, c.known...); ok {
+			return nil, c.field + f, fmt.Errorf("not supported: membrane-proxy forwards every request unchanged to its original destination, and would ignore it")
+		}
 	}
 	return out, "", nil
 }

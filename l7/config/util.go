@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -43,4 +44,20 @@ func duration(d *durationpb.Duration, dflt time.Duration) (time.Duration, error)
 		return 0, fmt.Errorf("must not be negative")
 	}
 	return v, nil
+}
+
+// extraField returns the name of the first field set in m, in field-number
+// order, that is not among known: what the proxy does not implement must
+// be refused rather than ignored, so that a control plane that relies on
+// it learns so from the NACK.
+func extraField(m proto.Message, known ...string) (string, bool) {
+	r := m.ProtoReflect()
+	fields := r.Descriptor().Fields()
+	for i := range fields.Len() {
+		f := fields.Get(i)
+		if r.Has(f) && !slices.Contains(known, string(f.Name())) {
+			return string(f.Name()), true
+		}
+	}
+	return "", false
 }
