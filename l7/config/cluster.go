@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -89,6 +90,12 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, string, error) {
 		if len(po.GetHttpFilters()) > 0 {
 			return nil, field + ".http_filters", fmt.Errorf("not supported")
 		}
+		if f, ok := extraField(&po, "common_http_protocol_options", "use_downstream_protocol_config", "explicit_http_config"); ok {
+			return nil, field + "." + f, errIgnored
+		}
+		if f, ok := extraField(po.GetCommonHttpProtocolOptions(), "idle_timeout"); ok {
+			return nil, field + ".common_http_protocol_options." + f, errIgnored
+		}
 	}
 	switch c.GetType() {
 	case clusterv3.Cluster_ORIGINAL_DST:
@@ -133,8 +140,21 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, string, error) {
 	default:
 		return nil, "type", fmt.Errorf("%s is not supported (ORIGINAL_DST or STATIC)", discoveryType(c))
 	}
+	// Circuit breakers, outlier detection, health checks, connection
+	// options and the like would be ignored: refused instead. Names,
+	// metadata and what only concerns DNS or hosts change nothing here.
+	if f, ok := extraField(c, "name", "alt_stat_name", "type", "connect_timeout", "lb_policy", "load_assignment",
+		"original_dst_lb_config", "typed_extension_protocol_options", "metadata", "dns_lookup_family", "cleanup_interval"); ok {
+		return nil, f, errIgnored
+	}
+	if f, ok := extraField(c.GetOriginalDstLbConfig(), "use_http_header", "http_header_name"); ok {
+		return nil, "original_dst_lb_config." + f, errIgnored
+	}
 	return out, "", nil
 }
+
+// errIgnored: a field set that the proxy does not implement.
+var errIgnored = errors.New("not supported: membrane-proxy does not implement it, and would ignore it")
 
 func discoveryType(c *clusterv3.Cluster) string {
 	if ct := c.GetClusterType(); ct != nil {

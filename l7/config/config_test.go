@@ -12,6 +12,7 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -178,6 +179,54 @@ func TestParseCluster(t *testing.T) {
 	rr.LbPolicy = clusterv3.Cluster_ROUND_ROBIN
 	if _, err := config.ParseCluster(rr); err == nil || !strings.Contains(err.Error(), "lb_policy") {
 		t.Errorf("round robin: %v", err)
+	}
+
+	// What the proxy would ignore is refused, naming the field.
+	poKey := "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	withPO := func(edit func(po *upstreamhttpv3.HttpProtocolOptions)) func(c *clusterv3.Cluster) {
+		return func(c *clusterv3.Cluster) {
+			var po upstreamhttpv3.HttpProtocolOptions
+			if err := c.TypedExtensionProtocolOptions[poKey].UnmarshalTo(&po); err != nil {
+				t.Fatal(err)
+			}
+			edit(&po)
+			a, err := anypb.New(&po)
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.TypedExtensionProtocolOptions[poKey] = a
+		}
+	}
+	for _, tc := range []struct {
+		field string
+		edit  func(c *clusterv3.Cluster)
+	}{
+		{"circuit_breakers", func(c *clusterv3.Cluster) { c.CircuitBreakers = &clusterv3.CircuitBreakers{} }},
+		{"outlier_detection", func(c *clusterv3.Cluster) { c.OutlierDetection = &clusterv3.OutlierDetection{} }},
+		{"upstream_connection_options", func(c *clusterv3.Cluster) { c.UpstreamConnectionOptions = &clusterv3.UpstreamConnectionOptions{} }},
+		{"original_dst_lb_config.upstream_port_override", func(c *clusterv3.Cluster) {
+			c.LbConfig = &clusterv3.Cluster_OriginalDstLbConfig_{OriginalDstLbConfig: &clusterv3.Cluster_OriginalDstLbConfig{UpstreamPortOverride: wrapperspb.UInt32(8080)}}
+		}},
+		{`typed_extension_protocol_options["` + poKey + `"].upstream_http_protocol_options`, withPO(func(po *upstreamhttpv3.HttpProtocolOptions) {
+			po.UpstreamHttpProtocolOptions = &corev3.UpstreamHttpProtocolOptions{AutoSni: true}
+		})},
+		{`typed_extension_protocol_options["` + poKey + `"].common_http_protocol_options.max_requests_per_connection`, withPO(func(po *upstreamhttpv3.HttpProtocolOptions) {
+			po.CommonHttpProtocolOptions.MaxRequestsPerConnection = wrapperspb.UInt32(10)
+		})},
+	} {
+		c := xdstest.OriginalDstCluster(time.Second, time.Second)
+		tc.edit(c)
+		_, err := config.ParseCluster(c)
+		if err == nil || !strings.Contains(err.Error(), tc.field+": not supported") {
+			t.Errorf("%s: %v", tc.field, err)
+		}
+	}
+	harmless := xdstest.OriginalDstCluster(time.Second, time.Second)
+	harmless.AltStatName = "passthrough"
+	harmless.CleanupInterval = durationpb.New(time.Minute)
+	harmless.DnsLookupFamily = clusterv3.Cluster_V4_ONLY
+	if _, err := config.ParseCluster(harmless); err != nil {
+		t.Errorf("alt_stat_name, cleanup_interval, dns_lookup_family: %v", err)
 	}
 }
 

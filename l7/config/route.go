@@ -86,7 +86,7 @@ func parseRoute(r *routev3.RouteConfiguration) (*Route, string, error) {
 		{act, "virtual_hosts[0].routes[0].route.", []string{"cluster", "timeout", "cluster_not_found_response_code"}},
 	} {
 		if f, ok := extraField(c.m, c.known...); ok {
-			return nil, c.field + f, fmt.Errorf("not supported: membrane-proxy forwards every request unchanged to its original destination, and would ignore it")
+			return nil, c.field + f, errIgnored
 		}
 	}
 	return out, "", nil

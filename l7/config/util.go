@@ -52,6 +52,9 @@ func duration(d *durationpb.Duration, dflt time.Duration) (time.Duration, error)
 // it learns so from the NACK.
 func extraField(m proto.Message, known ...string) (string, bool) {
 	r := m.ProtoReflect()
+	if !r.IsValid() {
+		return "", false // a nil message: nothing set
+	}
 	fields := r.Descriptor().Fields()
 	for i := range fields.Len() {
 		f := fields.Get(i)
