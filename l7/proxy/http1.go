@@ -248,25 +248,32 @@ func (c *conn) forward1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 		resp     *http1.Response
 		bodyDone chan error
 		err      error
-		cur      atomic.Pointer[upstream] // the attempt's, for rt
+		rt       *routeTimer               // nil: no route timeout
+		cur      *atomic.Pointer[upstream] // the attempt's, for rt
 	)
-	rt := newRouteTimer(routeTimeout(lc), func(started bool) {
-		if u := cur.Load(); u != nil {
-			u.tc.expire()
-		}
-		if started {
-			c.tc.expire() // cut the response: the connection closes
-		}
-	})
-	defer rt.finish()
+	if d := routeTimeout(lc); d > 0 {
+		// (Allocated only here: Membrane's own routes have none.)
+		cur = new(atomic.Pointer[upstream])
+		rt = newRouteTimer(d, func(started bool) {
+			if u := cur.Load(); u != nil {
+				u.tc.expire()
+			}
+			if started {
+				c.tc.expire() // cut the response: the connection closes
+			}
+		})
+		defer rt.finish()
+	}
 	for attempt := 0; ; attempt++ {
 		up, err = c.p.pool.get(context.Background(), c.src.Addr(), c.dst, lc, body)
 		if err != nil {
 			return failWith(503, detailsConnectFailed, "upstream connect error: "+err.Error())
 		}
-		cur.Store(up)
-		if rt.timedOut() {
-			up.tc.expire()
+		if rt != nil {
+			cur.Store(up)
+			if rt.timedOut() {
+				up.tc.expire()
+			}
 		}
 		resp, bodyDone, err = c.roundTrip1(br, bw, up, req, target, lc, body, rt)
 		if err == nil {

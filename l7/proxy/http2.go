@@ -266,15 +266,18 @@ func (c *conn) forward2(w http.ResponseWriter, r *http.Request, target string, l
 		}
 	})
 	defer wd.stop()
-	rt := newRouteTimer(routeTimeout(lc), func(started bool) {
-		cancel() // the upstream stream, and the wait for its response
-		if started {
-			past := time.Unix(1, 0)
-			rc.SetReadDeadline(past)
-			rc.SetWriteDeadline(past)
-		}
-	})
-	defer rt.finish()
+	var rt *routeTimer // nil: no route timeout (Membrane's own routes)
+	if d := routeTimeout(lc); d > 0 {
+		rt = newRouteTimer(d, func(started bool) {
+			cancel() // the upstream stream, and the wait for its response
+			if started {
+				past := time.Unix(1, 0)
+				rc.SetReadDeadline(past)
+				rc.SetWriteDeadline(past)
+			}
+		})
+		defer rt.finish()
+	}
 
 	path, query, _ := strings.Cut(target, "?")
 	out := &http.Request{
