@@ -87,9 +87,6 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, string, error) {
 		if po.GetAutoConfig() != nil {
 			return nil, field + ".auto_config", fmt.Errorf("not supported (use use_downstream_protocol_config)")
 		}
-		if len(po.GetHttpFilters()) > 0 {
-			return nil, field + ".http_filters", fmt.Errorf("not supported")
-		}
 		if f, ok := extraField(&po, "common_http_protocol_options", "use_downstream_protocol_config", "explicit_http_config"); ok {
 			return nil, field + "." + f, errIgnored
 		}

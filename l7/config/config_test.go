@@ -265,6 +265,12 @@ func TestParseRoute(t *testing.T) {
 		{"virtual_hosts[0].routes[0].response_headers_to_remove", func(r *routev3.RouteConfiguration) {
 			r.VirtualHosts[0].Routes[0].ResponseHeadersToRemove = []string{"server"}
 		}},
+		{"vhds", func(r *routev3.RouteConfiguration) {
+			r.Vhds = &routev3.Vhds{ConfigSource: &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}}}
+		}},
+		{"virtual_hosts[0].routes[0].match.headers", func(r *routev3.RouteConfiguration) {
+			r.VirtualHosts[0].Routes[0].Match.Headers = []*routev3.HeaderMatcher{{Name: "x-a"}}
+		}},
 		{"virtual_hosts[0].routes[0].match.tls_context", func(r *routev3.RouteConfiguration) {
 			r.VirtualHosts[0].Routes[0].Match.TlsContext = &routev3.RouteMatch_TlsContextMatchOptions{Presented: wrapperspb.Bool(true)}
 		}},

@@ -38,9 +38,6 @@ func parseRoute(r *routev3.RouteConfiguration) (*Route, string, error) {
 	if out.Name == "" {
 		return nil, "name", fmt.Errorf("must not be empty")
 	}
-	if r.GetVhds() != nil {
-		return nil, "vhds", fmt.Errorf("not supported")
-	}
 	if n := len(r.GetVirtualHosts()); n != 1 {
 		return nil, "virtual_hosts", fmt.Errorf("want exactly one virtual host, have %d", n)
 	}
@@ -53,8 +50,8 @@ func parseRoute(r *routev3.RouteConfiguration) (*Route, string, error) {
 	}
 	rt := vh.GetRoutes()[0]
 	m := rt.GetMatch()
-	if m.GetPrefix() != "/" || len(m.GetHeaders()) > 0 || len(m.GetQueryParameters()) > 0 || m.GetGrpc() != nil || m.GetRuntimeFraction() != nil {
-		return nil, "virtual_hosts[0].routes[0].match", fmt.Errorf(`must be prefix "/" alone: membrane-proxy forwards every request to its original destination`)
+	if m.GetPrefix() != "/" {
+		return nil, "virtual_hosts[0].routes[0].match", fmt.Errorf(`must be prefix "/": membrane-proxy forwards every request to its original destination`)
 	}
 	act := rt.GetRoute()
 	if act == nil {

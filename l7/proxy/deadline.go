@@ -179,13 +179,10 @@ type routeTimer struct {
 	fired, started, finished bool
 }
 
-// newRouteTimer returns a timer for timeout d, or nil when d is 0 (no
-// timeout: streams, and what Membrane's own routes say). Its methods do
-// nothing on nil.
+// newRouteTimer returns a timer for timeout d (> 0). A route without a
+// timeout (streams; Membrane's own routes) gets none: the methods of a nil
+// timer do nothing.
 func newRouteTimer(d time.Duration, onExpire func(started bool)) *routeTimer {
-	if d <= 0 {
-		return nil
-	}
 	return &routeTimer{d: d, onExpire: onExpire}
 }
 

@@ -46,8 +46,8 @@ func (c *conn) tunnel1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, t
 	if err := up.bw.Flush(); err != nil {
 		return failWith(502, detailsUpstreamReset, "upstream reset before response: "+err.Error())
 	}
-	if lc.Route != nil && lc.Route.Timeout > 0 {
-		up.tc.readBy(time.Now().Add(lc.Route.Timeout))
+	if d := routeTimeout(lc); d > 0 {
+		up.tc.readBy(time.Now().Add(d))
 	}
 	var resp *http1.Response
 	for {
