@@ -11,8 +11,11 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	grpcalsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/grpc/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -38,6 +41,33 @@ func hcmOf(t *testing.T, l *listenerv3.Listener) (*hcmv3.HttpConnectionManager, 
 			t.Fatal(err)
 		}
 		f.ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+	}
+}
+
+func mustAny(t *testing.T, m proto.Message) *anypb.Any {
+	t.Helper()
+	a, err := anypb.New(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// Fields that change nothing in membrane-proxy are taken.
+func TestParseListenerHarmless(t *testing.T) {
+	l := xdstest.Listener(xdstest.ListenerOptions{Port: 15101})
+	l.StatPrefix = "ingress"
+	l.Metadata = &corev3.Metadata{}
+	l.ListenerFiltersTimeout = durationpb.New(time.Second)
+	l.BindToPort = wrapperspb.Bool(true)
+	l.UseOriginalDst = wrapperspb.Bool(false)
+	l.FilterChains[0].Name = "http"
+	h, pack := hcmOf(t, l)
+	h.HttpFilters[1].ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{
+		DynamicStats: wrapperspb.Bool(false), SuppressEnvoyHeaders: true})}
+	pack()
+	if _, err := config.ParseListener(l); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -147,6 +177,70 @@ func TestParseListenerErrors(t *testing.T) {
 		{"ValidateAll", "invalid:", func(t *testing.T, l *listenerv3.Listener) {
 			h, pack := hcmOf(t, l)
 			h.StatPrefix = ""
+			pack()
+		}},
+		{"normalisation left to the default", "normalize_path: must be true", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.NormalizePath = nil
+			pack()
+		}},
+		{"slashes not merged", "merge_slashes: must be true", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.MergeSlashes = false
+			pack()
+		}},
+		{"not bound", "bind_to_port: must be true", func(t *testing.T, l *listenerv3.Listener) { l.BindToPort = wrapperspb.Bool(false) }},
+		// What the proxy would ignore is refused, naming the field.
+		{"buffer limit", "per_connection_buffer_limit_bytes: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			l.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1 << 20)
+		}},
+		{"socket options", "socket_options: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			l.SocketOptions = []*corev3.SocketOption{{Level: 1, Name: 9, Value: &corev3.SocketOption_IntValue{IntValue: 1}}}
+		}},
+		{"disabled listener filter", "listener_filters[0].filter_disabled: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			l.ListenerFilters[0].FilterDisabled = &listenerv3.ListenerFilterChainMatchPredicate{Rule: &listenerv3.ListenerFilterChainMatchPredicate_AnyMatch{AnyMatch: true}}
+		}},
+		{"filter chain connect timeout", "filter_chains[0].transport_socket_connect_timeout: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			l.FilterChains[0].TransportSocketConnectTimeout = durationpb.New(time.Second)
+		}},
+		{"forwarded-for handling", "typed_config.use_remote_address: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.UseRemoteAddress = wrapperspb.Bool(true)
+			pack()
+		}},
+		{"HTTP/1 options", "typed_config.http_protocol_options: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.HttpProtocolOptions = &corev3.Http1ProtocolOptions{AcceptHttp_10: true}
+			pack()
+		}},
+		{"requests per connection", "common_http_protocol_options.max_requests_per_connection: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.CommonHttpProtocolOptions.MaxRequestsPerConnection = wrapperspb.UInt32(100)
+			pack()
+		}},
+		{"HPACK table", "http2_protocol_options.hpack_table_size: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.Http2ProtocolOptions.HpackTableSize = wrapperspb.UInt32(0)
+			pack()
+		}},
+		{"optional HTTP filter", "http_filters[0].is_optional: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.HttpFilters[0].IsOptional = true
+			pack()
+		}},
+		{"router header checks", "http_filters[1].typed_config.strict_check_headers: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			h.HttpFilters[1].ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{StrictCheckHeaders: []string{"x-envoy-max-retries"}})}
+			pack()
+		}},
+		{"access log flush interval", "access_log[0].typed_config.common_config.buffer_flush_interval: not supported", func(t *testing.T, l *listenerv3.Listener) {
+			h, pack := hcmOf(t, l)
+			var c grpcalsv3.HttpGrpcAccessLogConfig
+			if err := h.AccessLog[0].GetTypedConfig().UnmarshalTo(&c); err != nil {
+				t.Fatal(err)
+			}
+			c.CommonConfig.BufferFlushInterval = durationpb.New(time.Second)
+			h.AccessLog[0].ConfigType = &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(t, &c)}
 			pack()
 		}},
 	} {

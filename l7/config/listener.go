@@ -209,11 +209,14 @@ func parseListener(l *listenerv3.Listener) (*Listener, string, error) {
 	if l.GetUseOriginalDst().GetValue() {
 		return nil, "use_original_dst", fmt.Errorf("not supported (the original destination is the accepted socket's local address)")
 	}
+	if b := l.GetBindToPort(); b != nil && !b.GetValue() {
+		return nil, "bind_to_port", fmt.Errorf("must be true: membrane-proxy binds every listener it serves")
+	}
 	var haveDst, haveSrc bool
 	for i, f := range l.GetListenerFilters() {
 		field := fmt.Sprintf("listener_filters[%d]", i)
-		if f.GetFilterDisabled() != nil {
-			return nil, field + ".filter_disabled", fmt.Errorf("not supported")
+		if x, ok := extraField(f, "name", "typed_config"); ok {
+			return nil, field + "." + x, errIgnored
 		}
 		switch f.GetName() {
 		case FilterOriginalDst:
@@ -255,10 +258,16 @@ func parseListener(l *listenerv3.Listener) (*Listener, string, error) {
 	if fc.GetTransportSocket() != nil {
 		return nil, "filter_chains[0].transport_socket", fmt.Errorf("not supported (plaintext only)")
 	}
+	if x, ok := extraField(fc, "filters", "name", "metadata"); ok {
+		return nil, "filter_chains[0]." + x, errIgnored
+	}
 	if n := len(fc.GetFilters()); n != 1 {
 		return nil, "filter_chains[0].filters", fmt.Errorf("want exactly one filter (%s), have %d", FilterHCM, n)
 	}
 	nf := fc.GetFilters()[0]
+	if x, ok := extraField(nf, "name", "typed_config"); ok {
+		return nil, "filter_chains[0].filters[0]." + x, errIgnored
+	}
 	if nf.GetName() != FilterHCM {
 		return nil, "filter_chains[0].filters[0].name", fmt.Errorf("unknown network filter %q (membrane-proxy implements %s)", nf.GetName(), FilterHCM)
 	}
@@ -273,6 +282,15 @@ func parseListener(l *listenerv3.Listener) (*Listener, string, error) {
 	case td == corev3.TrafficDirection_INBOUND && out.Direction != l7pb.Direction_DIRECTION_INGRESS,
 		td == corev3.TrafficDirection_OUTBOUND && out.Direction != l7pb.Direction_DIRECTION_EGRESS:
 		return nil, "traffic_direction", fmt.Errorf("%s contradicts the %s filter's direction %s", td, FilterL7Policy, out.Direction)
+	}
+	// Socket options, buffer limits, connection balancing, draining and
+	// the like would be ignored: refused instead. Names, stats and
+	// metadata change nothing here, nor does the listener filters'
+	// timeout (original_dst and original_src read no bytes).
+	if x, ok := extraField(l, "name", "address", "additional_addresses", "stat_prefix", "metadata",
+		"transparent", "use_original_dst", "bind_to_port", "traffic_direction", "listener_filters", "listener_filters_timeout",
+		"continue_on_listener_filters_timeout", "filter_chains"); ok {
+		return nil, x, errIgnored
 	}
 	return out, "", nil
 }
@@ -295,6 +313,9 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 	if rds.GetConfigSource().GetAds() == nil {
 		return "rds.config_source", fmt.Errorf("must be ads")
 	}
+	if x, ok := extraField(rds.GetConfigSource(), "ads", "resource_api_version"); ok {
+		return "rds.config_source." + x, errIgnored
+	}
 	if rds.GetRouteConfigName() == "" {
 		return "rds.route_config_name", fmt.Errorf("must not be empty")
 	}
@@ -311,12 +332,21 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 		case len(u.GetFilters()) > 0:
 			return field + ".filters", fmt.Errorf("not supported: an upgrade passes the listener's own filters")
 		}
+		if x, ok := extraField(u, "upgrade_type", "enabled"); ok {
+			return field + "." + x, errIgnored
+		}
 		if en := u.GetEnabled(); en == nil || en.GetValue() {
 			out.HTTP.Upgrades = append(out.HTTP.Upgrades, t)
 		}
 	}
-	if v := h.GetNormalizePath(); v != nil && !v.GetValue() {
+	// Envoy leaves paths as sent unless told otherwise; membrane-proxy
+	// always normalises them and merges slashes (l7/normalize), so a
+	// listener must say so.
+	if !h.GetNormalizePath().GetValue() {
 		return "normalize_path", fmt.Errorf("must be true: membrane-proxy always normalises paths")
+	}
+	if !h.GetMergeSlashes() {
+		return "merge_slashes", fmt.Errorf("must be true: membrane-proxy always merges runs of slashes")
 	}
 	switch h.GetPathWithEscapedSlashesAction() {
 	case hcmv3.HttpConnectionManager_IMPLEMENTATION_SPECIFIC_DEFAULT, hcmv3.HttpConnectionManager_REJECT_REQUEST:
@@ -327,11 +357,8 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 	var policy, router bool
 	for i, f := range h.GetHttpFilters() {
 		field := fmt.Sprintf("http_filters[%d]", i)
-		if f.GetIsOptional() {
-			return field + ".is_optional", fmt.Errorf("not supported")
-		}
-		if f.GetDisabled() {
-			return field + ".disabled", fmt.Errorf("not supported")
+		if x, ok := extraField(f, "name", "typed_config"); ok {
+			return field + "." + x, errIgnored
 		}
 		switch f.GetName() {
 		case FilterL7Policy:
@@ -360,6 +387,13 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 			var r routerv3.Router
 			if err := unpack(f.GetTypedConfig(), &r); err != nil {
 				return field + ".typed_config", err
+			}
+			// Only stats and tracing settings, which change nothing
+			// here, and suppress_envoy_headers (membrane-proxy adds no
+			// x-envoy-* headers either way).
+			if x, ok := extraField(&r, "dynamic_stats", "start_child_span", "suppress_envoy_headers",
+				"suppress_grpc_request_failure_code_stats"); ok {
+				return field + ".typed_config." + x, errIgnored
 			}
 			router = true
 		default:
@@ -395,8 +429,8 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 	if cpo.GetHeadersWithUnderscoresAction() != corev3.HttpProtocolOptions_ALLOW {
 		return "common_http_protocol_options.headers_with_underscores_action", fmt.Errorf("%s is not supported (ALLOW only)", cpo.GetHeadersWithUnderscoresAction())
 	}
-	if cpo.GetMaxConnectionDuration() != nil || cpo.GetMaxStreamDuration() != nil || cpo.GetMaxRequestsPerConnection() != nil {
-		return "common_http_protocol_options", fmt.Errorf("max_connection_duration, max_stream_duration and max_requests_per_connection are not supported")
+	if x, ok := extraField(cpo, "idle_timeout", "max_headers_count", "headers_with_underscores_action"); ok {
+		return "common_http_protocol_options." + x, errIgnored
 	}
 	kb := uint32(DefaultMaxRequestHeadersKB)
 	if v := h.GetMaxRequestHeadersKb(); v != nil {
@@ -420,6 +454,9 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 	if v := h2.GetInitialConnectionWindowSize(); v != nil {
 		s.InitialConnWindow = int32(min(v.GetValue(), 1<<31-1))
 	}
+	if x, ok := extraField(h2, "max_concurrent_streams", "initial_stream_window_size", "initial_connection_window_size"); ok {
+		return "http2_protocol_options." + x, errIgnored
+	}
 
 	for i, al := range h.GetAccessLog() {
 		field := fmt.Sprintf("access_log[%d]", i)
@@ -428,6 +465,9 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 		}
 		if al.GetFilter() != nil {
 			return field + ".filter", fmt.Errorf("not supported (every request is logged)")
+		}
+		if x, ok := extraField(al, "name", "typed_config"); ok {
+			return field + "." + x, errIgnored
 		}
 		if al.GetName() != AccessLoggerGRPC {
 			return field + ".name", fmt.Errorf("unknown access logger %q (membrane-proxy implements %s)", al.GetName(), AccessLoggerGRPC)
@@ -444,7 +484,30 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 		if eg == nil || eg.GetClusterName() == "" {
 			return field + ".typed_config.common_config.grpc_service", fmt.Errorf("must be envoy_grpc with a cluster_name")
 		}
+		for _, chk := range []struct {
+			m     proto.Message
+			field string
+			known []string
+		}{
+			{&c, ".typed_config.", []string{"common_config"}},
+			{cc, ".typed_config.common_config.", []string{"log_name", "grpc_service", "transport_api_version"}},
+			{cc.GetGrpcService(), ".typed_config.common_config.grpc_service.", []string{"envoy_grpc"}},
+			{eg, ".typed_config.common_config.grpc_service.envoy_grpc.", []string{"cluster_name"}},
+		} {
+			if x, ok := extraField(chk.m, chk.known...); ok {
+				return field + chk.field + x, errIgnored
+			}
+		}
 		out.AccessLog = &AccessLog{LogName: cc.GetLogName(), ClusterName: eg.GetClusterName()}
+	}
+	// Request IDs, forwarded-for handling, tracing, local reply
+	// rewriting, HTTP/1 options and the rest would be ignored: refused
+	// instead. stat_prefix only names stats.
+	if x, ok := extraField(h, "codec_type", "stat_prefix", "rds", "http_filters", "upgrade_configs",
+		"normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "request_headers_timeout",
+		"stream_idle_timeout", "common_http_protocol_options", "max_request_headers_kb",
+		"http2_protocol_options", "access_log"); ok {
+		return x, errIgnored
 	}
 	return "", nil
 }
