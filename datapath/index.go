@@ -51,6 +51,8 @@ func indexBucketOf(key []byte, mask uint32) uint32 {
 	h ^= h >> 29
 	h ^= w1
 	h *= 0x9E3779B97F4A7C15
+	h ^= h >> 32
+	h *= 0x9E3779B97F4A7C15
 	h ^= h >> 29
 	return uint32(h>>32) & mask
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -13,7 +14,8 @@ import (
 
 // Migration of pinned maps whose capacity or flags changed (a --map-size-*
 // setting, or a datapath build that sizes a map differently) while their
-// type, key and value stayed the same.
+// type, key and value stayed the same, and of indexes laid out by another
+// build's hash.
 //
 // Load creates the map anew, copies the old one's entries into it and pins
 // it in the old one's place, before any program of this build runs. The
@@ -53,8 +55,9 @@ type retiredMap struct {
 }
 
 // pinnedDiff compares the map pinned at path with ms. It returns the open
-// pinned map when only its capacity or flags differ (to migrate), nil when
-// it matches or is absent, and an error when its layout differs.
+// pinned map when only its capacity or flags differ, or it is an index of
+// another hash (to migrate), nil when it matches or is absent, and an
+// error when its layout differs.
 func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
 	m, err := ebpf.LoadPinnedMap(path, nil)
 	if errors.Is(err, os.ErrNotExist) {
@@ -79,10 +82,60 @@ func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
 			path, info.Type, info.KeySize, info.ValueSize, ms.Type, ms.KeySize, ms.ValueSize)
 	}
 	if info.MaxEntries == ms.MaxEntries && info.Flags == ms.Flags {
-		m.Close()
-		return nil, nil
+		stale, err := indexHashStale(ms.Name, m)
+		if err != nil || !stale {
+			m.Close()
+			return nil, err
+		}
 	}
 	return m, nil
+}
+
+// indexHashStale reports whether name is an index whose pinned buckets
+// were laid out by another build's hash (index.h, index_bucket): some key
+// sits in a bucket this build's hash does not give it. Such an index is
+// replaced like a resized one, and the programs still attached keep
+// reading the old one until this build's replace them; rewritten in
+// place, it would hide its keys from them meanwhile.
+func indexHashStale(name string, m *ebpf.Map) (bool, error) {
+	switch name {
+	case bpf.DatapathMapEndpointsIndex:
+		return misplacedKeys[bpf.DatapathEndpointBucket](name, m, addrSize)
+	case bpf.DatapathMapIpcacheIndex:
+		return misplacedKeys[bpf.DatapathIpcacheBucket](name, m, addrSize)
+	case bpf.DatapathMapPolicyIndex:
+		return misplacedKeys[bpf.DatapathPolicyBucket](name, m, policyKeySize)
+	}
+	return false, nil
+}
+
+// misplacedKeys reports whether a valid slot of index m (buckets of type
+// B, keys of keySize bytes) holds a key that hashes to another bucket.
+func misplacedKeys[B any](name string, m *ebpf.Map, keySize int) (bool, error) {
+	mask := m.MaxEntries() - 1
+	size := int(m.ValueSize())
+	buckets := make([]B, indexBatch)
+	keys := make([]uint32, indexBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, buckets, nil)
+		raw := unsafe.Slice((*byte)(unsafe.Pointer(&buckets[0])), len(buckets)*size)
+		for j := 0; j < n; j++ {
+			b := raw[j*size : (j+1)*size]
+			for s := 0; s < indexSlots; s++ {
+				k := b[indexKeys+s*keySize : indexKeys+(s+1)*keySize]
+				if b[s] == indexValid && indexBucketOf(k, mask) != keys[j] {
+					return true, nil
+				}
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("read pinned %s: %w", name, err)
+		}
+	}
 }
 
 // migratePinned replaces every pinned map in dir whose capacity or flags

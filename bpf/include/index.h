@@ -106,12 +106,23 @@ volatile const __u32 endpoints_index_mask = (1 << 11) - 1;
 volatile const __u32 ipcache_index_mask = (1 << 17) - 1;
 volatile const __u32 policy_index_mask = (1 << 17) - 1;
 
-/* Multiply-xorshift over two 64-bit words, as ct_hash. */
+/* Multiply-xorshift over two 64-bit words. The bucket is taken from bits
+ * 32 and up of a product, which only the bits at or below them reach: the
+ * product of the second word is folded (h ^= h >> 32) and multiplied once
+ * more, so that its high half counts. Without that step the last octets of
+ * an IPv4 address (bits 48-63 of the second word) never reached the bucket:
+ * every pod of a /24 shared one, and all but four lived in the kernel map
+ * alone. The last shift spreads structured sets (pods numbered across a
+ * /16) as evenly as a random hash would (TestIndexSpreadsAddresses). A
+ * pinned index laid out by another hash is replaced on load
+ * (datapath/migrate.go), never read with this one. */
 static __always_inline __u32 index_bucket(__u64 w0, __u64 w1, __u32 mask)
 {
 	__u64 h = w0 * 0x9E3779B97F4A7C15ull;
 	h ^= h >> 29;
 	h ^= w1;
+	h *= 0x9E3779B97F4A7C15ull;
+	h ^= h >> 32;
 	h *= 0x9E3779B97F4A7C15ull;
 	h ^= h >> 29;
 	return (__u32)(h >> 32) & mask;
