@@ -215,27 +215,62 @@ const (
 	flowsPerSlice = 125
 )
 
-func benchPerPacket(r *report, rounds int) {
-	// Every run and every emptying of conntrack between runs happen on one
-	// CPU, as a node's packets and its own earlier writes would: when the
-	// scheduler moved this thread between the two, a run found the lines
-	// the previous emptying wrote in the other CPU's cache, and paid a
-	// transfer for each (the event reader still runs elsewhere).
+// pinToCPU0 runs the calling goroutine on CPU 0 alone until the returned
+// function is called. Every run and every emptying of conntrack between
+// runs then happen on one CPU, as a node's packets and its own earlier
+// writes would: when the scheduler moved this thread between the two, a
+// run found the lines the previous emptying wrote in the other CPU's
+// cache, and paid a transfer for each (the event reader still runs
+// elsewhere).
+func pinToCPU0() (func(), error) {
 	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	var one unix.CPUSet
 	one.Set(0)
 	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		r.failed("per-packet cost", "≤ 120 ns", fmt.Errorf("pin to one CPU: %w", err))
-		return
+		runtime.UnlockOSThread()
+		return nil, fmt.Errorf("pin to one CPU: %w", err)
 	}
-	defer func() {
+	return func() {
 		var all unix.CPUSet
 		for i := range runtime.NumCPU() {
 			all.Set(i)
 		}
 		unix.SchedSetaffinity(0, &all)
-	}()
+		runtime.UnlockOSThread()
+	}, nil
+}
+
+// steadyRun measures steadyFlows new connections on prog in one run and
+// deletes them from conntrack afterwards (only them, and through a view
+// of the table kept mapped: emptying the whole table walks all of it, and
+// so does mapping and unmapping it, which evicts the caches the next run
+// starts with). An unmeasured run of the same comes first, so that every
+// configuration meets its tables equally warm: the run that came first on
+// a table size's maps, after the other sizes' runs, took some 150 ns more
+// per flow than the one after it, whichever program it was. (Cold flows
+// are measured apart.) The result includes the wrapper's own cost.
+func steadyRun(fr *flowRunner, ct *datapath.CTTable, prog *ebpf.Program, frame []byte) (float64, error) {
+	var v float64
+	for i := 0; i < 2; i++ {
+		var err error
+		if v, err = fr.run(prog, frame, steadyPorts, steadyFlows); err != nil {
+			return 0, err
+		}
+		conns := frameConns(frame, steadyPorts, steadyFlows)
+		if n := ct.DeleteConns(conns); n != len(conns) {
+			return 0, fmt.Errorf("a run of %d new flows left %d in conntrack", len(conns), n)
+		}
+	}
+	return v, nil
+}
+
+func benchPerPacket(r *report, rounds int) {
+	unpin, err := pinToCPU0()
+	if err != nil {
+		r.failed("per-packet cost", "≤ 120 ns", err)
+		return
+	}
+	defer unpin()
 	setups := map[int]*ppSetup{}
 	for _, n := range entryCounts {
 		s, err := newPPSetup(n, true)
@@ -288,30 +323,6 @@ func benchPerPacket(r *report, rounds int) {
 		sport[n] = 1024
 	}
 	fail := func(err error) { r.failed("per-packet cost", "≤ 120 ns", err) }
-	// steadyRun measures steadyFlows new connections on prog in one run
-	// and deletes them from conntrack afterwards (only them, and through a
-	// view of the table kept mapped: emptying the whole table walks all
-	// of it, and so does mapping and unmapping it, which evicts the caches
-	// the next run starts with). An unmeasured run of the same
-	// comes first, so that every configuration meets its tables equally
-	// warm: the run that came first on a table size's maps, after the
-	// other sizes' runs, took some 150 ns more per flow than the one
-	// after it, whichever program it was. (Cold flows are measured
-	// apart.)
-	steadyRun := func(s *ppSetup, prog *ebpf.Program, frame []byte) (float64, error) {
-		var v float64
-		for i := 0; i < 2; i++ {
-			var err error
-			if v, err = fr.run(prog, frame, steadyPorts, steadyFlows); err != nil {
-				return 0, err
-			}
-			conns := frameConns(frame, steadyPorts, steadyFlows)
-			if n := s.ct.DeleteConns(conns); n != len(conns) {
-				return 0, fmt.Errorf("a run of %d new flows left %d in conntrack", len(conns), n)
-			}
-		}
-		return v, nil
-	}
 	for round := 0; round < rounds; round++ {
 		f, err := timerFloor(ppSlices * flowsPerSlice)
 		if err != nil {
@@ -340,12 +351,12 @@ func benchPerPacket(r *report, rounds int) {
 					return
 				}
 				ct[n] = append(ct[n], v)
-				if v, err = steadyRun(s, s.prog, remote); err != nil {
+				if v, err = steadyRun(fr, s.ct, s.prog, remote); err != nil {
 					fail(err)
 					return
 				}
 				st[n] = append(st[n], v)
-				if v, err = steadyRun(s, s.fromCtr, local); err != nil {
+				if v, err = steadyRun(fr, s.ct, s.fromCtr, local); err != nil {
 					fail(err)
 					return
 				}
@@ -363,7 +374,7 @@ func benchPerPacket(r *report, rounds int) {
 				cdl[n] = append(cdl[n], ts...)
 				sport[n] += flowsPerSlice
 			}
-			v, err = steadyRun(quiet, quiet.prog, remote)
+			v, err = steadyRun(fr, quiet.ct, quiet.prog, remote)
 			if err != nil {
 				fail(err)
 				return
