@@ -165,17 +165,27 @@ func TestIndexUpdatesReachPrograms(t *testing.T) {
 	}
 }
 
+// pinnedEndpoints loads a datapath pinned in dir, with endpoints at addrs
+// (IDs 1, 2, …).
+func pinnedEndpoints(t *testing.T, dir string, addrs ...string) *harness {
+	t.Helper()
+	d, err := loadPinned(t, dir, Sizes{Endpoints: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, d: d, cfg: DefaultConfig}
+	for i, a := range addrs {
+		h.endpoint(a, uint16(i+1), 0, [2][2]uint32{})
+	}
+	return h
+}
+
 // An agent may die between writing a map and its index: the next load
 // makes the pinned index agree with the map again.
 func TestIndexRebuiltOnLoad(t *testing.T) {
 	dir := pinDir(t)
-	d1, err := loadPinned(t, dir, Sizes{Endpoints: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, d: d1, cfg: DefaultConfig}
-	h.endpoint("10.9.0.1", 1, 0, [2][2]uint32{})
-	h.endpoint("10.9.0.2", 2, 0, [2][2]uint32{})
+	h := pinnedEndpoints(t, dir, "10.9.0.1", "10.9.0.2")
+	d1 := h.d
 	// Behind the index's back: one endpoint only in the map, one removed
 	// from the map but not from the index, one changed in the map only.
 	k3 := toAddr(mustAddr("10.9.0.3"))
@@ -296,12 +306,7 @@ func TestIndexSpreadsAddresses(t *testing.T) {
 // them): Load replaces it with one of its own, as it does a resized one.
 func TestIndexOfAnotherHashReplacedOnLoad(t *testing.T) {
 	dir := pinDir(t)
-	d1, err := loadPinned(t, dir, Sizes{Endpoints: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, d: d1, cfg: DefaultConfig}
-	h.endpoint("10.9.0.1", 1, 0, [2][2]uint32{})
+	d1 := pinnedEndpoints(t, dir, "10.9.0.1").d
 	// Move the key to the next bucket, as another hash might have put it.
 	ix := d1.epIndex
 	k := toAddr(mustAddr("10.9.0.1"))
