@@ -3,7 +3,6 @@ package datapath
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math/bits"
 	"sync"
@@ -277,52 +276,37 @@ func (ix *index) fill(entries map[string][]byte) error {
 	return ix.settle()
 }
 
-// indexBatch is how many buckets one system call reads while reconciling.
-const indexBatch = 1024
-
 // reconcile makes the index agree with the kernel map's entries (key and
 // value bytes), as after a restart: an agent may have died between its
 // write of the map and of the index. Entries that are stale or in the
 // wrong bucket are cleared, missing ones added, overflow bytes recomputed.
 // Caller holds mu.
-func reconcile[B any](ix *index, entries map[string][]byte) error {
+func reconcile(ix *index, entries map[string][]byte) error {
 	present := make(map[string]bool, len(entries))
 	var flagged []uint32
-	buckets := make([]B, indexBatch)
-	keys := make([]uint32, indexBatch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := ix.m.BatchLookup(&cursor, keys, buckets, nil)
-		if n > 0 {
-			raw := unsafe.Slice((*byte)(unsafe.Pointer(&buckets[0])), n*ix.bucketSize)
-			for j := 0; j < n; j++ {
-				i := keys[j]
-				b := raw[j*ix.bucketSize : (j+1)*ix.bucketSize]
-				if b[indexOverflow] != 0 {
-					flagged = append(flagged, i)
-				}
-				for s := 0; s < indexSlots; s++ {
-					if b[s] != indexValid {
-						continue
-					}
-					k := ix.keyAt(b, s)
-					v, ok := entries[string(k)]
-					if ok && !present[string(k)] && indexBucketOf(k, ix.mask) == i && bytes.Equal(v, ix.valAt(b, s)) {
-						present[string(k)] = true
-						continue
-					}
-					if err := ix.clear(i, b, s); err != nil {
-						return err
-					}
-				}
+	err := walkRaw(ix.m, func(kb, b []byte) error {
+		i := binary.NativeEndian.Uint32(kb)
+		if b[indexOverflow] != 0 {
+			flagged = append(flagged, i)
+		}
+		for s := 0; s < indexSlots; s++ {
+			if b[s] != indexValid {
+				continue
+			}
+			k := ix.keyAt(b, s)
+			v, ok := entries[string(k)]
+			if ok && !present[string(k)] && indexBucketOf(k, ix.mask) == i && bytes.Equal(v, ix.valAt(b, s)) {
+				present[string(k)] = true
+				continue
+			}
+			if err := ix.clear(i, b, s); err != nil {
+				return err
 			}
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("read %s: %w", ix.name, err)
-		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("reconcile %s: %w", ix.name, err)
 	}
 	for k, v := range entries {
 		if present[k] {
@@ -406,13 +390,12 @@ func (d *Datapath) openIndexes(fresh map[string]bool) error {
 		return err
 	}
 	for _, r := range []struct {
-		ix    *index
-		m     *ebpf.Map
-		build func(*index, map[string][]byte) error
+		ix *index
+		m  *ebpf.Map
 	}{
-		{d.epIndex, d.objs.Endpoints, reconcile[bpf.DatapathEndpointBucket]},
-		{d.ipcIndex, d.objs.IpcacheHost, reconcile[bpf.DatapathIpcacheBucket]},
-		{d.polIndex, d.objs.Policy, reconcile[bpf.DatapathPolicyBucket]},
+		{d.epIndex, d.objs.Endpoints},
+		{d.ipcIndex, d.objs.IpcacheHost},
+		{d.polIndex, d.objs.Policy},
 	} {
 		entries, err := rawEntries(r.m)
 		if err != nil {
@@ -422,7 +405,7 @@ func (d *Datapath) openIndexes(fresh map[string]bool) error {
 		if fresh[r.ix.name] {
 			err = r.ix.fill(entries)
 		} else {
-			err = r.build(r.ix, entries)
+			err = reconcile(r.ix, entries)
 		}
 		r.ix.mu.Unlock()
 		if err != nil {

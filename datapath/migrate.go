@@ -1,11 +1,11 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -98,44 +98,33 @@ func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
 // reading the old one until this build's replace them; rewritten in
 // place, it would hide its keys from them meanwhile.
 func indexHashStale(name string, m *ebpf.Map) (bool, error) {
+	var keySize int
 	switch name {
-	case bpf.DatapathMapEndpointsIndex:
-		return misplacedKeys[bpf.DatapathEndpointBucket](name, m, addrSize)
-	case bpf.DatapathMapIpcacheIndex:
-		return misplacedKeys[bpf.DatapathIpcacheBucket](name, m, addrSize)
+	case bpf.DatapathMapEndpointsIndex, bpf.DatapathMapIpcacheIndex:
+		keySize = addrSize
 	case bpf.DatapathMapPolicyIndex:
-		return misplacedKeys[bpf.DatapathPolicyBucket](name, m, policyKeySize)
+		keySize = policyKeySize
+	default:
+		return false, nil
 	}
-	return false, nil
-}
-
-// misplacedKeys reports whether a valid slot of index m (buckets of type
-// B, keys of keySize bytes) holds a key that hashes to another bucket.
-func misplacedKeys[B any](name string, m *ebpf.Map, keySize int) (bool, error) {
+	errStale := errors.New("stale")
 	mask := m.MaxEntries() - 1
-	size := int(m.ValueSize())
-	buckets := make([]B, indexBatch)
-	keys := make([]uint32, indexBatch)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&cursor, keys, buckets, nil)
-		raw := unsafe.Slice((*byte)(unsafe.Pointer(&buckets[0])), len(buckets)*size)
-		for j := 0; j < n; j++ {
-			b := raw[j*size : (j+1)*size]
-			for s := 0; s < indexSlots; s++ {
-				k := b[indexKeys+s*keySize : indexKeys+(s+1)*keySize]
-				if b[s] == indexValid && indexBucketOf(k, mask) != keys[j] {
-					return true, nil
-				}
+	err := walkRaw(m, func(kb, b []byte) error {
+		for s := 0; s < indexSlots; s++ {
+			k := b[indexKeys+s*keySize : indexKeys+(s+1)*keySize]
+			if b[s] == indexValid && indexBucketOf(k, mask) != binary.NativeEndian.Uint32(kb) {
+				return errStale
 			}
 		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("read pinned %s: %w", name, err)
-		}
+		return nil
+	})
+	if errors.Is(err, errStale) {
+		return true, nil
 	}
+	if err != nil {
+		return false, fmt.Errorf("read pinned %s: %w", name, err)
+	}
+	return false, nil
 }
 
 // migratePinned replaces every pinned map in dir whose capacity or flags
