@@ -87,11 +87,11 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, string, error) {
 		if po.GetAutoConfig() != nil {
 			return nil, field + ".auto_config", fmt.Errorf("not supported (use use_downstream_protocol_config)")
 		}
-		if f, ok := extraField(&po, "common_http_protocol_options", "use_downstream_protocol_config", "explicit_http_config"); ok {
-			return nil, field + "." + f, errIgnored
-		}
-		if f, ok := extraField(po.GetCommonHttpProtocolOptions(), "idle_timeout"); ok {
-			return nil, field + ".common_http_protocol_options." + f, errIgnored
+		if f, ok := unimplemented(
+			allowed{field + ".", &po, []string{"common_http_protocol_options", "use_downstream_protocol_config", "explicit_http_config"}},
+			allowed{field + ".common_http_protocol_options.", po.GetCommonHttpProtocolOptions(), []string{"idle_timeout"}},
+		); ok {
+			return nil, f, errIgnored
 		}
 	}
 	switch c.GetType() {
@@ -140,12 +140,12 @@ func parseCluster(c *clusterv3.Cluster) (*Cluster, string, error) {
 	// Circuit breakers, outlier detection, health checks, connection
 	// options and the like would be ignored: refused instead. Names,
 	// metadata and what only concerns DNS or hosts change nothing here.
-	if f, ok := extraField(c, "name", "alt_stat_name", "type", "connect_timeout", "lb_policy", "load_assignment",
-		"original_dst_lb_config", "typed_extension_protocol_options", "metadata", "dns_lookup_family", "cleanup_interval"); ok {
+	if f, ok := unimplemented(
+		allowed{"", c, []string{"name", "alt_stat_name", "type", "connect_timeout", "lb_policy", "load_assignment",
+			"original_dst_lb_config", "typed_extension_protocol_options", "metadata", "dns_lookup_family", "cleanup_interval"}},
+		allowed{"original_dst_lb_config.", c.GetOriginalDstLbConfig(), []string{"use_http_header", "http_header_name"}},
+	); ok {
 		return nil, f, errIgnored
-	}
-	if f, ok := extraField(c.GetOriginalDstLbConfig(), "use_http_header", "http_header_name"); ok {
-		return nil, "original_dst_lb_config." + f, errIgnored
 	}
 	return out, "", nil
 }

@@ -484,19 +484,13 @@ func parseHCM(h *hcmv3.HttpConnectionManager, out *Listener) (string, error) {
 		if eg == nil || eg.GetClusterName() == "" {
 			return field + ".typed_config.common_config.grpc_service", fmt.Errorf("must be envoy_grpc with a cluster_name")
 		}
-		for _, chk := range []struct {
-			m     proto.Message
-			field string
-			known []string
-		}{
-			{&c, ".typed_config.", []string{"common_config"}},
-			{cc, ".typed_config.common_config.", []string{"log_name", "grpc_service", "transport_api_version"}},
-			{cc.GetGrpcService(), ".typed_config.common_config.grpc_service.", []string{"envoy_grpc"}},
-			{eg, ".typed_config.common_config.grpc_service.envoy_grpc.", []string{"cluster_name"}},
-		} {
-			if x, ok := extraField(chk.m, chk.known...); ok {
-				return field + chk.field + x, errIgnored
-			}
+		if x, ok := unimplemented(
+			allowed{field + ".typed_config.", &c, []string{"common_config"}},
+			allowed{field + ".typed_config.common_config.", cc, []string{"log_name", "grpc_service", "transport_api_version"}},
+			allowed{field + ".typed_config.common_config.grpc_service.", cc.GetGrpcService(), []string{"envoy_grpc"}},
+			allowed{field + ".typed_config.common_config.grpc_service.envoy_grpc.", eg, []string{"cluster_name"}},
+		); ok {
+			return x, errIgnored
 		}
 		out.AccessLog = &AccessLog{LogName: cc.GetLogName(), ClusterName: eg.GetClusterName()}
 	}

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/proto"
 )
 
 // Route is one parsed RouteConfiguration: the proxy supports the one shape
@@ -71,20 +70,14 @@ func parseRoute(r *routev3.RouteConfiguration) (*Route, string, error) {
 	// Anything else set would change what a request gets (rewrites,
 	// header edits, retries, mirrors, other timeouts) and the proxy does
 	// none of it; names, metadata and decorators change nothing here.
-	for _, c := range []struct {
-		m     proto.Message
-		field string
-		known []string
-	}{
-		{r, "", []string{"name", "virtual_hosts", "validate_clusters", "metadata"}},
-		{vh, "virtual_hosts[0].", []string{"name", "domains", "routes", "metadata"}},
-		{rt, "virtual_hosts[0].routes[0].", []string{"name", "match", "route", "metadata", "decorator", "stat_prefix"}},
-		{m, "virtual_hosts[0].routes[0].match.", []string{"prefix", "case_sensitive"}},
-		{act, "virtual_hosts[0].routes[0].route.", []string{"cluster", "timeout", "cluster_not_found_response_code"}},
-	} {
-		if f, ok := extraField(c.m, c.known...); ok {
-			return nil, c.field + f, errIgnored
-		}
+	if f, ok := unimplemented(
+		allowed{"", r, []string{"name", "virtual_hosts", "validate_clusters", "metadata"}},
+		allowed{"virtual_hosts[0].", vh, []string{"name", "domains", "routes", "metadata"}},
+		allowed{"virtual_hosts[0].routes[0].", rt, []string{"name", "match", "route", "metadata", "decorator", "stat_prefix"}},
+		allowed{"virtual_hosts[0].routes[0].match.", m, []string{"prefix", "case_sensitive"}},
+		allowed{"virtual_hosts[0].routes[0].route.", act, []string{"cluster", "timeout", "cluster_not_found_response_code"}},
+	); ok {
+		return nil, f, errIgnored
 	}
 	return out, "", nil
 }

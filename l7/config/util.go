@@ -46,6 +46,25 @@ func duration(d *durationpb.Duration, dflt time.Duration) (time.Duration, error)
 	return v, nil
 }
 
+// allowed names the fields of message m, found at path ("" or a path
+// ending in "."), that the proxy implements.
+type allowed struct {
+	path  string
+	m     proto.Message
+	known []string
+}
+
+// unimplemented returns the path of the first field set in one of the
+// messages that its list does not name (extraField).
+func unimplemented(lists ...allowed) (string, bool) {
+	for _, a := range lists {
+		if f, ok := extraField(a.m, a.known...); ok {
+			return a.path + f, true
+		}
+	}
+	return "", false
+}
+
 // extraField returns the name of the first field set in m, in field-number
 // order, that is not among known: what the proxy does not implement must
 // be refused rather than ignored, so that a control plane that relies on
