@@ -17,13 +17,13 @@ var (
 
 func length(n int64) Framing { return Framing{ContentLength: n} }
 
-func copyBody(in string, inF, outF Framing, size int, lim Limits) (string, int64, error, string) {
+func copyBody(in string, inF, outF Framing, size int, lim Limits) (out string, n int64, rest string, err error) {
 	var buf bytes.Buffer
 	bw := bufio.NewWriter(&buf)
 	br := bufio.NewReaderSize(strings.NewReader(in), size)
-	n, err := CopyBody(bw, outF, br, inF, lim)
-	rest, _ := io.ReadAll(br)
-	return buf.String(), n, err, string(rest)
+	n, err = CopyBody(bw, outF, br, inF, lim)
+	left, _ := io.ReadAll(br)
+	return buf.String(), n, string(left), err
 }
 
 func TestCopyBody(t *testing.T) {
@@ -55,7 +55,7 @@ func TestCopyBody(t *testing.T) {
 	}
 	for _, tc := range cases {
 		for _, size := range bufSizes {
-			got, n, err, rest := copyBody(tc.in, tc.inF, tc.outF, size, Limits{})
+			got, n, rest, err := copyBody(tc.in, tc.inF, tc.outF, size, Limits{})
 			if err != nil {
 				t.Errorf("%s (buffer %d): %v", tc.name, size, err)
 				continue
@@ -69,7 +69,7 @@ func TestCopyBody(t *testing.T) {
 			// With small buffers the chunks differ; the decoded body
 			// must not.
 			if tc.outF.Chunked {
-				dec, _, err, _ := copyBody(got, chunked, untilClose, 4096, Limits{})
+				dec, _, _, err := copyBody(got, chunked, untilClose, 4096, Limits{})
 				want, _, _, _ := copyBody(tc.want, chunked, untilClose, 4096, Limits{})
 				if err != nil || dec != want {
 					t.Errorf("%s (buffer %d): decodes to %q, %v; want %q", tc.name, size, dec, err, want)
@@ -128,7 +128,7 @@ func TestCopyBodyErrors(t *testing.T) {
 	}
 	for _, tc := range cases {
 		for _, size := range bufSizes {
-			got, _, err, _ := copyBody(tc.in, tc.inF, tc.outF, size, tc.lim)
+			got, _, _, err := copyBody(tc.in, tc.inF, tc.outF, size, tc.lim)
 			if err == nil {
 				t.Errorf("%s (buffer %d): no error, wrote %q", tc.name, size, got)
 				continue
