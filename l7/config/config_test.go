@@ -44,6 +44,15 @@ func hcmOf(t *testing.T, l *listenerv3.Listener) (*hcmv3.HttpConnectionManager, 
 	}
 }
 
+// inHCM is a table row's edit of the listener's HTTP connection manager.
+func inHCM(edit func(t *testing.T, h *hcmv3.HttpConnectionManager)) func(*testing.T, *listenerv3.Listener) {
+	return func(t *testing.T, l *listenerv3.Listener) {
+		h, pack := hcmOf(t, l)
+		edit(t, h)
+		pack()
+	}
+}
+
 func mustAny(t *testing.T, m proto.Message) *anypb.Any {
 	t.Helper()
 	a, err := anypb.New(m)
@@ -113,82 +122,52 @@ func TestParseListenerErrors(t *testing.T) {
 		{"unknown HTTP filter", `http_filters[1].name: unknown HTTP filter "envoy.filters.http.lua"`, func(t *testing.T, l *listenerv3.Listener) {
 			*l = *xdstest.Listener(xdstest.ListenerOptions{Port: 1, ExtraHTTPFilter: "envoy.filters.http.lua"})
 		}},
-		{"no policy filter", "membrane.l7policy is required", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		{"no policy filter", "membrane.l7policy is required", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.HttpFilters = h.HttpFilters[1:]
-			pack()
-		}},
-		{"router not last", "must come before", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"router not last", "must come before", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.HttpFilters[0], h.HttpFilters[1] = h.HttpFilters[1], h.HttpFilters[0]
-			pack()
-		}},
-		{"policy filter of the wrong type", "want membrane.l7.v1.PolicyFilter", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"policy filter of the wrong type", "want membrane.l7.v1.PolicyFilter", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.HttpFilters[0].ConfigType = h.HttpFilters[1].ConfigType
-			pack()
-		}},
-		{"inline routes", "route_specifier: must be rds", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"inline routes", "route_specifier: must be rds", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: xdstest.Route("", "")}
-			pack()
-		}},
-		{"HTTP/3", "codec_type: HTTP3 is not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"HTTP/3", "codec_type: HTTP3 is not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.CodecType = hcmv3.HttpConnectionManager_HTTP3
-			pack()
-		}},
-		{"no normalisation", "normalize_path: must be true", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"no normalisation", "normalize_path: must be true", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.NormalizePath = wrapperspb.Bool(false)
-			pack()
-		}},
-		{"escaped slashes forwarded", "UNESCAPE_AND_FORWARD is not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"escaped slashes forwarded", "UNESCAPE_AND_FORWARD is not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.PathWithEscapedSlashesAction = hcmv3.HttpConnectionManager_UNESCAPE_AND_FORWARD
-			pack()
-		}},
-		{"unknown access logger", `access_log[0].name: unknown access logger "envoy.access_loggers.file"`, func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"unknown access logger", `access_log[0].name: unknown access logger "envoy.access_loggers.file"`, inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.AccessLog[0].Name = "envoy.access_loggers.file"
-			pack()
-		}},
-		{"access log filter", "access_log[0].filter: not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"access log filter", "access_log[0].filter: not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.AccessLog[0].Filter = &accesslogv3.AccessLogFilter{FilterSpecifier: &accesslogv3.AccessLogFilter_NotHealthCheckFilter{NotHealthCheckFilter: &accesslogv3.NotHealthCheckFilter{}}}
-			pack()
-		}},
-		{"headers with underscores rejected", "headers_with_underscores_action: REJECT_REQUEST is not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"headers with underscores rejected", "headers_with_underscores_action: REJECT_REQUEST is not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.CommonHttpProtocolOptions.HeadersWithUnderscoresAction = corev3.HttpProtocolOptions_REJECT_REQUEST
-			pack()
-		}},
-		{"h2c upgrade", `upgrade_configs[0].upgrade_type: "h2c" is not supported`, func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"h2c upgrade", `upgrade_configs[0].upgrade_type: "h2c" is not supported`, inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "h2c"}}
-			pack()
-		}},
-		{"upgrade filters", "upgrade_configs[1].filters: not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"upgrade filters", "upgrade_configs[1].filters: not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.UpgradeConfigs = []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"},
 				{UpgradeType: "other", Filters: []*hcmv3.HttpFilter{{Name: "envoy.filters.http.router"}}}}
-			pack()
-		}},
-		{"ValidateAll", "invalid:", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"ValidateAll", "invalid:", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.StatPrefix = ""
-			pack()
-		}},
-		{"normalisation left to the default", "normalize_path: must be true", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"normalisation left to the default", "normalize_path: must be true", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.NormalizePath = nil
-			pack()
-		}},
-		{"slashes not merged", "merge_slashes: must be true", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"slashes not merged", "merge_slashes: must be true", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.MergeSlashes = false
-			pack()
-		}},
+		})},
 		{"not bound", "bind_to_port: must be true", func(t *testing.T, l *listenerv3.Listener) { l.BindToPort = wrapperspb.Bool(false) }},
 		// What the proxy would ignore is refused, naming the field.
 		{"buffer limit", "per_connection_buffer_limit_bytes: not supported", func(t *testing.T, l *listenerv3.Listener) {
@@ -203,46 +182,32 @@ func TestParseListenerErrors(t *testing.T) {
 		{"filter chain connect timeout", "filter_chains[0].transport_socket_connect_timeout: not supported", func(t *testing.T, l *listenerv3.Listener) {
 			l.FilterChains[0].TransportSocketConnectTimeout = durationpb.New(time.Second)
 		}},
-		{"forwarded-for handling", "typed_config.use_remote_address: not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		{"forwarded-for handling", "typed_config.use_remote_address: not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.UseRemoteAddress = wrapperspb.Bool(true)
-			pack()
-		}},
-		{"HTTP/1 options", "typed_config.http_protocol_options: not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"HTTP/1 options", "typed_config.http_protocol_options: not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.HttpProtocolOptions = &corev3.Http1ProtocolOptions{AcceptHttp_10: true}
-			pack()
-		}},
-		{"requests per connection", "common_http_protocol_options.max_requests_per_connection: not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"requests per connection", "common_http_protocol_options.max_requests_per_connection: not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.CommonHttpProtocolOptions.MaxRequestsPerConnection = wrapperspb.UInt32(100)
-			pack()
-		}},
-		{"HPACK table", "http2_protocol_options.hpack_table_size: not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"HPACK table", "http2_protocol_options.hpack_table_size: not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.Http2ProtocolOptions.HpackTableSize = wrapperspb.UInt32(0)
-			pack()
-		}},
-		{"optional HTTP filter", "http_filters[0].is_optional: not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"optional HTTP filter", "http_filters[0].is_optional: not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.HttpFilters[0].IsOptional = true
-			pack()
-		}},
-		{"router header checks", "http_filters[1].typed_config.strict_check_headers: not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"router header checks", "http_filters[1].typed_config.strict_check_headers: not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			h.HttpFilters[1].ConfigType = &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(t, &routerv3.Router{StrictCheckHeaders: []string{"x-envoy-max-retries"}})}
-			pack()
-		}},
-		{"access log flush interval", "access_log[0].typed_config.common_config.buffer_flush_interval: not supported", func(t *testing.T, l *listenerv3.Listener) {
-			h, pack := hcmOf(t, l)
+		})},
+		{"access log flush interval", "access_log[0].typed_config.common_config.buffer_flush_interval: not supported", inHCM(func(t *testing.T, h *hcmv3.HttpConnectionManager) {
 			var c grpcalsv3.HttpGrpcAccessLogConfig
 			if err := h.AccessLog[0].GetTypedConfig().UnmarshalTo(&c); err != nil {
 				t.Fatal(err)
 			}
 			c.CommonConfig.BufferFlushInterval = durationpb.New(time.Second)
 			h.AccessLog[0].ConfigType = &accesslogv3.AccessLog_TypedConfig{TypedConfig: mustAny(t, &c)}
-			pack()
-		}},
+		})},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := xdstest.Listener(xdstest.ListenerOptions{Port: 15101})
