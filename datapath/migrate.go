@@ -108,11 +108,11 @@ func indexHashStale(name string, m *ebpf.Map) (bool, error) {
 		return false, nil
 	}
 	errStale := errors.New("stale")
+	layout := &index{keySize: keySize}
 	mask := m.MaxEntries() - 1
 	err := walkRaw(m, func(kb, b []byte) error {
 		for s := 0; s < indexSlots; s++ {
-			k := b[indexKeys+s*keySize : indexKeys+(s+1)*keySize]
-			if b[s] == indexValid && indexBucketOf(k, mask) != binary.NativeEndian.Uint32(kb) {
+			if b[s] == indexValid && indexBucketOf(layout.keyAt(b, s), mask) != binary.NativeEndian.Uint32(kb) {
 				return errStale
 			}
 		}
