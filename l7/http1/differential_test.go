@@ -1,0 +1,139 @@
+package http1
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/membrane-mesh/membrane/l7/normalize"
+)
+
+// FuzzUpstreamAgrees checks that an upstream server reading what the proxy
+// forwards sees the request the policy checked. Each input is read as the
+// proxy reads a client's request (ReadRequest, then normalize.Target);
+// what the proxy would write upstream for it (WriteRequestHead with the
+// normalised target, the body copied with RequestFraming) is then read
+// by Go's net/http, an implementation of its own, which must find the same
+// method, target, Host and header fields, the same body, and nothing
+// after it: bytes left over would be a second request the policy never
+// saw (request smuggling).
+//
+// `go test` runs the seeds; to fuzz: go test ./l7/http1 -run '^$' -fuzz FuzzUpstreamAgrees
+func FuzzUpstreamAgrees(f *testing.F) {
+	for _, s := range []string{
+		"GET / HTTP/1.1\r\nHost: web\r\n\r\n",
+		"GET /a/../b//c?q=%2F HTTP/1.1\r\nHost: web\r\nX-Role: admin\r\n\r\n",
+		"POST /a HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello",
+		"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5;x\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+		"POST / HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nGET\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: web\r\n\r\n",
+		"GET / HTTP/1.0\r\nConnection: keep-alive, X-Drop\r\nX-Drop: 1\r\n\r\n",
+		"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc",
+		"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+		"OPTIONS * HTTP/1.1\r\nHost: w\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\nx: 2\r\nCookie: a=1\r\nCookie: b=2\r\n\r\n",
+	} {
+		f.Add([]byte(s))
+	}
+	lim := Limits{MaxLineBytes: 1024, MaxHeaderBytes: 4096, MaxHeaders: 32}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		br := bufio.NewReader(bytes.NewReader(data))
+		req, err := ReadRequest(br, lim)
+		if err != nil {
+			return // answered with an error status, nothing forwarded
+		}
+		target, err := normalize.Target(req.Target)
+		if err != nil {
+			return // 400
+		}
+		req.Header.RemoveHopByHop() // what the policy sees
+		var up bytes.Buffer
+		bw := bufio.NewWriter(&up)
+		if err := WriteRequestHead(bw, req, target); err != nil {
+			return // refused by the writer: nothing forwarded
+		}
+		if _, err := CopyBody(bw, RequestFraming(req), br, req.Body, lim); err != nil {
+			// A broken body: the proxy closes the upstream connection
+			// behind what it wrote, a prefix of the re-framed body.
+			return
+		}
+		bw.Flush()
+		forwarded := up.String()
+
+		// The body as the proxy read it, from a second reading.
+		br2 := bufio.NewReader(bytes.NewReader(data))
+		req2, _ := ReadRequest(br2, lim)
+		var body bytes.Buffer
+		bw2 := bufio.NewWriter(&body)
+		if _, err := CopyBody(bw2, Framing{ContentLength: -1, UntilClose: true}, br2, req2.Body, lim); err != nil {
+			t.Fatalf("second reading of the body failed: %v", err)
+		}
+		bw2.Flush()
+
+		ur := bufio.NewReader(strings.NewReader(forwarded))
+		got, err := http.ReadRequest(ur)
+		if err != nil {
+			t.Fatalf("net/http cannot read what would be forwarded: %v\n%q", err, forwarded)
+		}
+		if got.Method != req.Method || got.RequestURI != target || got.Host != req.Host {
+			t.Fatalf("upstream reads %s %q Host %q; the policy checked %s %q Host %q\n%q",
+				got.Method, got.RequestURI, got.Host, req.Method, target, req.Host, forwarded)
+		}
+		if want, have := policyFields(req.Header), upstreamFields(got.Header); !slices.Equal(want, have) {
+			t.Fatalf("upstream reads fields %q; the policy checked %q\n%q", have, want, forwarded)
+		}
+		b, err := io.ReadAll(got.Body)
+		if err != nil {
+			t.Fatalf("net/http cannot read the forwarded body: %v\n%q", err, forwarded)
+		}
+		if !bytes.Equal(b, body.Bytes()) {
+			t.Fatalf("upstream reads body %q; the proxy read %q\n%q", b, body.Bytes(), forwarded)
+		}
+		if rest, _ := io.ReadAll(ur); len(rest) > 0 {
+			t.Fatalf("%d bytes after the request, which the policy never saw: %q\n%q", len(rest), rest, forwarded)
+		}
+	})
+}
+
+// The fields the writer declares itself (framing, Host, the upgrade's
+// Connection) are compared apart, or not at all: framing is checked by
+// reading the body.
+func framingField(name string) bool {
+	switch strings.ToLower(name) {
+	case "host", "content-length", "transfer-encoding", "connection", "upgrade":
+		return true
+	}
+	return false
+}
+
+// policyFields lists the fields the policy saw, "name: value", names in
+// lower case, sorted.
+func policyFields(h Header) []string {
+	var out []string
+	for _, f := range h {
+		if !framingField(f.Name) {
+			out = append(out, strings.ToLower(f.Name)+": "+f.Value)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// upstreamFields lists net/http's reading of the forwarded fields the same
+// way.
+func upstreamFields(h http.Header) []string {
+	var out []string
+	for name, vs := range h {
+		if framingField(name) {
+			continue
+		}
+		for _, v := range vs {
+			out = append(out, strings.ToLower(name)+": "+v)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
