@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -304,7 +305,7 @@ func ensureBPFFS(dir string) error {
 		return nil
 	}
 	if err := unix.Statfs("/sys/fs/bpf", &st); err == nil && uint32(st.Type) != bpffsMagic &&
-		filepath.HasPrefix(dir, "/sys/fs/bpf") {
+		underSysFSBPF(dir) {
 		if err := unix.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
 			return fmt.Errorf("mount bpffs at /sys/fs/bpf: %w", err)
 		}
@@ -314,6 +315,17 @@ func ensureBPFFS(dir string) error {
 		return nil
 	}
 	return fmt.Errorf("pin directory %s is not on a bpffs: mount one with `mount -t bpf bpf <dir>`", dir)
+}
+
+// underSysFSBPF reports whether dir is /sys/fs/bpf or a path below it
+// (by its path, not by a string prefix: /sys/fs/bpfx is not below it).
+func underSysFSBPF(dir string) bool {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return false
+	}
+	rel, err := filepath.Rel("/sys/fs/bpf", abs)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 // pinnedSpecs lists the specs of every map Load pins.
