@@ -137,3 +137,82 @@ func upstreamFields(h http.Header) []string {
 	slices.Sort(out)
 	return out
 }
+
+// FuzzClientAgrees is FuzzUpstreamAgrees for responses: each input is read
+// as the proxy reads an upstream's response to a GET or a HEAD, and what
+// the proxy would write to its HTTP/1.1 client for it is read by net/http,
+// which must find the same status, header fields and body, and nothing
+// after it: bytes left over would be taken for the response to the
+// client's next request (response splitting).
+//
+// `go test` runs the seeds; to fuzz: go test ./l7/http1 -run '^$' -fuzz FuzzClientAgrees
+func FuzzClientAgrees(f *testing.F) {
+	for _, s := range []string{
+		"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+		"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+		"HTTP/1.0 200 OK\r\n\r\nhello",
+		"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\nabc",
+		"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+		"HTTP/1.1 200 OK\r\nConnection: close, X-Hop\r\nX-Hop: 1\r\n\r\nrest",
+	} {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	lim := Limits{MaxLineBytes: 1024, MaxHeaderBytes: 4096, MaxHeaders: 32}
+	f.Fuzz(func(t *testing.T, data []byte, head bool) {
+		method := "GET"
+		if head {
+			method = "HEAD"
+		}
+		br := bufio.NewReader(bytes.NewReader(data))
+		resp, err := ReadResponse(br, method, lim)
+		if err != nil || resp.Status < 200 {
+			return // a 502, or an informational response relayed apart
+		}
+		var down bytes.Buffer
+		bw := bufio.NewWriter(&down)
+		if err := WriteResponseHead(bw, resp, 1, resp.KeepAlive); err != nil {
+			return
+		}
+		if _, err := CopyBody(bw, ResponseFraming(resp, 1), br, resp.Body, lim); err != nil {
+			return // a broken body: the proxy closes the client's connection
+		}
+		bw.Flush()
+		forwarded := down.String()
+
+		br2 := bufio.NewReader(bytes.NewReader(data))
+		resp2, _ := ReadResponse(br2, method, lim)
+		var body bytes.Buffer
+		if !resp2.NoBody {
+			bw2 := bufio.NewWriter(&body)
+			if _, err := CopyBody(bw2, Framing{ContentLength: -1, UntilClose: true}, br2, resp2.Body, lim); err != nil {
+				t.Fatalf("second reading of the body failed: %v", err)
+			}
+			bw2.Flush()
+		}
+
+		cr := bufio.NewReader(strings.NewReader(forwarded))
+		got, err := http.ReadResponse(cr, &http.Request{Method: method})
+		if err != nil {
+			t.Fatalf("net/http cannot read what would be forwarded: %v\n%q", err, forwarded)
+		}
+		if got.StatusCode != resp.Status {
+			t.Fatalf("client reads status %d; the proxy read %d\n%q", got.StatusCode, resp.Status, forwarded)
+		}
+		resp.Header.RemoveHopByHop()
+		if want, have := policyFields(resp.Header), upstreamFields(got.Header); !slices.Equal(want, have) {
+			t.Fatalf("client reads fields %q; the proxy read %q\n%q", have, want, forwarded)
+		}
+		b, err := io.ReadAll(got.Body)
+		if err != nil {
+			t.Fatalf("net/http cannot read the forwarded body: %v\n%q", err, forwarded)
+		}
+		if !bytes.Equal(b, body.Bytes()) {
+			t.Fatalf("client reads body %q; the proxy read %q\n%q", b, body.Bytes(), forwarded)
+		}
+		if rest, _ := io.ReadAll(cr); len(rest) > 0 {
+			t.Fatalf("%d bytes after the response, a client would take them for the next one: %q\n%q", len(rest), rest, forwarded)
+		}
+	})
+}
