@@ -65,7 +65,10 @@ int ct_table_insert(struct __sk_buff *skb)
 	if (ct_find(&k, h) >= 0)
 		return TCX_NEXT;
 	struct ct_entry e = {};
-	return ct_insert(&k, h, &e) == CT_INSERTED ? TCX_NEXT : TCX_DROP;
+	int r = ct_insert(&k, h, &e);
+	if (r == CT_NEED_EVICT)
+		r = ct_insert_evict(&k, h, &e);
+	return r == CT_INSERTED ? TCX_NEXT : TCX_DROP;
 }
 
 SEC("tc")
