@@ -659,8 +659,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		int res = CT_INSERTED;
 		if (slot)
 			*slot = ne;
-		else if ((res = ct_insert(&key, hash, &ne)) == CT_NEED_EVICT)
-			res = ct_insert_evict(&key, hash, &ne);
+		else if (ct_insert_inline(&key, hash, &ne) < 0)
+			res = ct_insert(&key, hash, &ne);
 		struct stats *s = stats_get();
 		if (s) {
 			s->ct_created++;

@@ -41,7 +41,12 @@ type DatapathCtBucket struct {
 	_     structs.HostLayout
 	Meta  [4]uint64
 	Spill uint32
-	Pad   [7]uint32
+	Pad   uint32
+	Slot  [4]struct {
+		_     structs.HostLayout
+		Key   DatapathCtKey
+		Entry DatapathCtEntry
+	}
 }
 
 type DatapathCtEntry struct {
@@ -66,20 +71,6 @@ type DatapathCtKey struct {
 	Dport uint16
 	Proto uint8
 	Pad   [3]uint8
-}
-
-type DatapathCtOwn struct {
-	_      structs.HostLayout
-	Ticket uint64
-	Pos    uint32
-	Pad    uint32
-}
-
-type DatapathCtSlot struct {
-	_     structs.HostLayout
-	Key   DatapathCtKey
-	Entry DatapathCtEntry
-	Used  uint64
 }
 
 type DatapathEndpoint struct {
@@ -213,9 +204,6 @@ type DatapathStats struct {
 const (
 	DatapathMapCounters           = "counters"
 	DatapathMapCt                 = "ct"
-	DatapathMapCtHeld             = "ct_held"
-	DatapathMapCtNext             = "ct_next"
-	DatapathMapCtPool             = "ct_pool"
 	DatapathMapEndpoints          = "endpoints"
 	DatapathMapEndpointsIndex     = "endpoints_index"
 	DatapathMapEvents             = "events"
@@ -235,7 +223,6 @@ const (
 	DatapathProgToContainer       = "to_container"
 	DatapathProgToNetdev          = "to_netdev"
 	DatapathVarCtBucketMask       = "ct_bucket_mask"
-	DatapathVarCtChunkMask        = "ct_chunk_mask"
 	DatapathVarCtStoresOrdered    = "ct_stores_ordered"
 	DatapathVarEndpointsIndexMask = "endpoints_index_mask"
 	DatapathVarFlowlogSlotMask    = "flowlog_slot_mask"
@@ -300,9 +287,6 @@ type DatapathProgramSpecs struct {
 type DatapathMapSpecs struct {
 	Counters       *ebpf.MapSpec `ebpf:"counters"`
 	Ct             *ebpf.MapSpec `ebpf:"ct"`
-	CtHeld         *ebpf.MapSpec `ebpf:"ct_held"`
-	CtNext         *ebpf.MapSpec `ebpf:"ct_next"`
-	CtPool         *ebpf.MapSpec `ebpf:"ct_pool"`
 	Endpoints      *ebpf.MapSpec `ebpf:"endpoints"`
 	EndpointsIndex *ebpf.MapSpec `ebpf:"endpoints_index"`
 	Events         *ebpf.MapSpec `ebpf:"events"`
@@ -323,7 +307,6 @@ type DatapathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
 	CtBucketMask       *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
-	CtChunkMask        *ebpf.VariableSpec `ebpf:"ct_chunk_mask"`
 	CtStoresOrdered    *ebpf.VariableSpec `ebpf:"ct_stores_ordered"`
 	EndpointsIndexMask *ebpf.VariableSpec `ebpf:"endpoints_index_mask"`
 	FlowlogSlotMask    *ebpf.VariableSpec `ebpf:"flowlog_slot_mask"`
@@ -355,9 +338,6 @@ func (o *DatapathObjects) Close() error {
 type DatapathMaps struct {
 	Counters       *ebpf.Map `ebpf:"counters"`
 	Ct             *ebpf.Map `ebpf:"ct"`
-	CtHeld         *ebpf.Map `ebpf:"ct_held"`
-	CtNext         *ebpf.Map `ebpf:"ct_next"`
-	CtPool         *ebpf.Map `ebpf:"ct_pool"`
 	Endpoints      *ebpf.Map `ebpf:"endpoints"`
 	EndpointsIndex *ebpf.Map `ebpf:"endpoints_index"`
 	Events         *ebpf.Map `ebpf:"events"`
@@ -377,9 +357,6 @@ func (m *DatapathMaps) Close() error {
 	return _DatapathClose(
 		m.Counters,
 		m.Ct,
-		m.CtHeld,
-		m.CtNext,
-		m.CtPool,
 		m.Endpoints,
 		m.EndpointsIndex,
 		m.Events,
@@ -401,7 +378,6 @@ func (m *DatapathMaps) Close() error {
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
 	CtBucketMask       *ebpf.Variable `ebpf:"ct_bucket_mask"`
-	CtChunkMask        *ebpf.Variable `ebpf:"ct_chunk_mask"`
 	CtStoresOrdered    *ebpf.Variable `ebpf:"ct_stores_ordered"`
 	EndpointsIndexMask *ebpf.Variable `ebpf:"endpoints_index_mask"`
 	FlowlogSlotMask    *ebpf.Variable `ebpf:"flowlog_slot_mask"`

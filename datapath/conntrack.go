@@ -204,13 +204,15 @@ func deleteKeys(m *ebpf.Map, keys []bpf.DatapathCtKey) (int, error) {
 // then decided afresh by policy on their next packet; benchmarks use it
 // between runs.
 func (d *Datapath) CTFlush() (int, error) {
-	t, err := d.ctView()
-	if err != nil {
-		return 0, fmt.Errorf("flush conntrack: %w", err)
-	}
-	n := t.clear()
-	t.close()
+	n := 0
+	err := scanCT(d.objs.Ct, ctScanWindow, func(t *ctTable) bool {
+		n += t.clear()
+		return true
+	})
 	d.ctForgot(n)
+	if err != nil {
+		return n, fmt.Errorf("flush conntrack: %w", err)
+	}
 	var keys []bpf.DatapathCtKey
 	err = walkMap(d.objs.ProxyCt, func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) error {
 		keys = append(keys, *k)

@@ -239,29 +239,26 @@ func tableAllowingR(t *testing.T, conns uint32) *harness {
 // connections whose first bucket it is that sit in their second.
 func checkSpill(t *testing.T, ct *ctTable) {
 	t.Helper()
-	want := make([]uint32, len(ct.index))
-	for bi := range ct.index {
-		b := &ct.index[bi]
+	want := make([]uint32, len(ct.buckets))
+	ct.walk(func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) ctVisit {
+		want[ct.pair(ctHash(k))[0]]++
+		return ctKeep
+	})
+	// walk does not say where a connection sits: count those in their
+	// first bucket back out.
+	for bi := range ct.buckets {
+		b := &ct.buckets[bi]
 		for i := range ctSlots {
-			if b.Meta[i]&ctStateMask != ctSlotValid {
-				continue
-			}
-			if first := ct.pair(ctHash(&ct.slot(ctMetaSlot(b.Meta[i])).Key))[0]; first != uint32(bi) {
-				want[first]++
+			if b.Meta[i]&ctStateMask == ctSlotValid && ct.pair(ctHash(&b.Slot[i].Key))[0] == uint32(bi) {
+				want[bi]--
 			}
 		}
 	}
-	for bi := range ct.index {
-		if got := ct.index[bi].Spill; got != want[bi] {
+	for bi := range ct.buckets {
+		if got := ct.buckets[bi].Spill; got != want[bi] {
 			t.Fatalf("bucket %d counts %d spilled connections, holds %d", bi, got, want[bi])
 		}
 	}
-}
-
-// memCT is a table in memory, not in a map, of buckets index buckets.
-func memCT(buckets uint32) *ctTable {
-	return &ctTable{index: make([]ctBucket, buckets), pool: make([]ctSlot, ctPoolSlots(buckets)),
-		poolSize: ctPoolSlots(buckets), mask: buckets - 1, next: new(uint64)}
 }
 
 // The spill counts let a lookup that misses in a key's first bucket skip
@@ -278,8 +275,8 @@ func TestCTTableSpillCounts(t *testing.T) {
 	ct := ctView(t, h.d)
 	checkSpill(t, ct)
 	spilled := 0
-	for bi := range ct.index {
-		spilled += int(ct.index[bi].Spill)
+	for bi := range ct.buckets {
+		spilled += int(ct.buckets[bi].Spill)
 	}
 	if spilled == 0 {
 		t.Fatal("no connection went to its second bucket: the test shows nothing")
@@ -315,7 +312,7 @@ func TestCTScanInWindows(t *testing.T) {
 	for i := range conns {
 		h.expect(FromNetdev, tcp(addrR, addrA, uint16(20000+i), 80, packet.SYN), retNext)
 	}
-	const window = 5 // windows at pool slots 0, 5, 10 …: most start inside a page
+	const window = 5 // windows at buckets 0, 5, 10 …: most start inside a page
 	full := ctView(t, h.d)
 	var want, got []bpf.DatapathCtKey
 	full.walk(func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) ctVisit {
@@ -334,8 +331,22 @@ func TestCTScanInWindows(t *testing.T) {
 		}
 		return p%2 == 0
 	}
+	crossing := 0 // spilled connections to delete whose first bucket is in another window
+	for bi := range full.buckets {
+		b := &full.buckets[bi]
+		for i := range ctSlots {
+			if b.Meta[i]&ctStateMask == ctSlotValid && evenR(&b.Slot[i].Key) {
+				if first := full.pair(ctHash(&b.Slot[i].Key))[0]; first/window != uint32(bi)/window {
+					crossing++
+				}
+			}
+		}
+	}
+	if crossing == 0 {
+		t.Fatal("no connection to delete sits in its second bucket in another window: the test shows nothing")
+	}
 	windows := 0
-	if err := scanCT(h.d.ctMapsOf(), window, func(ct *ctTable) bool {
+	if err := scanCT(h.d.objs.Ct, window, func(ct *ctTable) bool {
 		windows++
 		ct.walk(func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) ctVisit {
 			got = append(got, *k)
@@ -345,12 +356,12 @@ func TestCTScanInWindows(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if wantWindows := int(full.poolSize+window-1) / window; windows != wantWindows || !slices.Equal(got, want) {
+	if windows != 7 || !slices.Equal(got, want) {
 		t.Fatalf("in %d windows of %d buckets the walk saw %v, whole %v", windows, window, got, want)
 	}
 
 	deleted := 0
-	if err := scanCT(h.d.ctMapsOf(), window, func(ct *ctTable) bool {
+	if err := scanCT(h.d.objs.Ct, window, func(ct *ctTable) bool {
 		n, _ := ct.walk(func(k *bpf.DatapathCtKey, _ *bpf.DatapathCtEntry) ctVisit {
 			if evenR(k) {
 				return ctDelete
@@ -430,7 +441,7 @@ func TestMapStatsConntrackFromCollection(t *testing.T) {
 // race is hard to make happen on demand.)
 func TestCTTableRemoveDeletesEveryCopy(t *testing.T) {
 	const buckets = 8
-	ct := memCT(buckets)
+	ct := &ctTable{buckets: make([]ctBucket, buckets), mask: buckets - 1}
 	var k bpf.DatapathCtKey
 	for i := 0; ; i++ { // a key whose two buckets differ
 		k = bpf.DatapathCtKey{Sport: uint16(i), Dport: 80, Proto: packet.TCP}
@@ -443,13 +454,9 @@ func TestCTTableRemoveDeletesEveryCopy(t *testing.T) {
 	}
 	// The other CPU's copy, in the key's second bucket.
 	h := ctHash(&k)
-	s, ok := ct.alloc()
-	if !ok {
-		t.Fatal("no free slot")
-	}
-	ct.slot(s).Key = k
 	second := ct.bucket(ct.pair(h)[1])
-	second.Meta[3] = ctMeta(h, s)
+	second.Slot[3].Key = k
+	second.Meta[3] = ctMeta(h)
 	ct.spillAdd(ct.pair(h)[0], 1)
 	checkSpill(t, ct)
 	if !ct.remove(&k) {
@@ -467,7 +474,7 @@ func TestCTTableRemoveDeletesEveryCopy(t *testing.T) {
 // map: this is the placement rule, not the datapath.)
 func TestCTTablePlacementAtCapacity(t *testing.T) {
 	const buckets = 1 << 15
-	ct := memCT(buckets)
+	ct := &ctTable{buckets: make([]ctBucket, buckets), mask: buckets - 1}
 	conns := ct.connections()
 	evicted := 0
 	for i := range conns {

@@ -30,11 +30,10 @@ type Sizes struct {
 	// while an endpoint's policy is being replaced.
 	Policy uint32
 	// Conntrack is how many connections conntrack holds, rounded up to a
-	// power of two (at least 16). Its index has twice as many entries, in
-	// buckets of four (32 bytes an entry), and its pool as many slots (80
-	// bytes each); each connection may sit in two buckets, and a new one
-	// finding both full takes the place of the least recently seen of the
-	// eight, whose next packet is then decided by policy again.
+	// power of two (at least 16). The table has twice as many slots, in
+	// buckets of four; each connection may sit in two buckets, and a new
+	// one finding both full takes the place of the least recently seen of
+	// the eight, whose next packet is then decided by policy again.
 	Conntrack uint32
 	// Fragments tracks first fragments (LRU).
 	Fragments uint32
@@ -157,9 +156,6 @@ func Load(opts Options) (*Datapath, error) {
 		bpf.DatapathMapProxyCt:     sizes.ProxyConntrack,
 		bpf.DatapathMapEvents:      sizes.EventsBytes,
 	}
-	if sizes.Conntrack > ctMaxEntries {
-		return nil, fmt.Errorf("conntrack size %d: at most %d connections (a meta word names its pool slot in 30 bits)", sizes.Conntrack, ctMaxEntries)
-	}
 	set[bpf.DatapathMapCt] = ctTableBuckets(sizes.Conntrack)
 	set[bpf.DatapathMapEndpointsIndex] = indexBuckets(sizes.Endpoints)
 	set[bpf.DatapathMapIpcacheIndex] = indexBuckets(sizes.IPCacheHost)
@@ -170,10 +166,6 @@ func Load(opts Options) (*Datapath, error) {
 	}
 	sizes.FlowLog = flowLogSlots(sizes.FlowLog)
 	set[bpf.DatapathMapFlowlog] = uint32(cpus) * (sizes.FlowLog + 1)
-	set[bpf.DatapathMapCtPool] = ctPoolSlots(set[bpf.DatapathMapCt])
-	if err := spec.Variables["ct_chunk_mask"].Set(set[bpf.DatapathMapCtPool]/ctChunk - 1); err != nil {
-		return nil, fmt.Errorf("size the conntrack pool: %w", err)
-	}
 	for name, n := range set {
 		spec.Maps[name].MaxEntries = n
 	}

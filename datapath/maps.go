@@ -350,9 +350,9 @@ func (d *Datapath) MapStats() []MapStat {
 			if n := d.ctCount.Load(); n >= 0 {
 				st.Entries = int(n)
 			} else {
-				scanCT(d.ctMapsOf(), ctScanWindow, func(t *ctTable) bool {
-					st.Entries = t.len() // the whole index is in every view
-					return false
+				scanCT(e.m, ctScanWindow, func(t *ctTable) bool {
+					st.Entries += t.len()
+					return true
 				})
 			}
 			out = append(out, st)

@@ -52,9 +52,6 @@ func lateCopy(name string) bool {
 type retiredMap struct {
 	name     string
 	old, new *ebpf.Map
-	// src: for the conntrack index (ct), the table the connections came
-	// from, which may be an older build's one map (pool nil).
-	src ctSource
 }
 
 // pinnedDiff compares the map pinned at path with ms. It returns the open
@@ -73,6 +70,9 @@ func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("inspect pinned map %s: %w", path, err)
+	}
+	if ms.Name == bpf.DatapathMapCt && (isOldConntrack(info) || isV1Table(info.Type, info.ValueSize)) {
+		return m, nil // an older build's kernel LRU or table: copied into this one
 	}
 	if info.Type != ms.Type || info.KeySize != ms.KeySize || info.ValueSize != ms.ValueSize {
 		m.Close()
@@ -141,26 +141,7 @@ func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 			j.old.Close()
 		}
 	}
-	bySpec := map[string]*ebpf.MapSpec{}
 	for _, ms := range specs {
-		bySpec[ms.Name] = ms
-	}
-	ctSrc, err := planCTMigration(dir, bySpec)
-	if err != nil {
-		return nil, err
-	}
-	closeAll = func() {
-		for _, j := range jobs {
-			j.old.Close()
-		}
-		if ctSrc != nil {
-			ctSrc.close()
-		}
-	}
-	for _, ms := range specs {
-		if isCTMap(ms.Name) {
-			continue // planCTMigration's
-		}
 		old, err := pinnedDiff(filepath.Join(dir, ms.Name), ms)
 		if err != nil {
 			closeAll()
@@ -170,7 +151,7 @@ func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 			jobs = append(jobs, job{ms, old})
 		}
 	}
-	if len(jobs) == 0 && ctSrc == nil {
+	if len(jobs) == 0 {
 		return nil, nil
 	}
 
@@ -198,38 +179,6 @@ func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 		if err != nil {
 			return fail(fmt.Errorf("migrate pinned map %s to %d entries: copied %d: %w (it holds more than fit: raise its size setting)",
 				j.ms.Name, j.ms.MaxEntries, n, err))
-		}
-	}
-
-	if ctSrc != nil {
-		var nm ctMaps
-		for _, e := range []struct {
-			name string
-			m    **ebpf.Map
-			old  *ebpf.Map
-		}{{bpf.DatapathMapCt, &nm.index, ctSrc.index}, {bpf.DatapathMapCtPool, &nm.pool, ctSrc.pool}, {bpf.DatapathMapCtNext, &nm.next, ctSrc.next}} {
-			spec := bySpec[e.name].Copy()
-			spec.Pinning = ebpf.PinNone
-			m, err := ebpf.NewMap(spec)
-			if err != nil {
-				return fail(fmt.Errorf("migrate pinned map %s: create: %w", e.name, err))
-			}
-			*e.m = m
-			r := retiredMap{name: e.name, old: e.old, new: m}
-			if e.name == bpf.DatapathMapCt {
-				r.src = *ctSrc
-			}
-			retired = append(retired, r)
-		}
-		t, err := openCTTable(nm)
-		if err != nil {
-			return fail(fmt.Errorf("migrate conntrack: %w", err))
-		}
-		n, err := ctCopy(*ctSrc, t, false)
-		t.close()
-		if err != nil {
-			return fail(fmt.Errorf("migrate conntrack to %d connections: copied %d: %w (it holds more than fit: raise --map-size-conntrack)",
-				ctCapacity(nm.index.MaxEntries()), n, err))
 		}
 	}
 
@@ -274,90 +223,18 @@ func copyEntries(from, to *ebpf.Map, onlyMissing bool) (int, error) {
 	return n, err
 }
 
-// copyMap copies the entries of map name from from into to, as they are.
+// copyMap copies the entries of map name from from into to: as they are,
+// or, for conntrack, connection by connection into the table.
 func copyMap(name string, from, to *ebpf.Map, onlyMissing bool) (int, error) {
-	return copyEntries(from, to, onlyMissing)
-}
-
-// isCTMap reports whether name is one of conntrack's pinned maps, which
-// planCTMigration migrates together.
-func isCTMap(name string) bool {
-	return name == bpf.DatapathMapCt || name == bpf.DatapathMapCtPool || name == bpf.DatapathMapCtNext
-}
-
-// close closes the source's maps.
-func (s *ctSource) close() {
-	for _, m := range []*ebpf.Map{s.index, s.pool, s.next} {
-		if m != nil {
-			m.Close()
-		}
+	if name != bpf.DatapathMapCt {
+		return copyEntries(from, to, onlyMissing)
 	}
-}
-
-// planCTMigration looks at conntrack's pinned maps in dir and returns the
-// table to copy connections from when they must be replaced: an older
-// build's one map (a kernel LRU hash, or a table with or without spill
-// counts), or this build's maps sized otherwise. It returns nil when they
-// are absent or already as specs says, and an error when they cannot be
-// taken over.
-func planCTMigration(dir string, specs map[string]*ebpf.MapSpec) (*ctSource, error) {
-	open := func(name string) (*ebpf.Map, *ebpf.MapInfo, error) {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, nil, nil
-		}
-		if err != nil {
-			return nil, nil, fmt.Errorf("open pinned map %s: %w", filepath.Join(dir, name), err)
-		}
-		info, err := m.Info()
-		if err != nil {
-			m.Close()
-			return nil, nil, fmt.Errorf("inspect pinned map %s: %w", filepath.Join(dir, name), err)
-		}
-		return m, info, nil
-	}
-	idx, info, err := open(bpf.DatapathMapCt)
-	if err != nil || idx == nil {
-		return nil, err
-	}
-	pool, pinfo, err := open(bpf.DatapathMapCtPool)
+	t, err := openCTTable(to)
 	if err != nil {
-		idx.Close()
-		return nil, err
+		return 0, err
 	}
-	next, _, err := open(bpf.DatapathMapCtNext)
-	if err != nil {
-		idx.Close()
-		if pool != nil {
-			pool.Close()
-		}
-		return nil, err
-	}
-	src := &ctSource{ctMaps{idx, pool, next}}
-	if isOldConntrack(info) || isV1Table(info.Type, info.ValueSize) || isV2Table(info.Type, info.ValueSize) {
-		// An older build's one map; a pool or counter pinned beside it
-		// is left over from a failed migration, and replaced.
-		if pool != nil {
-			pool.Close()
-		}
-		if next != nil {
-			next.Close()
-		}
-		src.pool, src.next = nil, nil
-		return src, nil
-	}
-	is, ps := specs[bpf.DatapathMapCt], specs[bpf.DatapathMapCtPool]
-	if pool == nil || next == nil || checkCTMaps(src.ctMaps) != nil {
-		src.close()
-		return nil, fmt.Errorf("pinned conntrack maps in %s (ct %v value %d) differ in layout from this build's (value %d): "+
-			"this datapath version cannot take over its connections; roll back to the previous version, or remove the pins "+
-			"(which forgets established connections)", dir, info.Type, info.ValueSize, is.ValueSize)
-	}
-	if info.MaxEntries == is.MaxEntries && info.Flags == is.Flags && pinfo.MaxEntries == ps.MaxEntries && pinfo.Flags == ps.Flags {
-		src.close()
-		return nil, nil
-	}
-	return src, nil
+	defer t.close()
+	return ctCopy(from, t, onlyMissing)
 }
 
 // Migrated names the pinned maps Load replaced because their capacity or
@@ -378,21 +255,9 @@ func (d *Datapath) FinishMigration() (int, error) {
 	var errs []error
 	total := 0
 	for _, r := range d.retired {
-		switch {
-		case r.name == bpf.DatapathMapCt:
-			t, err := d.ctView()
-			if err != nil {
-				errs = append(errs, fmt.Errorf("finish migration of conntrack: %w", err))
-				break
-			}
-			n, err := ctCopy(r.src, t, true)
-			t.close()
-			total += n
-			if err != nil {
-				errs = append(errs, fmt.Errorf("finish migration of conntrack: %w", err))
-			}
-		case lateCopy(r.name):
-			if to := d.mapByName(r.name); to != nil {
+		if lateCopy(r.name) {
+			to := d.mapByName(r.name)
+			if to != nil {
 				n, err := copyMap(r.name, r.old, to, true)
 				total += n
 				if err != nil {
@@ -400,9 +265,7 @@ func (d *Datapath) FinishMigration() (int, error) {
 				}
 			}
 		}
-		if r.old != nil {
-			r.old.Close()
-		}
+		r.old.Close()
 	}
 	d.retired = nil
 	return total, errors.Join(errs...)

@@ -96,8 +96,8 @@ func TestMigrateResizedConntrack(t *testing.T) {
 	if err != nil {
 		t.Fatalf("load with a bigger conntrack: %v", err)
 	}
-	if got := d2.Migrated(); !slices.Equal(slices.Sorted(slices.Values(got)), []string{"ct", "ct_next", "ct_pool", "ipcache_lpm"}) {
-		t.Fatalf("migrated %v, want conntrack's maps and ipcache_lpm", got)
+	if got := d2.Migrated(); !slices.Equal(slices.Sorted(slices.Values(got)), []string{"ct", "ipcache_lpm"}) {
+		t.Fatalf("migrated %v, want ct and ipcache_lpm", got)
 	}
 	ipc, err := d2.IPCacheList()
 	if err != nil {
@@ -247,63 +247,56 @@ func TestMigrateConvertsOlderConntrack(t *testing.T) {
 	cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
 }
 
-// Conntrack pinned by a build whose conntrack was one map, a table of
-// buckets of meta words and slots (320 bytes without spill counts, 328
-// with), is copied into this build's index and pool at load, and its
+// Conntrack pinned by a build whose table buckets had no spill counts (320
+// bytes, not 328) is copied into this build's table at load, and its
 // connections keep passing on conntrack alone.
-func TestMigrateCopiesOneMapTable(t *testing.T) {
-	for _, layout := range []struct {
-		name          string
-		size, slotsAt int
-	}{{"without spill counts", ctBucketV1Size, 8 * ctSlots}, {"with spill counts", ctBucketV2Size, 8*ctSlots + 8}} {
-		t.Run(layout.name, func(t *testing.T) {
-			dir := pinDir(t)
-			h, k := pinnedWithConnection(t, dir, Sizes{Conntrack: 1024})
-			var key bpf.DatapathCtKey
-			var entry bpf.DatapathCtEntry
-			n := 0
-			ctView(t, h.d).walk(func(ck *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit {
-				key, entry = *ck, *e
-				n++
-				return ctKeep
-			})
-			if n != 1 {
-				t.Fatalf("%d connections tracked, want 1", n)
-			}
-
-			old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(layout.size), MaxEntries: 512, Flags: unix.BPF_F_MMAPABLE})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer old.Close()
-			bucket := make([]byte, layout.size)
-			binary.NativeEndian.PutUint64(bucket[8:], ctWant(ctHash(&key))) // slot 1: the older meta word, tag and state
-			slot := layout.slotsAt + int(unsafe.Sizeof(key)+unsafe.Sizeof(entry))
-			copy(bucket[slot:], unsafe.Slice((*byte)(unsafe.Pointer(&key)), unsafe.Sizeof(key)))
-			copy(bucket[slot+int(unsafe.Sizeof(key)):], unsafe.Slice((*byte)(unsafe.Pointer(&entry)), unsafe.Sizeof(entry)))
-			if err := old.Put(uint32(77), bucket); err != nil {
-				t.Fatal(err)
-			}
-			d2 := loadOverOldConntrack(t, dir, old)
-			if info := pinnedInfo(t, dir, "ct"); info.ValueSize != uint32(unsafe.Sizeof(ctBucket{})) {
-				t.Fatalf("pinned ct still has %d-byte buckets", info.ValueSize)
-			}
-			conns, err := d2.Conns(0)
-			if err != nil || len(conns) != 1 {
-				t.Fatalf("conns %+v, %v", conns, err)
-			}
-			if _, err := d2.FinishMigration(); err != nil {
-				t.Fatal(err)
-			}
-			if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
-				t.Fatal(err)
-			}
-			cur := &harness{t: t, d: d2, cfg: DefaultConfig}
-			cur.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
-			cur.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
-			cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
-		})
+func TestMigrateCopiesTableWithoutSpillCounts(t *testing.T) {
+	dir := pinDir(t)
+	h, k := pinnedWithConnection(t, dir, Sizes{Conntrack: 1024})
+	var key bpf.DatapathCtKey
+	var entry bpf.DatapathCtEntry
+	n := 0
+	ctView(t, h.d).walk(func(ck *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit {
+		key, entry = *ck, *e
+		n++
+		return ctKeep
+	})
+	if n != 1 {
+		t.Fatalf("%d connections tracked, want 1", n)
 	}
+
+	// The older layout: four meta words, then four slots of key and entry.
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(ctBucketV1Size), MaxEntries: 512, Flags: unix.BPF_F_MMAPABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	bucket := make([]byte, ctBucketV1Size)
+	binary.NativeEndian.PutUint64(bucket[8:], ctMeta(ctHash(&key))) // slot 1
+	slot := 8*ctSlots + int(unsafe.Sizeof(key)+unsafe.Sizeof(entry))
+	copy(bucket[slot:], unsafe.Slice((*byte)(unsafe.Pointer(&key)), unsafe.Sizeof(key)))
+	copy(bucket[slot+int(unsafe.Sizeof(key)):], unsafe.Slice((*byte)(unsafe.Pointer(&entry)), unsafe.Sizeof(entry)))
+	if err := old.Put(uint32(77), bucket); err != nil {
+		t.Fatal(err)
+	}
+	d2 := loadOverOldConntrack(t, dir, old)
+	if info := pinnedInfo(t, dir, "ct"); info.ValueSize != uint32(unsafe.Sizeof(ctBucket{})) {
+		t.Fatalf("pinned ct still has %d-byte buckets", info.ValueSize)
+	}
+	conns, err := d2.Conns(0)
+	if err != nil || len(conns) != 1 {
+		t.Fatalf("conns %+v, %v", conns, err)
+	}
+	if _, err := d2.FinishMigration(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
+		t.Fatal(err)
+	}
+	cur := &harness{t: t, d: d2, cfg: DefaultConfig}
+	cur.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
+	cur.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
+	cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
 }
 
 // loadOverOldConntrack pins old, an older build's conntrack map, in place

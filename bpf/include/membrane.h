@@ -150,11 +150,11 @@ struct ct_entry {
 	__u32 deny_rule;
 };
 
-/* The conntrack table (ct.h) is an index of buckets of CT_SLOTS meta
- * words and a pool of slots holding the connections. A meta word says
- * whether its entry is empty, being written or valid; a valid one also
- * holds a tag of its key's hash and the pool slot, so a probe reads the
- * bucket (one cache line) and compares a key only on a tag match. */
+/* The conntrack table (ct.h) is an array of buckets of CT_SLOTS slots.
+ * A slot's meta word says whether it is empty, being written or valid;
+ * a valid slot's meta also holds a tag of its key's hash, so a probe reads
+ * the bucket's meta words and spill count (its first 40 bytes) and
+ * compares a key only on a tag match. */
 #define CT_SLOTS 4
 #define CT_SLOT_BITS 2
 
@@ -165,28 +165,18 @@ enum ct_slot_state {
 };
 #define CT_SLOT_STATE_MASK 3
 
-/* A pool slot (ct.h): a connection, and whether the slot is taken. */
 struct ct_slot {
 	struct ct_key key;
 	struct ct_entry entry;
-	__u64 used; /* 1 from allocation until the connection is removed */
 };
 
-/* An index bucket (ct.h): four meta words, tag << 32 | pool slot << 2 |
- * enum ct_slot_state, and the spill count; one cache line. */
 struct ct_bucket {
-	__u64 meta[CT_SLOTS];
+	__u64 meta[CT_SLOTS]; /* tag << 32 | enum ct_slot_state */
 	/* Connections whose first bucket this is, held in their second:
 	 * while it is zero, a key missing here is in neither. */
 	__u32 spill;
-	__u32 pad[7];
-};
-
-/* The chunk of pool slots a CPU holds (ct.h). */
-struct ct_own {
-	__u64 ticket; /* of the chunk held */
-	__u32 pos;    /* next slot of it to look at, plus one; 0: none held */
 	__u32 pad;
+	struct ct_slot slot[CT_SLOTS];
 };
 
 /* Fragments: the first fragment's ports, for the ones that follow. */

@@ -140,9 +140,9 @@ int ten_array(struct __sk_buff *skb)
 	return 0;
 }
 
-/* A conntrack index bucket's size (bpf/include/ct.h). */
+/* A conntrack bucket's size (bpf/include/ct.h). */
 struct far_bucket {
-	__u64 w[8];
+	__u64 w[41];
 };
 
 struct far_inner {

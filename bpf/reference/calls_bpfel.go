@@ -15,7 +15,7 @@ import (
 
 type CallsFarBucket struct {
 	_ structs.HostLayout
-	W [8]uint64
+	W [41]uint64
 }
 
 type CallsKey16 struct {

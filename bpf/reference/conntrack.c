@@ -65,10 +65,7 @@ int ct_table_insert(struct __sk_buff *skb)
 	if (ct_find(&k, h) >= 0)
 		return TCX_NEXT;
 	struct ct_entry e = {};
-	int r = ct_insert(&k, h, &e);
-	if (r == CT_NEED_EVICT)
-		r = ct_insert_evict(&k, h, &e);
-	return r == CT_INSERTED ? TCX_NEXT : TCX_DROP;
+	return ct_insert(&k, h, &e) == CT_INSERTED ? TCX_NEXT : TCX_DROP;
 }
 
 SEC("tc")

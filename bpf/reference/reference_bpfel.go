@@ -17,7 +17,12 @@ type ReferenceCtBucket struct {
 	_     structs.HostLayout
 	Meta  [4]uint64
 	Spill uint32
-	Pad   [7]uint32
+	Pad   uint32
+	Slot  [4]struct {
+		_     structs.HostLayout
+		Key   ReferenceCtKey
+		Entry ReferenceCtEntry
+	}
 }
 
 type ReferenceCtEntry struct {
@@ -50,35 +55,17 @@ type ReferenceCtKey struct {
 	Pad   [3]uint8
 }
 
-type ReferenceCtOwn struct {
-	_      structs.HostLayout
-	Ticket uint64
-	Pos    uint32
-	Pad    uint32
-}
-
-type ReferenceCtSlot struct {
-	_     structs.HostLayout
-	Key   ReferenceCtKey
-	Entry ReferenceCtEntry
-	Used  uint64
-}
-
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	ReferenceMapCt              = "ct"
-	ReferenceMapCtHeld          = "ct_held"
 	ReferenceMapCtLru           = "ct_lru"
-	ReferenceMapCtNext          = "ct_next"
-	ReferenceMapCtPool          = "ct_pool"
 	ReferenceProgCtLruInsert    = "ct_lru_insert"
 	ReferenceProgCtLruLookup    = "ct_lru_lookup"
 	ReferenceProgCtTableInsert  = "ct_table_insert"
 	ReferenceProgCtTableLookup  = "ct_table_lookup"
 	ReferenceVarCtBucketMask    = "ct_bucket_mask"
-	ReferenceVarCtChunkMask     = "ct_chunk_mask"
 	ReferenceVarCtStoresOrdered = "ct_stores_ordered"
 )
 
@@ -134,11 +121,8 @@ type ReferenceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ReferenceMapSpecs struct {
-	Ct     *ebpf.MapSpec `ebpf:"ct"`
-	CtHeld *ebpf.MapSpec `ebpf:"ct_held"`
-	CtLru  *ebpf.MapSpec `ebpf:"ct_lru"`
-	CtNext *ebpf.MapSpec `ebpf:"ct_next"`
-	CtPool *ebpf.MapSpec `ebpf:"ct_pool"`
+	Ct    *ebpf.MapSpec `ebpf:"ct"`
+	CtLru *ebpf.MapSpec `ebpf:"ct_lru"`
 }
 
 // ReferenceVariableSpecs contains global variables before they are loaded into the kernel.
@@ -146,7 +130,6 @@ type ReferenceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ReferenceVariableSpecs struct {
 	CtBucketMask    *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
-	CtChunkMask     *ebpf.VariableSpec `ebpf:"ct_chunk_mask"`
 	CtStoresOrdered *ebpf.VariableSpec `ebpf:"ct_stores_ordered"`
 }
 
@@ -170,20 +153,14 @@ func (o *ReferenceObjects) Close() error {
 //
 // It can be passed to LoadReferenceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ReferenceMaps struct {
-	Ct     *ebpf.Map `ebpf:"ct"`
-	CtHeld *ebpf.Map `ebpf:"ct_held"`
-	CtLru  *ebpf.Map `ebpf:"ct_lru"`
-	CtNext *ebpf.Map `ebpf:"ct_next"`
-	CtPool *ebpf.Map `ebpf:"ct_pool"`
+	Ct    *ebpf.Map `ebpf:"ct"`
+	CtLru *ebpf.Map `ebpf:"ct_lru"`
 }
 
 func (m *ReferenceMaps) Close() error {
 	return _ReferenceClose(
 		m.Ct,
-		m.CtHeld,
 		m.CtLru,
-		m.CtNext,
-		m.CtPool,
 	)
 }
 
@@ -192,7 +169,6 @@ func (m *ReferenceMaps) Close() error {
 // It can be passed to LoadReferenceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ReferenceVariables struct {
 	CtBucketMask    *ebpf.Variable `ebpf:"ct_bucket_mask"`
-	CtChunkMask     *ebpf.Variable `ebpf:"ct_chunk_mask"`
 	CtStoresOrdered *ebpf.Variable `ebpf:"ct_stores_ordered"`
 }
 

@@ -45,11 +45,7 @@ func newCTReferences(entries uint32) (*ctReferences, error) {
 	}
 	lru.MaxEntries = entries
 	table.MaxEntries = datapath.CTTableBuckets(entries)
-	spec.Maps[reference.ReferenceMapCtPool].MaxEntries = datapath.CTPoolSlots(table.MaxEntries)
 	if err := spec.Variables["ct_bucket_mask"].Set(table.MaxEntries - 1); err != nil {
-		return nil, err
-	}
-	if err := spec.Variables["ct_chunk_mask"].Set(datapath.CTPoolSlots(table.MaxEntries)/64 - 1); err != nil {
 		return nil, err
 	}
 	if err := spec.Variables["ct_stores_ordered"].Set(datapath.CTStoresOrdered()); err != nil {
@@ -59,7 +55,7 @@ func newCTReferences(entries uint32) (*ctReferences, error) {
 	if err := spec.LoadAndAssign(&r.objs, nil); err != nil {
 		return nil, fmt.Errorf("load the conntrack references: %w", err)
 	}
-	if r.table, err = datapath.OpenCTTable(r.objs.Ct, r.objs.CtPool, r.objs.CtNext); err != nil {
+	if r.table, err = datapath.OpenCTTable(r.objs.Ct); err != nil {
 		r.close()
 		return nil, err
 	}
