@@ -63,15 +63,10 @@ func FuzzUpstreamAgrees(f *testing.F) {
 		bw.Flush()
 		forwarded := up.String()
 
-		// The body as the proxy read it, from a second reading.
-		br2 := bufio.NewReader(bytes.NewReader(data))
-		req2, _ := ReadRequest(br2, lim)
-		var body bytes.Buffer
-		bw2 := bufio.NewWriter(&body)
-		if _, err := CopyBody(bw2, Framing{ContentLength: -1, UntilClose: true}, br2, req2.Body, lim); err != nil {
-			t.Fatalf("second reading of the body failed: %v", err)
-		}
-		bw2.Flush()
+		body := bodyAsRead(t, data, lim, func(br *bufio.Reader) Framing {
+			req, _ := ReadRequest(br, lim)
+			return req.Body
+		})
 
 		ur := bufio.NewReader(strings.NewReader(forwarded))
 		got, err := http.ReadRequest(ur)
@@ -82,20 +77,43 @@ func FuzzUpstreamAgrees(f *testing.F) {
 			t.Fatalf("upstream reads %s %q Host %q; the policy checked %s %q Host %q\n%q",
 				got.Method, got.RequestURI, got.Host, req.Method, target, req.Host, forwarded)
 		}
-		if want, have := policyFields(req.Header), upstreamFields(got.Header); !slices.Equal(want, have) {
-			t.Fatalf("upstream reads fields %q; the policy checked %q\n%q", have, want, forwarded)
-		}
-		b, err := io.ReadAll(got.Body)
-		if err != nil {
-			t.Fatalf("net/http cannot read the forwarded body: %v\n%q", err, forwarded)
-		}
-		if !bytes.Equal(b, body.Bytes()) {
-			t.Fatalf("upstream reads body %q; the proxy read %q\n%q", b, body.Bytes(), forwarded)
-		}
-		if rest, _ := io.ReadAll(ur); len(rest) > 0 {
-			t.Fatalf("%d bytes after the request, which the policy never saw: %q\n%q", len(rest), rest, forwarded)
-		}
+		agree(t, "upstream", forwarded, req.Header, got.Header, got.Body, body, ur, "after the request, which the policy never saw")
 	})
+}
+
+// bodyAsRead decodes the body of the message data starts with, its head
+// read by head: the body as the proxy read it, from a second reading.
+func bodyAsRead(t *testing.T, data []byte, lim Limits, head func(*bufio.Reader) Framing) []byte {
+	t.Helper()
+	br := bufio.NewReader(bytes.NewReader(data))
+	in := head(br)
+	var body bytes.Buffer
+	bw := bufio.NewWriter(&body)
+	if _, err := CopyBody(bw, untilClose, br, in, lim); err != nil {
+		t.Fatalf("second reading of the body failed: %v", err)
+	}
+	bw.Flush()
+	return body.Bytes()
+}
+
+// agree fails t unless net/http's reading of forwarded (fields got, body
+// gotBody, then nothing left in rest) is what the proxy read (fields
+// want, body).
+func agree(t *testing.T, reader, forwarded string, want Header, got http.Header, gotBody io.Reader, body []byte, rest *bufio.Reader, after string) {
+	t.Helper()
+	if w, h := policyFields(want), upstreamFields(got); !slices.Equal(w, h) {
+		t.Fatalf("%s reads fields %q; the proxy read %q\n%q", reader, h, w, forwarded)
+	}
+	b, err := io.ReadAll(gotBody)
+	if err != nil {
+		t.Fatalf("net/http cannot read the forwarded body: %v\n%q", err, forwarded)
+	}
+	if !bytes.Equal(b, body) {
+		t.Fatalf("%s reads body %q; the proxy read %q\n%q", reader, b, body, forwarded)
+	}
+	if left, _ := io.ReadAll(rest); len(left) > 0 {
+		t.Fatalf("%d bytes %s: %q\n%q", len(left), after, left, forwarded)
+	}
 }
 
 // The fields the writer declares itself (framing, Host, the upgrade's
@@ -181,16 +199,13 @@ func FuzzClientAgrees(f *testing.F) {
 		bw.Flush()
 		forwarded := down.String()
 
-		br2 := bufio.NewReader(bytes.NewReader(data))
-		resp2, _ := ReadResponse(br2, method, lim)
-		var body bytes.Buffer
-		if !resp2.NoBody {
-			bw2 := bufio.NewWriter(&body)
-			if _, err := CopyBody(bw2, Framing{ContentLength: -1, UntilClose: true}, br2, resp2.Body, lim); err != nil {
-				t.Fatalf("second reading of the body failed: %v", err)
+		body := bodyAsRead(t, data, lim, func(br *bufio.Reader) Framing {
+			resp, _ := ReadResponse(br, method, lim)
+			if resp.NoBody {
+				return Framing{}
 			}
-			bw2.Flush()
-		}
+			return resp.Body
+		})
 
 		cr := bufio.NewReader(strings.NewReader(forwarded))
 		got, err := http.ReadResponse(cr, &http.Request{Method: method})
@@ -201,18 +216,6 @@ func FuzzClientAgrees(f *testing.F) {
 			t.Fatalf("client reads status %d; the proxy read %d\n%q", got.StatusCode, resp.Status, forwarded)
 		}
 		resp.Header.RemoveHopByHop()
-		if want, have := policyFields(resp.Header), upstreamFields(got.Header); !slices.Equal(want, have) {
-			t.Fatalf("client reads fields %q; the proxy read %q\n%q", have, want, forwarded)
-		}
-		b, err := io.ReadAll(got.Body)
-		if err != nil {
-			t.Fatalf("net/http cannot read the forwarded body: %v\n%q", err, forwarded)
-		}
-		if !bytes.Equal(b, body.Bytes()) {
-			t.Fatalf("client reads body %q; the proxy read %q\n%q", b, body.Bytes(), forwarded)
-		}
-		if rest, _ := io.ReadAll(cr); len(rest) > 0 {
-			t.Fatalf("%d bytes after the response, a client would take them for the next one: %q\n%q", len(rest), rest, forwarded)
-		}
+		agree(t, "client", forwarded, resp.Header, got.Header, got.Body, body, cr, "after the response, a client would take them for the next one")
 	})
 }
