@@ -2,7 +2,6 @@ package lab
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -12,12 +11,12 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/membrane-mesh/membrane/internal/h2c"
 	"github.com/membrane-mesh/membrane/internal/netns"
 )
 
@@ -119,12 +118,7 @@ func (l *Lab) HTTP(ctx context.Context, spec HTTPSpec) (*HTTPResult, error) {
 	dial := l.dialer(from, family)
 	var rt http.RoundTripper
 	if spec.HTTP2 {
-		rt = &http2.Transport{
-			AllowHTTP: true,
-			DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-				return dial(ctx, network, addr)
-			},
-		}
+		rt = h2c.Transport(dial)
 	} else {
 		rt = &http.Transport{DialContext: dial, DisableKeepAlives: true}
 	}

@@ -17,11 +17,12 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/net/http2"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/membrane-mesh/membrane/internal/h2c"
 )
 
 // Probe protocol, spoken by the responder and Probe. Over TCP a client
@@ -73,8 +74,16 @@ func Respond(ctx context.Context, cfg ResponderConfig, ready func()) error {
 		cfg.Log = discardLogger()
 	}
 	r := &responder{pod: cfg.Pod, log: cfg.Log}
+	// HTTP/1 and h2c (prior knowledge) on one server: gRPC (the standard
+	// health service, grpc.health.v1.Health: Check and the streaming
+	// Watch) over HTTP/2, anything else answered alike in both.
 	r.http = &http.Server{
+		Protocols: h2c.AndHTTP1(),
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if req.ProtoMajor == 2 && strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
+				r.grpc.ServeHTTP(w, req)
+				return
+			}
 			if req.ProtoMajor == 1 && isWebSocket(req) {
 				r.serveWebSocket(w, req)
 				return
@@ -98,7 +107,6 @@ func Respond(ctx context.Context, cfg ResponderConfig, ready func()) error {
 		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn),
 	}
 	r.httpConns = &chanListener{conns: make(chan net.Conn), done: make(chan struct{})}
-	r.h2 = &http2.Server{}
 	r.grpc = grpc.NewServer()
 	healthpb.RegisterHealthServer(r.grpc, health.NewServer())
 
@@ -155,21 +163,7 @@ type responder struct {
 	log       *slog.Logger
 	http      *http.Server
 	httpConns *chanListener
-	h2        *http2.Server
 	grpc      *grpc.Server
-}
-
-// h2Handler serves an HTTP/2 stream: gRPC (the standard health service,
-// grpc.health.v1.Health: Check and the streaming Watch) or a plain
-// request, answered as over HTTP/1.
-func (r *responder) h2Handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if strings.HasPrefix(req.Header.Get("Content-Type"), "application/grpc") {
-			r.grpc.ServeHTTP(w, req)
-			return
-		}
-		r.http.Handler.ServeHTTP(w, req)
-	})
 }
 
 func (r *responder) acceptLoop(ln net.Listener) {
@@ -208,13 +202,8 @@ func (r *responder) serveConn(c net.Conn) {
 			tc.CloseWrite()
 		}
 		c.Close()
-	case text == "PRI * HTTP/2.0":
-		// HTTP/2 with prior knowledge (h2c): gRPC or plain requests.
-		c.SetReadDeadline(time.Time{})
-		first := bytes.Clone(line)
-		pc := &prereadConn{Conn: c, r: io.MultiReader(bytes.NewReader(first), br)}
-		r.h2.ServeConn(pc, &http2.ServeConnOpts{Handler: r.h2Handler(), BaseConfig: r.http})
-	case isHTTPRequestLine(text):
+	case text == "PRI * HTTP/2.0" || isHTTPRequestLine(text):
+		// HTTP/1 or HTTP/2 with prior knowledge (h2c).
 		c.SetReadDeadline(time.Time{})
 		first := bytes.Clone(line)
 		pc := &prereadConn{Conn: c, r: io.MultiReader(bytes.NewReader(first), br)}

@@ -64,9 +64,10 @@ const (
 	httpProtocolOptions   = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 )
 
-// HTTP/2 flow-control windows of the listeners: golang.org/x/net/http2's
-// server defaults (MaxUploadBufferPerStream, MaxUploadBufferPerConnection),
-// which is what membrane-proxy's HTTP/2 server enforces.
+// HTTP/2 flow-control windows of the listeners: net/http's HTTP/2 server
+// defaults (HTTP2Config.MaxReceiveBufferPerStream and
+// MaxReceiveBufferPerConnection), which is what membrane-proxy's HTTP/2
+// server enforces.
 const (
 	http2StreamWindow     = 1 << 20
 	http2ConnectionWindow = 1 << 20

@@ -89,7 +89,8 @@ type HTTPSettings struct {
 	// MaxConcurrentStreams is the HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
 	MaxConcurrentStreams uint32
 	// InitialStreamWindow and InitialConnWindow are the HTTP/2 receive
-	// windows; 0 leaves golang.org/x/net/http2's defaults (1 MiB).
+	// windows; 0 leaves net/http's defaults (1 MiB). The proxy caps them
+	// at 4 MiB, the most net/http's HTTP2Config documents.
 	InitialStreamWindow int32
 	InitialConnWindow   int32
 	// Upgrades are the HTTP/1.1 upgrade protocols (lower case, e.g.

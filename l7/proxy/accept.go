@@ -69,7 +69,7 @@ func (c *conn) serve() {
 		return
 	}
 	if h2 {
-		// x/net/http2 does its own buffering: hand it the peeked bytes and
+		// net/http does its own buffering: hand it the peeked bytes and
 		// release the reader.
 		pre, _ := br.Peek(br.Buffered())
 		pre = bytes.Clone(pre)

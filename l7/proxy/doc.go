@@ -21,7 +21,7 @@
 //     requests are answered in order), each normalised, checked against
 //     both local sides' policy (package rules) and denied with 403 or
 //     forwarded.
-//   - http2.go: golang.org/x/net/http2 serves the connection with the
+//   - http2.go: net/http's HTTP/2 server serves the connection with the
 //     listener's limits (and its defences against rapid reset, CONTINUATION
 //     and control-frame floods); every stream is checked like an HTTP/1
 //     request; gRPC denials are trailers-only responses with grpc-status 7.
@@ -29,7 +29,7 @@
 //     over a pooled connection bound to the original source address
 //     (IP_TRANSPARENT, SO_MARK from the OriginalSrc filter), keyed by
 //     (source IP, destination); h2upstream.go does the same for HTTP/2 with
-//     one http2.Transport per source IP.
+//     one h2c http.Transport per source IP.
 //   - record.go: every request becomes an access log record
 //     (package accesslog) and a counter.
 //

@@ -29,8 +29,10 @@ type h2Raw struct {
 	status chan string // :status of responses
 }
 
-func (l *netLab) rawH2() *h2Raw {
-	c := l.mustDial(labHTTPPort)
+func (l *netLab) rawH2() *h2Raw { return newH2Raw(l.mustDial(labHTTPPort)) }
+
+// newH2Raw starts HTTP/2 on c (the caller closes it).
+func newH2Raw(c net.Conn) *h2Raw {
 	h := &h2Raw{c: c, status: make(chan string, 64)}
 	io.WriteString(c, http2.ClientPreface)
 	h.fr = http2.NewFramer(c, c)

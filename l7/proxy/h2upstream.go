@@ -2,16 +2,15 @@ package proxy
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/http2"
-
+	"github.com/membrane-mesh/membrane/internal/h2c"
 	"github.com/membrane-mesh/membrane/l7/config"
 )
 
@@ -33,7 +32,7 @@ type h2Upstreams struct {
 }
 
 type h2Transport struct {
-	t    *http2.Transport
+	t    *http.Transport
 	idle time.Duration
 	last atomic.Int64 // unix nanoseconds of the last use
 }
@@ -49,7 +48,7 @@ func (u *h2Upstreams) count() int {
 }
 
 // get returns the transport for src.
-func (u *h2Upstreams) get(src netip.Addr, idle time.Duration) (*http2.Transport, error) {
+func (u *h2Upstreams) get(src netip.Addr, idle time.Duration) (*http.Transport, error) {
 	now := time.Now().UnixNano()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -62,26 +61,23 @@ func (u *h2Upstreams) get(src netip.Addr, idle time.Duration) (*http2.Transport,
 	}
 	t := &h2Transport{idle: idle}
 	t.last.Store(now)
-	t.t = &http2.Transport{
-		AllowHTTP:          true,
-		DisableCompression: true,
-		IdleConnTimeout:    idle,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			dst, err := netip.ParseAddrPort(addr)
-			if err != nil {
-				return nil, &dialError{err}
-			}
-			dp, _ := ctx.Value(dialParamsKey{}).(*dialParams)
-			if dp == nil {
-				dp = &dialParams{timeout: config.DefaultConnectTimeout}
-			}
-			c, err := u.p.dialUpstream(ctx, src, dst, dp.mark, dp.timeout)
-			if err != nil {
-				return nil, &dialError{err}
-			}
-			return c, nil
-		},
-	}
+	t.t = h2c.Transport(func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dst, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return nil, &dialError{err}
+		}
+		dp, _ := ctx.Value(dialParamsKey{}).(*dialParams)
+		if dp == nil {
+			dp = &dialParams{timeout: config.DefaultConnectTimeout}
+		}
+		c, err := u.p.dialUpstream(ctx, src, dst, dp.mark, dp.timeout)
+		if err != nil {
+			return nil, &dialError{err}
+		}
+		return c, nil
+	})
+	t.t.DisableCompression = true
+	t.t.IdleConnTimeout = idle
 	u.m[src] = t
 	return t.t, nil
 }

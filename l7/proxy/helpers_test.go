@@ -19,14 +19,13 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/membrane-mesh/membrane/internal/h2c"
 	"github.com/membrane-mesh/membrane/l7/accesslog"
 	"github.com/membrane-mesh/membrane/l7/internal/xdstest"
 	"github.com/membrane-mesh/membrane/l7/xdsclient"
@@ -132,7 +131,7 @@ func echoHandler() http.Handler {
 
 // startEcho serves echoHandler (HTTP/1.1 and h2c prior knowledge) on ln.
 func startEcho(t testing.TB, ln net.Listener) {
-	srv := &http.Server{Handler: h2c.NewHandler(echoHandler(), &http2.Server{}), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: echoHandler(), Protocols: h2c.AndHTTP1(), ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 }

@@ -14,8 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/http2"
-
+	"github.com/membrane-mesh/membrane/internal/h2c"
 	"github.com/membrane-mesh/membrane/l7/accesslog"
 	"github.com/membrane-mesh/membrane/l7/config"
 	"github.com/membrane-mesh/membrane/l7/normalize"
@@ -30,13 +29,13 @@ const (
 	grpcInternal         = 13
 )
 
-// h2Server is the HTTP/2 server of one listener configuration. The
-// http.Server only carries settings (MaxHeaderBytes) and lets Shutdown send
-// a GOAWAY on every connection the http2.Server serves.
+// h2Server is the HTTP/2 server of one listener configuration: a
+// net/http server of h2c alone with the listener's limits, serving each
+// connection through a listener of its own (connListener), so that
+// Shutdown sends a GOAWAY on every connection it serves.
 type h2Server struct {
 	cfg  *config.Listener
-	h1   *http.Server
-	h2   *http2.Server
+	srv  *http.Server
 	once sync.Once
 }
 
@@ -50,59 +49,109 @@ func (l *listener) h2For(lc *config.Listener) *h2Server {
 	return s
 }
 
+// maxH2Window is one less than the largest flow-control window net/http
+// takes (4 MiB); a larger configured window is capped there.
+const maxH2Window = 4<<20 - 1
+
 func newH2Server(p *Proxy, lc *config.Listener) *h2Server {
 	hs := &lc.HTTP
-	h1 := &http.Server{
+	srv := &http.Server{
+		Protocols:      h2c.Protocols(),
 		MaxHeaderBytes: hs.MaxRequestHeadersBytes,
 		IdleTimeout:    hs.IdleTimeout,
 		ErrorLog:       log.New(io.Discard, "", 0),
-	}
-	h2 := &http2.Server{
-		MaxConcurrentStreams:         hs.MaxConcurrentStreams,
-		MaxUploadBufferPerConnection: hs.InitialConnWindow,
-		MaxUploadBufferPerStream:     hs.InitialStreamWindow,
-		IdleTimeout:                  hs.IdleTimeout,
-		CountError: func(errType string) {
-			p.stats.h2Errors.Add(1)
-			p.log.Debug("HTTP/2 protocol error", "type", errType)
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          int(hs.MaxConcurrentStreams),
+			MaxReceiveBufferPerConnection: min(int(hs.InitialConnWindow), maxH2Window),
+			MaxReceiveBufferPerStream:     min(int(hs.InitialStreamWindow), maxH2Window),
+			CountError: func(errType string) {
+				p.stats.h2Errors.Add(1)
+				p.log.Debug("HTTP/2 protocol error", "type", errType)
+			},
+		},
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Context().Value(h2ConnKey{}).(*conn).serveStream(w, r)
+		}),
+		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
+			return context.WithValue(ctx, h2ConnKey{}, nc.(*h2Conn).c)
 		},
 	}
-	if h2.MaxUploadBufferPerConnection > 0 && h2.MaxUploadBufferPerConnection < 65535 {
-		h2.MaxUploadBufferPerConnection = 65535
+	if w := srv.HTTP2.MaxReceiveBufferPerConnection; w > 0 && w < 65535 {
+		srv.HTTP2.MaxReceiveBufferPerConnection = 65535
 	}
-	http2.ConfigureServer(h1, h2)
-	return &h2Server{cfg: lc, h1: h1, h2: h2}
+	return &h2Server{cfg: lc, srv: srv}
 }
 
 // shutdown sends a GOAWAY on every connection of this server; they close
-// once their streams end.
+// once their streams end. A connection handed to it afterwards is closed.
 func (s *h2Server) shutdown() {
 	s.once.Do(func() {
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			s.h1.Shutdown(ctx)
+			s.srv.Shutdown(ctx)
 		}()
 	})
 }
 
-// prefacedConn replays the bytes sniffing peeked before reading the
-// connection.
-type prefacedConn struct {
+// h2ConnKey keys a stream's proxy connection in its request's context.
+type h2ConnKey struct{}
+
+// h2Conn is a connection handed to the HTTP/2 server: it replays the bytes
+// sniffing peeked, carries its proxy connection to the streams' handler,
+// and tells serveHTTP2 when the server has closed it.
+type h2Conn struct {
 	*net.TCPConn
-	pre []byte
+	c      *conn
+	pre    []byte
+	closed chan struct{}
+	once   sync.Once
 }
 
-func (c *prefacedConn) Read(b []byte) (int, error) {
-	if len(c.pre) > 0 {
-		n := copy(b, c.pre)
-		c.pre = c.pre[n:]
+func (h *h2Conn) Read(b []byte) (int, error) {
+	if len(h.pre) > 0 {
+		n := copy(b, h.pre)
+		h.pre = h.pre[n:]
 		return n, nil
 	}
-	return c.TCPConn.Read(b)
+	return h.TCPConn.Read(b)
 }
 
-// serveHTTP2 serves an h2c (prior knowledge) connection.
+func (h *h2Conn) Close() error {
+	h.once.Do(func() { close(h.closed) })
+	return h.TCPConn.Close()
+}
+
+// connListener hands one connection to http.Server.Serve, then blocks
+// until that connection or the listener is closed, so that Serve returns
+// when the server is done with it or shut down.
+type connListener struct {
+	nc     *h2Conn
+	stop   chan struct{}
+	once   sync.Once
+	handed bool // only Serve's goroutine calls Accept
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	if !l.handed {
+		l.handed = true
+		return l.nc, nil
+	}
+	select {
+	case <-l.nc.closed:
+	case <-l.stop:
+	}
+	return nil, net.ErrClosed
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.stop) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return l.nc.LocalAddr() }
+
+// serveHTTP2 serves an h2c (prior knowledge) connection until it closes.
 func (c *conn) serveHTTP2(pre []byte, lc *config.Listener) {
 	c.p.stats.http2Conns.Add(1)
 	s := c.l.h2For(lc)
@@ -111,13 +160,15 @@ func (c *conn) serveHTTP2(pre []byte, lc *config.Listener) {
 		s.shutdown()
 	}
 	c.nc.SetDeadline(time.Time{})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	s.h2.ServeConn(&prefacedConn{TCPConn: c.nc, pre: pre}, &http2.ServeConnOpts{
-		Context:    ctx,
-		BaseConfig: s.h1,
-		Handler:    http.HandlerFunc(c.serveStream),
-	})
+	hc := &h2Conn{TCPConn: c.nc, c: c, pre: pre, closed: make(chan struct{})}
+	ln := &connListener{nc: hc, stop: make(chan struct{})}
+	s.srv.Serve(ln)
+	if !ln.handed {
+		return // shut down before it took the connection (serve closes it)
+	}
+	// Serve returns when the listener is closed by a shutdown; the
+	// connection's GOAWAY and last streams may still be under way.
+	<-hc.closed
 }
 
 // isGRPC reports whether a request is gRPC (content-type application/grpc,

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -16,10 +15,10 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/membrane-mesh/membrane/internal/h2c"
 	"github.com/membrane-mesh/membrane/internal/netns"
 )
 
@@ -223,10 +222,8 @@ func (l *netLab) httpClient() *http.Client {
 
 // h2Client is an h2c (prior knowledge) client in the client namespace.
 func (l *netLab) h2Client() *http.Client {
-	tr := &http2.Transport{AllowHTTP: true, DisableCompression: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return l.dial(ctx, network, addr)
-		}}
+	tr := h2c.Transport(l.dial)
+	tr.DisableCompression = true
 	l.t.Cleanup(tr.CloseIdleConnections)
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }

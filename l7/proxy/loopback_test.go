@@ -12,9 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
-
+	"github.com/membrane-mesh/membrane/internal/h2c"
 	"github.com/membrane-mesh/membrane/l7/internal/xdstest"
 	"github.com/membrane-mesh/membrane/l7/xdsclient"
 	"github.com/membrane-mesh/membrane/xds/l7pb"
@@ -68,7 +66,7 @@ func newLoopbackWith(t testing.TB, o lbOptions) *loopback {
 	case o.handler == nil:
 		startEcho(t, ln)
 	default:
-		srv := &http.Server{Handler: h2c.NewHandler(o.handler, &http2.Server{})}
+		srv := &http.Server{Handler: o.handler, Protocols: h2c.AndHTTP1()}
 		go srv.Serve(ln)
 		t.Cleanup(func() { srv.Close() })
 	}

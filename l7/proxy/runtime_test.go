@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -13,9 +11,11 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/net/http2"
 	"google.golang.org/protobuf/proto"
 
+	"golang.org/x/net/http2"
+
+	"github.com/membrane-mesh/membrane/internal/h2c"
 	"github.com/membrane-mesh/membrane/l7/internal/xdstest"
 	"github.com/membrane-mesh/membrane/xds/l7pb"
 )
@@ -80,7 +80,9 @@ func TestIPCacheUnavailableFailsClosed(t *testing.T) {
 }
 
 // TestListenerRemovalDrains: a removed listener stops accepting; its idle
-// connections close at once, a request in flight completes first.
+// connections close at once, a request in flight completes first: an
+// HTTP/1 connection closes after its response, an HTTP/2 one gets a
+// GOAWAY, its stream's response, and closes. Then none is left.
 func TestListenerRemovalDrains(t *testing.T) {
 	lb := newLoopbackWith(t, lbOptions{})
 	idle, err := net.Dial("tcp", lb.proxyAddr)
@@ -98,6 +100,15 @@ func TestListenerRemovalDrains(t *testing.T) {
 		t.Fatal("closed early")
 	}
 	io.WriteString(busy, "GET /slow/700ms HTTP/1.1\r\nHost: x\r\n\r\n")
+	busy2, err := net.Dial("tcp", lb.proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy2.Close()
+	h2 := newH2Raw(busy2)
+	if err := h2.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: getBlock("/slow/700ms"), EndStream: true, EndHeaders: true}); err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(100 * time.Millisecond)
 
 	lb.xds.Set(xdstest.TypeListener, map[string]proto.Message{})
@@ -111,6 +122,19 @@ func TestListenerRemovalDrains(t *testing.T) {
 	if resps[0].StatusCode != 200 || !resps[0].Close || !closed {
 		t.Errorf("in-flight request: %d close=%v closed=%v", resps[0].StatusCode, resps[0].Close, closed)
 	}
+	select {
+	case s := <-h2.status:
+		if s != "200" {
+			t.Errorf("in-flight HTTP/2 stream: status %s", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("in-flight HTTP/2 stream: no response")
+	}
+	waitFor(t, 5*time.Second, "the HTTP/2 connection to close", h2.closed.Load)
+	if !h2.goaway.Load() {
+		t.Error("the HTTP/2 connection closed without a GOAWAY")
+	}
+	waitFor(t, 5*time.Second, "no connection left", func() bool { return lb.inst.p.Stats().Connections.Active == 0 })
 	if _, err := net.Dial("tcp", lb.proxyAddr); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("dial after removal: %v", err)
 	}
@@ -129,10 +153,7 @@ func TestStreamIdleTimeout(t *testing.T) {
 	if took := time.Since(start); s != 504 || took > 2*time.Second {
 		t.Errorf("HTTP/1: %d after %v", s, took)
 	}
-	h2 := &http.Client{Timeout: 5 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}}}
+	h2 := &http.Client{Timeout: 5 * time.Second, Transport: h2c.Transport((&net.Dialer{}).DialContext)}
 	start = time.Now()
 	s, _ = lbGet(t, h2, "http://"+lb.proxyAddr+"/slow/3s")
 	if took := time.Since(start); s != 504 || took > 2*time.Second {
@@ -155,10 +176,7 @@ func TestRouteTimeout(t *testing.T) {
 	const timeout = 500 * time.Millisecond
 	lb := newLoopbackWith(t, lbOptions{routeTimeout: timeout})
 	h1 := &http.Client{Timeout: 5 * time.Second}
-	h2 := &http.Client{Timeout: 5 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}}}
+	h2 := &http.Client{Timeout: 5 * time.Second, Transport: h2c.Transport((&net.Dialer{}).DialContext)}
 	base := "http://" + lb.proxyAddr
 	for _, tc := range []struct {
 		name string
@@ -318,10 +336,7 @@ func TestUpstreamUnavailable(t *testing.T) {
 			t.Errorf("HTTP/1: %d %q", s, body)
 		}
 	}
-	h2 := &http.Client{Timeout: 5 * time.Second, Transport: &http2.Transport{AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, addr)
-		}}}
+	h2 := &http.Client{Timeout: 5 * time.Second, Transport: h2c.Transport((&net.Dialer{}).DialContext)}
 	if s, _ := lbGet(t, h2, "http://"+lb.proxyAddr+"/a"); s != 503 {
 		t.Errorf("HTTP/2: %d", s)
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -28,6 +27,7 @@ import (
 
 	"github.com/membrane-mesh/membrane/api"
 	"github.com/membrane-mesh/membrane/datastore"
+	"github.com/membrane-mesh/membrane/internal/h2c"
 	"github.com/membrane-mesh/membrane/internal/netns"
 	"github.com/membrane-mesh/membrane/lab"
 )
@@ -131,7 +131,7 @@ func podClient(t *testing.T, l *lab.Lab, from string, h2 bool) *http.Client {
 	}
 	var rt http.RoundTripper
 	if h2 {
-		rt = &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) { return dial(ctx, n, a) }}
+		rt = h2c.Transport(dial)
 	} else {
 		rt = &http.Transport{DialContext: dial, MaxIdleConnsPerHost: 4}
 	}
