@@ -80,6 +80,26 @@ spec:
 		}
 	})
 
+	// HTTP/2 with prior knowledge and gRPC, on the same port as HTTP/1:
+	// net/http's server tells them apart by the preface.
+	t.Run("h2c", func(t *testing.T) {
+		res, err := l.HTTP(ctx, HTTPSpec{From: "r/client", To: "r/server", Port: 8080, Path: "/h2", HTTP2: true, Body: "data", Method: "POST"})
+		if err != nil || res.Proto != "HTTP/2.0" || res.Status != 200 || res.Body != "r/server\n" ||
+			res.Header.Get("X-Membrane-Request") != "POST /h2 HTTP/2.0" {
+			t.Fatalf("h2c POST: %+v %v", res, err)
+		}
+	})
+	t.Run("grpc", func(t *testing.T) {
+		res, err := l.GRPC(ctx, GRPCSpec{From: "r/client", To: "r/server", Port: 8080})
+		if err != nil || res.Code != "OK" || res.Serving != "SERVING" {
+			t.Errorf("health check: %+v %v", res, err)
+		}
+		res, err = l.GRPC(ctx, GRPCSpec{From: "r/client", To: "r/server", Port: 8080, Watch: true})
+		if err != nil || res.Code != "OK" || res.Serving != "SERVING" {
+			t.Errorf("health watch: %+v %v", res, err)
+		}
+	})
+
 	t.Run("echo", func(t *testing.T) {
 		c, err := dial(ctx, "tcp", addr)
 		if err != nil {
