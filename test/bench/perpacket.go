@@ -446,6 +446,16 @@ func benchPerPacket(r *report, rounds int) {
 	} else {
 		fmt.Fprintf(&b, "Without verdict events (10 entries): new flow %.1f ns: one event costs less than the runs' noise (difference %.0f ns).\n", q, ev)
 	}
+	// Every new flow writes one record; the reader's share of them says
+	// what the event's cost above includes.
+	lostShare := -1.0
+	if st, err := setups[10].dp.Stats(); err == nil && st.CTCreated > 0 {
+		lostShare = 100 * float64(st.LostEvents) / float64(st.CTCreated)
+		fmt.Fprintf(&b, "The reader found %.1f%% of the 10-entry datapath's %d verdict records overwritten (bursts of 8,000 in a few\n", lostShare, st.CTCreated)
+		b.WriteString("milliseconds outrun a 4,096-slot log before the woken reader drains it): the event's cost is that of records\n")
+		b.WriteString("read by another CPU, less what it never read. With no reader at all it cost about half as much\n")
+		b.WriteString("(measured apart: docs/ARCHITECTURE.md, verdict events).\n")
+	}
 	cr := median(steadyRef) - sFloor
 	lm := median(steadyLookup) - sFloor
 	// A warm table lookup can cost less than the wrapper's run-to-run
@@ -499,6 +509,9 @@ func benchPerPacket(r *report, rounds int) {
 	r.info("new flow in conntrack hits of the same round, 10 entries", median(perHit), "x")
 	r.info("conntrack hit by a reply, 10 entries", median(ctReply), "ns")
 	r.info("new flow without its verdict event, 10 entries", q, "ns")
+	if lostShare >= 0 {
+		r.info("verdict records the reader found overwritten, 10 entries", lostShare, "%")
+	}
 	r.info("cold new flow (one-iteration run), 10 entries", median(cold[10])-cFloor, "ns")
 	r.info("conntrack table alone: lookup miss + insert", tc, "ns")
 	r.info("conntrack table alone: lookup miss", tl, "ns")
