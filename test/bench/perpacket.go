@@ -451,8 +451,9 @@ func benchPerPacket(r *report, rounds int) {
 	lostShare := -1.0
 	if st, err := setups[10].dp.Stats(); err == nil && st.CTCreated > 0 {
 		lostShare = 100 * float64(st.LostEvents) / float64(st.CTCreated)
-		fmt.Fprintf(&b, "The reader found %.1f%% of the 10-entry datapath's %d verdict records overwritten (bursts of 8,000 in a few\n", lostShare, st.CTCreated)
-		b.WriteString("milliseconds outrun a 4,096-slot log before the woken reader drains it): the event's cost is that of records\n")
+		// A slice's two steady pairs (from-netdev, local) write 4 runs at once.
+		fmt.Fprintf(&b, "The reader found %.1f%% of the 10-entry datapath's %d verdict records overwritten (bursts of %d in a few\n", lostShare, st.CTCreated, 4*steadyFlows)
+		fmt.Fprintf(&b, "milliseconds outrun a %d-slot log before the woken reader drains it): the event's cost is that of records\n", setups[10].dp.Sizes().FlowLog)
 		b.WriteString("read by another CPU, less what it never read. With no reader at all it cost about half as much\n")
 		b.WriteString("(measured apart: docs/ARCHITECTURE.md, verdict events).\n")
 	}
