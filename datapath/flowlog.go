@@ -37,6 +37,30 @@ import (
 // the reader converts it against an anchor, a moment at which it read
 // both the jiffies and the clock.
 
+// The default flow log holds 16,384 records a CPU: more than a burst of
+// new connections that `make bench` sends one CPU (8,000 in a few
+// milliseconds), so that such a burst neither wakes the reader halfway nor
+// loses records to overwriting: with the 4,096 slots it had before, the
+// reader found 3-10% of them overwritten (what it did to the event's cost
+// is in docs/ARCHITECTURE.md, "Verdict events": not settled). On a node
+// with many CPUs, each of which sees a smaller share of the new
+// connections, the default shrinks so that the whole log stays within
+// flowLogBudget.
+const (
+	flowLogBudget     = 16 << 20 // bytes, all CPUs together
+	minFlowLogDefault = 1 << 12  // slots a CPU, whatever the CPU count
+)
+
+// defaultFlowLogSlots is the default slots per CPU for cpus possible CPUs.
+func defaultFlowLogSlots(cpus int) uint32 {
+	slots := DefaultSizes.FlowLog
+	elem := uint64(unsafe.Sizeof(bpf.DatapathEvent{}))
+	for slots > minFlowLogDefault && uint64(cpus)*(uint64(slots)+1)*elem > flowLogBudget {
+		slots /= 2
+	}
+	return slots
+}
+
 // flowLogSlots is the slots per CPU for a requested size: a power of two,
 // at least 64.
 func flowLogSlots(n uint32) uint32 {

@@ -167,3 +167,16 @@ func TestFlowLogHalfFullWakesReader(t *testing.T) {
 		t.Fatalf("read %v after the first, want 8001..8031", got)
 	}
 }
+
+// The default flow log holds a bench-sized burst per CPU on small nodes and
+// stays within its budget on large ones, down to its floor.
+func TestDefaultFlowLogSlots(t *testing.T) {
+	for _, c := range []struct {
+		cpus int
+		want uint32
+	}{{1, 1 << 14}, {2, 1 << 14}, {8, 1 << 14}, {16, 1 << 13}, {32, 1 << 12}, {256, 1 << 12}} {
+		if got := defaultFlowLogSlots(c.cpus); got != c.want {
+			t.Errorf("%d CPUs: %d slots a CPU, want %d", c.cpus, got, c.want)
+		}
+	}
+}

@@ -49,7 +49,9 @@ type Sizes struct {
 	// FlowLog is how many verdict events each CPU's flow log holds,
 	// rounded up to a power of two (80 bytes each): a reader that falls
 	// this far behind loses the oldest (counted as lost). Half of it
-	// filled wakes an idle reader.
+	// filled wakes an idle reader. Left zero, it is DefaultSizes.FlowLog
+	// halved until the whole log (every possible CPU's) fits in
+	// flowLogBudget, but never below minFlowLogDefault.
 	FlowLog uint32
 	// Registry holds the agent's bookkeeping (selector set and rule
 	// fingerprints) so that a restart reuses the same numbers.
@@ -66,7 +68,7 @@ var DefaultSizes = Sizes{
 	Fragments:      1 << 13,
 	ProxyConntrack: 1 << 16,
 	EventsBytes:    1 << 20,
-	FlowLog:        1 << 12,
+	FlowLog:        1 << 14,
 	Registry:       1 << 20,
 }
 
@@ -163,6 +165,9 @@ func Load(opts Options) (*Datapath, error) {
 	cpus, err := ebpf.PossibleCPU()
 	if err != nil {
 		return nil, fmt.Errorf("count the CPUs for the flow log: %w", err)
+	}
+	if opts.Sizes.FlowLog == 0 {
+		sizes.FlowLog = defaultFlowLogSlots(cpus)
 	}
 	sizes.FlowLog = flowLogSlots(sizes.FlowLog)
 	set[bpf.DatapathMapFlowlog] = uint32(cpus) * (sizes.FlowLog + 1)

@@ -44,7 +44,7 @@ func main() {
 	for name, p := range sizes {
 		what := fmt.Sprintf("capacity of the %s map (default %d)", name, defaultSize(name))
 		if name == "flowlog" {
-			what = fmt.Sprintf("verdict events each CPU's flow log holds until the agent reads them (default %d)", defaultSize(name))
+			what = fmt.Sprintf("verdict events each CPU's flow log holds until the agent reads them (default %d, fewer per CPU where many CPUs would make the log larger than 16 MiB)", defaultSize(name))
 		}
 		flag.Func("map-size-"+name, what, func(s string) error {
 			var v uint32
