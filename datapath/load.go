@@ -50,8 +50,8 @@ type Sizes struct {
 	// rounded up to a power of two (80 bytes each): a reader that falls
 	// this far behind loses the oldest (counted as lost). Half of it
 	// filled wakes an idle reader. Left zero, it is DefaultSizes.FlowLog
-	// halved until the whole log (every possible CPU's) fits in
-	// flowLogBudget, but never below minFlowLogDefault.
+	// halved until the whole log (every possible CPU's) fits in 16 MiB,
+	// but never below 4,096 (defaultFlowLogSlots).
 	FlowLog uint32
 	// Registry holds the agent's bookkeeping (selector set and rule
 	// fingerprints) so that a restart reuses the same numbers.

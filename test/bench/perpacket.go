@@ -498,13 +498,11 @@ func benchPerPacket(r *report, rounds int) {
 	lostShare := -1.0
 	if st, err := setups[10].dp.Stats(); err == nil && st.CTCreated > 0 {
 		lostShare = 100 * float64(st.LostEvents) / float64(st.CTCreated)
-		fmt.Fprintf(&b, "The reader found %.1f%% of the 10-entry datapath's %d verdict records overwritten. ", lostShare, st.CTCreated)
+		fmt.Fprintf(&b, "The reader found %.1f%% of the 10-entry datapath's %d verdict records overwritten. A slice's burst of %d records\n", lostShare, st.CTCreated, burst)
 		if burst < int(slots)/2 {
-			fmt.Fprintf(&b, "A slice's burst of %d records\n", burst)
 			fmt.Fprintf(&b, "stays below half its %d-slot log, so the reader is woken after the burst, not during it, and reads\n", slots)
 			b.WriteString("the records while the bench runs the next datapath.\n")
 		} else {
-			fmt.Fprintf(&b, "A slice's burst of %d records\n", burst)
 			fmt.Fprintf(&b, "fills half its %d-slot log, so the reader is woken during the burst and drains beside the writer.\n", slots)
 		}
 	}
