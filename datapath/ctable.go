@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
 	"github.com/membrane-mesh/membrane/bpf"
@@ -62,9 +63,9 @@ func ctHash(k *bpf.DatapathCtKey) uint64 {
 	return h
 }
 
-func ctMeta(h uint64) uint64 {
-	tag := (h>>16)&0xffff | (h>>32)&0xffff0000
-	return tag<<32 | ctSlotValid
+func ctMeta(h uint64) uint32 {
+	tag := uint32((h>>16)&0xffff | (h>>32)&0x3fff0000)
+	return tag<<2 | ctSlotValid
 }
 
 // ctTable is the conntrack map, or a window of its buckets, seen through
@@ -230,30 +231,37 @@ func (t *ctTable) removed(h uint64, bi uint32) {
 
 // read copies the slot's key and entry into k and e if it holds a
 // connection throughout the copy.
-func (t *ctTable) read(b *ctBucket, i int, k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) (meta uint64, ok bool) {
+func (t *ctTable) read(b *ctBucket, i int, k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) (meta uint32, ok bool) {
 	return readSlot(&b.Meta[i], &b.Slot[i].Key, &b.Slot[i].Entry, k, e)
 }
 
 // readSlot copies a slot's key and entry into k and e if its meta word
-// says valid before and after the copy.
-func readSlot(meta *uint64, key *bpf.DatapathCtKey, entry *bpf.DatapathCtEntry, k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) (uint64, bool) {
-	m := atomic.LoadUint64(meta)
+// says valid before and after the copy. Meta words are 32 bits, or 64 in
+// the tables of older builds (walkOlderTable).
+func readSlot[M uint32 | uint64](meta *M, key *bpf.DatapathCtKey, entry *bpf.DatapathCtEntry, k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) (M, bool) {
+	load := func() M {
+		if unsafe.Sizeof(*meta) == 4 {
+			return M(atomic.LoadUint32((*uint32)(unsafe.Pointer(meta))))
+		}
+		return M(atomic.LoadUint64((*uint64)(unsafe.Pointer(meta))))
+	}
+	m := load()
 	if m&ctStateMask != ctSlotValid {
 		return 0, false
 	}
 	*k, *e = *key, *entry
-	return m, atomic.LoadUint64(meta) == m
+	return m, load() == m
 }
 
 // find returns the number of the bucket holding k (hash h), the bucket
 // and the slot, and the meta word of its slot. It reads both buckets
 // whatever the spill count says: the agent's side does not rely on it.
-func (t *ctTable) find(k *bpf.DatapathCtKey, h uint64) (uint32, *ctBucket, int, uint64) {
+func (t *ctTable) find(k *bpf.DatapathCtKey, h uint64) (uint32, *ctBucket, int, uint32) {
 	want := ctMeta(h)
 	for _, bi := range t.pair(h) {
 		b := t.bucket(bi)
 		for i := range ctSlots {
-			if atomic.LoadUint64(&b.Meta[i]) == want && b.Slot[i].Key == *k {
+			if atomic.LoadUint32(&b.Meta[i]) == want && b.Slot[i].Key == *k {
 				return bi, b, i, want
 			}
 		}
@@ -289,12 +297,12 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 	first := pair[0]
 	write := func(b *ctBucket, i int) {
 		b.Slot[i].Key, b.Slot[i].Entry = *k, *e
-		atomic.StoreUint64(&b.Meta[i], meta)
+		atomic.StoreUint32(&b.Meta[i], meta)
 	}
 	free := func(bi uint32) int {
 		n := 0
 		for i := range ctSlots {
-			if atomic.LoadUint64(&t.bucket(bi).Meta[i]) == ctSlotEmpty {
+			if atomic.LoadUint32(&t.bucket(bi).Meta[i]) == ctSlotEmpty {
 				n++
 			}
 		}
@@ -306,7 +314,7 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 			t.spillAdd(first, 1) // counted before it can be found there
 		}
 		for i := range ctSlots {
-			if atomic.CompareAndSwapUint64(&b.Meta[i], ctSlotEmpty, ctSlotBusy) {
+			if atomic.CompareAndSwapUint32(&b.Meta[i], ctSlotEmpty, ctSlotBusy) {
 				write(b, i)
 				return true
 			}
@@ -331,20 +339,20 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 	for range 3 { // the datapath may take the victim first
 		var vbi uint32
 		var vi int
-		var vmeta uint64
+		var vmeta uint32
 		found := false
 		oldest := ^uint64(0)
 		for _, bi := range pair {
 			b := t.bucket(bi)
 			for i := range ctSlots {
-				m := atomic.LoadUint64(&b.Meta[i])
+				m := atomic.LoadUint32(&b.Meta[i])
 				if m&ctStateMask == ctSlotValid && b.Slot[i].Entry.LastSeen < oldest {
 					vbi, vi, vmeta, oldest, found = bi, i, m, b.Slot[i].Entry.LastSeen, true
 				}
 			}
 		}
 		vb := t.bucket(vbi)
-		if found && atomic.CompareAndSwapUint64(&vb.Meta[vi], vmeta, ctSlotBusy) {
+		if found && atomic.CompareAndSwapUint32(&vb.Meta[vi], vmeta, ctSlotBusy) {
 			t.removed(ctHash(&vb.Slot[vi].Key), vbi)
 			if vbi != first {
 				t.spillAdd(first, 1)
@@ -367,7 +375,7 @@ func (t *ctTable) remove(k *bpf.DatapathCtKey) bool {
 		if b == nil {
 			break
 		}
-		if atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty) {
+		if atomic.CompareAndSwapUint32(&b.Meta[i], meta, ctSlotEmpty) {
 			t.removed(h, bi)
 			removed = true
 		}
@@ -401,7 +409,7 @@ func (t *ctTable) walk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctV
 			}
 			switch fn(&k, &e) {
 			case ctDelete:
-				if atomic.CompareAndSwapUint64(&b.Meta[i], meta, ctSlotEmpty) {
+				if atomic.CompareAndSwapUint32(&b.Meta[i], meta, ctSlotEmpty) {
 					t.removed(ctHash(&k), t.base+uint32(bi))
 					deleted++
 				}
@@ -422,8 +430,8 @@ func (t *ctTable) clear() int {
 	for bi := range t.buckets {
 		b := &t.buckets[bi]
 		for i := range ctSlots {
-			m := atomic.LoadUint64(&b.Meta[i])
-			if m&ctStateMask == ctSlotValid && atomic.CompareAndSwapUint64(&b.Meta[i], m, ctSlotEmpty) {
+			m := atomic.LoadUint32(&b.Meta[i])
+			if m&ctStateMask == ctSlotValid && atomic.CompareAndSwapUint32(&b.Meta[i], m, ctSlotEmpty) {
 				n++
 			}
 		}
@@ -439,7 +447,7 @@ func (t *ctTable) len() int {
 	n := 0
 	for bi := range t.buckets {
 		for i := range ctSlots {
-			if atomic.LoadUint64(&t.buckets[bi].Meta[i])&ctStateMask == ctSlotValid {
+			if atomic.LoadUint32(&t.buckets[bi].Meta[i])&ctStateMask == ctSlotValid {
 				n++
 			}
 		}
@@ -464,9 +472,9 @@ func ctCopy(from *ebpf.Map, to *ctTable, onlyMissing bool) (int, error) {
 		n++
 		return nil
 	}
-	if isV1Table(from.Type(), from.ValueSize()) {
+	if layout, ok := olderCTTable(from); ok {
 		var perr error
-		err := walkV1Table(from, func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) bool {
+		err := walkOlderTable(from, layout, func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) bool {
 			perr = put(k, e)
 			return perr == nil
 		})
@@ -505,37 +513,93 @@ func ctCopy(from *ebpf.Map, to *ctTable, onlyMissing bool) (int, error) {
 	return n, err
 }
 
-// ctBucketV1Size is the size of a conntrack bucket before buckets had
-// spill counts: four meta words, then four slots.
-const ctBucketV1Size = ctSlots*8 + ctSlots*int(unsafe.Sizeof(bpf.DatapathCtKey{})+unsafe.Sizeof(bpf.DatapathCtEntry{}))
-
-// isV1Table reports whether a conntrack map is a table of buckets without
-// spill counts, which ctCopy copies connection by connection.
-func isV1Table(typ ebpf.MapType, valueSize uint32) bool {
-	return typ == ebpf.Array && valueSize == uint32(ctBucketV1Size)
+// Older builds' conntrack tables, which ctCopy copies connection by
+// connection: buckets of four 64-bit meta words and then four slots
+// (ctTableV1), later with a spill count between them (ctTableV2: 328
+// bytes, so that buckets began anywhere in a cache line).
+type olderCTLayout struct {
+	bucket int // bytes
+	slots  int // offset of the first slot
 }
 
-// walkV1Table calls fn for every connection of m, a table of buckets
-// without spill counts (the layout of ct.h before them), until fn returns
-// false. Its writers may still be running: a slot is read only while its
-// meta word says valid, before and after the copy.
-func walkV1Table(m *ebpf.Map, fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) bool) error {
+const ctSlotSize = int(unsafe.Sizeof(bpf.DatapathCtKey{}) + unsafe.Sizeof(bpf.DatapathCtEntry{}))
+
+var (
+	ctTableV1 = olderCTLayout{bucket: 8*ctSlots + ctSlots*ctSlotSize, slots: 8 * ctSlots}
+	ctTableV2 = olderCTLayout{bucket: 8*ctSlots + 8 + ctSlots*ctSlotSize, slots: 8*ctSlots + 8}
+)
+
+// olderCTTable reports whether m is a conntrack table of an older build,
+// and its layout.
+func olderCTTable(m *ebpf.Map) (olderCTLayout, bool) {
+	if m.Type() != ebpf.Array {
+		return olderCTLayout{}, false
+	}
+	switch int(m.ValueSize()) {
+	case ctTableV2.bucket:
+		return ctTableV2, true
+	case ctTableV1.bucket:
+		// This build's buckets are as large: the width of the meta
+		// words in the map's BTF tells them apart.
+		if wideMetaWords(m) {
+			return ctTableV1, true
+		}
+	}
+	return olderCTLayout{}, false
+}
+
+// wideMetaWords reports whether m's BTF describes its values as buckets
+// (struct ct_bucket) whose meta words are 64 bits wide. A map without BTF,
+// or whose BTF cannot be read, is taken to be of this build.
+func wideMetaWords(m *ebpf.Map) bool {
+	info, err := m.Info()
+	if err != nil {
+		return false
+	}
+	id, ok := info.BTFID()
+	if !ok {
+		return false
+	}
+	h, err := btf.NewHandleFromID(id)
+	if err != nil {
+		return false
+	}
+	defer h.Close()
+	spec, err := h.Spec(nil)
+	if err != nil {
+		return false
+	}
+	var bucket *btf.Struct
+	if err := spec.TypeByName("ct_bucket", &bucket); err != nil || len(bucket.Members) == 0 || bucket.Members[0].Name != "meta" {
+		return false
+	}
+	meta, ok := btf.UnderlyingType(bucket.Members[0].Type).(*btf.Array)
+	if !ok {
+		return false
+	}
+	size, err := btf.Sizeof(meta.Type)
+	return err == nil && size == 8
+}
+
+// walkOlderTable calls fn for every connection of m, a table of layout l,
+// until fn returns false. Its writers may still be running: a slot is read
+// only while its meta word says valid, before and after the copy.
+func walkOlderTable(m *ebpf.Map, l olderCTLayout, fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) bool) error {
 	n := int(m.MaxEntries())
 	page := os.Getpagesize()
-	size := n * ctBucketV1Size
+	size := n * l.bucket
 	mem, err := unix.Mmap(m.FD(), 0, (size+page-1)/page*page, unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		return fmt.Errorf("map the older conntrack table: %w", err)
 	}
 	defer unix.Munmap(mem)
 	keySize := int(unsafe.Sizeof(bpf.DatapathCtKey{}))
-	slotSize := keySize + int(unsafe.Sizeof(bpf.DatapathCtEntry{}))
 	var k bpf.DatapathCtKey
 	var e bpf.DatapathCtEntry
 	for bi := range n {
-		b := bi * ctBucketV1Size
+		b := bi * l.bucket
 		for i := range ctSlots {
-			slot := b + 8*ctSlots + i*slotSize
+			slot := b + l.slots + i*ctSlotSize
 			_, ok := readSlot((*uint64)(unsafe.Pointer(&mem[b+8*i])),
 				(*bpf.DatapathCtKey)(unsafe.Pointer(&mem[slot])),
 				(*bpf.DatapathCtEntry)(unsafe.Pointer(&mem[slot+keySize])), &k, &e)

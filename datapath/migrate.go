@@ -71,8 +71,10 @@ func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
 		m.Close()
 		return nil, fmt.Errorf("inspect pinned map %s: %w", path, err)
 	}
-	if ms.Name == bpf.DatapathMapCt && (isOldConntrack(info) || isV1Table(info.Type, info.ValueSize)) {
-		return m, nil // an older build's kernel LRU or table: copied into this one
+	if ms.Name == bpf.DatapathMapCt {
+		if _, older := olderCTTable(m); older || isOldConntrack(info) {
+			return m, nil // an older build's kernel LRU or table: copied into this one
+		}
 	}
 	if info.Type != ms.Type || info.KeySize != ms.KeySize || info.ValueSize != ms.ValueSize {
 		m.Close()

@@ -12,6 +12,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"golang.org/x/sys/unix"
 
 	"github.com/membrane-mesh/membrane/bpf"
@@ -247,56 +248,89 @@ func TestMigrateConvertsOlderConntrack(t *testing.T) {
 	cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
 }
 
-// Conntrack pinned by a build whose table buckets had no spill counts (320
-// bytes, not 328) is copied into this build's table at load, and its
-// connections keep passing on conntrack alone.
-func TestMigrateCopiesTableWithoutSpillCounts(t *testing.T) {
-	dir := pinDir(t)
-	h, k := pinnedWithConnection(t, dir, Sizes{Conntrack: 1024})
-	var key bpf.DatapathCtKey
-	var entry bpf.DatapathCtEntry
-	n := 0
-	ctView(t, h.d).walk(func(ck *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit {
-		key, entry = *ck, *e
-		n++
-		return ctKeep
-	})
-	if n != 1 {
-		t.Fatalf("%d connections tracked, want 1", n)
-	}
+// Conntrack pinned by builds whose table buckets had 64-bit meta words,
+// without spill counts (320 bytes, as large as this build's, told apart by
+// the map's BTF) or with one (328 bytes), is copied into this build's
+// table at load, and its connections keep passing on conntrack alone.
+func TestMigrateCopiesOlderTables(t *testing.T) {
+	for name, l := range map[string]olderCTLayout{"without spill counts": ctTableV1, "328-byte buckets": ctTableV2} {
+		t.Run(name, func(t *testing.T) {
+			dir := pinDir(t)
+			h, k := pinnedWithConnection(t, dir, Sizes{Conntrack: 1024})
+			var key bpf.DatapathCtKey
+			var entry bpf.DatapathCtEntry
+			n := 0
+			ctView(t, h.d).walk(func(ck *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctVisit {
+				key, entry = *ck, *e
+				n++
+				return ctKeep
+			})
+			if n != 1 {
+				t.Fatalf("%d connections tracked, want 1", n)
+			}
 
-	// The older layout: four meta words, then four slots of key and entry.
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(ctBucketV1Size), MaxEntries: 512, Flags: unix.BPF_F_MMAPABLE})
+			old := olderTableMap(t, l)
+			defer old.Close()
+			bucket := make([]byte, l.bucket)
+			// Slot 1: a 64-bit meta word, those builds' 32-bit tag above
+			// the state.
+			hash := ctHash(&key)
+			binary.NativeEndian.PutUint64(bucket[8:], (hash>>16&0xffff|hash>>32&0xffff0000)<<32|ctSlotValid)
+			slot := l.slots + ctSlotSize
+			copy(bucket[slot:], unsafe.Slice((*byte)(unsafe.Pointer(&key)), unsafe.Sizeof(key)))
+			copy(bucket[slot+int(unsafe.Sizeof(key)):], unsafe.Slice((*byte)(unsafe.Pointer(&entry)), unsafe.Sizeof(entry)))
+			if err := old.Put(uint32(77), bucket); err != nil {
+				t.Fatal(err)
+			}
+			d2 := loadOverOldConntrack(t, dir, old)
+			if info := pinnedInfo(t, dir, "ct"); info.ValueSize != uint32(unsafe.Sizeof(ctBucket{})) {
+				t.Fatalf("pinned ct still has %d-byte buckets", info.ValueSize)
+			}
+			if m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "ct"), nil); err != nil {
+				t.Fatal(err)
+			} else {
+				_, older := olderCTTable(m)
+				m.Close()
+				if older {
+					t.Fatal("this build's table, as pinned, is taken for an older one")
+				}
+			}
+			conns, err := d2.Conns(0)
+			if err != nil || len(conns) != 1 {
+				t.Fatalf("conns %+v, %v", conns, err)
+			}
+			if _, err := d2.FinishMigration(); err != nil {
+				t.Fatal(err)
+			}
+			if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
+				t.Fatal(err)
+			}
+			cur := &harness{t: t, d: d2, cfg: DefaultConfig}
+			cur.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
+			cur.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
+			cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
+		})
+	}
+}
+
+// olderTableMap creates a conntrack table of an older build's layout l,
+// with BTF as that build's would have had: struct ct_bucket, whose first
+// member is four 64-bit meta words.
+func olderTableMap(t *testing.T, l olderCTLayout) *ebpf.Map {
+	t.Helper()
+	u32 := &btf.Int{Name: "__u32", Size: 4}
+	u64 := &btf.Int{Name: "__u64", Size: 8}
+	u8 := &btf.Int{Name: "__u8", Size: 1}
+	bucket := &btf.Struct{Name: "ct_bucket", Size: uint32(l.bucket), Members: []btf.Member{
+		{Name: "meta", Type: &btf.Array{Index: u32, Type: u64, Nelems: ctSlots}},
+		{Name: "rest", Type: &btf.Array{Index: u32, Type: u8, Nelems: uint32(l.bucket - 8*ctSlots)}, Offset: btf.Bits(8 * 8 * ctSlots)},
+	}}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: uint32(l.bucket), MaxEntries: 512,
+		Flags: unix.BPF_F_MMAPABLE, Key: u32, Value: bucket})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer old.Close()
-	bucket := make([]byte, ctBucketV1Size)
-	binary.NativeEndian.PutUint64(bucket[8:], ctMeta(ctHash(&key))) // slot 1
-	slot := 8*ctSlots + int(unsafe.Sizeof(key)+unsafe.Sizeof(entry))
-	copy(bucket[slot:], unsafe.Slice((*byte)(unsafe.Pointer(&key)), unsafe.Sizeof(key)))
-	copy(bucket[slot+int(unsafe.Sizeof(key)):], unsafe.Slice((*byte)(unsafe.Pointer(&entry)), unsafe.Sizeof(entry)))
-	if err := old.Put(uint32(77), bucket); err != nil {
-		t.Fatal(err)
-	}
-	d2 := loadOverOldConntrack(t, dir, old)
-	if info := pinnedInfo(t, dir, "ct"); info.ValueSize != uint32(unsafe.Sizeof(ctBucket{})) {
-		t.Fatalf("pinned ct still has %d-byte buckets", info.ValueSize)
-	}
-	conns, err := d2.Conns(0)
-	if err != nil || len(conns) != 1 {
-		t.Fatalf("conns %+v, %v", conns, err)
-	}
-	if _, err := d2.FinishMigration(); err != nil {
-		t.Fatal(err)
-	}
-	if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
-		t.Fatal(err)
-	}
-	cur := &harness{t: t, d: d2, cfg: DefaultConfig}
-	cur.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
-	cur.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
-	cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
+	return m
 }
 
 // loadOverOldConntrack pins old, an older build's conntrack map, in place

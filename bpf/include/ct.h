@@ -85,11 +85,11 @@ volatile const __u8 ct_stores_ordered = 0;
 
 /* Publishes a slot whose key and entry have been written: sets its meta
  * word to v. */
-static __always_inline void ct_publish(__u64 *meta, __u64 v)
+static __always_inline void ct_publish(__u32 *meta, __u32 v)
 {
 	if (ct_stores_ordered) {
 		asm volatile("" ::: "memory"); /* the slot's stores come first */
-		*(volatile __u64 *)meta = v;
+		*(volatile __u32 *)meta = v;
 	} else {
 		__sync_lock_test_and_set(meta, v);
 	}
@@ -109,9 +109,9 @@ static __always_inline __u64 ct_hash(const struct ct_key *k)
 	return h;
 }
 
-/* The buckets take bits 32.. and 0.. of the hash; the tag, 32 bits that
- * do not pick the bucket in tables of up to 2^16 buckets (2^19
- * connections). */
+/* The buckets take bits 32.. and 0.. of the hash; the tag, 30 bits (16-31
+ * and 48-61) that do not pick the bucket in tables of up to 2^16 buckets
+ * (2^17 connections, as the agent sizes tables). */
 static __always_inline __u32 ct_bucket1(__u64 h)
 {
 	return (__u32)(h >> 32) & ct_bucket_mask;
@@ -123,10 +123,10 @@ static __always_inline __u32 ct_bucket2(__u64 h)
 }
 
 /* The meta word of a valid slot holding a key of hash h. */
-static __always_inline __u64 ct_meta(__u64 h)
+static __always_inline __u32 ct_meta(__u64 h)
 {
-	__u64 tag = ((h >> 16) & 0xffff) | ((h >> 32) & 0xffff0000);
-	return tag << 32 | CT_SLOT_VALID;
+	__u32 tag = ((h >> 16) & 0xffff) | ((h >> 32) & 0x3fff0000);
+	return tag << 2 | CT_SLOT_VALID;
 }
 
 static __always_inline int ct_key_equal(const struct ct_key *a, const struct ct_key *b)
@@ -149,7 +149,7 @@ __noinline int ct_find(const struct ct_key *k, __u64 h)
 {
 	if (!k)
 		return -1;
-	__u64 want = ct_meta(h);
+	__u32 want = ct_meta(h);
 	__u32 idx[2] = { ct_bucket1(h), ct_bucket2(h) };
 #pragma unroll
 	for (int j = 0; j < 2; j++) {
@@ -215,7 +215,7 @@ static __always_inline int ct_free_slots(const struct ct_bucket *b)
 /* Claims an empty slot of bucket b for k (meta word meta), writes it and
  * publishes it. Returns 0, or -1 when the bucket has no empty slot. */
 static __always_inline int ct_claim(struct ct_bucket *b, const struct ct_key *k,
-				    const struct ct_entry *ne, __u64 meta)
+				    const struct ct_entry *ne, __u32 meta)
 {
 #pragma unroll
 	for (int i = 0; i < CT_SLOTS; i++) {
@@ -234,7 +234,7 @@ static __always_inline int ct_claim(struct ct_bucket *b, const struct ct_key *k,
  * (numbers i1 and i2, k's first and second; b2 is b1 when they are the
  * same) with k. Returns 0, or -1 when another writer got there first. */
 static __always_inline int ct_evict(struct ct_bucket *b1, struct ct_bucket *b2, __u32 i1, __u32 i2,
-				    const struct ct_key *k, const struct ct_entry *ne, __u64 meta)
+				    const struct ct_key *k, const struct ct_entry *ne, __u32 meta)
 {
 	__u32 victim = 0;
 	__u64 oldest = ~0ull;
@@ -256,7 +256,7 @@ static __always_inline int ct_evict(struct ct_bucket *b1, struct ct_bucket *b2, 
 	struct ct_bucket *b = victim & CT_SLOTS ? b2 : b1;
 	__u32 bi = victim & CT_SLOTS ? i2 : i1;
 	__u32 i = victim & (CT_SLOTS - 1);
-	__u64 m = b->meta[i];
+	__u32 m = b->meta[i];
 	if ((m & CT_SLOT_STATE_MASK) != CT_SLOT_VALID ||
 	    __sync_val_compare_and_swap(&b->meta[i], m, CT_SLOT_BUSY) != m)
 		return -1;
@@ -312,7 +312,7 @@ __noinline int ct_insert(const struct ct_key *k, __u64 h, const struct ct_entry 
 	struct ct_bucket *first = bpf_map_lookup_elem(&ct, &i1);
 	if (!first || !k || !ne)
 		return CT_INSERT_FAILED;
-	__u64 meta = ct_meta(h);
+	__u32 meta = ct_meta(h);
 	int free1 = ct_free_slots(first);
 	/* A first bucket with room and at most one connection takes it
 	 * without the second being read. */
@@ -358,7 +358,7 @@ static __always_inline struct ct_entry *ct_slot_entry(int s)
 static __always_inline void ct_slot_delete(int s, __u64 h)
 {
 	struct ct_bucket *b = ct_slot_bucket(s);
-	__u64 m = ct_meta(h);
+	__u32 m = ct_meta(h);
 	if (b && __sync_val_compare_and_swap(&b->meta[s & (CT_SLOTS - 1)], m, CT_SLOT_EMPTY) == m &&
 	    ((__u32)s >> CT_SLOT_BITS) != ct_bucket1(h))
 		ct_spill_add(ct_bucket1(h), -1);

@@ -32,6 +32,7 @@
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
+#include "membrane.h"
 
 #define TIMES 10
 
@@ -140,9 +141,9 @@ int ten_array(struct __sk_buff *skb)
 	return 0;
 }
 
-/* A conntrack bucket's size (bpf/include/ct.h). */
+/* A conntrack bucket's size (bpf/include/membrane.h). */
 struct far_bucket {
-	__u64 w[41];
+	__u64 w[sizeof(struct ct_bucket) / 8];
 };
 
 struct far_inner {

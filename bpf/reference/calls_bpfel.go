@@ -15,7 +15,7 @@ import (
 
 type CallsFarBucket struct {
 	_ structs.HostLayout
-	W [41]uint64
+	W [40]uint64
 }
 
 type CallsKey16 struct {

@@ -15,9 +15,9 @@ import (
 
 type ReferenceCtBucket struct {
 	_     structs.HostLayout
-	Meta  [4]uint64
+	Meta  [4]uint32
 	Spill uint32
-	Pad   uint32
+	Pad   [3]uint32
 	Slot  [4]struct {
 		_     structs.HostLayout
 		Key   ReferenceCtKey
