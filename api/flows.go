@@ -74,7 +74,8 @@ type Flow struct {
 	Protocol string `json:"protocol"`
 	// ICMPType is the ICMP or ICMPv6 type, for those protocols.
 	ICMPType *uint8 `json:"icmpType,omitempty"`
-	// Length is the packet's length in bytes.
+	// Length is the packet's length in bytes, for drops and sampled
+	// traces (a policy verdict does not carry it).
 	Length      uint32       `json:"length,omitempty"`
 	Source      FlowEndpoint `json:"source"`
 	Destination FlowEndpoint `json:"destination"`

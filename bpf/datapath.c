@@ -682,13 +682,13 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 				ei.peer_ep_id = dst_ep->id;
 				ei.peer_rule_id = di.rule_id;
 			}
-			flowlog_write(skb, &p, &ei, now);
+			flowlog_write(&p, &ei, now);
 			ei.flags &= ~EVF_BOTH;
 		} else if (dst_ep) {
 			ei.dir = DIR_INGRESS;
 			ei.ep_id = dst_ep->id;
 			ei.rule_id = di.rule_id;
-			flowlog_write(skb, &p, &ei, now);
+			flowlog_write(&p, &ei, now);
 		}
 	}
 

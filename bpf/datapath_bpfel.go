@@ -115,13 +115,32 @@ type DatapathEvent struct {
 	PeerRuleId  uint32
 }
 
+type DatapathFlowRec struct {
+	_           structs.HostLayout
+	Ts          uint32
+	Dir         uint8
+	Proto       uint8
+	Obs         uint8
+	Flags       uint8
+	EpId        uint16
+	PeerEpId    uint16
+	Sport       uint16
+	Dport       uint16
+	SrcIdentity uint32
+	DstIdentity uint32
+	RuleId      uint32
+	PeerRuleId  uint32
+	Saddr       DatapathAddr
+	Daddr       DatapathAddr
+}
+
 type DatapathFlowlogHead struct {
 	_    structs.HostLayout
 	Head uint64
 	Tail uint64
 	Lost uint64
 	Wake uint64
-	Pad  [48]uint8
+	Pad  [32]uint8
 }
 
 type DatapathFragKey struct {

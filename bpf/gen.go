@@ -7,4 +7,4 @@
 // Use package datapath to load, attach and program them.
 package bpf
 
-//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -go-package bpf -type addr -type ipcache_lpm_key -type ipcache_value -type endpoint -type policy_key -type policy_value -type ct_key -type ct_entry -type ct_bucket -type frag_key -type frag_value -type config -type event -type flowlog_head -type counter -type stats Datapath datapath.c -- -I./include
+//go:generate go tool bpf2go -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3" -target bpfel -go-package bpf -type addr -type ipcache_lpm_key -type ipcache_value -type endpoint -type policy_key -type policy_value -type ct_key -type ct_entry -type ct_bucket -type frag_key -type frag_value -type config -type event -type flow_rec -type flowlog_head -type counter -type stats Datapath datapath.c -- -I./include

@@ -65,11 +65,13 @@ type Event struct {
 	SrcIdentity uint32
 	DstIdentity uint32
 	RuleID      uint32
-	Ifindex     uint32
-	Len         uint32
-	Src         netip.AddrPort // port: source port (0 for ICMP)
-	Dst         netip.AddrPort // port: destination port, or ICMP type
-	Obs         uint8
+	// The packet's interface and length: of drops and traces; a verdict
+	// (the flow log's records) leaves them zero.
+	Ifindex uint32
+	Len     uint32
+	Src     netip.AddrPort // port: source port (0 for ICMP)
+	Dst     netip.AddrPort // port: destination port, or ICMP type
+	Obs     uint8
 }
 
 // EventReader reads the datapath's events: drops and traces from its ring

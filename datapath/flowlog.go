@@ -20,10 +20,11 @@ import (
 // of a new connection's cost there (the ring's lock, its helper calls and
 // a nanosecond clock read, some 100 ns of `make bench`'s new flow).
 //
-// Layout: a BPF array (BPF_F_MMAPABLE) of struct event-sized elements, one
-// block per possible CPU of 1 + slots elements. A block's first element is
-// its header (struct flowlog_head): head counts the records that CPU ever
-// wrote, and the record numbered i sits in slot i % slots. The program
+// Layout: a BPF array (BPF_F_MMAPABLE) of records (struct flow_rec, one
+// cache line each), one block per possible CPU of 1 + slots elements. A
+// block's first element is its header (struct flowlog_head): head counts
+// the records that CPU ever wrote, and the record numbered i sits in slot
+// i % slots. The program
 // writes slot head % slots and then counts head up; the reader copies
 // records from its tail up to head and checks afterwards that the writer
 // has not come round to them meanwhile. tail and the count of records lost
@@ -33,9 +34,9 @@ import (
 // wakes it through the ring buffer (an 8-byte record, skipped by
 // EventReader); the reader sets the headers' wake flags for that.
 //
-// A record's time is in jiffies (the tick counter conntrack reads anyway);
-// the reader converts it against an anchor, a moment at which it read
-// both the jiffies and the clock.
+// A record's time is the low 32 bits of jiffies (the tick counter
+// conntrack reads anyway); the reader converts it against an anchor, a
+// moment at which it read both the jiffies and the clock.
 
 // The default flow log holds 16,384 records a CPU: more than a burst of
 // new connections that `make bench` sends one CPU (8,000 in a few
@@ -54,7 +55,7 @@ const (
 // defaultFlowLogSlots is the default slots per CPU for cpus possible CPUs.
 func defaultFlowLogSlots(cpus int) uint32 {
 	slots := DefaultSizes.FlowLog
-	elem := uint64(unsafe.Sizeof(bpf.DatapathEvent{}))
+	elem := uint64(unsafe.Sizeof(bpf.DatapathFlowRec{}))
 	for slots > minFlowLogDefault && uint64(cpus)*(uint64(slots)+1)*elem > flowLogBudget {
 		slots /= 2
 	}
@@ -73,7 +74,7 @@ func flowLogSlots(n uint32) uint32 {
 
 type flowLog struct {
 	mem   []byte
-	elems []bpf.DatapathEvent
+	elems []bpf.DatapathFlowRec
 	cpus  int
 	slots uint64
 	// handed is, per CPU, the tail past the records handed out since
@@ -95,7 +96,7 @@ const flowLogReanchor = time.Minute
 
 func (d *Datapath) openFlowLog() (*flowLog, error) {
 	m := d.objs.Flowlog
-	elem := uint32(unsafe.Sizeof(bpf.DatapathEvent{}))
+	elem := uint32(unsafe.Sizeof(bpf.DatapathFlowRec{}))
 	slots := uint64(d.sizes.FlowLog)
 	n := m.MaxEntries()
 	if m.Type() != ebpf.Array || m.ValueSize() != elem || slots == 0 || uint64(n)%(slots+1) != 0 {
@@ -109,7 +110,7 @@ func (d *Datapath) openFlowLog() (*flowLog, error) {
 	}
 	l := &flowLog{
 		mem:     mem,
-		elems:   unsafe.Slice((*bpf.DatapathEvent)(unsafe.Pointer(&mem[0])), n),
+		elems:   unsafe.Slice((*bpf.DatapathFlowRec)(unsafe.Pointer(&mem[0])), n),
 		cpus:    int(uint64(n) / (slots + 1)),
 		handed:  make([]uint64, uint64(n)/(slots+1)),
 		slots:   slots,
@@ -158,11 +159,22 @@ func (l *flowLog) head(cpu int) *bpf.DatapathFlowlogHead {
 	return (*bpf.DatapathFlowlogHead)(unsafe.Pointer(&l.elems[flowLogHeadIndex(uint64(cpu), l.slots)]))
 }
 
-// eventWords is a record as the 64-bit words it is copied in: each is
+// recordWords is a record as the 64-bit words it is copied in: each is
 // read atomically, so a record the writer overwrites during the copy is
 // torn word by word, never within one, and the check afterwards discards
 // it.
-const eventWords = unsafe.Sizeof(bpf.DatapathEvent{}) / 8
+const recordWords = unsafe.Sizeof(bpf.DatapathFlowRec{}) / 8
+
+// verdictEvent is the event a record says: a verdict, with neither a drop
+// reason nor the packet's length and interface, which records leave out.
+func verdictEvent(r *bpf.DatapathFlowRec) bpf.DatapathEvent {
+	return bpf.DatapathEvent{
+		Ts: uint64(r.Ts), Type: uint8(EventVerdict), Dir: r.Dir, Proto: r.Proto, Obs: r.Obs, Flags: uint16(r.Flags),
+		EpId: r.EpId, PeerEpId: r.PeerEpId, Sport: r.Sport, Dport: r.Dport,
+		SrcIdentity: r.SrcIdentity, DstIdentity: r.DstIdentity, RuleId: r.RuleId, PeerRuleId: r.PeerRuleId,
+		Saddr: r.Saddr, Daddr: r.Daddr,
+	}
+}
 
 // read appends up to max records, oldest first per CPU, to out, with
 // their times, and returns it. A CPU's tail moves past a record once the
@@ -186,13 +198,13 @@ func (l *flowLog) read(out []flowRecord, max int) []flowRecord {
 		}
 		first := len(out)
 		for ; tail < head && len(out) < max; tail++ {
-			src := (*[eventWords]uint64)(unsafe.Pointer(&l.elems[flowLogHeadIndex(uint64(cpu), l.slots)+1+tail%l.slots]))
-			var rec flowRecord
-			dst := (*[eventWords]uint64)(unsafe.Pointer(&rec.ev))
+			src := (*[recordWords]uint64)(unsafe.Pointer(&l.elems[flowLogHeadIndex(uint64(cpu), l.slots)+1+tail%l.slots]))
+			var raw bpf.DatapathFlowRec
+			dst := (*[recordWords]uint64)(unsafe.Pointer(&raw))
 			for w := range src {
 				dst[w] = atomic.LoadUint64(&src[w])
 			}
-			rec.cpu, rec.seq = cpu, tail
+			rec := flowRecord{ev: verdictEvent(&raw), cpu: cpu, seq: tail}
 			out = append(out, rec)
 		}
 		// The writer's next record (head now) may be going into the slot

@@ -47,7 +47,7 @@ type Sizes struct {
 	// mapping counts it twice in its RSS.
 	EventsBytes uint32
 	// FlowLog is how many verdict events each CPU's flow log holds,
-	// rounded up to a power of two (80 bytes each): a reader that falls
+	// rounded up to a power of two (64 bytes each): a reader that falls
 	// this far behind loses the oldest (counted as lost). Half of it
 	// filled wakes an idle reader. Left zero, it is DefaultSizes.FlowLog
 	// halved until the whole log (every possible CPU's) fits in 16 MiB,

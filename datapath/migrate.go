@@ -23,7 +23,9 @@ import (
 // build's; connections they open meanwhile are copied over by
 // FinishMigration, which the agent calls once its first sync has attached
 // the new programs. A map whose key or value layout changed cannot be
-// converted: Load refuses it, naming the map, and leaves the pins alone.
+// converted: Load refuses it, naming the map, and leaves the pins alone;
+// but one whose entries start empty anyway (events, the flow log,
+// statistics, the indexes) is replaced in this build's layout.
 
 // migratable reports how a pinned map is carried over when its capacity or
 // flags change: its entries are copied, or (events, statistics and the
@@ -55,9 +57,10 @@ type retiredMap struct {
 }
 
 // pinnedDiff compares the map pinned at path with ms. It returns the open
-// pinned map when only its capacity or flags differ, or it is an index of
-// another hash (to migrate), nil when it matches or is absent, and an
-// error when its layout differs.
+// pinned map when only its capacity or flags differ, it is an index of
+// another hash, or its entries are not carried over and its layout differs
+// (to migrate), nil when it matches or is absent, and an error when the
+// layout of a map whose entries are carried over differs.
 func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
 	m, err := ebpf.LoadPinnedMap(path, nil)
 	if errors.Is(err, os.ErrNotExist) {
@@ -77,6 +80,9 @@ func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
 		}
 	}
 	if info.Type != ms.Type || info.KeySize != ms.KeySize || info.ValueSize != ms.ValueSize {
+		if !migratable(ms.Name) {
+			return m, nil // starts empty in this build's layout
+		}
 		m.Close()
 		return nil, fmt.Errorf("pinned map %s (%v key %d value %d) differs in layout from this build's (%v key %d value %d): "+
 			"this datapath version cannot take over its entries; roll back to the previous version, or remove the pins "+

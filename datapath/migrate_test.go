@@ -353,3 +353,52 @@ func loadOverOldConntrack(t *testing.T, dir string, old *ebpf.Map) *Datapath {
 	}
 	return d
 }
+
+// A flow log pinned by a build whose records were 80 bytes (struct event)
+// is replaced at load by one of this build's records: what it held is not
+// carried over, and verdicts go on through the new one.
+func TestMigrateReplacesOlderFlowLog(t *testing.T) {
+	dir := pinDir(t)
+	d1, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := d1.objs.Flowlog.MaxEntries()
+	path := filepath.Join(dir, bpf.DatapathMapFlowlog)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 80, MaxEntries: entries, Flags: unix.BPF_F_MMAPABLE})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+
+	d2, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatalf("load over an older flow log: %v", err)
+	}
+	if got := d2.Migrated(); !slices.Contains(got, bpf.DatapathMapFlowlog) {
+		t.Fatalf("migrated %v, want the flow log", got)
+	}
+	if info := pinnedInfo(t, dir, bpf.DatapathMapFlowlog); info.ValueSize != uint32(unsafe.Sizeof(bpf.DatapathFlowRec{})) {
+		t.Fatalf("pinned flow log still has %d-byte records", info.ValueSize)
+	}
+	if _, err := d2.FinishMigration(); err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{t: t, d: d2, cfg: DefaultConfig}
+	if h.evs, err = d2.NewEventReader(); err != nil {
+		t.Fatal(err)
+	}
+	defer h.evs.Close()
+	h.ipcache(addrR, 1003, selR)
+	h.endpoint(addrB, 2, 0, [2][2]uint32{})
+	h.expect(FromNetdev, tcp(addrR, addrB, 6000, 80, packet.SYN), retNext)
+	if e := h.event(EventVerdict); e.Src.Port() != 6000 || e.EndpointID != 2 || e.SrcIdentity != 1003 {
+		t.Fatalf("verdict after the flow log's migration: %+v", e)
+	}
+}

@@ -45,7 +45,19 @@ static __always_inline struct stats *stats_get(void)
 	return bpf_map_lookup_elem(&global_stats, &zero);
 }
 
-/* The fields every event carries, in a ring record or a flow log slot. */
+/* An event's ports, in host byte order: for ICMP none and the type. */
+static __always_inline void pkt_ports(const struct pkt *p, __u16 *sport, __u16 *dport)
+{
+	if (is_icmp_proto(p->t.proto)) {
+		*sport = 0;
+		*dport = p->port; /* ICMP type */
+	} else {
+		*sport = bpf_ntohs(p->t.sport);
+		*dport = bpf_ntohs(p->t.dport);
+	}
+}
+
+/* The fields every event in the ring buffer carries. */
 static __always_inline void event_fill(struct event *e, struct __sk_buff *skb,
 				       const struct pkt *p, __u8 type, __u8 reason,
 				       const struct ev_info *ei)
@@ -61,13 +73,7 @@ static __always_inline void event_fill(struct event *e, struct __sk_buff *skb,
 	e->rule_id = ei->rule_id;
 	e->ifindex = skb->ifindex;
 	e->len = p->len;
-	if (is_icmp_proto(p->t.proto)) {
-		e->sport = 0;
-		e->dport = p->port; /* ICMP type */
-	} else {
-		e->sport = bpf_ntohs(p->t.sport);
-		e->dport = bpf_ntohs(p->t.dport);
-	}
+	pkt_ports(p, &e->sport, &e->dport);
 	e->obs = ei->obs;
 	e->pad = 0;
 	e->peer_ep_id = ei->peer_ep_id;
@@ -110,8 +116,8 @@ static __noinline void emit(struct __sk_buff *skb, const struct pkt *p, __u8 typ
  * read: the reader converts them; a verdict event's time is as coarse as
  * a tick. A reader that falls a whole log behind loses the oldest
  * records and counts them. */
-static __always_inline void flowlog_write(struct __sk_buff *skb, const struct pkt *p,
-					  const struct ev_info *ei, __u64 jiffies)
+static __always_inline void flowlog_write(const struct pkt *p, const struct ev_info *ei,
+					  __u64 jiffies)
 {
 	__u32 base = bpf_get_smp_processor_id() * (flowlog_slot_mask + 2);
 	struct flowlog_head *h = bpf_map_lookup_elem(&flowlog, &base);
@@ -119,11 +125,23 @@ static __always_inline void flowlog_write(struct __sk_buff *skb, const struct pk
 		return; /* a CPU the agent did not size the log for */
 	__u64 head = h->head;
 	__u32 idx = base + 1 + ((__u32)head & flowlog_slot_mask);
-	struct event *e = bpf_map_lookup_elem(&flowlog, &idx);
+	struct flow_rec *e = bpf_map_lookup_elem(&flowlog, &idx);
 	if (!e)
 		return;
-	e->ts = jiffies;
-	event_fill(e, skb, p, EV_VERDICT, REASON_NONE, ei);
+	e->ts = (__u32)jiffies;
+	e->dir = ei->dir;
+	e->proto = p->t.proto;
+	e->obs = ei->obs;
+	e->flags = ei->flags | (p->is_v6 ? EVF_IPV6 : 0) | (p->fragment ? EVF_FRAGMENT : 0);
+	e->ep_id = ei->ep_id;
+	e->peer_ep_id = ei->peer_ep_id;
+	pkt_ports(p, &e->sport, &e->dport);
+	e->src_identity = ei->src_identity;
+	e->dst_identity = ei->dst_identity;
+	e->rule_id = ei->rule_id;
+	e->peer_rule_id = ei->peer_rule_id;
+	e->saddr = p->t.saddr;
+	e->daddr = p->t.daddr;
 	/* Orders the record's stores before the head's on every
 	 * architecture: a fetching atomic is fully ordered. */
 	__sync_fetch_and_add(&h->head, 1);

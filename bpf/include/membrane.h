@@ -288,6 +288,32 @@ struct event {
 	__u32 peer_rule_id; /* EVF_BOTH: the destination's ingress rule */
 };
 
+/* A verdict record of the flow log (events.h, flowlog_write): a new
+ * connection's allowed verdict, one cache line. Beside struct event it
+ * leaves out what a verdict needs not say (its type, a drop reason) or the
+ * agent does not show (the first packet's length, the interface), and
+ * keeps its time as the low 32 bits of jiffies (the reader widens them);
+ * 80-byte records straddled lines, and a writer took 1.25 lines a record
+ * from the reader's cache. */
+struct flow_rec {
+	__u32 ts;         /* jiffies, low 32 bits */
+	__u8 dir;         /* enum dir of the policy that decided */
+	__u8 proto;
+	__u8 obs;         /* enum obs_point */
+	__u8 flags;       /* enum event_flags */
+	__u16 ep_id;      /* endpoint whose policy decided */
+	__u16 peer_ep_id; /* EVF_BOTH: the destination endpoint */
+	__u16 sport;      /* host byte order; 0 for ICMP */
+	__u16 dport;      /* ICMP: the type */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;
+	__u32 peer_rule_id; /* EVF_BOTH: the destination's ingress rule */
+	struct addr saddr;
+	struct addr daddr;
+};
+_Static_assert(sizeof(struct flow_rec) == 64, "a flow log record is one cache line");
+
 /* The first element of each CPU's block of the flow log. head counts the
  * records ever written there (slot head % slots is the next); tail is
  * where the agent's reader has read up to and lost how many records it
@@ -299,7 +325,7 @@ struct flowlog_head {
 	__u64 tail;
 	__u64 lost;
 	__u64 wake;
-	__u8 pad[sizeof(struct event) - 32];
+	__u8 pad[sizeof(struct flow_rec) - 32];
 };
 
 /* Counters: per CPU, indexed by reason * 2 + dir; reason 0 counts
