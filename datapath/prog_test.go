@@ -431,6 +431,56 @@ func TestRedirectFailsClosedWithoutProxy(t *testing.T) {
 	}
 }
 
+// flow_ends makes the first ingress probe of a connection from the
+// underlay (the exact port) itself; what policy_decide and decide_ingress
+// check before or after that probe still holds.
+func TestFirstIngressProbe(t *testing.T) {
+	h := basic(t)
+	h.ipcache("169.254.1.1", IdentityHost, selR)
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16, 8)}})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 5})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: packet.TCP, Port: 22, Plen: 16}, PolicyValue{Verdict: VerdictDeny, RuleID: 6})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: packet.TCP, Port: 0x1f00, Plen: 8}, PolicyValue{Verdict: VerdictAllow, RuleID: 7})
+
+	// Found by the first probe: its rule decides.
+	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, packet.SYN), retNext)
+	if e := h.event(EventVerdict); e.RuleID != 5 || e.Dir != Ingress {
+		t.Fatalf("verdict of the first probe's entry: %+v", e)
+	}
+	h.expect(FromNetdev, tcp(addrR, addrB, 2, 22, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonPolicyDeny || e.RuleID != 6 {
+		t.Fatalf("deny found by the first probe: %+v", e)
+	}
+	// Missed by it: the port block that holds the port (0x1f00-0x1fff).
+	h.expect(FromNetdev, tcp(addrR, addrB, 3, 0x1f90, packet.SYN), retNext)
+	if e := h.event(EventVerdict); e.RuleID != 7 {
+		t.Fatalf("verdict after the first probe missed: %+v", e)
+	}
+	h.expect(FromNetdev, tcp(addrR, addrB, 4, 81, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonPolicy {
+		t.Fatalf("default deny after the first probe missed: %+v", e)
+	}
+	// The node itself passes whatever its selector set's entries say.
+	h.expect(FromNetdev, tcp("169.254.1.1", addrB, 5, 22, packet.SYN), retNext)
+	h.drain()
+	cfg := DefaultConfig
+	cfg.AllowHost = false
+	if err := h.d.SetConfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	h.expect(FromNetdev, tcp("169.254.1.1", addrB, 6, 22, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonPolicyDeny || e.RuleID != 6 {
+		t.Fatalf("the node, not allowed as such: %+v", e)
+	}
+	// An endpoint whose policy could not be programmed refuses even what
+	// its entries allow.
+	h.endpoint(addrB, 2, EndpointIngressEnforced|EndpointFailClosed, [2][2]uint32{Ingress: {MaskSelset: portMask(16, 8)}})
+	h.expect(FromNetdev, tcp(addrR, addrB, 7, 80, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonFailClosed {
+		t.Fatalf("fail-closed endpoint: %+v", e)
+	}
+}
+
 func TestFailClosedEndpoint(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointFailClosed, [2][2]uint32{})

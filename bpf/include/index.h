@@ -233,10 +233,8 @@ __noinline int ipcache_host_get(const struct addr *a, struct ipcache_value *out)
 
 /* The policy entry of key k, as its value word; 0 when none (an entry's
  * verdict is never VERDICT_NONE). */
-__noinline __u64 policy_get(const struct policy_key *k)
+static __always_inline __u64 policy_find(const struct policy_key *k)
 {
-	if (!k)
-		return 0;
 	/* The key's three words: selset; ep_id and port; dir_gen, proto, plen
 	 * and pad. */
 	const __u32 *y = (const __u32 *)k;
@@ -259,6 +257,14 @@ __noinline __u64 policy_get(const struct policy_key *k)
 		return 0;
 	__u64 *v = bpf_map_lookup_elem(&policy, k);
 	return v ? *v : 0;
+}
+
+/* policy_find as a function of its own. */
+__noinline __u64 policy_get(const struct policy_key *k)
+{
+	if (!k)
+		return 0;
+	return policy_find(k);
 }
 
 #endif /* MEMBRANE_INDEX_H */

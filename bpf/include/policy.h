@@ -70,6 +70,28 @@ static __always_inline __u64 policy_probe(struct policy_key *k, __u32 mask, __u8
 	return 0;
 }
 
+/* The decision a policy entry's value word v (index.h) says. */
+static __always_inline void decision_of(__u64 v, struct decision *d)
+{
+	/* struct policy_value's bytes, little-endian */
+	d->verdict = (__u8)v;
+	d->reason = d->verdict == VERDICT_DENY ? REASON_POLICY_DENY : REASON_NONE;
+	d->proxy_port = (__u16)(v >> 16);
+	d->rule_id = (__u32)(v >> 32);
+}
+
+/* The key of ep's first probe in direction dir: the exact port (port
+ * block 16) of peer selector set selset, as policy_decide probes first
+ * where ep has such entries. */
+static __always_inline void policy_first_key(struct policy_key *k, const struct endpoint *ep, __u8 dir,
+					     __u32 selset, __u8 proto, __u16 port)
+{
+	k->selset = selset;
+	k->ep_id = ep->id;
+	k->dir_gen = dir | ((ep->flags & EP_F_GEN) ? 2 : 0);
+	policy_key_set(k, proto, 16, port);
+}
+
 /* Decides traffic in direction dir for endpoint ep with a peer in selector
  * set selset, protocol proto and policy port port. */
 static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, __u32 selset,
@@ -105,11 +127,7 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 	}
 
 	if (v) {
-		/* struct policy_value's bytes, little-endian */
-		d->verdict = (__u8)v;
-		d->reason = d->verdict == VERDICT_DENY ? REASON_POLICY_DENY : REASON_NONE;
-		d->proxy_port = (__u16)(v >> 16);
-		d->rule_id = (__u32)(v >> 32);
+		decision_of(v, d);
 		return;
 	}
 	d->proxy_port = 0;
