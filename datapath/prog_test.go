@@ -481,6 +481,57 @@ func TestFirstIngressProbe(t *testing.T) {
 	}
 }
 
+// flow_ends makes the first egress probe of a connection from a local
+// endpoint itself; the rest of policy_decide, and the destination's
+// ingress, still hold.
+func TestFirstEgressProbe(t *testing.T) {
+	h := basic(t)
+	h.endpoint(addrA, 1, EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16, 8)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 5})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: packet.TCP, Port: 22, Plen: 16}, PolicyValue{Verdict: VerdictDeny, RuleID: 6})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: packet.TCP, Port: 0x1f00, Plen: 8}, PolicyValue{Verdict: VerdictAllow, RuleID: 7})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 8})
+
+	h.expect(FromContainer, tcp(addrA, addrR, 1, 80, packet.SYN), retNext)
+	if e := h.event(EventVerdict); e.RuleID != 5 || e.Dir != Egress || e.EndpointID != 1 {
+		t.Fatalf("verdict of the first probe's entry: %+v", e)
+	}
+	h.expect(FromContainer, tcp(addrA, addrR, 2, 22, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonPolicyDeny || e.RuleID != 6 || e.Dir != Egress {
+		t.Fatalf("deny found by the first probe: %+v", e)
+	}
+	h.expect(FromContainer, tcp(addrA, addrR, 3, 0x1f90, packet.SYN), retNext)
+	if e := h.event(EventVerdict); e.RuleID != 7 {
+		t.Fatalf("verdict after the first probe missed: %+v", e)
+	}
+	h.expect(FromContainer, tcp(addrA, addrR, 4, 81, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonPolicy || e.Dir != Egress {
+		t.Fatalf("default deny after the first probe missed: %+v", e)
+	}
+	// To a local endpoint: the egress probe allows, and the destination's
+	// ingress, decided apart, still refuses.
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.expect(FromContainer, tcp(addrA, addrB, 5, 80, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Dir != Ingress || e.EndpointID != 2 || e.Reason != ReasonPolicy {
+		t.Fatalf("local destination's ingress: %+v", e)
+	}
+	h.policy(allowIn(2, selA, packet.TCP, 80, 16, 9))
+	h.expect(FromContainer, tcp(addrA, addrB, 6, 80, packet.SYN), retNext)
+	if e := h.event(EventVerdict); e.RuleID != 8 || e.Dir != Egress {
+		t.Fatalf("local verdict, egress: %+v", e)
+	}
+	if e := h.event(EventVerdict); e.RuleID != 9 || e.Dir != Ingress {
+		t.Fatalf("local verdict, ingress: %+v", e)
+	}
+	// A source whose policy could not be programmed refuses even what its
+	// entries allow.
+	h.endpoint(addrA, 1, EndpointEgressEnforced|EndpointFailClosed, [2][2]uint32{Egress: {MaskSelset: portMask(16, 8)}})
+	h.expect(FromContainer, tcp(addrA, addrR, 7, 80, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonFailClosed {
+		t.Fatalf("fail-closed endpoint: %+v", e)
+	}
+}
+
 func TestFailClosedEndpoint(t *testing.T) {
 	h := basic(t)
 	h.endpoint(addrB, 2, EndpointFailClosed, [2][2]uint32{})

@@ -80,16 +80,23 @@ static __always_inline void decision_of(__u64 v, struct decision *d)
 	d->rule_id = (__u32)(v >> 32);
 }
 
-/* The key of ep's first probe in direction dir: the exact port (port
- * block 16) of peer selector set selset, as policy_decide probes first
- * where ep has such entries. */
-static __always_inline void policy_first_key(struct policy_key *k, const struct endpoint *ep, __u8 dir,
-					     __u32 selset, __u8 proto, __u16 port)
+/* The entry of the first probe policy_decide makes for endpoint id (its
+ * flags ep_flags, its selector-set mask in direction dir mask): the exact
+ * port (port block 16) of peer selector set selset, where the endpoint
+ * has such entries. 0 where it has none, the probe finds none, or the
+ * endpoint fails closed (policy_decide's first check). */
+static __always_inline __u64 policy_first_probe(__u16 id, __u16 ep_flags, __u32 mask, __u8 dir,
+						__u32 selset, __u8 proto, __u16 port)
 {
-	k->selset = selset;
-	k->ep_id = ep->id;
-	k->dir_gen = dir | ((ep->flags & EP_F_GEN) ? 2 : 0);
-	policy_key_set(k, proto, 16, port);
+	if (!selset || (ep_flags & EP_F_FAIL_CLOSED) || !(mask & (1u << 16)))
+		return 0;
+	struct policy_key k = {
+		.selset = selset,
+		.ep_id = id,
+		.dir_gen = dir | ((ep_flags & EP_F_GEN) ? 2 : 0),
+	};
+	policy_key_set(&k, proto, 16, port);
+	return policy_find(&k);
 }
 
 /* Decides traffic in direction dir for endpoint ep with a peer in selector
