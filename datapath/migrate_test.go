@@ -234,15 +234,22 @@ func TestMigrateConvertsOlderConntrack(t *testing.T) {
 	if c := conns[0]; c.Src.String() != "10.1.0.5:40000" || c.Dst.String() != "10.0.0.1:80" || c.Flags&CTSwapped == 0 {
 		t.Fatalf("converted connection %s -> %s flags %#x", c.Src, c.Dst, c.Flags)
 	}
-	if _, err := d2.FinishMigration(); err != nil {
+	passesOnConntrackAlone(t, d2, k)
+}
+
+// passesOnConntrackAlone finishes d's migration and deletes k, the policy
+// entry that admitted pinnedWithConnection's connection: from then on only
+// conntrack lets it through (the revision stays, so nothing is re-checked),
+// and a new connection is refused.
+func passesOnConntrackAlone(t *testing.T, d *Datapath, k PolicyKey) {
+	t.Helper()
+	if _, err := d.FinishMigration(); err != nil {
 		t.Fatal(err)
 	}
-	// From now on only conntrack lets the connection through (the
-	// revision stays, so nothing is re-checked).
-	if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
+	if err := d.PolicyDelete([]PolicyKey{k}); err != nil {
 		t.Fatal(err)
 	}
-	cur := &harness{t: t, d: d2, cfg: DefaultConfig}
+	cur := &harness{t: t, d: d, cfg: DefaultConfig}
 	cur.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
 	cur.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
 	cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
@@ -299,16 +306,7 @@ func TestMigrateCopiesOlderTables(t *testing.T) {
 			if err != nil || len(conns) != 1 {
 				t.Fatalf("conns %+v, %v", conns, err)
 			}
-			if _, err := d2.FinishMigration(); err != nil {
-				t.Fatal(err)
-			}
-			if err := d2.PolicyDelete([]PolicyKey{k}); err != nil {
-				t.Fatal(err)
-			}
-			cur := &harness{t: t, d: d2, cfg: DefaultConfig}
-			cur.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
-			cur.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.ACK), retNext)
-			cur.expect(FromNetdev, tcp(addrR, addrA, 40001, 80, packet.SYN), retDrop)
+			passesOnConntrackAlone(t, d2, k)
 		})
 	}
 }

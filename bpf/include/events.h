@@ -57,6 +57,12 @@ static __always_inline void pkt_ports(const struct pkt *p, __u16 *sport, __u16 *
 	}
 }
 
+/* An event's flags: ei's and what the packet is. */
+static __always_inline __u16 event_flags(const struct pkt *p, const struct ev_info *ei)
+{
+	return ei->flags | (p->is_v6 ? EVF_IPV6 : 0) | (p->fragment ? EVF_FRAGMENT : 0);
+}
+
 /* The fields every event in the ring buffer carries. */
 static __always_inline void event_fill(struct event *e, struct __sk_buff *skb,
 				       const struct pkt *p, __u8 type, __u8 reason,
@@ -67,7 +73,7 @@ static __always_inline void event_fill(struct event *e, struct __sk_buff *skb,
 	e->dir = ei->dir;
 	e->proto = p->t.proto;
 	e->ep_id = ei->ep_id;
-	e->flags = ei->flags | (p->is_v6 ? EVF_IPV6 : 0) | (p->fragment ? EVF_FRAGMENT : 0);
+	e->flags = event_flags(p, ei);
 	e->src_identity = ei->src_identity;
 	e->dst_identity = ei->dst_identity;
 	e->rule_id = ei->rule_id;
@@ -132,7 +138,7 @@ static __always_inline void flowlog_write(const struct pkt *p, const struct ev_i
 	e->dir = ei->dir;
 	e->proto = p->t.proto;
 	e->obs = ei->obs;
-	e->flags = ei->flags | (p->is_v6 ? EVF_IPV6 : 0) | (p->fragment ? EVF_FRAGMENT : 0);
+	e->flags = (__u8)event_flags(p, ei);
 	e->ep_id = ei->ep_id;
 	e->peer_ep_id = ei->peer_ep_id;
 	pkt_ports(p, &e->sport, &e->dport);
