@@ -24,14 +24,15 @@ import (
 // cache line each), one block per possible CPU of 1 + slots elements. A
 // block's first element is its header (struct flowlog_head): head counts
 // the records that CPU ever wrote, and the record numbered i sits in slot
-// i % slots. The program writes slot head % slots and then counts head
-// up; the reader copies records from its tail up to head and checks
-// afterwards that the writer has not come round to them meanwhile. tail and the count of records lost
-// to overwriting live in the header too, so that a restarted agent goes on
-// where the last one stopped. While the reader polls seldom (idle), the
-// record that fills half a CPU's log since the reader last moved its tail
-// wakes it through the ring buffer (an 8-byte record, skipped by
-// EventReader); the reader sets the headers' wake flags for that.
+// i % slots. The program writes slot head % slots and then counts head up;
+// the reader copies records from its tail up to head and checks afterwards
+// that the writer has not come round to them meanwhile. tail and the count
+// of records lost to overwriting live in the header too, so that a
+// restarted agent goes on where the last one stopped. While the reader
+// polls seldom (idle), the record that fills half a CPU's log since the
+// reader last moved its tail wakes it through the ring buffer (an 8-byte
+// record, skipped by EventReader); the reader sets the headers' wake flags
+// for that.
 //
 // A record's time is the low 32 bits of jiffies (the tick counter
 // conntrack reads anyway); the reader converts it against an anchor, a

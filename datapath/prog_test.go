@@ -437,8 +437,9 @@ func TestRedirectFailsClosedWithoutProxy(t *testing.T) {
 func TestFirstIngressProbe(t *testing.T) {
 	h := basic(t)
 	h.ipcache("169.254.1.1", IdentityHost, selR)
-	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16, 8)}})
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16, 8), MaskAny: portMask(16)}})
 	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 5})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Proto: packet.TCP, Port: 82, Plen: 16}, PolicyValue{Verdict: VerdictAllow, RuleID: 10})
 	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: packet.TCP, Port: 22, Plen: 16}, PolicyValue{Verdict: VerdictDeny, RuleID: 6})
 	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: packet.TCP, Port: 0x1f00, Plen: 8}, PolicyValue{Verdict: VerdictAllow, RuleID: 7})
 
@@ -459,6 +460,11 @@ func TestFirstIngressProbe(t *testing.T) {
 	h.expect(FromNetdev, tcp(addrR, addrB, 4, 81, packet.SYN), retDrop)
 	if e := h.event(EventDrop); e.Reason != ReasonPolicy {
 		t.Fatalf("default deny after the first probe missed: %+v", e)
+	}
+	// Missed too, but an entry for any peer has the exact port.
+	h.expect(FromNetdev, tcp(addrR, addrB, 8, 82, packet.SYN), retNext)
+	if e := h.event(EventVerdict); e.RuleID != 10 {
+		t.Fatalf("any peer's exact port after the first probe missed: %+v", e)
 	}
 	// The node itself passes whatever its selector set's entries say.
 	h.expect(FromNetdev, tcp("169.254.1.1", addrB, 5, 22, packet.SYN), retNext)

@@ -63,6 +63,7 @@ enum endpoint_flags {
  * lookup only probes the keys that can hit. Bits 0..16: entries with a
  * specific protocol and a port prefix of that length (0 = any port);
  * bit 17: entries for any protocol. */
+#define MASK_EXACT_PORT (1u << 16)
 #define MASK_ANY_PROTO (1u << 17)
 
 enum dir {

@@ -80,16 +80,19 @@ static __always_inline void decision_of(__u64 v, struct decision *d)
 	d->rule_id = (__u32)(v >> 32);
 }
 
-/* The entry of the first probe policy_decide makes for endpoint id (its
- * flags ep_flags, its selector-set mask in direction dir mask): the exact
- * port (port block 16) of peer selector set selset, where the endpoint
- * has such entries. 0 where it has none, the probe finds none, or the
- * endpoint fails closed (policy_decide's first check). */
-static __always_inline __u64 policy_first_probe(__u16 id, __u16 ep_flags, __u32 mask, __u8 dir,
-						__u32 selset, __u8 proto, __u16 port)
+/* Whether policy_decide's first probe, for an endpoint of flags ep_flags
+ * whose selector-set mask in the direction is mask and a peer in selector
+ * set selset, is the exact port of that selector set. */
+static __always_inline int policy_exact_first(__u16 ep_flags, __u32 mask, __u32 selset)
 {
-	if (!selset || (ep_flags & EP_F_FAIL_CLOSED) || !(mask & (1u << 16)))
-		return 0;
+	return selset && !(ep_flags & EP_F_FAIL_CLOSED) && (mask & MASK_EXACT_PORT);
+}
+
+/* The entry of that first probe for endpoint id in direction dir (its
+ * value word, 0 when none), where policy_exact_first says it is the one. */
+static __always_inline __u64 policy_first_probe(__u16 id, __u16 ep_flags, __u8 dir, __u32 selset,
+						__u8 proto, __u16 port)
+{
 	struct policy_key k = {
 		.selset = selset,
 		.ep_id = id,
@@ -100,9 +103,11 @@ static __always_inline __u64 policy_first_probe(__u16 id, __u16 ep_flags, __u32 
 }
 
 /* Decides traffic in direction dir for endpoint ep with a peer in selector
- * set selset, protocol proto and policy port port. */
+ * set selset, protocol proto and policy port port. missed are the port
+ * blocks of selset already probed without a match (MASK_EXACT_PORT after
+ * flow_ends' first probe), not probed again. */
 static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, __u32 selset,
-					  __u8 proto, __u16 port, struct decision *d)
+					  __u8 proto, __u16 port, __u32 missed, struct decision *d)
 {
 	struct policy_key k = {
 		.ep_id = ep->id,
@@ -119,8 +124,8 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 		return;
 	}
 
-	__u32 m_sel = dir == DIR_INGRESS ? ep->masks[DIR_INGRESS][MASK_SELSET]
-					 : ep->masks[DIR_EGRESS][MASK_SELSET];
+	__u32 m_sel = (dir == DIR_INGRESS ? ep->masks[DIR_INGRESS][MASK_SELSET]
+					  : ep->masks[DIR_EGRESS][MASK_SELSET]) & ~missed;
 	__u32 m_any = dir == DIR_INGRESS ? ep->masks[DIR_INGRESS][MASK_ANY]
 					 : ep->masks[DIR_EGRESS][MASK_ANY];
 
