@@ -110,57 +110,11 @@ func (l *Lab) createNode(ctx context.Context, n *nodePlan, all []*nodePlan) erro
 		return err
 	}
 
-	// The uplink: a veth from the fabric bridge to the node's eth0.
-	fab, err := netns.Netlink(l.y.fabricNetns())
-	if err != nil {
-		return err
-	}
-	defer fab.Close()
-	br, err := fab.LinkByName(fabricBridge)
-	if err != nil {
-		return fmt.Errorf("find bridge %s: %w", fabricBridge, err)
-	}
-	nodeFile, err := netns.Open(name)
-	if err != nil {
-		return err
-	}
-	defer nodeFile.Close()
-	uplink := nodeUplink(n.Index)
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: uplink, MasterIndex: br.Attrs().Index},
-		PeerName:      "eth0",
-		PeerNamespace: netlink.NsFd(nodeFile.Fd()),
-	}
-	if err := fab.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s (fabric) - eth0 (node %s): %w", uplink, n.Name, err)
-	}
-	if err := fab.LinkSetUp(veth); err != nil {
-		return fmt.Errorf("set %s up: %w", uplink, err)
-	}
-
-	h, err := netns.Netlink(name)
+	h, eth0, err := l.plugIntoFabric(name, nodeUplink(n.Index), "node "+n.Name, n.Underlay)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	eth0, err := h.LinkByName("eth0")
-	if err != nil {
-		return fmt.Errorf("node %s: find eth0: %w", n.Name, err)
-	}
-	for _, u := range n.Underlay {
-		if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: prefixNet(u), Flags: unix.IFA_F_NODAD}); err != nil {
-			return fmt.Errorf("node %s: add address %s to eth0: %w", n.Name, u, err)
-		}
-	}
-	if err := h.LinkSetUp(eth0); err != nil {
-		return fmt.Errorf("node %s: set eth0 up: %w", n.Name, err)
-	}
-	if err := waitOperUp(fab, uplink); err != nil {
-		return fmt.Errorf("fabric: %w", err)
-	}
-	if err := waitOperUp(h, "eth0"); err != nil {
-		return fmt.Errorf("node %s: %w", n.Name, err)
-	}
 	for _, other := range all {
 		if other == n {
 			continue
@@ -185,6 +139,67 @@ func (l *Lab) createNode(ctx context.Context, n *nodePlan, all []*nodePlan) erro
 		}
 	}
 	return nil
+}
+
+// plugIntoFabric connects namespace name to the fabric bridge by a veth,
+// uplink on the bridge and eth0 inside, gives eth0 the underlay addresses
+// and waits until both ends are up. what names the namespace in errors
+// ("node n1", "world"). It returns a handle in the namespace, which the
+// caller closes, and its eth0.
+func (l *Lab) plugIntoFabric(name, uplink, what string, underlay []netip.Prefix) (*netlink.Handle, netlink.Link, error) {
+	fab, err := netns.Netlink(l.y.fabricNetns())
+	if err != nil {
+		return nil, nil, err
+	}
+	defer fab.Close()
+	br, err := fab.LinkByName(fabricBridge)
+	if err != nil {
+		return nil, nil, fmt.Errorf("find bridge %s: %w", fabricBridge, err)
+	}
+	file, err := netns.Open(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer file.Close()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: uplink, MasterIndex: br.Attrs().Index},
+		PeerName:      "eth0",
+		PeerNamespace: netlink.NsFd(file.Fd()),
+	}
+	if err := fab.LinkAdd(veth); err != nil {
+		return nil, nil, fmt.Errorf("create veth %s (fabric) - eth0 (%s): %w", uplink, what, err)
+	}
+	if err := fab.LinkSetUp(veth); err != nil {
+		return nil, nil, fmt.Errorf("set %s up: %w", uplink, err)
+	}
+
+	h, err := netns.Netlink(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	fail := func(err error) (*netlink.Handle, netlink.Link, error) {
+		h.Close()
+		return nil, nil, fmt.Errorf("%s: %w", what, err)
+	}
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		return fail(fmt.Errorf("find eth0: %w", err))
+	}
+	for _, u := range underlay {
+		if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: prefixNet(u), Flags: unix.IFA_F_NODAD}); err != nil {
+			return fail(fmt.Errorf("add address %s to eth0: %w", u, err))
+		}
+	}
+	if err := h.LinkSetUp(eth0); err != nil {
+		return fail(fmt.Errorf("set eth0 up: %w", err))
+	}
+	if err := waitOperUp(fab, uplink); err != nil {
+		return fail(fmt.Errorf("fabric: %w", err))
+	}
+	if err := waitOperUp(h, "eth0"); err != nil {
+		return fail(err)
+	}
+	return h, eth0, nil
 }
 
 // prefixNet converts a prefix to the *net.IPNet that netlink wants.

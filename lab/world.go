@@ -95,55 +95,11 @@ func (l *Lab) createWorld(ctx context.Context, nodes []*nodePlan) error {
 		return err
 	}
 
-	fab, err := netns.Netlink(l.y.fabricNetns())
-	if err != nil {
-		return err
-	}
-	defer fab.Close()
-	br, err := fab.LinkByName(fabricBridge)
-	if err != nil {
-		return fmt.Errorf("find bridge %s: %w", fabricBridge, err)
-	}
-	worldFile, err := netns.Open(name)
-	if err != nil {
-		return err
-	}
-	defer worldFile.Close()
-	veth := &netlink.Veth{
-		LinkAttrs:     netlink.LinkAttrs{Name: worldUplink, MasterIndex: br.Attrs().Index},
-		PeerName:      "eth0",
-		PeerNamespace: netlink.NsFd(worldFile.Fd()),
-	}
-	if err := fab.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s (fabric) - eth0 (world): %w", worldUplink, err)
-	}
-	if err := fab.LinkSetUp(veth); err != nil {
-		return fmt.Errorf("set %s up: %w", worldUplink, err)
-	}
-
-	h, err := netns.Netlink(name)
+	h, eth0, err := l.plugIntoFabric(name, worldUplink, "world", worldUnderlay)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	eth0, err := h.LinkByName("eth0")
-	if err != nil {
-		return fmt.Errorf("world: find eth0: %w", err)
-	}
-	for _, u := range worldUnderlay {
-		if err := h.AddrAdd(eth0, &netlink.Addr{IPNet: prefixNet(u), Flags: unix.IFA_F_NODAD}); err != nil {
-			return fmt.Errorf("world: add address %s to eth0: %w", u, err)
-		}
-	}
-	if err := h.LinkSetUp(eth0); err != nil {
-		return fmt.Errorf("world: set eth0 up: %w", err)
-	}
-	if err := waitOperUp(fab, worldUplink); err != nil {
-		return fmt.Errorf("fabric: %w", err)
-	}
-	if err := waitOperUp(h, "eth0"); err != nil {
-		return fmt.Errorf("world: %w", err)
-	}
 	// The public addresses go on lo (up since createNetns): a dummy
 	// interface would read better, but not every kernel has the module.
 	lo, err := h.LinkByName("lo")
