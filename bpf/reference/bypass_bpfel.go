@@ -16,9 +16,10 @@ import (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	BypassMapBypassBytes = "bypass_bytes"
-	BypassMapBypassState = "bypass_state"
-	BypassProgBypass     = "bypass"
+	BypassMapBypassBytes   = "bypass_bytes"
+	BypassMapBypassPackets = "bypass_packets"
+	BypassMapBypassState   = "bypass_state"
+	BypassProgBypass       = "bypass"
 )
 
 // LoadBypass returns the embedded CollectionSpec for Bypass.
@@ -70,8 +71,9 @@ type BypassProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BypassMapSpecs struct {
-	BypassBytes *ebpf.MapSpec `ebpf:"bypass_bytes"`
-	BypassState *ebpf.MapSpec `ebpf:"bypass_state"`
+	BypassBytes   *ebpf.MapSpec `ebpf:"bypass_bytes"`
+	BypassPackets *ebpf.MapSpec `ebpf:"bypass_packets"`
+	BypassState   *ebpf.MapSpec `ebpf:"bypass_state"`
 }
 
 // BypassVariableSpecs contains global variables before they are loaded into the kernel.
@@ -100,13 +102,15 @@ func (o *BypassObjects) Close() error {
 //
 // It can be passed to LoadBypassObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BypassMaps struct {
-	BypassBytes *ebpf.Map `ebpf:"bypass_bytes"`
-	BypassState *ebpf.Map `ebpf:"bypass_state"`
+	BypassBytes   *ebpf.Map `ebpf:"bypass_bytes"`
+	BypassPackets *ebpf.Map `ebpf:"bypass_packets"`
+	BypassState   *ebpf.Map `ebpf:"bypass_state"`
 }
 
 func (m *BypassMaps) Close() error {
 	return _BypassClose(
 		m.BypassBytes,
+		m.BypassPackets,
 		m.BypassState,
 	)
 }

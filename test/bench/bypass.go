@@ -14,12 +14,13 @@ import (
 	"github.com/membrane-mesh/membrane/lab"
 )
 
-// Within one iperf3 transfer, the datapath on and off: the switch of
-// bpf/reference/bypass.c, first in the tcx chain of both pods' veths, lets
-// the datapath run or skips it, and flips every bypassPeriod. Pairs of
-// periods (in random order) give a ratio each. The machine's speed swings
-// by ±10% from one second to the next, and iperf3 runs of a few seconds
-// compared in pairs inherit that; 20 ms periods do not.
+// Within one iperf3 transfer, or one run of connections opened and reset,
+// the datapath on and off: the switch of bpf/reference/bypass.c, first in
+// the tcx chain of both pods' veths, lets the datapath run or skips it,
+// and flips every bypassPeriod. Pairs of periods (in random order) give a
+// ratio each. The machine's speed swings by ±10% from one second to the
+// next, and runs of a few seconds compared in pairs inherit that; 20 ms
+// periods do not.
 
 const (
 	bypassPeriod   = 20 * time.Millisecond
@@ -27,16 +28,25 @@ const (
 )
 
 type bypassResult struct {
-	ratios []float64 // per pair of periods: bytes/s on / bytes/s skipped
-	total  float64   // all bytes on / all bytes skipped, per second
+	ratios []float64 // per pair of periods: rate on / rate skipped
+	total  float64   // everything counted on / skipped, per second
 }
 
-// bypassRatio runs one iperf3 transfer in l (pods bench/client and
-// bench/server on one node) and switches the programs behind the switch
-// on and off while it runs. In a lab without the datapath, nothing is
-// behind the switch: both states are the same, and the result is the
-// method's own error.
-func bypassRatio(l *lab.Lab) (bypassResult, error) {
+// What the switch counts in each state: bytes (throughput) or packets (a
+// connection opened and reset is a fixed number of them).
+type bypassCounter int
+
+const (
+	countBytes bypassCounter = iota
+	countPackets
+)
+
+// bypassRatio runs load (traffic between pods bench/client and
+// bench/server on one node, for the seconds it is given) in l and switches
+// the programs behind the switch on and off while it runs. In a lab
+// without the datapath, nothing is behind the switch: both states are the
+// same, and the result is the method's own error.
+func bypassRatio(l *lab.Lab, load func(seconds int) error, counter bypassCounter) (bypassResult, error) {
 	var res bypassResult
 	var objs reference.BypassObjects
 	if err := reference.LoadBypassObjects(&objs, nil); err != nil {
@@ -80,9 +90,13 @@ func bypassRatio(l *lab.Lab) (bypassResult, error) {
 		}
 	}
 
-	bytesOf := func(state uint32) (uint64, error) {
+	counts := objs.BypassBytes
+	if counter == countPackets {
+		counts = objs.BypassPackets
+	}
+	countOf := func(state uint32) (uint64, error) {
 		var per []uint64
-		if err := objs.BypassBytes.Lookup(state, &per); err != nil {
+		if err := counts.Lookup(state, &per); err != nil {
 			return 0, err
 		}
 		var sum uint64
@@ -92,12 +106,9 @@ func bypassRatio(l *lab.Lab) (bypassResult, error) {
 		return sum, nil
 	}
 	done := make(chan error, 1)
-	go func() {
-		_, err := iperf(l, bypassTransfer)
-		done <- err
-	}()
+	go func() { done <- load(bypassTransfer) }()
 	// iperf3 omits its first second (slow start); so does the switch,
-	// and it stops a second before the transfer ends.
+	// and it stops a second before the load ends.
 	time.Sleep(time.Second)
 	var total [2]float64
 	var elapsed [2]time.Duration
@@ -114,12 +125,12 @@ func bypassRatio(l *lab.Lab) (bypassResult, error) {
 				break
 			}
 			var b0, b1 uint64
-			if b0, err = bytesOf(s); err != nil {
+			if b0, err = countOf(s); err != nil {
 				break
 			}
 			t0 := time.Now()
 			time.Sleep(bypassPeriod)
-			if b1, err = bytesOf(s); err != nil {
+			if b1, err = countOf(s); err != nil {
 				break
 			}
 			d := time.Since(t0)
@@ -146,18 +157,23 @@ func bypassRatio(l *lab.Lab) (bypassResult, error) {
 }
 
 // describeBypass reports the switch's result with the datapath behind it
-// and, for calibration, in the lab without it.
-func describeBypass(on, cal bypassResult) string {
+// and, for calibration, in the lab without it. load names what ran ("transfer"),
+// counter what was compared.
+func describeBypass(on, cal bypassResult, load string, counter bypassCounter) string {
 	q1, q3 := quartiles(on.ratios)
 	c1, c3 := quartiles(cal.ratios)
-	return fmt.Sprintf("Within one %d s transfer (its first and last second left out), the datapath on and off: a\n"+
+	rate, all := "throughput", "bytes"
+	if counter == countPackets {
+		rate, all = "packet-rate", "packets"
+	}
+	return fmt.Sprintf("Within one %d s %s (its first and last second left out), the datapath on and off: a\n"+
 		"switch program first in the tcx chain of both pods' veths (bpf/reference/bypass.c) lets the\n"+
 		"datapath run or accepts each packet before it, flipped every %s in pairs of random order.\n"+
-		"The figure is the median of the pairs' throughput ratios; the switch runs in both states.\n"+
+		"The figure is the median of the pairs' %s ratios; the switch runs in both states.\n"+
 		"  with the datapath behind the switch: on/off median of %d pairs %.3f (middle half %.3f-%.3f),\n"+
-		"    all bytes %.3f\n"+
+		"    all %s %.3f\n"+
 		"  in the lab without it (both states the same: the method's own error): median of %d pairs %.3f\n"+
-		"    (middle half %.3f-%.3f), all bytes %.3f\n",
-		bypassTransfer, bypassPeriod, len(on.ratios), median(on.ratios), q1, q3, on.total,
-		len(cal.ratios), median(cal.ratios), c1, c3, cal.total)
+		"    (middle half %.3f-%.3f), all %s %.3f\n",
+		bypassTransfer, load, bypassPeriod, rate, len(on.ratios), median(on.ratios), q1, q3, all, on.total,
+		len(cal.ratios), median(cal.ratios), c1, c3, all, cal.total)
 }
