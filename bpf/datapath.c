@@ -110,8 +110,8 @@ struct ends {
 	struct ipcache_value src; /* FL_SRC_SET */
 	struct ipcache_value dst; /* FL_DST_SET */
 	/* What the probe FL_PROBED_IN or FL_PROBED_OUT says was made found: a
-	 * policy entry's value, 0 for none. One probe, so that the hooks'
-	 * stack stays within its 512 bytes. */
+	 * policy entry's value, 0 for none (and 0 when none was made). One
+	 * probe, so that the hooks' stack stays within its 512 bytes. */
 	__u64 probed;
 };
 
@@ -154,6 +154,7 @@ __noinline int flow_ends(const struct ct_key *t, __u32 flags, struct endpoint *d
 	if (!t || !dst_ep || !out)
 		return 0;
 	struct ipcache_value *src = &out->src, *dst = &out->dst;
+	out->probed = 0;
 	int r = FL_DONE;
 	int dst_local = flags & FL_DST_LOCAL;
 	int src_local = flags & FL_SRC_LOCAL;
@@ -250,7 +251,7 @@ static __always_inline __u16 ct_policy_port(__u8 proto, __u16 dport)
 
 static __always_inline void decide_ingress(const struct config *cfg, const struct endpoint *ep,
 					   const struct ipcache_value *src, __u8 proto, __u16 port,
-					   __u32 missed, struct decision *d)
+					   int first_made, __u64 first, struct decision *d)
 {
 	if ((cfg->flags & CFG_ALLOW_HOST) && src->identity == ID_HOST) {
 		d->verdict = VERDICT_ALLOW;
@@ -259,7 +260,7 @@ static __always_inline void decide_ingress(const struct config *cfg, const struc
 		d->rule_id = 0;
 		return;
 	}
-	policy_decide(ep, DIR_INGRESS, src->selset, proto, port, missed, d);
+	policy_decide(ep, DIR_INGRESS, src->selset, proto, port, first_made, first, d);
 }
 
 /* Re-checks an established connection after a policy or ipcache change,
@@ -281,7 +282,7 @@ static __always_inline int ct_revalidate(const struct config *cfg, struct ct_ent
 
 	if (e->flags & CT_F_EGRESS) {
 		if (endpoint_get(osrc, &epv)) {
-			policy_decide(ep, DIR_EGRESS, dst.selset, proto, port, 0, d);
+			policy_decide(ep, DIR_EGRESS, dst.selset, proto, port, 0, 0, d);
 			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
 				/* L7 policy now applies, but this connection
 				 * bypasses the proxy: end it. */
@@ -298,7 +299,7 @@ static __always_inline int ct_revalidate(const struct config *cfg, struct ct_ent
 	}
 	if (e->flags & CT_F_INGRESS) {
 		if (endpoint_get(odst, &epv)) {
-			decide_ingress(cfg, ep, &src, proto, port, 0, d);
+			decide_ingress(cfg, ep, &src, proto, port, 0, 0, d);
 			if (d->verdict == VERDICT_REDIRECT && !(e->flags & CT_F_REDIRECT)) {
 				d->verdict = VERDICT_DENY;
 				d->reason = REASON_POLICY;
@@ -667,11 +668,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	}
 
 	if (src_ep) {
-		if ((ends & FL_PROBED_OUT) && en.probed)
-			decision_of(en.probed, &de); /* policy_decide's first probe, made */
-		else
-			policy_decide(src_ep, DIR_EGRESS, en.dst.selset, p.t.proto, p.port,
-				      (ends & FL_PROBED_OUT) ? MASK_EXACT_PORT : 0, &de);
+		policy_decide(src_ep, DIR_EGRESS, en.dst.selset, p.t.proto, p.port,
+			      ends & FL_PROBED_OUT, en.probed, &de);
 		if (de.verdict == VERDICT_DENY) {
 			ei.dir = DIR_EGRESS;
 			ei.ep_id = src_ep->id;
@@ -681,11 +679,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		ctflags |= CT_F_EGRESS;
 	}
 	if (dst_ep) {
-		if ((ends & FL_PROBED_IN) && en.probed && !((cfg->flags & CFG_ALLOW_HOST) && en.src.identity == ID_HOST))
-			decision_of(en.probed, &di); /* decide_ingress's first probe, made */
-		else
-			decide_ingress(cfg, dst_ep, &en.src, p.t.proto, p.port,
-				       (ends & FL_PROBED_IN) ? MASK_EXACT_PORT : 0, &di);
+		decide_ingress(cfg, dst_ep, &en.src, p.t.proto, p.port,
+			       ends & FL_PROBED_IN, en.probed, &di);
 		if (di.verdict == VERDICT_DENY) {
 			ei.dir = DIR_INGRESS;
 			ei.ep_id = dst_ep->id;

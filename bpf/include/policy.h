@@ -70,6 +70,12 @@ static __always_inline __u64 policy_probe(struct policy_key *k, __u32 mask, __u8
 	return 0;
 }
 
+/* A policy key's direction and generation byte. */
+static __always_inline __u8 policy_dir_gen(__u8 dir, __u16 ep_flags)
+{
+	return dir | ((ep_flags & EP_F_GEN) ? 2 : 0);
+}
+
 /* The decision a policy entry's value word v (index.h) says. */
 static __always_inline void decision_of(__u64 v, struct decision *d)
 {
@@ -96,22 +102,23 @@ static __always_inline __u64 policy_first_probe(__u16 id, __u16 ep_flags, __u8 d
 	struct policy_key k = {
 		.selset = selset,
 		.ep_id = id,
-		.dir_gen = dir | ((ep_flags & EP_F_GEN) ? 2 : 0),
+		.dir_gen = policy_dir_gen(dir, ep_flags),
 	};
 	policy_key_set(&k, proto, 16, port);
 	return policy_find(&k);
 }
 
 /* Decides traffic in direction dir for endpoint ep with a peer in selector
- * set selset, protocol proto and policy port port. missed are the port
- * blocks of selset already probed without a match (MASK_EXACT_PORT after
- * flow_ends' first probe), not probed again. */
+ * set selset, protocol proto and policy port port. first_made says that
+ * the first probe (policy_first_probe, made by flow_ends) was made and
+ * found first: its entry decides, or, 0, it is not made again. */
 static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, __u32 selset,
-					  __u8 proto, __u16 port, __u32 missed, struct decision *d)
+					  __u8 proto, __u16 port, int first_made, __u64 first,
+					  struct decision *d)
 {
 	struct policy_key k = {
 		.ep_id = ep->id,
-		.dir_gen = dir | ((ep->flags & EP_F_GEN) ? 2 : 0),
+		.dir_gen = policy_dir_gen(dir, ep->flags),
 	};
 	__u64 v = 0;
 	__u16 enforced = dir == DIR_INGRESS ? EP_F_INGRESS_ENFORCED : EP_F_EGRESS_ENFORCED;
@@ -124,8 +131,12 @@ static __always_inline void policy_decide(const struct endpoint *ep, __u8 dir, _
 		return;
 	}
 
+	if (first_made && first) {
+		decision_of(first, d);
+		return;
+	}
 	__u32 m_sel = (dir == DIR_INGRESS ? ep->masks[DIR_INGRESS][MASK_SELSET]
-					  : ep->masks[DIR_EGRESS][MASK_SELSET]) & ~missed;
+					  : ep->masks[DIR_EGRESS][MASK_SELSET]) & ~(first_made ? MASK_EXACT_PORT : 0);
 	__u32 m_any = dir == DIR_INGRESS ? ep->masks[DIR_INGRESS][MASK_ANY]
 					 : ep->masks[DIR_EGRESS][MASK_ANY];
 
