@@ -78,7 +78,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	a.mu.Unlock()
 	for _, m := range a.dp.MapStats() {
 		s.Maps = append(s.Maps, api.MapStats{Name: m.Name, Entries: m.Entries, MaxEntries: m.MaxEntries, Full: full[m.Name],
-			Indexed: m.Indexed, Overflowing: m.Overflowing})
+			Indexed: m.Indexed, Overflowing: m.Overflowing, CountedAt: m.CountedAt})
 	}
 	if c, err := a.dp.Counters(); err == nil {
 		for reason := 1; reason < datapath.NumReasons; reason++ {

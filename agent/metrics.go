@@ -99,7 +99,7 @@ func newAgentCollector(dp datapathSource, state func() agentGauges, flows *flowO
 		ctRevalidated:  d("membrane_conntrack_revalidated_total", "Established connections checked again after a policy change.", nil, nil),
 		ctEvicted:      d("membrane_conntrack_evicted_total", "Tracked connections whose conntrack slot a new connection took (both its buckets full): raise --map-size-conntrack if this grows.", nil, nil),
 		ctInsertFailed: d("membrane_conntrack_insert_failed_total", "New connections conntrack could not record (every slot of their buckets being written at once).", nil, nil),
-		mapEntries:     d("membrane_map_entries", "Entries in a BPF map.", []string{"map"}, nil),
+		mapEntries:     d("membrane_map_entries", "Entries in a BPF map. Conntrack's is its last collection's count kept up to date from the datapath's counters: connections that ended since stay counted until the next collection.", []string{"map"}, nil),
 		mapCapacity:    d("membrane_map_capacity", "Capacity (max entries) of a BPF map.", []string{"map"}, nil),
 		mapOverflowing: d("membrane_map_index_overflowing_keys", "Keys of an indexed BPF map its index could not hold (their bucket full): the datapath finds them with a slower kernel-map lookup. Raise the map's size if this grows.", []string{"map"}, nil),
 		mapRefused:     d("membrane_map_updates_refused_total", "Map updates refused because the map was full (the endpoint fails closed).", []string{"map"}, nil),

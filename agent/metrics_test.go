@@ -64,7 +64,7 @@ membrane_flows_total{type="l7",verdict="REDIRECTED"} 0
 # TYPE membrane_lost_events_total counter
 membrane_lost_events_total{source="datapath"} 3
 membrane_lost_events_total{source="follower"} 4
-# HELP membrane_map_entries Entries in a BPF map.
+# HELP membrane_map_entries Entries in a BPF map. Conntrack's is its last collection's count kept up to date from the datapath's counters: connections that ended since stay counted until the next collection.
 # TYPE membrane_map_entries gauge
 membrane_map_entries{map="frags"} 1
 membrane_map_entries{map="ipcache_host"} 9

@@ -106,6 +106,11 @@ type MapStats struct {
 	// take a slower lookup (raise the map's size if it grows).
 	Indexed     bool `json:"indexed,omitempty"`
 	Overflowing int  `json:"overflowing,omitempty"`
+	// CountedAt, when set, is when the map was last counted; Entries is
+	// that count kept up to date since from the datapath's counters, an
+	// upper bound (conntrack: connections that ended since stay counted
+	// until the next collection). Unset: counted for this response.
+	CountedAt time.Time `json:"countedAt,omitzero"`
 }
 
 // Endpoint states.

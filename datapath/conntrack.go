@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -90,6 +91,13 @@ func (d *Datapath) CTCollect(c Config) (CTCollection, error) {
 	if err != nil {
 		return res, err
 	}
+	// Read before the walk: a connection recorded during it is counted
+	// twice (found, and recorded since) rather than not at all.
+	start := time.Now()
+	before, err := d.Stats()
+	if err != nil {
+		return res, fmt.Errorf("collect conntrack: %w", err)
+	}
 	seen := 0
 	res.Expired, err = d.ctWalk(func(k *bpf.DatapathCtKey, v *bpf.DatapathCtEntry) ctVisit {
 		seen++
@@ -103,7 +111,10 @@ func (d *Datapath) CTCollect(c Config) (CTCollection, error) {
 	}
 	res.Entries = seen
 	res.Fill = float64(seen) / float64(d.ctConnections())
-	d.ctCount.Store(int64(seen - res.Expired))
+	d.ctTally.mu.Lock()
+	d.ctTally.valid, d.ctTally.at = true, start
+	d.ctTally.found, d.ctTally.recorded = int64(seen-res.Expired), before.ctRecorded()
+	d.ctTally.mu.Unlock()
 
 	var expired []bpf.DatapathCtKey
 	seen = 0
@@ -243,14 +254,47 @@ func (d *Datapath) CTDelete(conns []Conn) (int, error) {
 	return n, nil
 }
 
+// ctTally is the last conntrack collection's count, kept up to date
+// without walking the table: less the connections deleted since, plus
+// those the datapath has recorded since (its counters).
+type ctTally struct {
+	mu       sync.Mutex
+	valid    bool      // a collection has counted
+	at       time.Time // when
+	found    int64     // what it found and kept, less deletions since
+	recorded uint64    // the datapath's recorded connections then
+}
+
+// ctRecorded is how many new connections the datapath gave a slot of
+// their own: those that took a tracked connection's slot, or found none,
+// did not add one.
+func (s Stats) ctRecorded() uint64 {
+	return s.CTCreated - s.CTEvicted - s.CTInsertFailed
+}
+
+// ctEstimate is the count MapStats reports after a collection.
+// Connections that ended since stay in it until the next collection, and
+// one re-created in its old entry's slot counts again: an upper bound. ok
+// is false before any collection.
+func (d *Datapath) ctEstimate() (n int, at time.Time, ok bool) {
+	t := &d.ctTally
+	t.mu.Lock()
+	valid, at, found, recorded := t.valid, t.at, t.found, t.recorded
+	t.mu.Unlock()
+	if !valid {
+		return 0, time.Time{}, false
+	}
+	if s, err := d.Stats(); err == nil && s.ctRecorded() >= recorded {
+		found += int64(s.ctRecorded() - recorded)
+	}
+	return int(min(max(found, 0), int64(d.ctConnections()))), at, true
+}
+
 // ctForgot takes n deleted connections off the count MapStats reports.
 func (d *Datapath) ctForgot(n int) {
-	for {
-		c := d.ctCount.Load()
-		if c < 0 || d.ctCount.CompareAndSwap(c, max(0, c-int64(n))) {
-			return
-		}
-	}
+	d.ctTally.mu.Lock()
+	d.ctTally.found -= int64(n)
+	d.ctTally.mu.Unlock()
 }
 
 func (t *ctTable) deleteConns(conns []Conn) int {

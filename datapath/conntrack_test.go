@@ -388,10 +388,12 @@ func TestCTScanInWindows(t *testing.T) {
 }
 
 // Status and metrics report conntrack's size from the last collection,
-// less deletions since, instead of mapping and walking the table each
-// time; before any collection they count.
+// less deletions since and plus the connections the programs recorded
+// since, instead of mapping and walking the table each time; before any
+// collection they count.
 func TestMapStatsConntrackFromCollection(t *testing.T) {
-	h := newHarness(t)
+	h := basic(t)
+	h.endpoint(addrB, 2, 0, [2][2]uint32{}) // selected by nothing: open
 	now, err := h.d.jiffies()
 	if err != nil {
 		t.Fatal(err)
@@ -403,36 +405,56 @@ func TestMapStatsConntrackFromCollection(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	entries := func() int {
+	stat := func() MapStat {
 		for _, m := range h.d.MapStats() {
 			if m.Name == "ct" {
-				return m.Entries
+				return m
 			}
 		}
 		t.Fatal("no ct in MapStats")
-		return 0
+		return MapStat{}
 	}
-	if n := entries(); n != 10 {
-		t.Fatalf("before a collection: %d entries, want 10 (counted)", n)
+	entries := func() int { return stat().Entries }
+	if m := stat(); m.Entries != 10 || !m.CountedAt.IsZero() {
+		t.Fatalf("before a collection: %d entries counted at %v, want 10 counted now", m.Entries, m.CountedAt)
 	}
+	before := time.Now()
 	if _, err := h.d.CTCollect(DefaultConfig); err != nil {
 		t.Fatal(err)
 	}
+	// Written behind the programs' back (as the agent's tests and
+	// migration do): not seen until the next collection.
 	k := ctKey(10)
-	if _, err := ct.put(&k, &bpf.DatapathCtEntry{Flags: CTEgress}, false); err != nil {
+	if _, err := ct.put(&k, &bpf.DatapathCtEntry{Flags: CTEgress, LastSeen: uint64(now)}, false); err != nil {
 		t.Fatal(err)
 	}
-	if n := entries(); n != 10 {
-		t.Fatalf("after a collection: %d entries, want the collection's 10", n)
+	if m := stat(); m.Entries != 10 || m.CountedAt.Before(before) {
+		t.Fatalf("after a collection: %d entries counted at %v, want the collection's 10, counted after %v", m.Entries, m.CountedAt, before)
 	}
+	// Connections the programs record are counted at once; a packet of
+	// one already tracked adds nothing.
+	h.expect(FromNetdev, tcp(addrR, addrB, 1000, 80, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1001, 80, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1001, 80, packet.ACK), retNext)
+	if n := entries(); n != 12 {
+		t.Fatalf("after two new connections: %d entries, want 12", n)
+	}
+	h.drain()
 	k0 := ctKey(0)
 	src := netip.AddrPortFrom(fromAddr(k0.Saddr), ntohs(k0.Sport))
 	dst := netip.AddrPortFrom(fromAddr(k0.Daddr), ntohs(k0.Dport))
 	if n, err := h.d.CTDelete([]Conn{{Src: src, Dst: dst, Proto: k0.Proto}}); err != nil || n != 1 {
 		t.Fatalf("deleted %d, %v; want 1", n, err)
 	}
-	if n := entries(); n != 9 {
-		t.Fatalf("after a deletion: %d entries, want 9", n)
+	if n := entries(); n != 11 {
+		t.Fatalf("after a deletion: %d entries, want 11", n)
+	}
+	// The next collection counts the table again.
+	if _, err := h.d.CTCollect(DefaultConfig); err != nil {
+		t.Fatal(err)
+	}
+	if n := entries(); n != 12 {
+		t.Fatalf("after the next collection: %d entries, want 12 (the one written behind the programs' back too)", n)
 	}
 }
 

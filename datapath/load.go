@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -121,10 +120,9 @@ type Datapath struct {
 
 	hz uint32 // kernel jiffies per second
 
-	// ctCount is how many connections the last conntrack collection
-	// found, less those deleted since (-1: no collection yet). MapStats
-	// reports it rather than walking the table.
-	ctCount atomic.Int64
+	// ctTally is what MapStats reports for conntrack rather than walking
+	// the table (conntrack.go).
+	ctTally ctTally
 
 	// Pinned maps Load replaced (migrate.go), until FinishMigration.
 	retired []retiredMap
@@ -217,7 +215,6 @@ func Load(opts Options) (*Datapath, error) {
 	}
 
 	d := &Datapath{pinDir: opts.PinDir, sizes: sizes, legacy: opts.LegacyTC, links: map[string]link.Link{}}
-	d.ctCount.Store(-1)
 	// An index this Load creates is empty: there is nothing in it to
 	// check. It is one without a pin, or one a migration replaced
 	// (migratable: it starts empty).

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
@@ -320,15 +321,21 @@ type MapStat struct {
 	// slower lookup: many mean the map is sized too small.
 	Indexed     bool
 	Overflowing int
+	// CountedAt is zero when Entries was counted now; else the time of
+	// the count Entries starts from (conntrack's: see MapStats).
+	CountedAt time.Time
 }
 
 // MapStats counts the entries of the datapath's maps. Counting walks the
-// maps, so call it for status output, not per packet. Conntrack's count is
-// the last collection's (CTCollect; the agent's runs every 30 s), less the
-// connections deleted since, as Cilium reports its conntrack map pressure:
-// counting anew maps the whole table, which costs milliseconds and evicts
-// what the datapath had in the CPUs' caches, on every status request and
-// metrics scrape. Before any collection it counts.
+// maps, so call it for status output, not per packet. Conntrack's count
+// starts from the last collection's (CTCollect; the agent's runs every
+// 30 s): counting anew maps the whole table, which costs milliseconds and
+// evicts what the datapath had in the CPUs' caches, on every status
+// request and metrics scrape. To it are added the connections the
+// datapath recorded since (its counters), less those deleted since; those
+// that ended since stay counted until the next collection, so it is an
+// upper bound (CountedAt says when it was counted). Before any collection
+// it counts.
 func (d *Datapath) MapStats() []MapStat {
 	maps := []struct {
 		name string
@@ -347,8 +354,8 @@ func (d *Datapath) MapStats() []MapStat {
 	for _, e := range maps {
 		if e.m == d.objs.Ct {
 			st := MapStat{Name: e.name, MaxEntries: d.ctConnections()}
-			if n := d.ctCount.Load(); n >= 0 {
-				st.Entries = int(n)
+			if n, at, ok := d.ctEstimate(); ok {
+				st.Entries, st.CountedAt = n, at
 			} else {
 				scanCT(e.m, ctScanWindow, func(t *ctTable) bool {
 					st.Entries += t.len()

@@ -117,6 +117,7 @@ func printStatus(w io.Writer, s *api.Status) {
 	fmt.Fprintf(w, "  endpoints %d, identities %d, policies %d\n", s.Endpoints, s.Identities, s.Policies)
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  MAP\tENTRIES\tCAPACITY\tFILL\tREFUSED (FULL)\tPAST ITS INDEX")
+	var tallied []api.MapStats
 	for _, m := range s.Maps {
 		fill := 0.0
 		if m.MaxEntries > 0 {
@@ -126,9 +127,18 @@ func printStatus(w io.Writer, s *api.Status) {
 		if m.Indexed {
 			past = strconv.Itoa(m.Overflowing)
 		}
-		fmt.Fprintf(tw, "  %s\t%d\t%d\t%.1f%%\t%d\t%s\n", m.Name, m.Entries, m.MaxEntries, fill, m.Full, past)
+		entries := strconv.Itoa(m.Entries)
+		if !m.CountedAt.IsZero() {
+			entries = "≤" + entries
+			tallied = append(tallied, m)
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%d\t%.1f%%\t%d\t%s\n", m.Name, entries, m.MaxEntries, fill, m.Full, past)
 	}
 	tw.Flush()
+	for _, m := range tallied {
+		fmt.Fprintf(w, "  ≤ %s: counted %s ago, plus the connections recorded since; those that ended since are counted until the next collection\n",
+			m.Name, time.Since(m.CountedAt).Round(time.Second))
+	}
 	if len(s.Drops) > 0 {
 		fmt.Fprintln(w, "  drops:")
 		for _, k := range slices.Sorted(maps.Keys(s.Drops)) {

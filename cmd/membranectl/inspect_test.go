@@ -1,6 +1,12 @@
 package main
 
-import "testing"
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/membrane-mesh/membrane/api"
+)
 
 func TestFormatVerdictCounts(t *testing.T) {
 	for _, c := range []struct {
@@ -13,6 +19,27 @@ func TestFormatVerdictCounts(t *testing.T) {
 	} {
 		if got := formatVerdictCounts(c.by); got != c.want {
 			t.Errorf("formatVerdictCounts(%v) = %q, want %q", c.by, got, c.want)
+		}
+	}
+}
+
+// A map whose count was kept up to date since it was last counted
+// (conntrack's) says so, in its row and below the table.
+func TestPrintStatusTalliedMap(t *testing.T) {
+	s := &api.Status{Node: "node1", Healthy: true, Maps: []api.MapStats{
+		{Name: "endpoints", Entries: 2, MaxEntries: 4096, Indexed: true},
+		{Name: "ct", Entries: 7, MaxEntries: 262144, CountedAt: time.Now().Add(-12 * time.Second)},
+	}}
+	var b strings.Builder
+	printStatus(&b, s)
+	out := b.String()
+	for _, want := range []string{
+		"  endpoints  2  ",
+		"  ct         ≤7  ",
+		"  ≤ ct: counted 12s ago, plus the connections recorded since",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
 	}
 }
