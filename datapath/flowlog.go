@@ -35,8 +35,8 @@ import (
 // for that.
 //
 // A record's time is the low 32 bits of jiffies (the tick counter
-// conntrack reads anyway); the reader converts it against an anchor, a
-// moment at which it read both the jiffies and the clock.
+// conntrack reads anyway); the reader converts it against an anchor, the
+// moment a tick began, to the start of the record's tick (anchor).
 
 // The default flow log holds 16,384 records a CPU: more than a burst of
 // new connections that `make bench` sends one CPU (8,000 in a few
@@ -134,13 +134,53 @@ func (l *flowLog) close() {
 	}
 }
 
+// How anchor finds the start of a tick: it reads jiffies over and over
+// until they change (a read costs a few microseconds; a sleep between
+// reads, however short, took a millisecond here), and takes the change if
+// the two reads around it began and ended within anchorSlack (the reader
+// was not descheduled between them), trying the next ticks up to
+// anchorTicks.
+const (
+	anchorSlack = 100 * time.Microsecond
+	anchorTicks = 3
+)
+
+// anchor pairs a jiffies value with the time its tick began, so that a
+// record's time is the start of the tick it was written in: never after
+// the moment it records, by at most a tick (4 ms at HZ=250) before it. An
+// anchor taken at any moment of a tick would put a record's time
+// anywhere within a tick either side of it: an L7 request could show
+// before the verdict of the connection it came on. It costs the reader
+// up to anchorTicks ticks of one CPU, at start and once a
+// flowLogReanchor; if no tick's start could be made out that closely,
+// it settles for the middle of the tick its last read fell in.
 func (l *flowLog) anchor() error {
-	j, err := l.jiffies()
+	tick := time.Second / time.Duration(l.hz)
+	before := time.Now()
+	j0, err := l.jiffies()
 	if err != nil {
 		return err
 	}
-	l.anchorJ, l.anchorT = j, time.Now()
-	l.anchoredAt = l.anchorT
+	for deadline := before.Add(anchorTicks * tick); ; {
+		b := time.Now()
+		j, err := l.jiffies()
+		if err != nil {
+			return err
+		}
+		a := time.Now()
+		if j == (j0+1)&0x7fffffff && a.Sub(before) <= anchorSlack {
+			// The tick began after the last read of j0 began and before
+			// this read ended.
+			l.anchorJ, l.anchorT = j, before.Add(a.Sub(before)/2)
+			break
+		}
+		if a.After(deadline) {
+			l.anchorJ, l.anchorT = j, a.Add(-tick/2)
+			break
+		}
+		j0, before = j, b
+	}
+	l.anchoredAt = time.Now()
 	return nil
 }
 

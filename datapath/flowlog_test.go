@@ -51,6 +51,33 @@ func readPorts(r *EventReader, n int) []uint16 {
 	return ports
 }
 
+// A record's time is the start of the tick it was written in (the
+// kernel's own jiffies, read the way the programs read them): never after
+// the moment it records, at most a tick before it. So a verdict never
+// shows after an L7 request on its connection, which the proxy times
+// exactly.
+func TestFlowLogTimeIsTickStart(t *testing.T) {
+	h := newHarness(t)
+	l := h.evs.log
+	tick := time.Second / time.Duration(h.d.HZ())
+	const tolerance = anchorSlack / 2 // how closely anchor makes out a tick's start
+	for i := range 60 {
+		// Steps that are no multiple of the tick: reads at every phase of it.
+		time.Sleep(tick*time.Duration(i%3) + tick/7*time.Duration(i%7))
+		b := time.Now()
+		j, err := h.d.jiffies()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := time.Now()
+		got := l.time(uint64(j))
+		if got.After(a.Add(tolerance)) || got.Before(b.Add(-tick-tolerance)) {
+			t.Fatalf("read %d: jiffies %d read between %v and %v convert to %v: %v after the read ended, want at most %v after it and at most a tick (%v) before it began",
+				i, j, b.Format("15:04:05.000000"), a.Format("15:04:05.000000"), got.Format("15:04:05.000000"), got.Sub(a), tolerance, tick)
+		}
+	}
+}
+
 // Verdict events go through the flow log: their time is the tick
 // conntrack read, and a reader that stops hands the records it has not
 // returned yet to the next one.
