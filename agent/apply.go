@@ -75,8 +75,13 @@ func (a *applier) routeToProxy(entries map[policy.EntryKey]policy.Value) error {
 	return nil
 }
 
-// attachWorkers bounds concurrent attachments: each waits for an RCU grace
-// period in the kernel, so they overlap well.
+// attachWorkers bounds concurrent attachments. A first tcx attachment
+// waits for an RCU grace period with the RTNL lock held, so the kernel
+// serialises those (docs/ARCHITECTURE.md: ~54 s for 1,000 endpoints
+// here); several workers still overlap each one's interface lookup and
+// pin reads and writes with another's wait, and an agent's restart,
+// which updates its pinned links instead, is not held up by one slow
+// interface.
 const attachWorkers = 32
 
 // attachPending attaches the programs of every pending endpoint.

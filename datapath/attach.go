@@ -76,10 +76,12 @@ func (d *Datapath) DetachEndpoint(ifname string) error {
 // attachment (a pinned link from an earlier agent run included) without a
 // window where no program runs.
 //
-// Attaching waits for an RCU grace period in the kernel, so callers with
-// many interfaces attach them concurrently; the lock here covers only the
-// link table, not the system calls. Attach and Detach of one interface must
-// not run concurrently.
+// A new tcx attachment waits for an RCU grace period in the kernel with
+// the RTNL lock held, so new attachments serialise there; callers with
+// many interfaces may still attach them concurrently, which overlaps the
+// rest (lookups, pins), and the lock here covers only the link table, not
+// the system calls. Attach and Detach of one interface must not run
+// concurrently.
 func (d *Datapath) Attach(ifname string, h Hook) error {
 	ifc, err := netlink.LinkByName(ifname)
 	if err != nil {
