@@ -8,7 +8,24 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/validate/content"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/membrane-mesh/membrane/identity"
 )
+
+// derivedLabelMessage says why a pod cannot carry label key k, which
+// identity derives (identity.Derived), and what to do instead.
+func derivedLabelMessage(k string) string {
+	from, fix := "the labels of the pod's namespace", "; label the Namespace instead"
+	switch k {
+	case identity.LabelNamespace:
+		from, fix = "metadata.namespace", ""
+	case identity.LabelServiceAccount:
+		from, fix = "spec.serviceAccountName", "; set that instead"
+	case identity.LabelCluster:
+		from, fix = "the agent's --cluster", ""
+	}
+	return fmt.Sprintf("%q is derived from %s, so a pod cannot carry it (policies would select the pod as if it were so)%s", k, from, fix)
+}
 
 // defaultPod fills in what the API server would: service account
 // "default", TCP for ports without a protocol, and status.podIP and
@@ -37,6 +54,11 @@ func defaultPod(pod *corev1.Pod) {
 
 func validatePod(pod *corev1.Pod) fieldErrors {
 	fe := validateMeta(&pod.ObjectMeta, dns1123Subdomain, true)
+	for _, k := range sortedKeys(pod.Labels) {
+		if identity.Derived(k) {
+			fe.add(path("metadata").child("labels").key(k), derivedLabelMessage(k))
+		}
+	}
 	spec := path("spec")
 	if pod.Spec.NodeName != "" {
 		if msg := checkName(pod.Spec.NodeName, dns1123Subdomain); msg != "" {

@@ -9,7 +9,12 @@ import (
 )
 
 func TestPodLabels(t *testing.T) {
-	l := PodLabels(map[string]string{"app": "web", LabelNamespace: "evil"}, "x", map[string]string{"team": "a"}, "", "")
+	// Pod labels with derived keys are left out: they must not override
+	// the derived ones, nor add namespace labels the namespace lacks.
+	l := PodLabels(map[string]string{
+		"app": "web", LabelNamespace: "evil", LabelServiceAccount: "admin",
+		LabelNamespaceLabel + "team": "b", LabelNamespaceLabel + "tier": "frontend",
+	}, "x", map[string]string{"team": "a"}, "", "")
 	if v, _ := l.Get(LabelNamespace); v != "x" {
 		t.Fatalf("namespace label %q: a pod label must not override it", v)
 	}

@@ -79,16 +79,31 @@ func (l Labels) List() []string {
 // Map returns a copy of the labels.
 func (l Labels) Map() map[string]string { return maps.Clone(l.m) }
 
-// PodLabels builds the identity labels of a pod.
+// Derived reports whether key is one of the labels identity derives from
+// a pod's namespace, namespace labels, service account and cluster, which
+// a pod's own labels must not carry.
+func Derived(key string) bool {
+	switch key {
+	case LabelNamespace, LabelServiceAccount, LabelCluster:
+		return true
+	}
+	return strings.HasPrefix(key, LabelNamespaceLabel)
+}
+
+// PodLabels builds the identity labels of a pod. Pod labels with a
+// derived key are left out: a pod labelled
+// io.cilium.k8s.namespace.labels.team=frontend in a namespace without a
+// team label would otherwise be selected as if its namespace had one.
 func PodLabels(podLabels map[string]string, namespace string, nsLabels map[string]string, serviceAccount, cluster string) Labels {
 	m := make(map[string]string, len(podLabels)+len(nsLabels)+4)
 	for k, v := range podLabels {
-		m[k] = v
+		if !Derived(k) {
+			m[k] = v
+		}
 	}
 	for k, v := range nsLabels {
 		m[LabelNamespaceLabel+k] = v
 	}
-	// Derived labels win over pod labels that try to impersonate them.
 	m[LabelNamespace] = namespace
 	if serviceAccount == "" {
 		serviceAccount = "default"
