@@ -528,19 +528,21 @@ func (e *Engine) computeIdentities(snap *Snapshot) error {
 		if ps.id != identity.Invalid && ps.labels.String() == l.String() {
 			continue
 		}
-		ps.labels = l
 		need = append(need, ps)
 		sets = append(sets, l)
 	}
 	if len(sets) == 0 {
 		return nil
 	}
+	// A pod's labels change with its identity, once that is allocated: a
+	// failed allocation leaves both as they were, and the next
+	// computation tries again.
 	ids, err := e.opts.Allocator.Allocate(sets)
 	if err != nil {
 		return fmt.Errorf("allocate identities: %w", err)
 	}
 	for i, ps := range need {
-		ps.id = ids[i]
+		ps.labels, ps.id = sets[i], ids[i]
 		if _, ok := e.idLabels[ps.id]; !ok {
 			e.idLabels[ps.id] = ps.labels
 			e.idMatches[ps.id] = e.matchIdentity(ps.labels)

@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/membrane-mesh/membrane/identity"
 	"github.com/membrane-mesh/membrane/test/netpolref"
 )
 
@@ -344,5 +346,51 @@ func TestSelsetNumbersSurviveRestart(t *testing.T) {
 		if s2.Endpoints[k].Hash != ep.Hash {
 			t.Fatalf("endpoint %s: entries differ after restart", k)
 		}
+	}
+}
+
+// failingAllocator fails while fail is set, as a journal on a full disk
+// does.
+type failingAllocator struct {
+	*identity.Memory
+	fail bool
+}
+
+func (f *failingAllocator) Allocate(sets []identity.Labels) ([]identity.ID, error) {
+	if f.fail {
+		return nil, errors.New("no space left on device")
+	}
+	return f.Memory.Allocate(sets)
+}
+
+// A pod whose labels changed while identities could not be allocated
+// gets the identity of its new labels once they can: it does not keep
+// the old one with the new labels recorded.
+func TestFailedAllocationIsRetried(t *testing.T) {
+	al := &failingAllocator{Memory: identity.NewMemory()}
+	e := NewEngine(Options{Node: "n1", Allocator: al})
+	e.SetNamespace("front", map[string]string{"team": "a"})
+	pfx := netip.MustParsePrefix("10.0.0.2/32")
+	e.SetPod(Pod{Key: PodKey{"front", "x"}, Node: "n1", IPs: []netip.Addr{pfx.Addr()}})
+	snap, err := e.Compute()
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := snap.IPCache[pfx].Identity
+	e.SetNamespace("front", map[string]string{"team": "b"})
+	al.fail = true
+	if _, err := e.Compute(); err == nil {
+		t.Fatal("Compute succeeded though no identity could be allocated")
+	}
+	al.fail = false
+	if snap, err = e.Compute(); err != nil {
+		t.Fatal(err)
+	}
+	after := snap.IPCache[pfx].Identity
+	if after == before {
+		t.Fatalf("the pod kept identity %d of its old labels after a failed allocation", before)
+	}
+	if l, _ := al.Lookup(after); l.Map()[identity.LabelNamespaceLabel+"team"] != "b" {
+		t.Fatalf("identity %d has labels %s, want team=b", after, l)
 	}
 }
