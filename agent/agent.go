@@ -235,21 +235,36 @@ func (a *Agent) loop(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watch datastore %s: %w", a.cfg.Datastore, err)
 	}
-	linkCh := make(chan netlink.LinkUpdate, 256)
-	addrCh := make(chan netlink.AddrUpdate, 256)
-	done := make(chan struct{})
-	defer close(done)
-	if err := netlink.LinkSubscribe(linkCh, done); err != nil {
-		return fmt.Errorf("subscribe to link changes: %w", err)
+	host, err := a.watchHost()
+	if err != nil {
+		return err
 	}
-	if err := netlink.AddrSubscribe(addrCh, done); err != nil {
-		return fmt.Errorf("subscribe to address changes: %w", err)
-	}
+	defer func() { host.stop() }()
 	gc := time.NewTicker(30 * time.Second)
 	defer gc.Stop()
 
 	a.refreshHost()
-	var linkTimer <-chan time.Time
+	var linkTimer, resubscribe <-chan time.Time
+	// Until the first datastore batch has been applied, an interface
+	// change only refreshes what the agent knows of the host: computing
+	// from an empty engine would delete every endpoint's entries and
+	// detach the programs a previous agent left enforcing.
+	synced := false
+	hostChanged := func(ok bool) {
+		if !ok {
+			// The subscription ended (its socket overflowed under a burst
+			// of changes, and the kernel dropped some): subscribe again,
+			// then look at everything.
+			a.log.Warn("interface watch interrupted; subscribing again")
+			host.stop()
+			host = hostWatch{}
+			resubscribe = time.After(0)
+		}
+		// Coalesce bursts of interface changes (a lab creating pods).
+		if linkTimer == nil {
+			linkTimer = time.After(5 * time.Millisecond)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -257,25 +272,33 @@ func (a *Agent) loop(ctx context.Context) error {
 			return nil
 		case b, ok := <-batches:
 			if !ok {
+				if ctx.Err() != nil {
+					continue // stopping: the case above returns
+				}
 				return fmt.Errorf("datastore watch ended")
 			}
 			a.ingest(b)
 			a.regenerate(b.Revision)
-		case <-linkCh:
-			// Coalesce bursts of interface changes (a lab creating pods).
-			if linkTimer == nil {
-				linkTimer = time.After(5 * time.Millisecond)
+			synced = true
+		case _, ok := <-host.links:
+			hostChanged(ok)
+		case _, ok := <-host.addrs:
+			hostChanged(ok)
+		case <-resubscribe:
+			resubscribe = nil
+			if host, err = a.watchHost(); err != nil {
+				a.log.Error("interface watch", "err", err)
+				resubscribe = time.After(time.Second)
 			}
-		case <-addrCh:
-			if linkTimer == nil {
-				linkTimer = time.After(5 * time.Millisecond)
-			}
+			hostChanged(true) // what changed meanwhile
 		case <-linkTimer:
 			linkTimer = nil
-			drain(linkCh)
-			drain(addrCh)
+			drain(host.links)
+			drain(host.addrs)
 			if a.refreshHost() || a.hasWaiting() {
-				a.regenerate(-1)
+				if synced {
+					a.regenerate(-1)
+				}
 			}
 		case <-gc.C:
 			if res, err := a.dp.CTCollect(a.cfg.Datapath); err != nil {
@@ -287,10 +310,55 @@ func (a *Agent) loop(ctx context.Context) error {
 	}
 }
 
+// hostWatch is a subscription to the node's link and address changes.
+// Either channel closes when the subscription ends; the zero hostWatch's
+// nil channels never deliver.
+type hostWatch struct {
+	links chan netlink.LinkUpdate
+	addrs chan netlink.AddrUpdate
+	done  chan struct{}
+}
+
+func (a *Agent) watchHost() (hostWatch, error) {
+	h := hostWatch{
+		links: make(chan netlink.LinkUpdate, 256),
+		addrs: make(chan netlink.AddrUpdate, 256),
+		done:  make(chan struct{}),
+	}
+	report := func(err error) {
+		select {
+		case <-h.done: // stopped: its socket was closed under it
+		default:
+			a.log.Warn("interface watch", "err", err)
+		}
+	}
+	if err := netlink.LinkSubscribeWithOptions(h.links, h.done, netlink.LinkSubscribeOptions{ErrorCallback: report}); err != nil {
+		close(h.done)
+		return hostWatch{}, fmt.Errorf("subscribe to link changes: %w", err)
+	}
+	if err := netlink.AddrSubscribeWithOptions(h.addrs, h.done, netlink.AddrSubscribeOptions{ErrorCallback: report}); err != nil {
+		close(h.done)
+		return hostWatch{}, fmt.Errorf("subscribe to address changes: %w", err)
+	}
+	return h, nil
+}
+
+// stop ends the subscription (once; the zero hostWatch has none).
+func (h hostWatch) stop() {
+	if h.done != nil {
+		close(h.done)
+	}
+}
+
+// drain empties ch without blocking; it returns on a closed channel
+// (which the loop's select then reports) and on a nil one.
 func drain[T any](ch chan T) {
 	for {
 		select {
-		case <-ch:
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
 		default:
 			return
 		}
