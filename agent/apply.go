@@ -105,8 +105,10 @@ func (a *applier) attachPending(problem func(string, ...any)) {
 					st.message = err.Error()
 				} else {
 					st.attached = true
-					st.state = api.EndpointReady
-					st.message = ""
+					if !st.failing {
+						st.state = api.EndpointReady
+						st.message = ""
+					}
 				}
 				mu.Unlock()
 			}
@@ -144,6 +146,9 @@ type epState struct {
 	// attached: this process attached (or adopted) the programs on
 	// ifindex.
 	attached bool
+	// failing: the last apply could not write its state in full (a map
+	// was full); it fails closed until one can.
+	failing bool
 }
 
 func newApplier(dp *datapath.Datapath, log *slog.Logger) (*applier, error) {
@@ -492,6 +497,7 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 			st.message = fmt.Sprintf("policy not programmed, failing closed: %v", err)
 			a.writeEndpoint(st, ifindex, st.flags|datapath.EndpointFailClosed, problem)
 			a.deleteGen(st, newGen, keys, problem)
+			a.attachFailing(st)
 			return
 		}
 	}
@@ -503,6 +509,7 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 	masks := policy.Masks(&policy.Endpoint{Entries: desired})
 	st.addrs = slices.Clone(ep.Pod.IPs)
 	if !a.writeEndpointMasks(st, ifindex, flags, masks, problem) {
+		a.attachFailing(st)
 		return
 	}
 	for _, old := range prevAddrs {
@@ -526,12 +533,24 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 
 	// Programs last (attachPending): when they first see this endpoint,
 	// its state is complete.
+	st.failing = false
 	if !st.attached {
 		a.pending = append(a.pending, st)
 		return
 	}
 	st.state = api.EndpointReady
 	st.message = ""
+}
+
+// attachFailing queues the programs of an endpoint whose state could not
+// be written in full, if they are not attached yet: without them its
+// packets would go unchecked (fail open), while with them they meet its
+// fail-closed record, or no record at all, and drop. It stays failed.
+func (a *applier) attachFailing(st *epState) {
+	st.failing = true
+	if !st.attached {
+		a.pending = append(a.pending, st)
+	}
 }
 
 func (a *applier) writeEndpoint(st *epState, ifindex uint32, flags uint16, problem func(string, ...any)) {
