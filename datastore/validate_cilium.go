@@ -145,8 +145,13 @@ func (c *ciliumCheck) ingress(r *CiliumIngressRule, p path) {
 	c.icmps(r.ICMPs, p.child("icmps"))
 }
 
+// denyRequires is why a deny rule cannot carry requirements (the policy
+// compiler refuses them too).
+const denyRequires = "requirements in a deny rule are not supported: they narrow what allow rules admit, not what deny rules drop; remove it, or narrow the deny rule's peers"
+
 func (c *ciliumCheck) ingressDeny(r *CiliumIngressDenyRule, p path) {
 	c.peers(ciliumPeers{"from", r.FromEndpoints, r.FromRequires, r.FromCIDR, r.FromCIDRSet, r.FromEntities}, p)
+	c.unsupported(r.FromRequires != nil, p.child("fromRequires"), denyRequires)
 	c.unsupported(r.FromGroups != nil, p.child("fromGroups"), "cloud provider groups (fromGroups) are not supported yet; list the addresses with fromCIDR or fromCIDRSet")
 	c.unsupported(r.FromNodes != nil, p.child("fromNodes"), "node selectors (fromNodes) are not supported yet; use fromEntities host or remote-node")
 	for i := range r.ToPorts {
@@ -170,6 +175,7 @@ func (c *ciliumCheck) egress(r *CiliumEgressRule, p path) {
 
 func (c *ciliumCheck) egressDeny(r *CiliumEgressDenyRule, p path) {
 	c.peers(ciliumPeers{"to", r.ToEndpoints, r.ToRequires, r.ToCIDR, r.ToCIDRSet, r.ToEntities}, p)
+	c.unsupported(r.ToRequires != nil, p.child("toRequires"), denyRequires)
 	c.unsupported(r.ToServices != nil, p.child("toServices"), "Kubernetes services as peers (toServices) are not supported yet; select the service's pods with toEndpoints")
 	c.unsupported(r.ToGroups != nil, p.child("toGroups"), "cloud provider groups (toGroups) are not supported yet; list the addresses with toCIDR or toCIDRSet")
 	c.unsupported(r.ToNodes != nil, p.child("toNodes"), "node selectors (toNodes) are not supported yet; use toEntities host or remote-node")

@@ -3,6 +3,8 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -441,4 +443,49 @@ func sscan(line string, args ...*string) (int, error) {
 func atoi(s string) int {
 	n, _ := strconv.Atoi(s)
 	return n
+}
+
+// Whatever the datastore accepts, the compiler compiles: an object that
+// `apply` took but the agent refused would be left out while the agent
+// kept its previous version, until a full resync dropped that version
+// too. Every decoder test input and example is tried, the valid objects
+// of invalid files included.
+func TestDatastoreValidPoliciesCompile(t *testing.T) {
+	var files []string
+	for _, pattern := range []string{"../datastore/testdata/*/*.y*ml", "../examples/*/*.y*ml"} {
+		m, err := filepath.Glob(pattern)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, m...)
+	}
+	compiled := 0
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		objs, _ := datastore.Decode(f, data) // the invalid ones are the decoder's tests
+		for _, o := range objs {
+			var err error
+			switch p := o.Obj.(type) {
+			case *networkingv1.NetworkPolicy:
+				_, err = FromNetworkPolicy(p)
+			case *datastore.CiliumNetworkPolicy:
+				_, _, err = FromCiliumNetworkPolicy(p)
+			case *datastore.CiliumClusterwideNetworkPolicy:
+				_, _, err = FromCiliumClusterwideNetworkPolicy(p)
+			default:
+				continue
+			}
+			compiled++
+			if err != nil {
+				t.Errorf("%s: %s: the datastore accepts it, the compiler refuses it: %v", o.Source, o.Key, err)
+			}
+		}
+	}
+	if compiled < 10 {
+		t.Fatalf("only %d policies among the datastore's test inputs and the examples", compiled)
+	}
+	t.Logf("%d policies the datastore accepts compile", compiled)
 }
