@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -160,5 +161,46 @@ func BenchmarkMemoryAllocate(b *testing.B) {
 	b.ResetTimer()
 	for b.Loop() {
 		m.Allocate(sets)
+	}
+}
+
+// A damaged line is an error at every read, with its byte offset: not
+// skipped (its identity could be handed out again), and an identity out
+// of the cluster range is not taken as the next to allocate from.
+func TestJournalDamagedLine(t *testing.T) {
+	for _, c := range []struct{ name, content string }{
+		{"garbage", "256 app=a\nnonsense\n257 app=b\n"},
+		{"beyond the cluster range", "256 app=a\n4294967295 app=b\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "journal")
+			if err := os.WriteFile(path, []byte(c.content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := OpenJournal(path); err == nil || !strings.Contains(err.Error(), "at byte 10") {
+				t.Fatalf("open: %v, want an error at byte 10", err)
+			}
+		})
+	}
+	// Found by a process that had opened it before the damage: its next
+	// allocation fails at the same line, and so does the one after.
+	path := filepath.Join(t.TempDir(), "journal")
+	if err := os.WriteFile(path, []byte("256 app=a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	j, err := OpenJournal(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("999999999999 app=b\n")
+	f.Close()
+	for range 2 {
+		if _, err := j.Allocate([]Labels{NewLabels(map[string]string{"app": "c"})}); err == nil || !strings.Contains(err.Error(), "at byte 10") {
+			t.Fatalf("allocate: %v, want an error at byte 10", err)
+		}
 	}
 }

@@ -60,11 +60,14 @@ func (j *Journal) catchUp(f *os.File) error {
 		if err != nil {
 			return fmt.Errorf("read identity journal: %w", err)
 		}
-		j.offset += int64(len(line))
 		id, l, perr := parseJournalLine(line)
 		if perr != nil {
-			return fmt.Errorf("identity journal %s at byte %d: %w", j.path, j.offset-int64(len(line)), perr)
+			// The offset stays before the line: every later read fails
+			// here too, rather than skipping it and perhaps handing its
+			// identity out again.
+			return fmt.Errorf("identity journal %s at byte %d: %w", j.path, j.offset, perr)
 		}
+		j.offset += int64(len(line))
 		if id == 0 {
 			continue
 		}
@@ -82,8 +85,8 @@ func parseJournalLine(line []byte) (ID, Labels, error) {
 		return 0, Labels{}, fmt.Errorf("malformed line %q", line)
 	}
 	n, err := strconv.ParseUint(idStr, 10, 32)
-	if err != nil || n < uint64(MinCluster) {
-		return 0, Labels{}, fmt.Errorf("malformed identity in line %q", line)
+	if err != nil || n < uint64(MinCluster) || n > uint64(MaxCluster) {
+		return 0, Labels{}, fmt.Errorf("malformed identity in line %q (cluster identities are %d to %d)", line, MinCluster, MaxCluster)
 	}
 	return ID(n), ParseLabels(rest), nil
 }
