@@ -324,7 +324,13 @@ func (a *applier) apply(snap *policy.Snapshot, ifindexOf ifindexFunc, adoptedEnt
 		problem("bump policy revision: %v", err)
 	}
 
-	// 5. Entries of vanished selector sets.
+	// 5. Entries of vanished selector sets. One that an ipcache entry
+	// still carries (its update or deletion failed above) is not gone:
+	// the datapath still meets it, so its entries stay until a later
+	// apply gets that entry written.
+	for _, e := range a.ipcache {
+		delete(retiring, e.Selset)
+	}
 	if len(retiring) > 0 {
 		for _, st := range a.endpoints {
 			var del []datapath.PolicyKey
