@@ -56,13 +56,23 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 		return nil, err
 	}
 	alloc := newAllocator(nodes)
+	// New pods are checked against every pod the lab has, running or only
+	// in the datastore (not created yet, or left by a failed apply), and
+	// against each other.
+	netnsNames := newPodNetnsNames(l.y)
 	for _, ps := range st.Pods {
 		alloc.reserve(ps.key(), ps.Node, parseAddrs(ps.IPs))
+		netnsNames.have(ps.Namespace, ps.Name)
 	}
 	for _, o := range current {
-		if pod, ok := o.Obj.(*corev1.Pod); ok && st.pod(pod.Namespace, pod.Name) == nil {
+		pod, ok := o.Obj.(*corev1.Pod)
+		if !ok {
+			continue
+		}
+		if st.pod(pod.Namespace, pod.Name) == nil {
 			alloc.reserve(pod.Namespace+"/"+pod.Name, pod.Spec.NodeName, datastore.PodIPs(pod))
 		}
+		netnsNames.have(o.Key.Namespace, o.Key.Name)
 	}
 
 	out := make([]datastore.Object, 0, len(objs))
@@ -90,10 +100,8 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 				out = append(out, o)
 				continue
 			}
-			if y := l.y; slices.ContainsFunc(st.Pods, func(ps PodState) bool {
-				return ps.Netns == y.podNetns(p.Namespace, p.Name)
-			}) {
-				return nil, fmt.Errorf("%s: pod %s would share its network namespace name with a running pod; rename it", o.Source, p.key())
+			if err := netnsNames.claim(p); err != nil {
+				return nil, fmt.Errorf("%s: %w", o.Source, err)
 			}
 			fresh = append(fresh, p)
 			origin[p] = o

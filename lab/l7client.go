@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -33,7 +34,8 @@ type HTTPSpec struct {
 	// Method defaults to GET, Path to "/".
 	Method string
 	Path   string
-	// Host sets the Host header (default: the destination address).
+	// Host sets the Host header (default: the destination address); over
+	// HTTP/2 it is the :authority. A Host entry in Header does the same.
 	Host   string
 	Header http.Header
 	Body   string
@@ -115,13 +117,52 @@ func (l *Lab) HTTP(ctx context.Context, spec HTTPSpec) (*HTTPResult, error) {
 	if dst.Addr().Is6() {
 		family = 6
 	}
-	dial := l.dialer(from, family)
-	var rt http.RoundTripper
-	if spec.HTTP2 {
-		rt = h2c.Transport(dial)
-	} else {
-		rt = &http.Transport{DialContext: dial, DisableKeepAlives: true}
+	// net/http sends req.Host and drops a Host header, so a Host given as
+	// a header (membranectl lab http -H 'Host: x') would silently not
+	// reach the server: it sets req.Host instead.
+	host := spec.Host
+	header := http.Header{}
+	for k, vs := range spec.Header {
+		if http.CanonicalHeaderKey(k) != "Host" {
+			header[k] = vs
+			continue
+		}
+		for _, v := range vs {
+			if host != "" && v != host {
+				return nil, fmt.Errorf("Host %q and Host %q: a request has one Host; give it once, with --host or with -H 'Host: NAME'", host, v)
+			}
+			host = v
+		}
 	}
+	// Every call is one request on connections of its own, which must not
+	// outlive it: an HTTP/2 transport keeps its connection open for reuse,
+	// and nothing would ever reuse or close it.
+	dial := l.dialer(from, family)
+	var mu sync.Mutex
+	var conns []net.Conn
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	track := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err == nil {
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+		return c, err
+	}
+	var rt *http.Transport
+	if spec.HTTP2 {
+		rt = h2c.Transport(track)
+	} else {
+		rt = &http.Transport{DialContext: track, DisableKeepAlives: true}
+	}
+	defer rt.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 	defer cancel()
 	var body io.Reader
@@ -132,11 +173,9 @@ func (l *Lab) HTTP(ctx context.Context, spec HTTPSpec) (*HTTPResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	for k, vs := range spec.Header {
-		req.Header[k] = vs
-	}
-	if spec.Host != "" {
-		req.Host = spec.Host
+	req.Header = header
+	if host != "" {
+		req.Host = host
 	}
 	resp, err := rt.RoundTrip(req)
 	if err != nil {

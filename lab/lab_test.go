@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/membrane-mesh/membrane/datastore"
+	"github.com/membrane-mesh/membrane/internal/ifname"
 	"github.com/membrane-mesh/membrane/internal/netns"
 )
 
@@ -662,4 +663,104 @@ func TestDownLeavesOtherLabsAlone(t *testing.T) {
 	if !netns.Exists(theirs) {
 		t.Fatalf("down of lab %s removed lab %s's netns %s", short, long, theirs)
 	}
+}
+
+// TestApplyRefusesNetnsCollision: pods a-b/c and a/b-c would get the same
+// network namespace name. Apply refuses the second whether the first is
+// running, only in the datastore or in the same apply, and removing a
+// half-made pod that collided (as an apply without the check left one)
+// leaves the running pod's namespace and processes alone.
+func TestApplyRefusesNetnsCollision(t *testing.T) {
+	var yaml strings.Builder
+	yaml.WriteString("apiVersion: v1\nkind: Pod\nmetadata: {name: b-c, namespace: a}\nspec:\n  containers: [{name: c, ports: [{containerPort: 80}]}]\n")
+	yaml.WriteString("---\napiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: a}\nspec:\n  containers: [{name: c}]\n")
+	for _, ns := range []string{"a", "a-b", "x", "x-y", "q", "q-r"} {
+		fmt.Fprintf(&yaml, "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n", ns)
+	}
+	l := up(t, yaml.String(), Options{NoAgent: true})
+	ctx := context.Background()
+	running, err := l.Pod("a/b-c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := func(t *testing.T, yaml string) error {
+		t.Helper()
+		objs, err := datastore.DecodePath(writeFile(t, "apply.yaml", yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = l.Apply(ctx, objs)
+		return err
+	}
+	podYAML := func(ns, name string) string {
+		return fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata: {name: %s, namespace: %s}\nspec:\n  containers: [{name: c, ports: [{containerPort: 80}]}]\n", name, ns)
+	}
+	wantRefused := func(t *testing.T, err error, pods ...string) {
+		t.Helper()
+		if err == nil {
+			t.Fatalf("apply: no error, want %v refused", pods)
+		}
+		t.Logf("refused: %v", err)
+		for _, want := range append(pods, "network namespace name", "rename") {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("apply error %q does not mention %q", err, want)
+			}
+		}
+	}
+	runningIntact := func(t *testing.T) {
+		t.Helper()
+		if ino, err := netns.Inode(running.Netns); err != nil {
+			t.Errorf("netns %s of a/b-c: %v", running.Netns, err)
+		} else if !slices.Contains(l.State().Netns, running.Netns) {
+			t.Errorf("netns %s of a/b-c (inode %d) no longer recorded in the lab state", running.Netns, ino)
+		}
+		for _, p := range running.Processes {
+			if !p.running() {
+				t.Errorf("process %d (%s) of a/b-c is gone", p.PID, p.Kind)
+			}
+		}
+		if res, err := l.Probe(ctx, ProbeSpec{From: "a/client", To: "a/b-c", Port: 80}); err != nil || !res.Allowed {
+			t.Errorf("probe a/client -> a/b-c: %v %v", res, err)
+		}
+	}
+
+	t.Run("against a running pod", func(t *testing.T) {
+		wantRefused(t, apply(t, podYAML("a-b", "c")), "a-b/c", "a/b-c")
+		runningIntact(t)
+	})
+	t.Run("against each other", func(t *testing.T) {
+		wantRefused(t, apply(t, podYAML("x-y", "z")+"---\n"+podYAML("x", "y-z")), "x-y/z", "x/y-z")
+		for _, p := range []string{"x-y/z", "x/y-z"} {
+			if _, err := l.Pod(p); err == nil {
+				t.Errorf("pod %s in the lab after a refused apply", p)
+			}
+		}
+	})
+	t.Run("against a pod only in the datastore", func(t *testing.T) {
+		// A pod written to the datastore but not created (yet): what a
+		// failed apply leaves.
+		store, err := datastore.Open(l.y.datastoreDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.Apply([]datastore.Object{podObj("q", "r-s", "node1", "10.244.0.200")}); err != nil {
+			t.Fatal(err)
+		}
+		wantRefused(t, apply(t, podYAML("q-r", "s")), "q-r/s", "q/r-s")
+	})
+	t.Run("removing a half-made pod that collided", func(t *testing.T) {
+		// What an apply without the check left: a-b/c recorded with the
+		// netns name of a/b-c, whose creation failed.
+		halfMade := PodState{Namespace: "a-b", Name: "c", Node: running.Node, Netns: running.Netns, HostInterface: ifname.Host("a-b", "c")}
+		if err := l.update(func(st *State) { st.Pods = append(st.Pods, halfMade) }); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.removePod(ctx, halfMade); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Pod("a-b/c"); err == nil {
+			t.Error("a-b/c still in the lab state after removePod")
+		}
+		runningIntact(t)
+	})
 }

@@ -89,7 +89,7 @@ func TestPlanPlacement(t *testing.T) {
 	}, {
 		name: "netns name collision",
 		objs: []datastore.Object{podObj("a-b", "c", ""), podObj("a", "b-c", "")},
-		err:  "would share the network namespace name",
+		err:  "pods a-b/c and a/b-c would share the network namespace name mbr-membrane-pod-a-b-c",
 	}, {
 		name: "Node objects belong to the lab",
 		objs: []datastore.Object{{Key: datastore.Key{Kind: "Node", Name: "n"}, Source: "f.yaml", Obj: &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n"}}}},
@@ -188,5 +188,58 @@ func TestExpandVars(t *testing.T) {
 		if got := expandVars(in, vars); got != want {
 			t.Errorf("expandVars(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestPodNetnsNames: the check that Up (newPlan) and Apply share. Pods
+// whose namespace and name join to the same network namespace name are
+// refused, whether the other pod is already in the lab or comes along.
+func TestPodNetnsNames(t *testing.T) {
+	pod := func(ns, name string) *podPlan { return &podPlan{Namespace: ns, Name: name} }
+	c := newPodNetnsNames(newLayout("l"))
+	c.have("a", "b-c")
+	c.have("a", "b-c")   // running and in the datastore: one pod
+	c.have("old", "x-y") // a lab from before the check may hold both
+	c.have("old-x", "y")
+	for _, tc := range []struct {
+		pod  *podPlan
+		want string // "" for no error
+	}{
+		{pod("a", "b-c"), ""}, // an update of a pod the lab has
+		{pod("a-b", "c"), "Pod a-b/c: its network namespace name mbr-l-pod-a-b-c is that of pod a/b-c, which the lab already has"},
+		{pod("x-y", "z"), ""},
+		{pod("x", "y-z"), "pods x-y/z and x/y-z would share the network namespace name mbr-l-pod-x-y-z"},
+		{pod("x-y", "z"), ""}, // the same pod twice is no collision
+		{pod("x", "yz"), ""},
+	} {
+		err := c.claim(tc.pod)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("claim %s: %v", tc.pod.key(), err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "rename")):
+			t.Errorf("claim %s: error %v, want one with %q and the fix (rename)", tc.pod.key(), err, tc.want)
+		}
+	}
+}
+
+// TestOwnsNetns: removing a pod touches its network namespace only if
+// the pod made it, or no other pod can have.
+func TestOwnsNetns(t *testing.T) {
+	running := PodState{Namespace: "a", Name: "b-c", Netns: "mbr-l-pod-a-b-c", NetnsCreated: true, Ready: true}
+	halfMade := PodState{Namespace: "a-b", Name: "c", Netns: "mbr-l-pod-a-b-c"}
+	legacy := PodState{Namespace: "x", Name: "y", Netns: "mbr-l-pod-x-y", Ready: true}
+	st := &State{Pods: []PodState{running, halfMade, legacy}}
+	if !ownsNetns(st, running) {
+		t.Error("a pod that created its namespace does not own it")
+	}
+	if ownsNetns(st, halfMade) {
+		t.Error("a half-made pod owns the namespace of the pod it collided with")
+	}
+	if !ownsNetns(st, legacy) {
+		t.Error("a pod without the record, alone with its namespace name, does not own it")
+	}
+	st.Pods = []PodState{halfMade}
+	if !ownsNetns(st, halfMade) {
+		t.Error("a half-made pod alone with its namespace name does not own it")
 	}
 }

@@ -49,7 +49,13 @@ func (l *Lab) createPod(ctx context.Context, p *podPlan) error {
 	if err := os.MkdirAll(l.y.podDir(p.Namespace, p.Name), 0o755); err != nil {
 		return fmt.Errorf("pod %s: %w", p.key(), err)
 	}
-	if err := l.createNetns(nsName); err != nil {
+	// Record that this pod made the namespace: if creating it fails (the
+	// name is taken), removing the pod must leave the namespace alone.
+	if err := l.createNetns(nsName, func(st *State) {
+		if ps := st.pod(p.Namespace, p.Name); ps != nil {
+			ps.NetnsCreated = true
+		}
+	}); err != nil {
 		return fmt.Errorf("pod %s: %w", p.key(), err)
 	}
 	if err := netns.SetSysctls(nsName, podSysctls...); err != nil {
@@ -186,13 +192,16 @@ func (l *Lab) hostSideUp(p *podPlan, nsName, nodeNetns, host string) error {
 }
 
 // removePod stops the pod's processes and removes its namespace and veth.
-// Missing pieces are skipped, so it also finishes a half-made pod.
+// Missing pieces are skipped, so it also finishes a half-made pod. The
+// namespace, and whatever runs in it, is left alone unless the pod made
+// it (see ownsNetns).
 func (l *Lab) removePod(ctx context.Context, ps PodState) error {
+	owned := ownsNetns(l.State(), ps)
 	for _, proc := range ps.Processes {
 		proc.signal(unix.SIGKILL)
 	}
 	var errs []error
-	if ino, err := netns.Inode(ps.Netns); err == nil {
+	if ino, err := netns.Inode(ps.Netns); err == nil && owned {
 		kctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		errs = append(errs, killProcessesIn(kctx, map[uint64]bool{ino: true}))
 		cancel()
@@ -207,8 +216,12 @@ func (l *Lab) removePod(ctx context.Context, ps PodState) error {
 		}
 		nodeH.Close()
 	}
-	if err := netns.Delete(ps.Netns); err != nil {
-		errs = append(errs, err)
+	if owned {
+		if err := netns.Delete(ps.Netns); err != nil {
+			errs = append(errs, err)
+		}
+	} else {
+		l.log.Warn("leaving a network namespace this pod did not create", "pod", ps.key(), "netns", ps.Netns)
 	}
 	if err := os.RemoveAll(l.y.podDir(ps.Namespace, ps.Name)); err != nil {
 		errs = append(errs, err)
@@ -217,7 +230,9 @@ func (l *Lab) removePod(ctx context.Context, ps PodState) error {
 		return fmt.Errorf("remove pod %s: %w", ps.key(), err)
 	}
 	return l.update(func(st *State) {
-		st.removeNetns(ps.Netns)
+		if owned {
+			st.removeNetns(ps.Netns)
+		}
 		out := st.Pods[:0]
 		for _, q := range st.Pods {
 			if q.Namespace != ps.Namespace || q.Name != ps.Name {
@@ -226,4 +241,23 @@ func (l *Lab) removePod(ctx context.Context, ps PodState) error {
 		}
 		st.Pods = out
 	})
+}
+
+// ownsNetns tells whether pod ps made its network namespace, so that
+// removing ps may kill what runs there and delete it. A pod records that
+// it made it (NetnsCreated). A pod without the record owns it only if no
+// other pod of the lab has the name: every pod is in the state before it
+// creates its namespace and until that is deleted, so the namespace can
+// then only be ps's own, made by a lab from before the record existed or
+// left by a crash between making it and recording that.
+func ownsNetns(st *State, ps PodState) bool {
+	if ps.NetnsCreated {
+		return true
+	}
+	for _, q := range st.Pods {
+		if q.Netns == ps.Netns && q.key() != ps.key() {
+			return false
+		}
+	}
+	return true
 }

@@ -35,8 +35,10 @@ import (
 //	                       other requests as over HTTP/1
 //	an HTTP request line   the responder serves HTTP: 200, body "NAME\n",
 //	                       headers X-Membrane-Pod (NAME), X-Membrane-Source,
-//	                       X-Membrane-Request ("METHOD URI PROTO") and
-//	                       X-Echo-H for every request header H; a
+//	                       X-Membrane-Request ("METHOD URI PROTO"),
+//	                       X-Membrane-Host (the Host, or HTTP/2's
+//	                       :authority) and X-Echo-H for every other
+//	                       request header H; a
 //	                       WebSocket handshake (HTTP/1.1) is accepted and
 //	                       every frame echoed, pings answered
 //
@@ -56,6 +58,12 @@ const (
 // request line.
 const firstLineTimeout = 10 * time.Second
 
+// defaultIdleTimeout is how long the responder keeps an HTTP connection
+// (HTTP/1 keep-alive or HTTP/2) open without a request on it: long
+// enough for a client to reuse it, short enough that clients that never
+// close theirs cannot pile connections up in a long-lived lab.
+const defaultIdleTimeout = 30 * time.Second
+
 // ResponderConfig configures Respond.
 type ResponderConfig struct {
 	// Pod is the identity in every reply: "namespace/name", "world" or
@@ -65,6 +73,9 @@ type ResponderConfig struct {
 	Ports []int
 	// Log receives connection errors; nil discards them.
 	Log *slog.Logger
+	// IdleTimeout closes HTTP connections without a request for that
+	// long; zero means defaultIdleTimeout.
+	IdleTimeout time.Duration
 }
 
 // Respond serves the probe protocol until ctx ends. ready, if not nil, is
@@ -72,6 +83,9 @@ type ResponderConfig struct {
 func Respond(ctx context.Context, cfg ResponderConfig, ready func()) error {
 	if cfg.Log == nil {
 		cfg.Log = discardLogger()
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = defaultIdleTimeout
 	}
 	r := &responder{pod: cfg.Pod, log: cfg.Log}
 	// HTTP/1 and h2c (prior knowledge) on one server: gRPC (the standard
@@ -95,6 +109,9 @@ func Respond(ctx context.Context, cfg ResponderConfig, ready func()) error {
 			h.Set("X-Membrane-Pod", r.pod)
 			h.Set("X-Membrane-Source", req.RemoteAddr)
 			h.Set("X-Membrane-Request", req.Method+" "+req.RequestURI+" "+req.Proto)
+			// net/http moves the Host header (or :authority) out of
+			// req.Header, so it would not be echoed with the others.
+			h.Set("X-Membrane-Host", req.Host)
 			for k, vs := range req.Header {
 				h["X-Echo-"+k] = vs
 			}
@@ -104,6 +121,7 @@ func Respond(ctx context.Context, cfg ResponderConfig, ready func()) error {
 			io.WriteString(w, r.pod+"\n")
 		}),
 		ReadHeaderTimeout: firstLineTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
 		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn),
 	}
 	r.httpConns = &chanListener{conns: make(chan net.Conn), done: make(chan struct{})}

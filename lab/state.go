@@ -88,6 +88,11 @@ type PodState struct {
 	// commands').
 	Ports          []int `json:"ports,omitempty"`
 	ResponderPorts []int `json:"responderPorts,omitempty"`
+	// NetnsCreated is set once the pod has created Netns itself. Only
+	// then may removing the pod kill what runs in that namespace and
+	// delete it: a pod whose creation failed there may share the name
+	// with another pod's namespace.
+	NetnsCreated bool `json:"netnsCreated,omitempty"`
 	// Ready is set once the pod is wired and its processes started.
 	Ready     bool      `json:"ready"`
 	Processes []Process `json:"processes,omitempty"`

@@ -33,13 +33,19 @@ var nodeSysctls = [][2]string{
 }
 
 // createNetns records the namespace name in the state, then creates it
-// and brings its loopback up.
-func (l *Lab) createNetns(name string) error {
+// and brings its loopback up. created, if not nil, records in the state
+// that the caller made the namespace, as soon as it exists.
+func (l *Lab) createNetns(name string, created func(st *State)) error {
 	if err := l.update(func(st *State) { st.addNetns(name) }); err != nil {
 		return err
 	}
 	if err := netns.Create(name); err != nil {
 		return err
+	}
+	if created != nil {
+		if err := l.update(created); err != nil {
+			return err
+		}
 	}
 	h, err := netns.Netlink(name)
 	if err != nil {
@@ -59,7 +65,7 @@ func (l *Lab) createNetns(name string) error {
 // createFabric creates the fabric namespace and its bridge.
 func (l *Lab) createFabric() error {
 	name := l.y.fabricNetns()
-	if err := l.createNetns(name); err != nil {
+	if err := l.createNetns(name, nil); err != nil {
 		return err
 	}
 	h, err := netns.Netlink(name)
@@ -100,7 +106,7 @@ func (l *Lab) createNode(ctx context.Context, n *nodePlan, all []*nodePlan) erro
 	}); err != nil {
 		return err
 	}
-	if err := l.createNetns(name); err != nil {
+	if err := l.createNetns(name, nil); err != nil {
 		return err
 	}
 	if err := netns.SetSysctls(name, nodeSysctls...); err != nil {

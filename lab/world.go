@@ -85,7 +85,7 @@ func (l *Lab) createWorld(ctx context.Context, nodes []*nodePlan) error {
 	}); err != nil {
 		return err
 	}
-	if err := l.createNetns(name); err != nil {
+	if err := l.createNetns(name, nil); err != nil {
 		return fmt.Errorf("world: %w", err)
 	}
 	if err := netns.SetSysctls(name, worldSysctls...); err != nil {

@@ -28,8 +28,9 @@ response, 1 for any other response, 2 when no response came at all
 Every lab responder answers HTTP/1.1 and h2c (--http2) on each of its
 ports with 200 and its name; when L7 policy applies, the node proxy may
 answer 403 "Access denied" instead. With -v, the response headers are
-printed too: X-Membrane-Source is the address the responder saw, and
-X-Echo-NAME echoes each request header it received.`,
+printed too: X-Membrane-Source is the address the responder saw,
+X-Membrane-Host the Host it got (set it with --host or -H 'Host: NAME'),
+and X-Echo-NAME echoes each other request header it received.`,
 		Example: `  membranectl lab http shop/frontend shop/web 80 /public/index.html
   membranectl lab http shop/frontend shop/web 80 /admin -X DELETE
   membranectl lab http shop/frontend shop/web 80 /api/orders -X POST -H 'X-Token: s3cret' -v`,
@@ -83,7 +84,7 @@ X-Echo-NAME echoes each request header it received.`,
 	}
 	addNameFlag(cmd, &name)
 	cmd.Flags().StringVarP(&spec.Method, "request", "X", "GET", "HTTP `METHOD`")
-	cmd.Flags().StringArrayVarP(&headers, "header", "H", nil, "request header `'Name: value'` (repeatable)")
+	cmd.Flags().StringArrayVarP(&headers, "header", "H", nil, "request header `'Name: value'` (repeatable; 'Host: NAME' is the same as --host NAME)")
 	cmd.Flags().StringVar(&spec.Host, "host", "", "Host header (default: the destination address)")
 	cmd.Flags().StringVarP(&spec.Body, "data", "d", "", "request body")
 	cmd.Flags().BoolVar(&spec.HTTP2, "http2", false, "speak HTTP/2 without TLS (h2c, prior knowledge)")
