@@ -108,3 +108,42 @@ func TestClientDeliversBuffersAndDrops(t *testing.T) {
 		t.Errorf("stats: %+v", st)
 	}
 }
+
+// TestClientDeliversInvalidUTF8: an entry whose strings are not valid
+// UTF-8 reaches a real gRPC server (with the bad bytes replaced) together
+// with the rest of its batch; before, the server failed to decode the
+// message, the stream ended and the whole batch was lost.
+func TestClientDeliversInvalidUTF8(t *testing.T) {
+	dir, err := os.MkdirTemp("", "mpal-utf8")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "als.sock")
+	c := New(Options{Node: "node-1", FlushInterval: 10 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { c.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	// Queued before there is a target, so that the three go in one batch.
+	c.Log(&Record{Verdict: Forwarded, Path: "/before"})
+	bad := badUTF8
+	c.Log(&bad)
+	c.Log(&Record{Verdict: Forwarded, Path: "/after"})
+
+	srv := xdstest.New(sock, "node-1")
+	srv.Start(t)
+	c.SetTarget("unix://"+sock, "membrane")
+	srv.WaitFor(t, 5*time.Second, "the batch with the bad entry", func() bool { return len(srv.AccessLogs()) >= 3 })
+	var paths []string
+	for _, e := range srv.AccessLogs() {
+		paths = append(paths, e.GetRequest().GetPath())
+	}
+	if len(paths) != 3 || paths[0] != "/before" || paths[1] != "/caf\uFFFD?q=\uFFFD" || paths[2] != "/after" {
+		t.Errorf("paths received: %q", paths)
+	}
+	if st := c.Stats(); st.Sent != 3 || st.Dropped != 0 || !st.Connected {
+		t.Errorf("stats: %+v", st)
+	}
+}

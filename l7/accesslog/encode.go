@@ -3,7 +3,9 @@ package accesslog
 import (
 	"math"
 	"net/netip"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 )
@@ -12,6 +14,13 @@ import (
 // same bytes proto.Marshal(Entry(r)) would give (up to field order), but
 // without building ~30 messages per request for the garbage collector.
 // encode_test.go checks the two agree.
+
+// Every string goes through appendString, which makes it valid UTF-8: the
+// records carry bytes straight from requests (an HTTP/2 :authority or
+// :path may hold any byte from 0x80 up, a header value in a mismatch note
+// too), and a proto3 string field that is not valid UTF-8 fails the
+// agent's decoding of the whole message. The stream then ends, and every
+// entry of the batch with it.
 
 // Field numbers (envoy/data/accesslog/v3/accesslog.proto and the types it
 // uses).
@@ -74,7 +83,23 @@ func appendStr(b []byte, num protowire.Number, s string) []byte {
 		return b
 	}
 	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	return appendString(b, s)
+}
+
+// appendString appends s as a length-delimited string, made valid UTF-8
+// (validUTF8). It is the only way this file writes a string.
+func appendString(b []byte, s string) []byte {
+	return protowire.AppendString(b, validUTF8(s))
+}
+
+// validUTF8 returns s with every run of bytes that is not valid UTF-8
+// replaced by U+FFFD, the way proto.Marshal would need it. Valid strings,
+// nearly all of them, are returned as they are without allocating.
+func validUTF8(s string) string {
+	if utf8.ValidString(s) {
+		return s
+	}
+	return strings.ToValidUTF8(s, string(utf8.RuneError))
 }
 
 func appendUint(b []byte, num protowire.Number, v uint64) []byte {
@@ -118,7 +143,7 @@ func (e *encoder) field(b []byte, key string, value []byte) []byte {
 
 func (e *encoder) strField(b []byte, key, v string) []byte {
 	val := protowire.AppendTag(e.scratch[6][:0], fValueString, protowire.BytesType)
-	val = protowire.AppendString(val, v)
+	val = appendString(val, v)
 	e.scratch[6] = val
 	return e.field(b, key, val)
 }
@@ -134,7 +159,7 @@ func (e *encoder) listField(b []byte, key string, vs []string) []byte {
 	list := e.scratch[7][:0]
 	for _, v := range vs {
 		item := protowire.AppendTag(e.scratch[8][:0], fValueString, protowire.BytesType)
-		item = protowire.AppendString(item, v)
+		item = appendString(item, v)
 		e.scratch[8] = item
 		list = appendMsg(list, fListValues, item)
 	}

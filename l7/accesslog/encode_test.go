@@ -75,3 +75,62 @@ func BenchmarkEntryMarshal(b *testing.B) {
 		proto.Marshal(Entry(&testRecords[0]))
 	}
 }
+
+// badUTF8 is a record whose every string holds bytes that are not UTF-8,
+// as a request can bring them (an HTTP/2 :authority or :path with bytes
+// from 0x80 up, a header value quoted in a mismatch note or a reason).
+var badUTF8 = Record{
+	Protocol: HTTP2, Method: "GET\xff", Authority: "web\xc3", Path: "/caf\xe9?q=\x80\x81",
+	Status: 400, StatusDetails: "details\xfe", Direction: "ingress\xff", Verdict: Error,
+	Policy: "policy\xc0\xaf", DeniedBy: "by\xff", Reason: "reason \xe2\x82",
+	Mismatches: []string{"x-h: \xff", "ok"},
+}
+
+// TestEncodeInvalidUTF8: strings that are not valid UTF-8 are encoded with
+// each bad run replaced by U+FFFD, so that the message decodes (proto3
+// string fields must be UTF-8), and Entry agrees.
+func TestEncodeInvalidUTF8(t *testing.T) {
+	var e encoder
+	r := badUTF8
+	r.Verdict = Denied // so that denied_by is encoded too
+	var got accesslogdatav3.HTTPAccessLogEntry
+	if err := proto.Unmarshal(e.entry(nil, &r), &got); err != nil {
+		t.Fatalf("the entry does not decode: %v", err)
+	}
+	if want := Entry(&r); !proto.Equal(&got, want) {
+		t.Errorf("\n got %v\nwant %v", &got, want)
+	}
+	md := got.GetCommonProperties().GetMetadata().GetFilterMetadata()["membrane"].GetFields()
+	for _, c := range []struct{ got, want string }{
+		{got.GetRequest().GetAuthority(), "web\uFFFD"},
+		{got.GetRequest().GetPath(), "/caf\uFFFD?q=\uFFFD"},
+		{got.GetResponse().GetResponseCodeDetails(), "details\uFFFD"},
+		{md["direction"].GetStringValue(), "ingress\uFFFD"},
+		{md["policy"].GetStringValue(), "policy\uFFFD"},
+		{md["denied_by"].GetStringValue(), "by\uFFFD"},
+		{md["reason"].GetStringValue(), "reason \uFFFD"},
+		{md["header_mismatches"].GetListValue().GetValues()[0].GetStringValue(), "x-h: \uFFFD"},
+		{md["header_mismatches"].GetListValue().GetValues()[1].GetStringValue(), "ok"},
+	} {
+		if c.got != c.want {
+			t.Errorf("got %q, want %q", c.got, c.want)
+		}
+	}
+	var msg alsv3.StreamAccessLogsMessage
+	if err := proto.Unmarshal(message(e.logEntry(nil, &r), "node\xff", "log\xff"), &msg); err != nil {
+		t.Fatalf("the message does not decode: %v", err)
+	}
+	if id := msg.GetIdentifier(); id.GetNode().GetId() != "node\uFFFD" || id.GetLogName() != "log\uFFFD" {
+		t.Errorf("identifier %v", id)
+	}
+}
+
+// TestEncodeValidUTF8NoAllocs: checking that strings are valid costs no
+// allocation when they are (nearly always).
+func TestEncodeValidUTF8NoAllocs(t *testing.T) {
+	var e encoder
+	buf := e.logEntry(nil, &testRecords[0])
+	if n := testing.AllocsPerRun(100, func() { buf = e.logEntry(buf[:0], &testRecords[0]) }); n != 0 {
+		t.Errorf("%v allocations per entry", n)
+	}
+}

@@ -63,22 +63,25 @@ var protocols = [...]accesslogdatav3.HTTPAccessLogEntry_HTTPVersion{
 	HTTP2:  accesslogdatav3.HTTPAccessLogEntry_HTTP2,
 }
 
-// Entry turns a Record into the entry the agent receives.
+// Entry turns a Record into the entry the agent receives. Its strings are
+// made valid UTF-8 as the encoder makes them (validUTF8): proto.Marshal
+// refuses anything else.
 func Entry(r *Record) *accesslogdatav3.HTTPAccessLogEntry {
+	str := func(s string) *structpb.Value { return structpb.NewStringValue(validUTF8(s)) }
 	md := map[string]*structpb.Value{
-		"direction":            structpb.NewStringValue(r.Direction),
-		"verdict":              structpb.NewStringValue(r.Verdict),
+		"direction":            str(r.Direction),
+		"verdict":              str(r.Verdict),
 		"source_identity":      structpb.NewNumberValue(float64(r.SourceIdentity)),
 		"destination_identity": structpb.NewNumberValue(float64(r.DestinationIdentity)),
 	}
 	if r.Policy != "" {
-		md["policy"] = structpb.NewStringValue(r.Policy)
+		md["policy"] = str(r.Policy)
 	}
 	if r.Verdict == Denied && r.DeniedBy != "" {
-		md["denied_by"] = structpb.NewStringValue(r.DeniedBy)
+		md["denied_by"] = str(r.DeniedBy)
 	}
 	if r.Verdict != Forwarded && r.Reason != "" {
-		md["reason"] = structpb.NewStringValue(r.Reason)
+		md["reason"] = str(r.Reason)
 	}
 	if r.HasGRPCStatus {
 		md["grpc_status"] = structpb.NewNumberValue(float64(r.GRPCStatus))
@@ -86,7 +89,7 @@ func Entry(r *Record) *accesslogdatav3.HTTPAccessLogEntry {
 	if len(r.Mismatches) > 0 {
 		l := make([]*structpb.Value, len(r.Mismatches))
 		for i, m := range r.Mismatches {
-			l[i] = structpb.NewStringValue(m)
+			l[i] = str(m)
 		}
 		md["header_mismatches"] = structpb.NewListValue(&structpb.ListValue{Values: l})
 	}
@@ -107,12 +110,12 @@ func Entry(r *Record) *accesslogdatav3.HTTPAccessLogEntry {
 		Request: &accesslogdatav3.HTTPRequestProperties{
 			RequestMethod:       method(r.Method),
 			Scheme:              "http",
-			Authority:           r.Authority,
-			Path:                r.Path,
+			Authority:           validUTF8(r.Authority),
+			Path:                validUTF8(r.Path),
 			RequestHeadersBytes: r.HeaderBytes,
 		},
 		Response: &accesslogdatav3.HTTPResponseProperties{
-			ResponseCodeDetails: r.StatusDetails,
+			ResponseCodeDetails: validUTF8(r.StatusDetails),
 		},
 	}
 	if int(r.Protocol) < len(protocols) {

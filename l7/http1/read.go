@@ -384,7 +384,7 @@ func (req *Request) interpret() *Error {
 		}
 	case hosts == 0 && req.ProtoMinor == 1:
 		return protoErr(statusBadRequest, "missing Host field")
-	case hosts == 1 && !validHost(req.Host):
+	case hosts == 1 && !ValidHost(req.Host):
 		return protoErr(statusBadRequest, "invalid Host %s", quote(req.Host))
 	}
 	switch {
@@ -684,7 +684,7 @@ func splitAbsolute(target string) (authority, rest string, err *Error) {
 		return "", "", protoErr(statusBadRequest, "user information in the request target's authority is not allowed: %s", quote(target))
 	case host == "":
 		return "", "", protoErr(statusBadRequest, "absolute-form request target without a host: %s", quote(target))
-	case !validHost(authority):
+	case !ValidHost(authority):
 		return "", "", protoErr(statusBadRequest, "invalid authority %s in the request target", quote(authority))
 	}
 	switch {
@@ -698,11 +698,12 @@ func splitAbsolute(target string) (authority, rest string, err *Error) {
 	return authority, rest, nil
 }
 
-// validHost reports whether h can be the Host of a request: an
+// ValidHost reports whether h can be the Host of a request: an
 // authority's host and port (reg-name, IPv4, bracketed IPv6), which rules
-// out spaces, "/", "@", "?", "#", "\" and controls. Empty is valid (RFC
-// 9112 section 3.2).
-func validHost(h string) bool {
+// out spaces, "/", "@", "?", "#", "\", controls and every byte from 0x80
+// up. Empty is valid (RFC 9112 section 3.2). The HTTP/2 server applies it
+// to :authority, so that both protocols accept the same hosts.
+func ValidHost(h string) bool {
 	for i := 0; i < len(h); i++ {
 		c := h[i]
 		switch {

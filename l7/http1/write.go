@@ -64,7 +64,7 @@ func WriteRequestHead(bw *bufio.Writer, req *Request, target string) error {
 			hasHost = true
 		}
 	}
-	if !hasHost && !validHost(req.Host) {
+	if !hasHost && !ValidHost(req.Host) {
 		return fmt.Errorf("write request head: invalid Host %s", quote(req.Host))
 	}
 
