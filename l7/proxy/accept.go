@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/membrane-mesh/membrane/l7/config"
 	"github.com/membrane-mesh/membrane/l7/rules"
@@ -39,6 +42,13 @@ type conn struct {
 	idle, draining atomic.Bool
 	// h2 is the HTTP/2 server serving this connection, if any.
 	h2 atomic.Pointer[h2Server]
+	// awaiting is the upstream connection of an HTTP/1 exchange whose
+	// request is all sent and whose response head has not come: nothing
+	// reads the client meanwhile, so the janitor checks that the client
+	// is still there (watchClients). Whoever swaps it back to nil owns
+	// the outcome: the exchange, which goes on, or the janitor, which
+	// found the client gone and aborted the upstream read.
+	awaiting atomic.Pointer[upstream]
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -164,6 +174,56 @@ func (c *conn) drain() {
 	if s := c.h2.Load(); s != nil {
 		s.shutdown()
 	}
+}
+
+// watchClients cuts the exchanges of HTTP/1 clients that went away while
+// waiting for a response (conn.awaiting): the upstream connection closes,
+// so the upstream learns of it as it would from the client, rather than
+// working on until stream_idle_timeout. The janitor calls it every second.
+func (s *connSet) watchClients() {
+	var waiting []*conn
+	s.mu.Lock()
+	for c := range s.m {
+		if c.awaiting.Load() != nil {
+			waiting = append(waiting, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range waiting {
+		up := c.awaiting.Load()
+		if up == nil || !c.clientGone() {
+			continue
+		}
+		if c.awaiting.CompareAndSwap(up, nil) {
+			// The exchange's goroutine closes the connection once its
+			// read fails; it does not reuse it.
+			up.tc.abort()
+		}
+	}
+}
+
+// clientGone reports whether the client closed or reset its connection.
+// It peeks without waiting, so the bytes of a pipelined request stay for
+// the next read (and mean the client is there).
+func (c *conn) clientGone() bool {
+	rc, err := c.nc.SyscallConn()
+	if err != nil {
+		return false // closed here: the exchange learns it by itself
+	}
+	gone := false
+	rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == nil:
+			gone = n == 0 // end of stream
+		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+		default:
+			gone = true // reset, or another error of a dead connection
+		}
+		return true
+	})
+	return gone
 }
 
 // connSet tracks live connections, bounded.

@@ -42,6 +42,9 @@ type timedConn struct {
 	// The deadlines currently set (unix nanoseconds, 0: none), each owned
 	// by the goroutine reading or writing.
 	readDL, writeDL int64
+	// wrote counts the bytes written (owned by the goroutine writing), so
+	// that a failed exchange can tell whether any of its request left.
+	wrote int64
 }
 
 // due reports whether a deadline dl should move to now+idle.
@@ -100,10 +103,15 @@ func (t *timedConn) Write(b []byte) (int, error) {
 			}
 		}
 	}
+	var n int
+	var err error
 	if t.raw != nil {
-		return t.raw.write(b)
+		n, err = t.raw.write(b)
+	} else {
+		n, err = t.c.Write(b)
 	}
-	return t.c.Write(b)
+	t.wrote += int64(n)
+	return n, err
 }
 
 // setConn sets the connection, with raw I/O where it has it.

@@ -150,13 +150,30 @@ func mutate1(h *http1.Header, m rules.Mutation) {
 	}
 }
 
-// headBuffered reports whether br holds a whole request head.
+// headBuffered reports whether br holds a whole request head. The empty
+// lines the parser skips before a request line are skipped here too: else
+// a client could send "\r\n\r\n" first, then trickle the head in under
+// the idle timeout instead of request_headers_timeout.
 func headBuffered(br *bufio.Reader) bool {
 	b, _ := br.Peek(br.Buffered())
+	for len(b) >= 2 && b[0] == '\r' && b[1] == '\n' {
+		b = b[2:]
+	}
 	return bytes.Contains(b, []byte("\r\n\r\n"))
 }
 
 func hasBody(req *http1.Request) bool { return req.Body.Chunked || req.Body.ContentLength > 0 }
+
+// idempotent reports whether a request of method m may be sent twice
+// (RFC 9110 section 9.2.2): only such a request is retried once the
+// upstream may have received it.
+func idempotent(m string) bool {
+	switch m {
+	case "GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE":
+		return true
+	}
+	return false
+}
 
 // deny1 answers a denied request with 403. The connection stays open if
 // the client wants it to and the request body (if any) is at most
@@ -234,6 +251,11 @@ func (c *conn) forward1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 		req.Host = c.dst.String() // HTTP/1.0 without Host: name the destination
 	}
 	body := hasBody(req)
+	// A request may go again on a new connection when the reused one
+	// fails, if sending it twice does no harm: it is idempotent and has no
+	// body (the proxy keeps no copy of a body to send again). Any other is
+	// retried only if none of it was written.
+	replayable := idempotent(req.Method) && !body
 	// When the proxy answers by itself, the connection stays open only if
 	// no request body is left unread.
 	keepOnFail := req.KeepAlive && !body && !c.draining.Load()
@@ -265,7 +287,10 @@ func (c *conn) forward1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 		defer rt.finish()
 	}
 	for attempt := 0; ; attempt++ {
-		up, err = c.p.pool.get(context.Background(), c.src.Addr(), c.dst, lc, body)
+		// A request that cannot be replayed gets a pooled connection
+		// only after checking that the upstream has not closed it while
+		// idle: the usual way a reused connection fails.
+		up, err = c.p.pool.get(context.Background(), c.src.Addr(), c.dst, lc, !replayable)
 		if err != nil {
 			return failWith(503, detailsConnectFailed, "upstream connect error: "+err.Error())
 		}
@@ -275,6 +300,7 @@ func (c *conn) forward1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 				up.tc.expire()
 			}
 		}
+		wroteBefore := up.tc.wrote
 		resp, bodyDone, err = c.roundTrip1(br, bw, up, req, target, lc, body, rt)
 		if err == nil {
 			break
@@ -284,18 +310,28 @@ func (c *conn) forward1(br *bufio.Reader, bw *bufio.Writer, req *http1.Request, 
 			// The request body may be half sent, or not at all.
 			bodyErr = c.stopBody(up, bodyDone)
 		}
+		// (The body copy, the only other writer, has ended.)
+		unsent := up.tc.wrote == wroteBefore
 		up.close()
 		var me *mutationError
 		var pe *http1.Error
 		switch {
 		case errors.As(err, &me):
 			return failWith(502, detailsMutation, err.Error())
+		case err == errClientGone:
+			// Nobody to answer: the connection closes.
+			fail(rec, 0, detailsDownstreamReset, err.Error())
+			return false
 		case errors.As(bodyErr, &pe):
 			fail(rec, pe.Status, detailsBadRequest, pe.Reason)
 			http1.WriteSimpleResponse(bw, req.ProtoMinor, pe.Status, "text/plain", pe.Reason+"\n", true)
 			return false
-		case attempt == 0 && up.reused && !body && staleConn(err):
+		case attempt == 0 && up.reused && staleConn(err) && (replayable || unsent):
 			// The upstream closed the idle connection as we reused it.
+			// A request it may have received and acted on before closing
+			// is not sent again unless that is harmless; one that was
+			// not written at all has not started its body copy (that
+			// waits for the head), so the body is still unread.
 			c.p.stats.retries.Add(1)
 			continue
 		case errors.As(err, &pe):
@@ -395,6 +431,10 @@ func (c *conn) stopBody(up *upstream, bodyDone chan error) error {
 	return <-bodyDone
 }
 
+// errClientGone ends an exchange whose client went away while it waited
+// for the response.
+var errClientGone = errors.New("client closed the connection while waiting for the response")
+
 // mutationError: the request could not be written after policy header
 // mutations (an invalid value).
 type mutationError struct{ err error }
@@ -434,6 +474,20 @@ func (c *conn) roundTrip1(br *bufio.Reader, bw *bufio.Writer, up *upstream, req 
 	}
 	if !body {
 		rt.start()
+		// Until the response comes, nothing reads the client: let the
+		// janitor watch it (conn.awaiting). Not when the client has
+		// pipelined another request: it is there, and its bytes would
+		// hide whether it closed after them.
+		if br.Buffered() == 0 {
+			c.awaiting.Store(up)
+			defer func() {
+				if !c.awaiting.CompareAndSwap(up, nil) {
+					// The janitor found the client gone and aborted the
+					// read from up, or is about to.
+					resp, err = nil, errClientGone
+				}
+			}()
+		}
 	}
 	for {
 		resp, err = http1.ReadResponse(up.br, req.Method, upstreamLimits)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/membrane-mesh/membrane/internal/h2c"
 	"github.com/membrane-mesh/membrane/l7/accesslog"
 	"github.com/membrane-mesh/membrane/l7/config"
+	"github.com/membrane-mesh/membrane/l7/http1"
 	"github.com/membrane-mesh/membrane/l7/normalize"
 	"github.com/membrane-mesh/membrane/l7/rules"
 	"github.com/membrane-mesh/membrane/xds/l7pb"
@@ -188,14 +190,21 @@ func (c *conn) serveStream(w http.ResponseWriter, r *http.Request) {
 	defer c.p.finish(lc, &rec)
 	grpc := isGRPC(r.Header)
 
+	// What HTTP/1's parser refuses in a request head is refused here too:
+	// the net/http server bounds the header list only in bytes, and lets
+	// any byte from 0x80 up through in :authority (and in :path, which
+	// normalize.Target refuses below).
+	if limit := maxHeaders(&lc.HTTP); h2FieldCount(r) > limit {
+		c.reject2(w, &rec, grpc, 431, detailsBadRequest, fmt.Sprintf("more than %d header fields", limit))
+		return
+	}
+	if !http1.ValidHost(r.Host) {
+		c.reject2(w, &rec, grpc, 400, detailsBadRequest, "invalid :authority "+quoteShort(r.Host))
+		return
+	}
 	target, err := normalize.Target(r.RequestURI)
 	if err != nil {
-		fail(&rec, 400, detailsInvalidPath, err.Error())
-		if grpc {
-			c.grpcAnswer(w, &rec, grpcInternal, err.Error())
-			return
-		}
-		plain(w, 400, err.Error()+"\n")
+		c.reject2(w, &rec, grpc, 400, detailsInvalidPath, err.Error())
 		return
 	}
 	rec.Path = target
@@ -213,6 +222,53 @@ func (c *conn) serveStream(w http.ResponseWriter, r *http.Request) {
 		mutate2(r.Header, m)
 	}
 	c.forward2(w, r, target, lc, &rec, grpc)
+}
+
+// reject2 answers a stream the proxy refuses before the policy sees it
+// (status 400 or 431, as HTTP/1 would answer the same head); a gRPC client
+// gets INTERNAL, as Envoy maps a 400 for gRPC.
+func (c *conn) reject2(w http.ResponseWriter, rec *accesslog.Record, grpc bool, status int, details, reason string) {
+	fail(rec, status, details, reason)
+	if grpc {
+		c.grpcAnswer(w, rec, grpcInternal, reason)
+		return
+	}
+	plain(w, status, reason+"\n")
+}
+
+// maxHeaders is the listener's max_headers_count, or http1's default
+// (the same) when the settings have none.
+func maxHeaders(hs *config.HTTPSettings) int {
+	if hs.MaxHeadersCount > 0 {
+		return hs.MaxHeadersCount
+	}
+	return config.DefaultMaxHeadersCount
+}
+
+// h2FieldCount counts a request's header fields as HTTP/1 would count its
+// field lines: the regular fields (net/http has already joined cookie
+// crumbs into one), and the authority once, as the Host field it stands
+// for, whether it came as :authority or as a host field. The other
+// pseudo-header fields stand for the request line, which HTTP/1 does not
+// count either.
+func h2FieldCount(r *http.Request) int {
+	n := 0
+	for _, vv := range r.Header {
+		n += len(vv)
+	}
+	if _, ok := r.Header["Host"]; !ok && r.Host != "" {
+		n++
+	}
+	return n
+}
+
+// quoteShort quotes s for a message, cut after 64 bytes as http1 cuts the
+// values it quotes: the quoting escapes what is not printable UTF-8.
+func quoteShort(s string) string {
+	if len(s) > 64 {
+		return strconv.Quote(s[:64]) + "..."
+	}
+	return strconv.Quote(s)
 }
 
 func mutate2(h http.Header, m rules.Mutation) {

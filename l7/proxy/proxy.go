@@ -100,7 +100,8 @@ func New(opts Options) (*Proxy, error) {
 	return p, nil
 }
 
-// janitor closes expired idle upstream connections and transports.
+// janitor closes expired idle upstream connections and transports, and
+// upstream exchanges whose HTTP/1 client went away.
 func (p *Proxy) janitor(ctx context.Context) {
 	defer close(p.janDone)
 	t := time.NewTicker(time.Second)
@@ -112,6 +113,7 @@ func (p *Proxy) janitor(ctx context.Context) {
 		case now := <-t.C:
 			p.pool.sweep(now)
 			p.h2up.sweep(now)
+			p.conns.watchClients()
 		}
 	}
 }

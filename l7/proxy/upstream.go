@@ -141,8 +141,9 @@ func (pl *pool) take(key poolKey, now time.Time) *upstream {
 
 // get returns a connection for (src, dst) for listener lc: an idle one, or
 // a new one. checkAlive makes sure an idle one has not been closed by the
-// upstream meanwhile (one non-blocking recv); it is for requests with a
-// body, which cannot be retried.
+// upstream meanwhile (one non-blocking recv); it is for requests that
+// cannot be retried once sent (a body, or a method that is not
+// idempotent).
 func (pl *pool) get(ctx context.Context, src netip.Addr, dst netip.AddrPort, lc *config.Listener, checkAlive bool) (*upstream, error) {
 	key := poolKey{src: src, dst: dst, mark: lc.Mark}
 	now := time.Now()
