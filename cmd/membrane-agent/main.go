@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -47,12 +48,9 @@ func main() {
 			what = fmt.Sprintf("verdict events each CPU's flow log holds until the agent reads them (default %d, fewer per CPU where many CPUs would make the log larger than 16 MiB)", defaultSize(name))
 		}
 		flag.Func("map-size-"+name, what, func(s string) error {
-			var v uint32
-			if _, err := fmt.Sscan(s, &v); err != nil || v == 0 {
-				return fmt.Errorf("want a positive number, got %q", s)
-			}
+			v, err := parseMapSize(s)
 			*p = v
-			return nil
+			return err
 		})
 	}
 	flag.BoolVar(&cfg.L7, "l7", true, "redirect flows whose policy has L7 rules to the node proxy (membrane-proxy), and serve its xDS")
@@ -93,9 +91,15 @@ func main() {
 		os.Exit(2)
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	var h slog.Handler = slog.NewTextHandler(os.Stderr, opts)
-	if logFormat == "json" {
+	var h slog.Handler
+	switch logFormat {
+	case "text":
+		h = slog.NewTextHandler(os.Stderr, opts)
+	case "json":
 		h = slog.NewJSONHandler(os.Stderr, opts)
+	default:
+		fmt.Fprintf(os.Stderr, "membrane-agent: --log-format: %q is not a format; use text or json\n", logFormat)
+		os.Exit(2)
 	}
 	cfg.Logger = slog.New(h)
 
@@ -115,4 +119,14 @@ func defaultSize(name string) uint32 {
 		"policy": d.Policy, "conntrack": d.Conntrack, "fragments": d.Fragments,
 		"proxy-conntrack": d.ProxyConntrack, "flowlog": d.FlowLog,
 	}[name]
+}
+
+// parseMapSize reads a map size flag: a whole decimal number of entries,
+// nothing after it (fmt.Sscan read "64k" as 64 and "1e6" as 1).
+func parseMapSize(s string) (uint32, error) {
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || v == 0 {
+		return 0, fmt.Errorf("want a positive whole number of entries (e.g. 65536), got %q", s)
+	}
+	return uint32(v), nil
 }
