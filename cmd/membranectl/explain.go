@@ -34,6 +34,9 @@ state that programs the BPF maps, so it is what the datapath does.
 For ICMP (--protocol icmp or icmpv6), PORT is the ICMP type.`,
 		Args: cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output, "text", "json"); err != nil {
+				return err
+			}
 			port, err := strconv.Atoi(args[2])
 			if err != nil || port < 0 || port > 65535 {
 				return fmt.Errorf("PORT must be a number 0-65535, got %q", args[2])
@@ -65,7 +68,11 @@ For ICMP (--protocol icmp or icmpv6), PORT is the ICMP type.`,
 					return err
 				}
 			} else {
-				printExplanation(cmd.OutOrStdout(), x)
+				out := &checkedWriter{w: cmd.OutOrStdout()}
+				printExplanation(out, x)
+				if out.err != nil {
+					return out.err
+				}
 			}
 			if x.Verdict != "allowed" {
 				return &exitError{code: 1}

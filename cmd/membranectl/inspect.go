@@ -67,6 +67,9 @@ func newStatusCommand() *cobra.Command {
 		Short: "Show each agent's health, datapath, maps and drop counters",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output, "text", "json"); err != nil {
+				return err
+			}
 			agents, _, err := t.agents()
 			if err != nil {
 				return err
@@ -92,8 +95,12 @@ func newStatusCommand() *cobra.Command {
 					return err
 				}
 			} else {
+				out := &checkedWriter{w: cmd.OutOrStdout()}
 				for _, s := range all {
-					printStatus(cmd.OutOrStdout(), s)
+					printStatus(out, s)
+				}
+				if out.err != nil {
+					return out.err
 				}
 			}
 			if unhealthy {
@@ -223,6 +230,9 @@ func newPolicyCommand() *cobra.Command {
 		Short: "Print an endpoint's computed policy: peers (with their identities), ports, verdicts and the rule behind each",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkOutput(output, "text", "json"); err != nil {
+				return err
+			}
 			ns, pod, ok := strings.Cut(args[0], "/")
 			if !ok || ns == "" || pod == "" {
 				return fmt.Errorf("want NAMESPACE/POD, got %q", args[0])
@@ -248,8 +258,9 @@ func newPolicyCommand() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(pol)
 			}
-			printPolicy(cmd.OutOrStdout(), pol)
-			return nil
+			out := &checkedWriter{w: cmd.OutOrStdout()}
+			printPolicy(out, pol)
+			return out.err
 		},
 	}
 	t.addFlags(get)

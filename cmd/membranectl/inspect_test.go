@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -41,5 +43,30 @@ func TestPrintStatusTalliedMap(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+type fullDisk struct{}
+
+func (fullDisk) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// Text output that cannot be written is the command's error, and an
+// --output the command does not have is refused, not printed as text.
+func TestOutputErrors(t *testing.T) {
+	out := &checkedWriter{w: fullDisk{}}
+	printStatus(out, &api.Status{Node: "node1", Healthy: true})
+	if out.err == nil || !strings.Contains(out.err.Error(), "no space left") {
+		t.Fatalf("status to a full disk: %v, want the write error", out.err)
+	}
+	bw := bufio.NewWriter(fullDisk{})
+	bw.WriteString("a flow\n")
+	if err := flushOutput(bw); err == nil {
+		t.Fatal("flushing flows to a full disk succeeded")
+	}
+	if err := checkOutput("yaml", "text", "json"); err == nil || !strings.Contains(err.Error(), `"yaml": want text or json`) {
+		t.Fatalf("checkOutput(yaml): %v", err)
+	}
+	if err := checkOutput("json", "text", "json"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -182,6 +182,9 @@ func newLabStatusCommand() *cobra.Command {
 		Short: "Show a lab's nodes, agents and pods",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := checkOutput(output, "table", "json"); err != nil {
+				return err
+			}
 			l, err := lab.OpenOnly(name)
 			if err != nil {
 				return err
@@ -369,8 +372,8 @@ func newLabMatrixCommand() *cobra.Command {
 		Short: "Probe every ordered pair of pods (and nodes, world) and print the reachability matrix",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if output != "table" && output != "tsv" && output != "json" {
-				return fmt.Errorf("output %q: want table, tsv or json", output)
+			if err := checkOutput(output, "table", "tsv", "json"); err != nil {
+				return err
 			}
 			l, err := lab.OpenOnly(name)
 			if err != nil {

@@ -6,9 +6,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -75,4 +78,32 @@ func main() {
 		}
 	}
 	os.Exit(code)
+}
+
+// checkOutput refuses an --output the command does not have, rather than
+// printing its default format.
+func checkOutput(output string, formats ...string) error {
+	if slices.Contains(formats, output) {
+		return nil
+	}
+	return fmt.Errorf("--output %q: want %s", output, strings.Join(formats, " or "))
+}
+
+// checkedWriter remembers the first error of the writes through it, so
+// that a command printing text line by line can report output it could
+// not write (a full disk, a closed pipe) instead of exiting 0.
+type checkedWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (c *checkedWriter) Write(b []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(b)
+	if err != nil {
+		c.err = fmt.Errorf("write output: %w", err)
+	}
+	return n, err
 }

@@ -120,8 +120,8 @@ func (o *observeOptions) request(cmd *cobra.Command) (api.FlowRequest, error) {
 }
 
 func (o *observeOptions) run(cmd *cobra.Command) error {
-	if o.output != "compact" && o.output != "json" {
-		return fmt.Errorf("--output %q: want compact or json", o.output)
+	if err := checkOutput(o.output, "compact", "json"); err != nil {
+		return err
 	}
 	req, err := o.request(cmd)
 	if err != nil {
@@ -132,7 +132,6 @@ func (o *observeOptions) run(cmd *cobra.Command) error {
 		return err
 	}
 	out := bufio.NewWriter(cmd.OutOrStdout())
-	defer out.Flush()
 	show := func(rec api.FlowRecord) error {
 		if o.output == "json" {
 			b, err := json.Marshal(rec)
@@ -147,7 +146,8 @@ func (o *observeOptions) run(cmd *cobra.Command) error {
 	}
 	ctx := cmd.Context()
 	if o.follow {
-		return followFlows(ctx, agents, req, show, out.Flush, cmd.ErrOrStderr())
+		err := followFlows(ctx, agents, req, show, out.Flush, cmd.ErrOrStderr())
+		return errors.Join(err, flushOutput(out))
 	}
 
 	// Ask every agent at once; merge by time; keep the newest req.Last.
@@ -179,8 +179,20 @@ func (o *observeOptions) run(cmd *cobra.Command) error {
 			return err
 		}
 	}
+	if err := flushOutput(out); err != nil {
+		return err
+	}
 	if failed > 0 {
 		return &exitError{code: 1}
+	}
+	return nil
+}
+
+// flushOutput writes out what out holds; a failure (a full disk, a closed
+// pipe) is the command's error, not dropped.
+func flushOutput(out *bufio.Writer) error {
+	if err := out.Flush(); err != nil {
+		return fmt.Errorf("write output: %w", err)
 	}
 	return nil
 }
