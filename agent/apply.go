@@ -37,6 +37,9 @@ type applier struct {
 	ipcache   map[netip.Prefix]datapath.IPCacheEntry
 	endpoints map[policy.PodKey]*epState
 	usedIDs   map[uint16]bool
+	// lastID is the endpoint ID allocated last; allocation goes on from
+	// it (allocID).
+	lastID uint16
 	// Registry mirror: id -> fingerprint.
 	regSelsets map[uint32]uint64
 	regRules   map[uint32]uint64
@@ -175,6 +178,7 @@ func newApplier(dp *datapath.Datapath, log *slog.Logger) (*applier, error) {
 	for _, e := range eps {
 		a.adopted[e.Addr] = e
 		a.usedIDs[e.ID] = true
+		a.lastID = max(a.lastID, e.ID)
 	}
 	if a.regSelsets, err = dp.RegistryList(datapath.RegistrySelset); err != nil {
 		return nil, err
@@ -394,10 +398,21 @@ func (st *epState) datapathKey(k policy.EntryKey, gen uint8) datapath.PolicyKey 
 	return datapath.PolicyKey{EpID: st.id, Dir: datapath.Dir(k.Dir), Gen: gen, Selset: k.Selset, Proto: k.Proto, Port: k.Port, Plen: k.Plen}
 }
 
+// allocID hands out the first free endpoint ID after the last one it
+// handed out, wrapping around: a freed ID comes back only after all the
+// others have. Verdicts of a deleted endpoint are read up to a poll
+// interval later (longer after a restart, from the flow log's backlog),
+// and are labelled with the endpoint their ID names then: reused at once,
+// the lowest free ID would credit them to a pod created meanwhile.
 func (a *applier) allocID() (uint16, error) {
-	for id := uint16(1); id != 0; id++ {
+	id := a.lastID
+	for range 65535 {
+		if id++; id == 0 {
+			id = 1
+		}
 		if !a.usedIDs[id] {
 			a.usedIDs[id] = true
+			a.lastID = id
 			return id, nil
 		}
 	}

@@ -72,3 +72,38 @@ func TestNewEndpointWhosePolicyDoesNotFitIsAttached(t *testing.T) {
 		t.Fatalf("endpoint %s: state %q, flags %#x; want failed, failing closed", server, st.state, st.flags)
 	}
 }
+
+// A freed endpoint ID comes back only after the others: a deleted
+// endpoint's late verdicts must not be credited to a pod created just
+// after it.
+func TestEndpointIDsAreNotReusedAtOnce(t *testing.T) {
+	a := &applier{usedIDs: map[uint16]bool{}}
+	alloc := func() uint16 {
+		t.Helper()
+		id, err := a.allocID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	first, second := alloc(), alloc()
+	delete(a.usedIDs, first)
+	if id := alloc(); id == first {
+		t.Fatalf("ID %d handed out again right after it was freed", id)
+	}
+	// Near the end it wraps around, skipping the IDs in use.
+	a.lastID = 65534
+	if id := alloc(); id != 65535 {
+		t.Fatalf("got %d, want 65535", id)
+	}
+	if id := alloc(); id != first {
+		t.Fatalf("after wrapping: got %d, want %d (the lowest free, %d in use)", id, first, second)
+	}
+	// All in use.
+	for id := range uint16(65535) {
+		a.usedIDs[id+1] = true
+	}
+	if _, err := a.allocID(); err == nil {
+		t.Fatal("an ID was handed out with all 65535 in use")
+	}
+}
