@@ -106,8 +106,11 @@ type Agent struct {
 	flows   *flowObserver // flows.go, events.go; not guarded by mu
 	metrics *agentMetrics // metrics.go
 	xds     *xds.Server   // l7.go; nil without L7
-	// l7Problem is the latest L7 publishing problem (guarded by mu).
-	l7Problem string
+	// l7Problem is the last L7 publishing's problem, and l7Published
+	// the policy version published last and when it was (guarded by mu;
+	// l7.go).
+	l7Problem   string
+	l7Published l7Publication
 }
 
 // Run runs an agent until ctx ends. Enforcement outlives it: the programs

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/membrane-mesh/membrane/api"
 	"github.com/membrane-mesh/membrane/datapath"
@@ -97,10 +98,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	a.mu.Lock()
 	s.DatastoreRevision = a.dsRev
 	s.AppliedRevision = a.applied
-	s.Problems = slices.Clone(a.problems)
-	if a.l7Problem != "" {
-		s.Problems = append(s.Problems, a.l7Problem)
-	}
+	s.Problems = append(slices.Clone(a.problems), a.l7Problems(time.Now())...)
 	s.Healthy = a.ready && len(s.Problems) == 0
 	s.LastRegeneration = a.lastRegen
 	for _, src := range slices.Sorted(maps.Keys(a.rejected)) {

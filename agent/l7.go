@@ -52,6 +52,9 @@ func (a *Agent) publishL7(rev int64) (wait bool) {
 		return false
 	}
 	ver, err := a.xds.Update(a.snap)
+	if ver != a.l7Published.version {
+		a.l7Published = l7Publication{version: ver, at: time.Now()}
+	}
 	a.l7Problem = ""
 	if err != nil {
 		a.l7Problem = "L7 policy: " + err.Error()
@@ -67,7 +70,10 @@ func (a *Agent) publishL7(rev int64) (wait bool) {
 }
 
 // waitProxyAck marks rev applied once the proxy has accepted policy
-// version ver, or after proxyAckTimeout (noting the problem).
+// version ver, or after proxyAckTimeout. Whether the proxy lags is
+// status's to say, from the xDS server's state when it is asked
+// (l7Problems): a problem noted here would outlive the proxy catching up,
+// or be cleared by a later regeneration that changed nothing.
 func (a *Agent) waitProxyAck(ver string, rev int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), proxyAckTimeout)
 	err := a.xds.WaitPolicyAcked(ctx, ver)
@@ -76,11 +82,36 @@ func (a *Agent) waitProxyAck(ver string, rev int64) {
 	defer a.mu.Unlock()
 	if err != nil {
 		a.log.Warn("the node proxy has not accepted the L7 policy in time; reporting the revision applied anyway", "version", ver, "revision", rev, "err", err)
-		a.l7Problem = fmt.Sprintf("the node proxy has not accepted L7 policy version %s (datastore revision %d) within %s: %v", ver, rev, proxyAckTimeout, err)
 	}
 	if rev > a.applied {
 		a.applied = rev
 	}
+}
+
+// l7Publication is a published L7 policy version and when it was.
+type l7Publication struct {
+	version string
+	at      time.Time
+}
+
+// l7Problems are the L7 problems status reports, with a.mu held: the
+// last publishing's, and a connected proxy that has not accepted the
+// current policy proxyAckTimeout after it was published.
+func (a *Agent) l7Problems(now time.Time) []string {
+	if a.xds == nil {
+		return nil
+	}
+	var out []string
+	if a.l7Problem != "" {
+		out = append(out, a.l7Problem)
+	}
+	st := a.xds.Status()
+	if pub := a.l7Published; st.ProxyConnected && !st.ProxyAckedPolicy && pub.version != "" {
+		if late := now.Sub(pub.at); late > proxyAckTimeout {
+			out = append(out, fmt.Sprintf("the node proxy has not accepted L7 policy version %s, published %s ago", pub.version, late.Round(time.Second)))
+		}
+	}
+	return out
 }
 
 // xdsStatus is the xDS server's state for the API.
