@@ -216,7 +216,7 @@ func TestAgentRestartResizesMaps(t *testing.T) {
 	old := l.AgentPID("node1")
 	// A flag the agent refuses leaves the running agent alone.
 	err := l.RestartAgents(ctx, []string{"--map-size-conntrack=0"})
-	if err == nil || !strings.Contains(err.Error(), "map-size-conntrack") || !strings.Contains(err.Error(), "positive number") {
+	if err == nil || !strings.Contains(err.Error(), "map-size-conntrack") || !strings.Contains(err.Error(), "positive whole number") {
 		t.Fatalf("restart with a bad flag: %v", err)
 	}
 	if pid := l.AgentPID("node1"); pid != old {
