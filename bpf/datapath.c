@@ -473,6 +473,11 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		return TCX_NEXT;
 	if (r == PARSE_DROP)
 		return drop(skb, &p, cfg, p.reason, &ei);
+	/* Neighbour discovery passes as it is sent (parse.h). A workload's
+	 * must also stay on its link: hop limit 255 says where it came from,
+	 * not where the node would forward it. */
+	if (p.nd && (obs != OBS_FROM_ENDPOINT || addr_on_link6(&p.t.daddr)))
+		return TCX_NEXT;
 
 	/* Which local endpoints this packet leaves or enters. The source of a
 	 * packet from a workload is checked on every packet (spoofing). The
@@ -490,6 +495,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 			return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
 		ei.ep_id = src_ep->id;
 		if (p.icmp_error) {
+			/* A workload is no router: its errors are about packets
+			 * sent to it. */
+			if (!addr_equal(&p.t.saddr, &p.inner.daddr))
+				return drop(skb, &p, cfg, REASON_MALFORMED, &ei);
 			if (endpoint_get(&p.t.daddr, &dst_epv))
 				dst_ep = &dst_epv;
 			dst_known = 1;

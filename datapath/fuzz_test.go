@@ -245,6 +245,10 @@ func fuzzSeeds() []fuzzSeed {
 	quoted = tcp(ep, peer, 81, 1000, packet.SYN|packet.ACK).IP()[:28]
 	add(packet.Spec{Src: fuzzPeer4, Dst: fuzzEP4, Proto: packet.ICMP, ICMPType: 3, ICMPCode: 4, Payload: quoted}, in...)
 	add(packet.Spec{Src: fuzzPeer6, Dst: fuzzEP6, Proto: packet.ICMPv6, ICMPType: 135, Payload: make([]byte, 16)}, in...)
+	add(packet.Spec{Src: fuzzPeer6, Dst: fuzzEP6, Proto: packet.ICMPv6, ICMPType: 135, HopLimit: 255, Payload: make([]byte, 16)}, in...)
+	// An error quoting an admitted connection, sent by the endpoint to a
+	// third address.
+	add(packet.Spec{Src: fuzzEP4, Dst: fuzzOther, Proto: packet.ICMP, ICMPType: 3, ICMPCode: 3, Payload: tcp(peer, ep, 1000, 80, packet.SYN).IP()[:28]}, 2)
 	add(packet.Spec{Src: fuzzPeer6, Dst: fuzzEP6, Proto: packet.ICMPv6, ICMPType: 128, ICMPID: 2}, in...)
 	// From the endpoint: a reply, a new connection, a spoofed source.
 	add(tcp(ep, peer, 80, 1000, packet.SYN|packet.ACK), 2)
@@ -265,6 +269,7 @@ type fuzzView struct {
 	later    bool   // a fragment other than the first: no L4 header
 	l4       []byte // the upper-layer header and what follows, possibly short
 	v6       bool
+	hopLimit uint8 // IPv6
 }
 
 // readFrame reads an IPv4 or IPv6 frame; ok is false for anything else
@@ -297,6 +302,7 @@ func readFrame(b []byte) (v fuzzView, ok bool) {
 			return v, false
 		}
 		v.v6 = true
+		v.hopLimit = ip[7]
 		v.src = netip.AddrFrom16([16]byte(ip[8:24])).Unmap()
 		v.dst = netip.AddrFrom16([16]byte(ip[24:40])).Unmap()
 		nh, rest := ip[6], ip[40:]
@@ -355,8 +361,13 @@ func bypass(hook Hook, frame []byte, allow80 bool) string {
 	if !ok {
 		return "" // not IP: ARP passes, the rest is the kernel's to drop
 	}
-	if t, ok := v.icmpType(); ok && v.proto == 58 && (t >= 130 && t <= 137 || t == 143) {
-		return "" // neighbour discovery, multicast listeners
+	// Neighbour discovery and multicast listeners, as they are sent (hop
+	// limit 255 and 1: never forwarded), a workload's to an address on
+	// its link.
+	if t, ok := v.icmpType(); ok && v.proto == 58 &&
+		(t >= 133 && t <= 137 && v.hopLimit == 255 || (t >= 130 && t <= 132 || t == 143) && v.hopLimit == 1) &&
+		(hook != FromContainer || v.dst.IsLinkLocalUnicast() || v.dst.IsMulticast()) {
+		return ""
 	}
 	ingress := hook != FromContainer
 	if ingress && !isEP(v.dst) {
@@ -409,6 +420,11 @@ func admitted(v fuzzView, ingress bool) bool {
 		}
 		inner = fuzzView{src: netip.AddrFrom4([4]byte(q[12:16])), dst: netip.AddrFrom4([4]byte(q[16:20])), proto: q[9], l4: q[ihl:]}
 	}
+	// An error goes to the sender of the packet it quotes; a workload's
+	// own errors are about packets sent to it.
+	if inner.src != v.dst || !ingress && inner.dst != v.src {
+		return false
+	}
 	sport, dport, ok := inner.ports()
 	if !ok || inner.proto != 6 {
 		return false
@@ -444,7 +460,9 @@ func TestBypassOracle(t *testing.T) {
 		{"spoofed", FromContainer, tcp(other, peer, 80, 1000, packet.ACK).Frame(), false, false},
 		{"ICMP error about an admitted connection", FromNetdev, icmpErr(tcp(ep, peer, 80, 1000, packet.ACK)), false, true},
 		{"ICMP error about another", FromNetdev, icmpErr(tcp(ep, peer, 81, 1000, packet.ACK)), false, false},
-		{"neighbour solicitation", FromContainer, packet.Spec{Src: fuzzEP6, Dst: fuzzPeer6, Proto: packet.ICMPv6, ICMPType: 135}.Frame(), true, true},
+		{"neighbour solicitation", FromContainer, packet.Spec{Src: fuzzEP6, Dst: netip.MustParseAddr("ff02::1:ff00:2"), Proto: packet.ICMPv6, ICMPType: 135, HopLimit: 255}.Frame(), true, true},
+		{"neighbour solicitation off the link", FromContainer, packet.Spec{Src: fuzzEP6, Dst: fuzzPeer6, Proto: packet.ICMPv6, ICMPType: 135, HopLimit: 255}.Frame(), false, false},
+		{"neighbour solicitation, hop limit 64", FromNetdev, packet.Spec{Src: fuzzPeer6, Dst: fuzzEP6, Proto: packet.ICMPv6, ICMPType: 135}.Frame(), false, false},
 		{"ARP", FromContainer, packet.ARP(), true, true},
 	} {
 		for _, open := range []bool{false, true} {

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -66,9 +67,27 @@ func TestNonIPTraffic(t *testing.T) {
 			t.Errorf("ARP at %s: %d, want pass", hook, got)
 		}
 	}
-	// Neighbour discovery passes.
-	ns := packet.Spec{Src: mustAddr("fe80::2"), Dst: mustAddr("ff02::1:ff00:1"), Proto: packet.ICMPv6, ICMPType: 135}
+	// Neighbour discovery passes, as it is sent: hop limit 255 (MLD: 1),
+	// and from a workload to a link-local or multicast address.
+	ns := packet.Spec{Src: mustAddr("fe80::2"), Dst: mustAddr("ff02::1:ff00:1"), Proto: packet.ICMPv6, ICMPType: 135, HopLimit: 255}
 	h.expect(FromContainer, ns, retNext)
+	mld := packet.Spec{Src: mustAddr("fe80::2"), Dst: mustAddr("ff02::16"), Proto: packet.ICMPv6, ICMPType: 143, HopLimit: 1}
+	h.expect(FromContainer, mld, retNext)
+	// Otherwise it is ordinary ICMPv6, which a raw socket reads: from
+	// an address that is not the endpoint's, it is dropped as spoofed.
+	for _, s := range []packet.Spec{
+		{Src: mustAddr("fe80::2"), Dst: mustAddr("ff02::1:ff00:1"), Proto: packet.ICMPv6, ICMPType: 135}, // hop limit 64
+		{Src: mustAddr("fe80::2"), Dst: mustAddr("ff02::16"), Proto: packet.ICMPv6, ICMPType: 143, HopLimit: 255},
+		{Src: mustAddr("2001:db8:dead::1"), Dst: mustAddr("2001:db8:ffff::10"), Proto: packet.ICMPv6, ICMPType: 135, HopLimit: 255}, // off the link
+	} {
+		h.expect(FromContainer, s, retDrop)
+		if e := h.event(EventDrop); e.Reason != ReasonSpoofed {
+			t.Fatalf("%v %v->%v: reason %v, want %v", s.ICMPType, s.Src, s.Dst, e.Reason, ReasonSpoofed)
+		}
+	}
+	// Towards a workload (the node's own, hop limit 255) it passes to any
+	// address of the workload.
+	h.expect(ToContainer, packet.Spec{Src: mustAddr("fe80::1"), Dst: mustAddr(addrB6), Proto: packet.ICMPv6, ICMPType: 135, HopLimit: 255}, retNext)
 	// Anything else that is not IP is dropped with a reason.
 	if got, _ := h.run(FromContainer, packet.Ethernet(0x88cc, make([]byte, 46)), 0); got != retDrop {
 		t.Fatalf("LLDP frame: %d, want drop", got)
@@ -386,6 +405,35 @@ func TestICMP(t *testing.T) {
 	other := tcp(addrA, addrR, 41001, 80, packet.SYN).IP()[:28]
 	unreach.Payload = other
 	h.expect(FromNetdev, unreach, retDrop)
+
+	// An error goes to the sender of the packet it quotes. Quoting a
+	// tracked connection to pass as its reply, an error sent anywhere
+	// else (carrying data past policy) is dropped: from A to the world
+	// or to another pod, or from the underlay to a pod the quoted packet
+	// did not come from.
+	h.endpoint(addrB, 2, 0, [2][2]uint32{}) // selected by no policy
+	h.drain()
+	for _, c := range []struct {
+		hook     Hook
+		src, dst string
+	}{
+		{FromContainer, addrA, addrW},
+		{FromContainer, addrA, addrB},
+		{FromNetdev, addrW, addrB},
+	} {
+		smuggled := packet.Spec{Src: mustAddr(c.src), Dst: mustAddr(c.dst), Proto: packet.ICMP, ICMPType: 3, ICMPCode: 4, Payload: append(slices.Clone(quoted), make([]byte, 1000)...)}
+		h.expect(c.hook, smuggled, retDrop)
+		if e := h.event(EventDrop); e.Reason != ReasonMalformed {
+			t.Fatalf("%s: error from %s to %s quoting A's connection: reason %v, want %v", c.hook, c.src, c.dst, e.Reason, ReasonMalformed)
+		}
+	}
+	// A workload is no router: the errors it sends are about packets
+	// sent to it, not about B's connection with R.
+	fromR := tcp(addrR, addrA, 80, 41000, packet.ACK).IP()[:28]
+	h.expect(FromContainer, packet.Spec{Src: mustAddr(addrA), Dst: mustAddr(addrR), Proto: packet.ICMP, ICMPType: 3, ICMPCode: 3, Payload: fromR}, retNext)
+	h.expect(FromContainer, tcp(addrB, addrR, 41002, 80, packet.SYN), retNext)
+	toB := tcp(addrR, addrB, 80, 41002, packet.ACK).IP()[:28]
+	h.expect(FromContainer, packet.Spec{Src: mustAddr(addrA), Dst: mustAddr(addrR), Proto: packet.ICMP, ICMPType: 3, ICMPCode: 3, Payload: toB}, retDrop)
 }
 
 func TestAllowHost(t *testing.T) {

@@ -28,7 +28,7 @@
 
 enum parse_result {
 	PARSE_OK = 0,
-	PARSE_PASS = 1, /* not subject to policy: ARP, neighbour discovery */
+	PARSE_PASS = 1, /* not subject to policy: ARP */
 	PARSE_DROP = 2, /* p->reason says why */
 };
 
@@ -42,7 +42,7 @@ struct pkt {
 	__u8 icmp_error;      /* inner holds the quoted packet */
 	__u8 fragment;        /* 1: first fragment, 2: later fragment */
 	__u8 reason;
-	__u8 pad;
+	__u8 nd;              /* a link-scoped neighbour discovery or MLD message */
 	__u32 frag_id;
 };
 
@@ -129,11 +129,32 @@ static __always_inline int icmp_is_error(__u8 proto, __u8 type)
 	return type >= 1 && type <= 4;
 }
 
-/* IPv6 neighbour discovery and multicast listener messages: always allowed,
- * like ARP. */
-static __always_inline int icmp6_is_nd(__u8 type)
+/* IPv6 neighbour discovery and multicast listener messages, as they are
+ * sent: ND with hop limit 255, MLD with hop limit 1 (RFC 4861 7.1, RFC
+ * 2710 3, RFC 3810 5), which no router forwards intact. Those pass like
+ * ARP (handle()); with any other hop limit they are ordinary ICMPv6,
+ * under policy: a raw socket reads them, so they could carry data past
+ * it. */
+static __always_inline int icmp6_link_scoped(__u8 type, __u8 hop_limit)
 {
-	return (type >= 133 && type <= 137) || (type >= 130 && type <= 132) || type == 143;
+	if (type >= 133 && type <= 137)
+		return hop_limit == 255;
+	if ((type >= 130 && type <= 132) || type == 143)
+		return hop_limit == 1;
+	return 0;
+}
+
+static __always_inline int addr_equal(const struct addr *a, const struct addr *b)
+{
+	return a->w[0] == b->w[0] && a->w[1] == b->w[1] && a->w[2] == b->w[2] && a->w[3] == b->w[3];
+}
+
+/* Whether a is an IPv6 link-local unicast (fe80::/10) or multicast
+ * (ff00::/8) address: where a workload's neighbour discovery goes. */
+static __always_inline int addr_on_link6(const struct addr *a)
+{
+	const __u8 *b = (const __u8 *)a;
+	return b[0] == 0xff || (b[0] == 0xfe && (b[1] & 0xc0) == 0x80);
 }
 
 /* Ports of the L4 header at off into t (sport/dport) and the policy port.
@@ -224,7 +245,7 @@ static __always_inline int parse_icmp_inner(void *data, void *data_end, __u32 of
 		return -1;
 	if (!p->is_v6) {
 		struct iphdr *ip = data + off;
-		if ((void *)(ip + 1) > data_end)
+		if ((void *)(ip + 1) > data_end || ip->ihl < 5)
 			return -1;
 		addr_from_v4(&p->inner.saddr, ip->saddr);
 		addr_from_v4(&p->inner.daddr, ip->daddr);
@@ -305,7 +326,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 	p->len = skb->len;
 
 	__u32 off = sizeof(*eth);
-	__u8 icmp_type = 0;
+	__u8 icmp_type = 0, hop_limit = 0;
 
 	if (eth->h_proto == bpf_htons(ETH_P_ARP))
 		return PARSE_PASS;
@@ -332,6 +353,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 		if ((void *)(ip6 + 1) > data_end)
 			goto malformed;
 		p->is_v6 = 1;
+		hop_limit = ip6->hop_limit;
 		addr_from_v6(&p->t.saddr, &ip6->saddr);
 		addr_from_v6(&p->t.daddr, &ip6->daddr);
 		__u8 nh = ip6->nexthdr;
@@ -364,11 +386,16 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 	if (parse_l4(data, data_end, off, &p->t, &p->port, &p->tcp_flags, &icmp_type) < 0)
 		goto malformed;
 
-	if (p->t.proto == IPPROTO_ICMPV6 && icmp6_is_nd(icmp_type))
-		return PARSE_PASS;
+	if (p->t.proto == IPPROTO_ICMPV6 && icmp6_link_scoped(icmp_type, hop_limit))
+		p->nd = 1;
 
 	if (is_icmp_proto(p->t.proto) && icmp_is_error(p->t.proto, icmp_type)) {
 		if (parse_icmp_inner(data, data_end, off + 8, p) < 0)
+			goto malformed;
+		/* An error goes to the sender of the packet it quotes. One
+		 * sent elsewhere, quoting some tracked connection to pass as
+		 * its reply, would carry its payload past policy. */
+		if (!addr_equal(&p->t.daddr, &p->inner.saddr))
 			goto malformed;
 		p->icmp_error = 1;
 	}

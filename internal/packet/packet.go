@@ -39,6 +39,14 @@ type Spec struct {
 	V6Ext      []uint8 // IPv6 extension headers to insert (hop-by-hop, destination options …)
 	NoL4       bool    // a later fragment: no L4 header
 	TruncateL4 int     // cut the L4 part to this many bytes
+	HopLimit   uint8   // IPv4 TTL or IPv6 hop limit (0: 64)
+}
+
+func (p *Spec) hopLimit() byte {
+	if p.HopLimit == 0 {
+		return 64
+	}
+	return p.HopLimit
 }
 
 // Ethernet wraps payload in an Ethernet header.
@@ -110,7 +118,7 @@ func (p Spec) IP() []byte {
 			fo |= 0x2000
 		}
 		binary.BigEndian.PutUint16(h[6:], fo)
-		h[8] = 64
+		h[8] = p.hopLimit()
 		h[9] = p.Proto
 		s, d := p.Src.As4(), p.Dst.As4()
 		copy(h[12:], s[:])
@@ -142,7 +150,7 @@ func (p Spec) IP() []byte {
 	h[0] = 0x60
 	binary.BigEndian.PutUint16(h[4:], uint16(len(ext)+len(l4)))
 	h[6] = next
-	h[7] = 64
+	h[7] = p.hopLimit()
 	s, d := p.Src.As16(), p.Dst.As16()
 	copy(h[8:], s[:])
 	copy(h[24:], d[:])
