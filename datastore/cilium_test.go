@@ -531,3 +531,46 @@ func TestCiliumKinds(t *testing.T) {
 		}
 	}
 }
+
+// HTTP rule expressions are validated the way membrane-proxy compiles them,
+// anchored as ^(?:expr)$: an expression one nesting level short of Go's
+// limit compiles alone but not anchored, and would make the proxy reject
+// every policy it came with.
+func TestCiliumHTTPRegexAnchored(t *testing.T) {
+	t.Parallel()
+	nested := func(depth int, expr string) string {
+		return strings.Repeat("(", depth) + expr + strings.Repeat(")", depth)
+	}
+	doc := func(path, regex string) string {
+		return `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: l7, namespace: shop}
+spec:
+  endpointSelector: {}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - path: "` + path + `"
+          headerMatches: [{name: x-re, regex: "` + regex + `"}]
+`
+	}
+	if _, err := Decode("ok.yaml", []byte(doc(nested(998, "/"), nested(998, "a")))); err != nil {
+		t.Fatalf("998 nested groups: %v", err)
+	}
+	_, err := Decode("deep.yaml", []byte(doc(nested(999, "/"), nested(999, "a"))))
+	for _, want := range []string{
+		`spec.ingress[0].toPorts[0].rules.http[0].path: "((((`,
+		`spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].regex: "((((`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("999 nested groups: error lacks %q: %.300v", want, err)
+		}
+	}
+	if err == nil || strings.Count(err.Error(), "is not a valid regular expression (RE2 syntax; it must match the whole") != 2 ||
+		strings.Count(err.Error(), "expression nests too deeply") != 2 {
+		t.Errorf("999 nested groups: want two \"nests too deeply\" errors, got %.300v", err)
+	}
+}

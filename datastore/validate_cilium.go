@@ -3,7 +3,6 @@ package datastore
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -11,6 +10,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/membrane-mesh/membrane/xds/l7pb"
 )
 
 // Validation of CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy.
@@ -457,7 +458,7 @@ func (c *ciliumCheck) httpRule(h *CiliumHTTPRule, p path) {
 		if f.re == "" {
 			continue
 		}
-		if _, err := regexp.Compile(f.re); err != nil {
+		if _, err := l7pb.CompileRegex(f.re); err != nil {
 			c.add(p.child(f.name), "%q is not a valid regular expression (RE2 syntax; it must match the whole %s): %v", f.re, f.name, regexpReason(err))
 		}
 	}
@@ -485,7 +486,7 @@ func (c *ciliumCheck) httpRule(h *CiliumHTTPRule, p path) {
 			c.add(mp.child("regex"), "cannot be combined with value; use value for an exact match or regex for a pattern")
 		}
 		if m.Regex != "" {
-			if _, err := regexp.Compile(m.Regex); err != nil {
+			if _, err := l7pb.CompileRegex(m.Regex); err != nil {
 				c.add(mp.child("regex"), "%q is not a valid regular expression (RE2 syntax; it must match the whole value): %v", m.Regex, regexpReason(err))
 			}
 		}

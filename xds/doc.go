@@ -30,20 +30,21 @@
 // is "<prefix><n>", where n counts the Updates that changed the
 // EndpointPolicy set.
 //
-// go-control-plane's LinearCache versions differently per protocol: in
-// state of the world a response carries the cache's version and each
-// resource remembers the cache version at which it changed; in delta each
-// resource's version is a hash of its content, and a response's
-// system_version_info is the cache version. The EndpointPolicy caches
-// advance by exactly one version per Update that changes something, so
-// both protocols carry the policy version: SotW in version_info, delta in
-// system_version_info.
+// Versions follow go-control-plane's LinearCache, which versions
+// differently per protocol: in state of the world a response carries the
+// cache's version and each resource remembers the cache version at which
+// it changed; in delta each resource's version is a hash of its content,
+// and a response's system_version_info is the cache version. The
+// EndpointPolicy cache advances by exactly one version per Update that
+// changes something, so both protocols carry the policy version: SotW in
+// version_info, delta in system_version_info.
 //
-// EndpointPolicy in state of the world is served by policyCache, not by a
-// LinearCache: every response carries the complete set (a LinearCache
+// EndpointPolicy is served by policyCache, not by a LinearCache. In state
+// of the world every response carries the complete set (a LinearCache
 // would send only what changed, and could not tell the proxy that a pod's
 // policy is gone). Delta sends only what changed and names what is
-// removed.
+// removed; after a NACK, the next response (on the next change) also
+// resends what the rejected one carried and the client did not take.
 //
 // A stream has policy version n when it ACKed (a request with the
 // response's nonce and no error_detail) a response of version n or later:
@@ -52,8 +53,10 @@
 // Delta adds one case: the server keeps the resource versions the client
 // ACKed, and when they equal the published set the stream has the current
 // version even though nothing was sent (a resource changed and changed back
-// in between). After a delta NACK the cache believes the client took what
-// it rejected, so only that exact match counts until it holds again.
+// in between), provided no response is on its way to it (built by the
+// cache and not yet ACKed or NACKed) that would change that. After a delta
+// NACK the server's subscription state says the client took what it
+// rejected, so only that exact match counts until it holds again.
 // Status reports this per stream, and WaitPolicyAcked waits for it. Both
 // assume the proxy subscribes to EndpointPolicy by wildcard, as docs/L7.md
 // asks.

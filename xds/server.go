@@ -4,6 +4,7 @@ package xds
 // Update publishes. What the resources contain is translate.go's business.
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,6 +29,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/membrane-mesh/membrane/policy"
+	"github.com/membrane-mesh/membrane/xds/l7pb"
 )
 
 // Server is the agent's xDS server: ADS (state of the world and delta) for
@@ -53,6 +56,9 @@ type Server struct {
 	// updateMu serialises Update; published is only written under both it
 	// and mu, so Update may read it holding updateMu alone.
 	updateMu sync.Mutex
+	// claims: the addresses of each published EndpointPolicy, as the proxy
+	// reads them (IPv4 unmapped). Update's alone (updateMu).
+	claims map[string][]netip.Addr
 
 	mu sync.Mutex
 	st state
@@ -105,7 +111,7 @@ func NewServer(o Options) (*Server, error) {
 			cachev3.WithInitialResources(resources),
 			cachev3.WithLogger(clog))
 	}
-	policies := newPolicyCache(prefix, clog)
+	policies := newPolicyCache(prefix)
 	caches[EndpointPolicyType] = policies
 
 	s := &Server{
@@ -114,6 +120,7 @@ func NewServer(o Options) (*Server, error) {
 		prefix:        prefix,
 		staticVersion: prefix + "0", // a LinearCache's version before any update
 		policies:      policies,
+		claims:        map[string][]netip.Addr{},
 		mux: &cachev3.MuxCache{
 			Classify:      func(r *cachev3.Request) string { return r.GetTypeUrl() },
 			ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
@@ -174,6 +181,14 @@ func (s *Server) Serve(ctx context.Context) error {
 // published (its last good version, if any, stays) and Update reports it
 // in the returned error; the others are published all the same.
 //
+// No two published resources share an address: the proxy refuses such a
+// set, and with it the whole response. When two pods have one address,
+// the policy engine keeps the first in namespace/name order (and reports
+// the clash); so does Update: the address is left out of the later pods'
+// resources, which are published without it, and Update reports it in
+// the returned error. A resource that keeps its last good version keeps
+// its addresses, ahead of the others.
+//
 // Update returns the policy version published when it returns (unchanged
 // if nothing changed); see WaitPolicyAcked.
 func (s *Server) Update(snap *policy.Snapshot) (version string, err error) {
@@ -185,14 +200,19 @@ func (s *Server) Update(snap *policy.Snapshot) (version string, err error) {
 
 	var errs []error
 	published := s.st.published // only Update writes it, and we hold updateMu
-	next := maps.Clone(published)
-	update := map[string]types.Resource{}
-	marshalled := map[string][]byte{}
 	present := map[string]bool{}
 
+	// The policy engine's order (Engine.sortedPods): the first pod with an
+	// address keeps it.
 	keys := slices.SortedFunc(maps.Keys(snap.Endpoints), func(a, b policy.PodKey) int {
-		return strings.Compare(a.String(), b.String())
+		return cmp.Or(strings.Compare(a.Namespace, b.Namespace), strings.Compare(a.Name, b.Name))
 	})
+	type candidate struct {
+		name string
+		res  *l7pb.EndpointPolicy
+		b    []byte
+	}
+	var valid []candidate
 	for _, key := range keys {
 		ep := snap.Endpoints[key]
 		name := key.String()
@@ -215,13 +235,60 @@ func (s *Server) Update(snap *policy.Snapshot) (version string, err error) {
 			errs = append(errs, fmt.Errorf("endpoint policy %s not published: marshal: %w", name, err))
 			continue
 		}
+		valid = append(valid, candidate{name: name, res: res, b: b})
+	}
+
+	// Addresses: resources that keep their last good version keep theirs;
+	// the rest go to the first resource that has them.
+	isValid := make(map[string]bool, len(valid))
+	for _, c := range valid {
+		isValid[c.name] = true
+	}
+	owner := map[netip.Addr]string{}
+	claims := make(map[string][]netip.Addr, len(present))
+	for name, addrs := range s.claims {
+		if present[name] && !isValid[name] {
+			claims[name] = addrs
+			for _, a := range addrs {
+				owner[a] = name
+			}
+		}
+	}
+	next := maps.Clone(published)
+	update := map[string][]byte{}
+	hashes := map[string]string{}
+	for _, c := range valid {
+		var kept []string
+		var mine []netip.Addr
+		for _, str := range c.res.GetAddresses() {
+			a := netip.MustParseAddr(str).Unmap() // ValidateAll parsed it: no zone; the proxy unmaps
+			if other, taken := owner[a]; taken && other != c.name {
+				errs = append(errs, fmt.Errorf("endpoint policy %s: address %s left out: endpoint policy %s has it (two local pods with one address; the proxy accepts an address in one policy only)", c.name, str, other))
+				continue
+			}
+			owner[a] = c.name
+			kept = append(kept, str)
+			mine = append(mine, a)
+		}
+		b := c.b
+		if len(kept) != len(c.res.GetAddresses()) {
+			c.res.Addresses = kept
+			var err error
+			if b, err = cachev3.MarshalResource(c.res); err != nil {
+				// Not expected: it encoded with the addresses left out
+				// added. Nothing that claims them is published.
+				errs = append(errs, fmt.Errorf("endpoint policy %s not published: marshal: %w", c.name, err))
+				continue
+			}
+		}
+		claims[c.name] = mine
 		hash := cachev3.HashResource(b)
-		if published[name] == hash {
+		if published[c.name] == hash {
 			continue
 		}
-		next[name] = hash
-		update[name] = res
-		marshalled[name] = b
+		next[c.name] = hash
+		update[c.name] = b
+		hashes[c.name] = hash
 	}
 	var remove []string
 	for name := range published {
@@ -231,12 +298,10 @@ func (s *Server) Update(snap *policy.Snapshot) (version string, err error) {
 		}
 	}
 	slices.Sort(remove)
+	s.claims = claims
 
 	if len(update) > 0 || len(remove) > 0 {
-		v, err := s.policies.apply(update, marshalled, remove)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("publish endpoint policies: %w", err))
-		}
+		v := s.policies.apply(update, hashes, remove)
 		n, _ := s.parseVersion(v)
 		s.mu.Lock()
 		s.st.published = next
@@ -255,7 +320,7 @@ func (s *Server) Update(snap *policy.Snapshot) (version string, err error) {
 	version = s.formatVersion(s.st.policyVersion)
 	s.mu.Unlock()
 	if err != nil {
-		s.log.Warn("some endpoint policies were not published", "version", version, "error", err)
+		s.log.Warn("some endpoint policies were not published, or not in full", "version", version, "error", err)
 	}
 	return version, err
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -174,7 +175,7 @@ func (s *Server) Status() Status {
 // state is everything Server.mu guards.
 type state struct {
 	// published: EndpointPolicy name → resource version, the hash of its
-	// deterministic encoding (what LinearCache sends as the delta version).
+	// deterministic encoding (the delta resource version).
 	published       map[string]string
 	policyVersion   uint64
 	lastUpdateError string
@@ -252,6 +253,23 @@ type typeState struct {
 	// diverged makes only an exact content match count until there is one.
 	content  map[string]string
 	diverged bool
+	// Delta only: untaken names what NACKed responses carried (resources
+	// and removals) with the version the client has instead ("" for none),
+	// until a response built after the next change (a version above
+	// untakenAfter) carries them again; see deltaBinding.
+	untaken      map[string]string
+	untakenAfter uint64
+	// Delta only: responses the policy cache built for the stream that
+	// have not reached response yet; together with pending, the responses
+	// the client may still apply.
+	inFlight atomic.Int64
+}
+
+// responsePending reports whether the stream may still apply a response
+// it was sent (or is about to be): then what it has ACKed is not what it
+// will have, even if it equals what is published.
+func (ts *typeState) responsePending() bool {
+	return len(ts.pending) > 0 || ts.inFlight.Load() > 0
 }
 
 type sentResponse struct {
@@ -325,7 +343,16 @@ func (c callbacks) OnStreamResponse(_ context.Context, id int64, _ *discoveryv3.
 }
 
 func (c callbacks) OnStreamDeltaRequest(id int64, r *discoveryv3.DeltaDiscoveryRequest) error {
-	return c.s.request(streamKey{delta: true, id: id}, r.GetNode(), r.GetTypeUrl(), "", r.GetResponseNonce(), r.GetErrorDetail(), r.GetInitialResourceVersions())
+	k := streamKey{delta: true, id: id}
+	if err := c.s.request(k, r.GetNode(), r.GetTypeUrl(), "", r.GetResponseNonce(), r.GetErrorDetail(), r.GetInitialResourceVersions()); err != nil {
+		return err
+	}
+	if r.GetTypeUrl() == EndpointPolicyType {
+		// go-control-plane calls the policy cache's CreateDeltaWatch
+		// with r next.
+		c.s.policies.bind(r, c.s.deltaBinding(k))
+	}
+	return nil
 }
 
 func (c callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscoveryRequest, r *discoveryv3.DeltaDiscoveryResponse) {
@@ -338,6 +365,19 @@ func (c callbacks) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscovery
 		sent.removed = r.GetRemovedResources()
 	}
 	c.s.response(streamKey{delta: true, id: id}, r.GetTypeUrl(), r.GetNonce(), r.GetSystemVersionInfo(), sent)
+}
+
+// deltaBinding is what the policy cache needs to know about delta stream
+// k's EndpointPolicy subscription.
+func (s *Server) deltaBinding(k streamKey) deltaBinding {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.st.streams[k]
+	if st == nil {
+		return deltaBinding{}
+	}
+	ts := st.typ(EndpointPolicyType)
+	return deltaBinding{inFlight: &ts.inFlight, untaken: maps.Clone(ts.untaken), untakenAfter: ts.untakenAfter}
 }
 
 func (s *Server) streamOpened(k streamKey) {
@@ -431,7 +471,7 @@ func (s *Server) ackLocked(k streamKey, ts *typeState, typeURL, nonce string) {
 			delete(ts.content, name)
 		}
 		switch {
-		case maps.Equal(ts.content, s.st.published):
+		case !ts.responsePending() && maps.Equal(ts.content, s.st.published):
 			ts.diverged = false
 			n, known = max(n, s.st.policyVersion), true
 		case ts.diverged:
@@ -456,6 +496,23 @@ func (s *Server) nackLocked(k streamKey, st *streamState, ts *typeState, typeURL
 			// Listeners that could not open (a port in use): the proxy
 			// retries and ACKs the same response once they do.
 			ts.pending = append(ts.pending, p)
+		}
+		if k.delta && typeURL == EndpointPolicyType {
+			// The cache counts all of p as delivered. The client still
+			// has what it had before p: have the next response after
+			// the next change carry p's resources and removals again.
+			if ts.untaken == nil {
+				ts.untaken = map[string]string{}
+			}
+			for name := range p.resources {
+				ts.untaken[name] = ts.content[name]
+			}
+			for _, name := range p.removed {
+				ts.untaken[name] = ts.content[name]
+			}
+			if n, err := s.parseVersion(p.version); err == nil {
+				ts.untakenAfter = n
+			}
 		}
 	}
 	ts.nacks++
@@ -487,16 +544,28 @@ func (s *Server) response(k streamKey, typeURL, nonce, version string, sent sent
 		ts.pending = slices.Delete(ts.pending, 0, 1)
 	}
 	ts.pending = append(ts.pending, sent)
+	if k.delta && typeURL == EndpointPolicyType {
+		if ts.inFlight.Load() > 0 { // only the cache adds, concurrently
+			ts.inFlight.Add(-1)
+		}
+		if n, err := s.parseVersion(version); err == nil && n > ts.untakenAfter {
+			// Built after the change that followed the NACK: it
+			// carries what the client did not take (deltaBinding).
+			ts.untaken = nil
+		}
+	}
 }
 
 // policyPublishedLocked runs after a new policy version is published: a
 // delta client whose ACKed content is already exactly the new set (a
-// resource changed and changed back before it was sent) has it.
+// resource changed and changed back before it was sent) has it, unless a
+// response it has not ACKed or NACKed yet may still change that (a
+// resource changed, was sent, and changed back).
 func (s *Server) policyPublishedLocked() {
 	changed := false
 	for k, st := range s.st.streams {
 		ts := st.types[EndpointPolicyType]
-		if !k.delta || ts == nil || ts.content == nil || !maps.Equal(ts.content, s.st.published) {
+		if !k.delta || ts == nil || ts.content == nil || ts.responsePending() || !maps.Equal(ts.content, s.st.published) {
 			continue
 		}
 		ts.diverged = false

@@ -7,7 +7,6 @@ package xds
 import (
 	"fmt"
 	"log/slog"
-	"regexp"
 	"time"
 
 	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
@@ -222,7 +221,7 @@ func headerMatch(m policy.HeaderMatch) *l7pb.HeaderMatch {
 		// The datastore refuses both; should the model hold both anyway,
 		// keep their meaning (the value equals exact and matches regex)
 		// rather than drop one of them.
-		re, err := regexp.Compile(`^(?:` + m.Regex + `)$`)
+		re, err := l7pb.CompileRegex(m.Regex)
 		switch {
 		case err != nil:
 			out.Value = &l7pb.HeaderMatch_Regex{Regex: m.Regex} // ValidateAll refuses it

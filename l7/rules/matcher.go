@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/membrane-mesh/membrane/xds/l7pb"
 )
 
 type matchKind uint8
@@ -35,12 +37,9 @@ func compileMatcher(expr string) (matcher, error) {
 	if expr == "" {
 		return matcher{kind: matchAny}, nil
 	}
-	// Parse expr on its own first: wrapping an invalid expression such as
-	// "a)|(b" would give it a different, valid meaning.
-	if _, err := regexp.Compile(expr); err != nil {
-		return matcher{}, fmt.Errorf("invalid regex %q: %w", expr, err)
-	}
-	re, err := regexp.Compile(`^(?:` + expr + `)$`)
+	// The agent validated expr with the same function, so what it
+	// publishes compiles here.
+	re, err := l7pb.CompileRegex(expr)
 	if err != nil {
 		return matcher{}, fmt.Errorf("invalid regex %q: %w", expr, err)
 	}

@@ -2,7 +2,11 @@ package rules
 
 import (
 	"regexp"
+	"slices"
+	"strings"
 	"testing"
+
+	"github.com/membrane-mesh/membrane/xds/l7pb"
 )
 
 func TestMatcherKinds(t *testing.T) {
@@ -71,4 +75,28 @@ func FuzzMatcher(f *testing.F) {
 		}
 		checkMatcher(t, expr, in)
 	})
+}
+
+// The agent validates every expression with l7pb.CompileRegex before it
+// publishes it; the proxy must accept exactly those, or one expression the
+// agent let through makes it reject the whole response.
+func TestMatcherAcceptsWhatTheAgentValidates(t *testing.T) {
+	nested := func(depth int) string { return strings.Repeat("(", depth) + "/" + strings.Repeat(")", depth) }
+	exprs := append(slices.Clone(matcherExprs), "a)|(b", "(", "/x)|(.*", "a**", nested(998), nested(999), nested(1001))
+	for _, expr := range exprs {
+		p := &l7pb.EndpointPolicy{Name: "shop/web", Addresses: []string{"10.0.0.1"}, Identity: 1,
+			Ingress: ports(port(80, 0, anyPeer("p", hr("", expr, regex("x-re", expr, actFail)))))}
+		agent := p.ValidateAll()
+		_, proxy := Compile(p)
+		if expr == "GET" && agent != nil {
+			t.Fatalf("the test policy is invalid: %v", agent)
+		}
+		if (agent == nil) != (proxy == nil) {
+			t.Errorf("%.30q: the agent's validation says %.120v, the proxy's Compile %.120v", expr, agent, proxy)
+		}
+		_, shared := l7pb.CompileRegex(expr)
+		if _, err := compileMatcher(expr); expr != "" && (err == nil) != (shared == nil) {
+			t.Errorf("%.30q: compileMatcher says %.120v, l7pb.CompileRegex %.120v", expr, err, shared)
+		}
+	}
 }

@@ -13,7 +13,6 @@ package l7pb
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 )
 
@@ -298,12 +297,13 @@ func (m *HeaderMatch) check(c *checker, path string) {
 }
 
 // checkRegexp checks that expr compiles as a (Go, RE2-syntax) regular
-// expression. Empty is valid: it means "any" where the proto allows that.
+// expression the way the proxy compiles it (CompileRegex). Empty is valid:
+// it means "any" where the proto allows that.
 func checkRegexp(c *checker, field, expr string) {
 	if expr == "" {
 		return
 	}
-	if _, err := regexp.Compile(expr); err != nil {
+	if _, err := CompileRegex(expr); err != nil {
 		c.add(field, "invalid regular expression", err)
 	}
 }
