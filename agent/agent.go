@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
@@ -203,7 +202,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if cfg.APISocket != "" {
-		srv, err := a.serveAPI(cfg.APISocket)
+		stopAPI, err := a.serveAPI(cfg.APISocket)
 		if err != nil {
 			return err
 		}
@@ -211,8 +210,7 @@ func Run(ctx context.Context, cfg Config) error {
 		go func() {
 			defer wg.Done()
 			<-ctx.Done()
-			srv.Close()
-			os.Remove(cfg.APISocket)
+			stopAPI()
 		}()
 	}
 	rd, err := dp.NewEventReader()

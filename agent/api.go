@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
@@ -16,16 +15,21 @@ import (
 	"github.com/membrane-mesh/membrane/api"
 	"github.com/membrane-mesh/membrane/datapath"
 	"github.com/membrane-mesh/membrane/identity"
+	"github.com/membrane-mesh/membrane/internal/unixsock"
 	"github.com/membrane-mesh/membrane/internal/version"
 	"github.com/membrane-mesh/membrane/policy"
 )
 
-func (a *Agent) serveAPI(socket string) (*http.Server, error) {
+// serveAPI serves the local API on socket, which only root can connect
+// to (it shows policy, flows with their HTTP paths, and the profiler),
+// whatever the umask. A previous agent's socket is replaced; a file that
+// is not a socket, or one another agent still listens on, is an error.
+// stop ends serving and removes the socket if it is still this agent's.
+func (a *Agent) serveAPI(socket string) (stop func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
-	os.Remove(socket) // a previous agent's
-	ln, err := net.Listen("unix", socket)
+	ln, closeListener, err := unixsock.Listen(socket)
 	if err != nil {
 		return nil, fmt.Errorf("api socket: %w", err)
 	}
@@ -44,7 +48,10 @@ func (a *Agent) serveAPI(socket string) (*http.Server, error) {
 	}
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
-	return srv, nil
+	return func() {
+		srv.Close()
+		closeListener()
+	}, nil
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

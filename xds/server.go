@@ -28,6 +28,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/server/sotw/v3"
 	"google.golang.org/grpc"
 
+	"github.com/membrane-mesh/membrane/internal/unixsock"
 	"github.com/membrane-mesh/membrane/policy"
 	"github.com/membrane-mesh/membrane/xds/l7pb"
 )
@@ -140,7 +141,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	if !s.served.CompareAndSwap(false, true) {
 		return errors.New("xds: Serve called twice")
 	}
-	lis, closeListener, err := listenUnix(s.o.Socket)
+	lis, closeListener, err := unixsock.Listen(s.o.Socket)
 	if err != nil {
 		return fmt.Errorf("xds: listen on %s: %w", s.o.Socket, err)
 	}

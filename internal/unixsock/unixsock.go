@@ -1,4 +1,6 @@
-package xds
+// Package unixsock listens on unix sockets that only their owner (root)
+// can connect to: the agent's API and its xDS server.
+package unixsock
 
 import (
 	"errors"
@@ -14,14 +16,14 @@ import (
 // Linux (sun_path is 108 bytes, NUL included).
 const maxSocketPath = 107
 
-// listenUnix listens on a unix socket at path with mode 0600. A socket
+// Listen listens on a unix socket at path with mode 0600. A socket
 // file nobody listens on is removed first; one somebody listens on, or a
 // file that is not a socket, is an error. The socket is created in a
 // private directory next to path, restricted there, and renamed into
 // place, so nobody can connect in between; if that directory's path would
 // be too long for a socket, it is created at path and restricted at once.
 // close stops listening and removes the socket file if it is still ours.
-func listenUnix(path string) (lis net.Listener, close func(), err error) {
+func Listen(path string) (lis net.Listener, close func(), err error) {
 	if err := removeStale(path); err != nil {
 		return nil, nil, err
 	}
