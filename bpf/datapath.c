@@ -668,6 +668,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	ei.src_identity = en.src.identity;
 	ei.dst_identity = en.dst.identity;
 
+	/* Nothing from the underlay comes from this node itself: a packet
+	 * claiming to would pass every workload's ingress on the allow-host
+	 * default, and its conntrack entry would open the way back. */
+	if (obs == OBS_FROM_NETDEV && en.src.identity == ID_HOST)
+		return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
+
 	/* With an incomplete ipcache, a peer without its own entry may be a
 	 * pod the agent could not record: refuse rather than guess. */
 	if ((cfg->flags & CFG_IPCACHE_INCOMPLETE) &&

@@ -449,6 +449,24 @@ func TestAllowHost(t *testing.T) {
 	h.expect(ToContainer, tcp("169.254.1.1", addrB, 2, 8080, packet.SYN), retDrop)
 }
 
+// Nothing from the underlay comes from the node itself: a packet that
+// claims to is spoofed, not let in on the allow-host default (nor given a
+// conntrack entry that opens the way back).
+func TestHostSourceFromUnderlayIsSpoofed(t *testing.T) {
+	h := basic(t)
+	h.ipcache("192.0.2.10", IdentityHost, 0) // the node's underlay address
+	h.endpoint(addrB, 2, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{})
+	h.expect(FromNetdev, tcp("192.0.2.10", addrB, 1, 8080, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonSpoofed {
+		t.Fatalf("reason %v, want %v", e.Reason, ReasonSpoofed)
+	}
+	// From the node itself (to-container) it is the allow-host default.
+	h.expect(ToContainer, tcp("192.0.2.10", addrB, 2, 8080, packet.SYN), retNext)
+	// The reply to the forged packet finds no connection: B's egress
+	// decides, and is closed.
+	h.expect(FromContainer, tcp(addrB, "192.0.2.10", 8080, 1, packet.SYN|packet.ACK), retDrop)
+}
+
 func TestWorldAndCIDRs(t *testing.T) {
 	h := basic(t)
 	h.ipcache("0.0.0.0/0", IdentityWorld, 50)
@@ -514,15 +532,16 @@ func TestFirstIngressProbe(t *testing.T) {
 	if e := h.event(EventVerdict); e.RuleID != 10 {
 		t.Fatalf("any peer's exact port after the first probe missed: %+v", e)
 	}
-	// The node itself passes whatever its selector set's entries say.
-	h.expect(FromNetdev, tcp("169.254.1.1", addrB, 5, 22, packet.SYN), retNext)
+	// The node itself (to-container: from the underlay it would be
+	// spoofed) passes whatever its selector set's entries say.
+	h.expect(ToContainer, tcp("169.254.1.1", addrB, 5, 22, packet.SYN), retNext)
 	h.drain()
 	cfg := DefaultConfig
 	cfg.AllowHost = false
 	if err := h.d.SetConfig(cfg); err != nil {
 		t.Fatal(err)
 	}
-	h.expect(FromNetdev, tcp("169.254.1.1", addrB, 6, 22, packet.SYN), retDrop)
+	h.expect(ToContainer, tcp("169.254.1.1", addrB, 6, 22, packet.SYN), retDrop)
 	if e := h.event(EventDrop); e.Reason != ReasonPolicyDeny || e.RuleID != 6 {
 		t.Fatalf("the node, not allowed as such: %+v", e)
 	}
