@@ -1,33 +1,16 @@
 package main
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/membrane-mesh/membrane/lab"
 )
 
 // TestLabHTTPHost: the Host that `lab http` sends, as the responder
 // reports it (X-Membrane-Host). -H 'Host: NAME' used to be dropped by
 // net/http, so host-based L7 rules were tested with the wrong Host.
 func TestLabHTTPHost(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
-	b := make([]byte, 3)
-	rand.Read(b)
-	name := "t" + hex.EncodeToString(b)
-	t.Cleanup(func() { lab.Down(context.Background(), name) })
-
-	out, errOut, code := membranectl(t, "lab", "up", "-f", writeFile(t, "lab.yaml", twoPods), "--name", name, "--no-agent")
-	if code != 0 {
-		t.Fatalf("lab up: code %d\n%s%s", code, out, errOut)
-	}
+	name, _ := upTwoPods(t)
 	for _, c := range []struct {
 		args []string
 		out  string

@@ -1,32 +1,15 @@
 package main
 
 import (
-	"context"
-	"crypto/rand"
-	"encoding/hex"
-	"os"
 	"slices"
 	"strings"
 	"testing"
-
-	"github.com/membrane-mesh/membrane/lab"
 )
 
 // TestLabWorldCommands: the world host and the nodes as probe, exec and
 // matrix endpoints.
 func TestLabWorldCommands(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("the lab needs root")
-	}
-	b := make([]byte, 3)
-	rand.Read(b)
-	name := "t" + hex.EncodeToString(b)
-	t.Cleanup(func() { lab.Down(context.Background(), name) })
-
-	out, errOut, code := membranectl(t, "lab", "up", "-f", writeFile(t, "lab.yaml", twoPods), "--name", name, "--no-agent")
-	if code != 0 {
-		t.Fatalf("lab up: code %d\n%s%s", code, out, errOut)
-	}
+	name, _ := upTwoPods(t)
 	for _, c := range []struct {
 		args   []string
 		out    string
@@ -56,7 +39,7 @@ func TestLabWorldCommands(t *testing.T) {
 			t.Errorf("membranectl %v: code %d, stdout %q, stderr %q; want %d, %q, stderr with %q", c.args, code, out, errOut, c.code, c.out, c.stderr)
 		}
 	}
-	out, _, code = membranectl(t, "lab", "matrix", "--world", "--name", name)
+	out, _, code := membranectl(t, "lab", "matrix", "--world", "--name", name)
 	if code != 0 || !strings.Contains(out, "world") || !strings.Contains(out, "from\\to") {
 		t.Errorf("matrix table: code %d\n%s", code, out)
 	}

@@ -76,18 +76,29 @@ spec:
   containers: [{name: c, ports: [{containerPort: 80}]}]
 `
 
-func TestLabCommands(t *testing.T) {
+// upTwoPods brings the twoPods lab up without agents, under a name of
+// its own, and takes it down when the test ends. It returns the name and
+// what lab up printed.
+func upTwoPods(t *testing.T) (name, out string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("the lab needs root")
 	}
 	b := make([]byte, 3)
 	rand.Read(b)
-	name := "t" + hex.EncodeToString(b)
+	name = "t" + hex.EncodeToString(b)
 	t.Cleanup(func() { lab.Down(context.Background(), name) })
-
 	out, errOut, code := membranectl(t, "lab", "up", "-f", writeFile(t, "lab.yaml", twoPods), "--name", name, "--no-agent")
-	if code != 0 || !strings.Contains(out, "lab "+name+" is up") {
+	if code != 0 {
 		t.Fatalf("lab up: code %d\n%s%s", code, out, errOut)
+	}
+	return name, out
+}
+
+func TestLabCommands(t *testing.T) {
+	name, out := upTwoPods(t)
+	if !strings.Contains(out, "lab "+name+" is up") {
+		t.Fatalf("lab up said %q", out)
 	}
 	if _, errOut, code := membranectl(t, "lab", "up", "-f", writeFile(t, "lab.yaml", twoPods), "--name", name, "--no-agent"); code != 1 || !strings.Contains(errOut, "lab down") {
 		t.Errorf("second lab up: code %d, %s", code, errOut)
