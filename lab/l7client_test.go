@@ -62,23 +62,7 @@ func waitConns(t *testing.T, ns string, port int, d time.Duration) int {
 }
 
 func TestHTTPClient(t *testing.T) {
-	l := up(t, `
-apiVersion: v1
-kind: Namespace
-metadata: {name: h}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: client, namespace: h}
-spec:
-  containers: [{name: c}]
----
-apiVersion: v1
-kind: Pod
-metadata: {name: server, namespace: h}
-spec:
-  containers: [{name: c, ports: [{containerPort: 8080}]}]
-`, Options{NoAgent: true})
+	l := up(t, clientServer("h"), Options{NoAgent: true})
 	server, err := l.Pod("h/server")
 	if err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package lab
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -31,24 +32,30 @@ func dialFrom(l *Lab, pod string) func(ctx context.Context, network, addr string
 	}
 }
 
-func TestResponderProtocols(t *testing.T) {
-	l := up(t, `
+// clientServer is a lab of namespace ns with two pods: client, and server
+// with a responder on port 8080.
+func clientServer(ns string) string {
+	return fmt.Sprintf(`
 apiVersion: v1
 kind: Namespace
-metadata: {name: r}
+metadata: {name: %[1]s}
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: client, namespace: r}
+metadata: {name: client, namespace: %[1]s}
 spec:
   containers: [{name: c}]
 ---
 apiVersion: v1
 kind: Pod
-metadata: {name: server, namespace: r}
+metadata: {name: server, namespace: %[1]s}
 spec:
   containers: [{name: c, ports: [{containerPort: 8080}]}]
-`, Options{NoAgent: true})
+`, ns)
+}
+
+func TestResponderProtocols(t *testing.T) {
+	l := up(t, clientServer("r"), Options{NoAgent: true})
 	server, _ := l.Pod("r/server")
 	addr := net.JoinHostPort(server.IPs[0].String(), "8080")
 	dial := dialFrom(l, "r/client")
