@@ -163,12 +163,7 @@ func TestRejectedResponseResentAfterChange(t *testing.T) {
 		for _, when := range []string{"after", "before"} {
 			t.Run(mode+"/change-"+when+"-nack", func(t *testing.T) {
 				t.Parallel()
-				h := startServer(t, nil)
-				snap := testSnapshot(3)
-				v1 := h.update(t, snap)
-				p := newPolicyProxy(t, h, mode)
-				p.take(t, p.next(t))
-				waitAcked(t, h, v1)
+				h, snap, p := syncedProxy(t, 3, mode)
 
 				setEndpoint(snap, 0, 1) // the proxy refuses this one
 				setEndpoint(snap, 1, 1)
@@ -221,12 +216,7 @@ func TestRejectedResponseResentAfterChange(t *testing.T) {
 // for its own sake: only what differs from what the client has is.
 func TestDeltaRejectedThenReverted(t *testing.T) {
 	t.Parallel()
-	h := startServer(t, nil)
-	snap := testSnapshot(2)
-	v1 := h.update(t, snap)
-	p := newPolicyProxy(t, h, "delta")
-	p.take(t, p.next(t))
-	waitAcked(t, h, v1)
+	h, snap, p := syncedProxy(t, 2, "delta")
 
 	setEndpoint(snap, 0, 1)
 	h.update(t, snap)
@@ -251,12 +241,7 @@ func TestDeltaRejectedThenReverted(t *testing.T) {
 // it is ACKed.
 func TestDeltaNoAckWhileResponsePending(t *testing.T) {
 	t.Parallel()
-	h := startServer(t, nil)
-	snap := testSnapshot(2)
-	v1 := h.update(t, snap)
-	p := newPolicyProxy(t, h, "delta")
-	p.take(t, p.next(t))
-	waitAcked(t, h, v1)
+	h, snap, p := syncedProxy(t, 2, "delta")
 
 	setEndpoint(snap, 0, 1)
 	v2 := h.update(t, snap)
@@ -398,4 +383,17 @@ func TestSharedAddress(t *testing.T) {
 		"c/z":   {"fd00::1", "10.0.0.3"},
 	})
 	waitAcked(t, h, v3)
+}
+
+// syncedProxy starts a server publishing n endpoint policies and a proxy
+// on protocol mode ("sotw" or "delta") that has taken and ACKed them.
+func syncedProxy(t *testing.T, n int, mode string) (*harness, *policy.Snapshot, *policyProxy) {
+	t.Helper()
+	h := startServer(t, nil)
+	snap := testSnapshot(n)
+	v1 := h.update(t, snap)
+	p := newPolicyProxy(t, h, mode)
+	p.take(t, p.next(t))
+	waitAcked(t, h, v1)
+	return h, snap, p
 }
