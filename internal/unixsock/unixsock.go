@@ -45,11 +45,11 @@ func Listen(path string) (lis net.Listener, close func(), err error) {
 
 func listenPrivate(path string) (net.Listener, error) {
 	dir := filepath.Dir(path)
-	// ".xds-" + 10 random digits + "/s"
-	if len(filepath.Join(dir, ".xds-0123456789", "s")) > maxSocketPath {
+	// ".sock-" + 10 random digits + "/s"
+	if len(filepath.Join(dir, ".sock-0123456789", "s")) > maxSocketPath {
 		return listenAndRestrict(path)
 	}
-	tmpDir, err := os.MkdirTemp(dir, ".xds-")
+	tmpDir, err := os.MkdirTemp(dir, ".sock-")
 	if err != nil {
 		return nil, fmt.Errorf("private directory for the socket: %w", err)
 	}
