@@ -162,7 +162,6 @@ func (l *Lab) HTTP(ctx context.Context, spec HTTPSpec) (*HTTPResult, error) {
 	} else {
 		rt = &http.Transport{DialContext: track, DisableKeepAlives: true}
 	}
-	defer rt.CloseIdleConnections()
 	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 	defer cancel()
 	var body io.Reader
