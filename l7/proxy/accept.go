@@ -204,14 +204,17 @@ func (s *connSet) watchClients() {
 
 // clientGone reports whether the client closed or reset its connection.
 // It peeks without waiting, so the bytes of a pipelined request stay for
-// the next read (and mean the client is there).
+// the next read (and mean the client is there). It goes through Control,
+// not Read: Read calls nothing once the connection's read deadline has
+// passed, as request_headers_timeout's set at accept has by the time a
+// slow response is awaited.
 func (c *conn) clientGone() bool {
 	rc, err := c.nc.SyscallConn()
 	if err != nil {
 		return false // closed here: the exchange learns it by itself
 	}
 	gone := false
-	rc.Read(func(fd uintptr) bool {
+	rc.Control(func(fd uintptr) {
 		var b [1]byte
 		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		switch {
@@ -221,7 +224,6 @@ func (c *conn) clientGone() bool {
 		default:
 			gone = true // reset, or another error of a dead connection
 		}
-		return true
 	})
 	return gone
 }

@@ -287,8 +287,9 @@ func TestHTTP2NonASCIIAuthorityAndPath(t *testing.T) {
 // resets its connection) while its request without a body waits for the
 // response gets the upstream connection closed within a couple of
 // seconds, as the upstream would see the client go, rather than at
-// stream_idle_timeout (5 minutes here). A client that pipelines another
-// request meanwhile is not taken for gone.
+// stream_idle_timeout (5 minutes here), also when it goes after
+// request_headers_timeout (1s here) has passed. A client that pipelines
+// another request meanwhile is not taken for gone.
 func TestClientGoneWhileWaiting(t *testing.T) {
 	started := make(chan struct{}, 4)
 	ended := make(chan time.Time, 4)
@@ -306,9 +307,16 @@ func TestClientGoneWhileWaiting(t *testing.T) {
 		case <-time.After(10 * time.Second):
 		}
 	})})
-	for _, reset := range []bool{false, true} {
-		name := map[bool]string{false: "close", true: "reset"}[reset]
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reset bool
+		after time.Duration // from the request, before the client goes
+	}{
+		{"close", false, 0},
+		{"reset", true, 0},
+		{"reset after request_headers_timeout", true, 1500 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			c := dialProxy(t, lb)
 			io.WriteString(c, "GET /hang HTTP/1.1\r\nHost: web\r\n\r\n")
 			select {
@@ -316,7 +324,8 @@ func TestClientGoneWhileWaiting(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("the request did not reach the upstream")
 			}
-			if reset {
+			time.Sleep(tc.after)
+			if tc.reset {
 				c.(*net.TCPConn).SetLinger(0)
 			}
 			gone := time.Now()

@@ -246,11 +246,12 @@ func (u *upstream) alive() bool {
 		return false
 	}
 	ok := false
-	rc.Read(func(fd uintptr) bool {
+	// Control, not Read: Read calls nothing once a read deadline left from
+	// the last exchange has passed (see conn.clientGone).
+	rc.Control(func(fd uintptr) {
 		var b [1]byte
 		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		ok = errors.Is(err, unix.EAGAIN)
-		return true
 	})
 	return ok
 }
