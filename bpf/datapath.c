@@ -238,14 +238,12 @@ static __always_inline void ct_refresh(const struct config *cfg, struct ct_entry
 		e->last_seen = now;
 }
 
-/* The policy port of a connection: its protocol and the destination port
- * of its original direction (network byte order). */
-static __always_inline __u16 ct_policy_port(__u8 proto, __u16 dport)
+/* The policy port of a connection from its original direction's ports
+ * (network byte order): the destination port, or the ICMP type. */
+static __always_inline __u16 ct_policy_port(__u8 proto, __u16 sport, __u16 dport)
 {
-	if (proto == IPPROTO_ICMP)
-		return 8;   /* echo request */
-	if (proto == IPPROTO_ICMPV6)
-		return 128; /* echo request */
+	if (is_icmp_proto(proto))
+		return icmp_ct_type(proto, sport, dport);
 	return bpf_ntohs(dport);
 }
 
@@ -277,7 +275,8 @@ static __always_inline int ct_revalidate(const struct config *cfg, struct ct_ent
 	__u8 proto = ck->proto;
 	struct ipcache_value src = ipcache_lookup(osrc);
 	struct ipcache_value dst = ipcache_lookup(odst);
-	__u16 port = ct_policy_port(proto, reply ? ck->sport : ck->dport);
+	__u16 port = reply ? ct_policy_port(proto, ck->dport, ck->sport)
+			   : ct_policy_port(proto, ck->sport, ck->dport);
 	struct endpoint epv, *ep = &epv;
 
 	if (e->flags & CT_F_EGRESS) {

@@ -22,8 +22,9 @@ import (
 //
 // Two datapaths take every frame: one whose endpoint is closed both ways
 // (nothing may reach it but ARP and IPv6 neighbour discovery), and one
-// whose endpoint admits TCP port 80 from one remote peer and sends nothing
-// but its replies. Conntrack and fragment state carry over from frame to
+// whose endpoint admits TCP port 80 and ICMP timestamp and ICMPv6 node
+// information queries from one remote peer and sends nothing but their
+// replies. Conntrack and fragment state carry over from frame to
 // frame, as on a node, so the oracle allows what a connection the policy
 // admitted may carry (its later fragments, replies and ICMP errors) and
 // nothing else.
@@ -138,7 +139,7 @@ func (b *bypassFuzz) check(t *testing.T, hookSel uint8, frame []byte) {
 		}
 		if why := bypass(hook, frame, d.allow80); why != "" {
 			t.Fatalf("%s let through (verdict %d) with the endpoint %s: %s\nframe % x",
-				hook, int32(ret), map[bool]string{false: "closed", true: "open to TCP 80 from the peer"}[d.allow80], why, frame)
+				hook, int32(ret), map[bool]string{false: "closed", true: "open to the peer (TCP 80, ICMP queries)"}[d.allow80], why, frame)
 		}
 	}
 }
@@ -154,7 +155,8 @@ var (
 )
 
 // fuzzDatapath loads private maps with endpoint 2 (fuzzEP4, fuzzEP6)
-// enforcing both directions. With allow80 its ingress admits TCP port 80
+// enforcing both directions. With allow80 its ingress admits TCP port 80,
+// ICMP type 13 (timestamp) and ICMPv6 type 139 (node information query)
 // from the peer's selector set.
 func fuzzDatapath(allow80 bool) (*Datapath, error) {
 	d, err := Load(Options{Sizes: Sizes{Conntrack: 1 << 12, Policy: 1 << 10, IPCacheHost: 1 << 10, Endpoints: 1 << 8}})
@@ -185,7 +187,9 @@ func fuzzDatapath(allow80 bool) (*Datapath, error) {
 	}
 	if allow80 {
 		k, v := allowIn(2, selR, packet.TCP, 80, 16, 7)
-		if err := d.PolicyPut([]PolicyKey{k}, []PolicyValue{v}); err != nil {
+		k13, v13 := allowIn(2, selR, packet.ICMP, 13, 16, 8)
+		k139, v139 := allowIn(2, selR, packet.ICMPv6, 139, 16, 9)
+		if err := d.PolicyPut([]PolicyKey{k, k13, k139}, []PolicyValue{v, v13, v139}); err != nil {
 			return fail(err)
 		}
 	}
@@ -250,6 +254,23 @@ func fuzzSeeds() []fuzzSeed {
 	// third address.
 	add(packet.Spec{Src: fuzzEP4, Dst: fuzzOther, Proto: packet.ICMP, ICMPType: 3, ICMPCode: 3, Payload: tcp(peer, ep, 1000, 80, packet.SYN).IP()[:28]}, 2)
 	add(packet.Spec{Src: fuzzPeer6, Dst: fuzzEP6, Proto: packet.ICMPv6, ICMPType: 128, ICMPID: 2}, in...)
+	// ICMP queries other than echo: an admitted one, then another type
+	// each way, the same query sent back, and the answer.
+	for _, q := range [][2]netip.Addr{{fuzzPeer4, fuzzEP4}, {fuzzPeer6, fuzzEP6}} {
+		proto, query, answer, other := uint8(packet.ICMP), uint8(13), uint8(14), uint8(17)
+		if q[0].Is6() {
+			proto, query, answer, other = packet.ICMPv6, 139, 140, 144
+		}
+		msg := func(src, dst netip.Addr, typ uint8) packet.Spec {
+			return packet.Spec{Src: src, Dst: dst, Proto: proto, ICMPType: typ, ICMPID: 3}
+		}
+		add(msg(q[0], q[1], query), in...)
+		add(msg(q[0], q[1], other), in...)
+		add(msg(q[1], q[0], query), 2)
+		add(msg(q[1], q[0], other), 2)
+		add(msg(q[1], q[0], answer), 2)
+		add(msg(q[1], q[0], 8), 2)
+	}
 	// From the endpoint: a reply, a new connection, a spoofed source.
 	add(tcp(ep, peer, 80, 1000, packet.SYN|packet.ACK), 2)
 	add(tcp(ep, peer, 1000, 80, packet.SYN), 2)
@@ -385,7 +406,9 @@ func bypass(hook Hook, frame []byte, allow80 bool) string {
 
 // admitted reports whether the open endpoint's connections may carry v:
 // TCP from the peer to port 80, its replies, later fragments of the
-// peer's TCP (whose ports only the first fragment shows), and ICMP errors
+// peer's TCP (whose ports only the first fragment shows); the peer's ICMP
+// timestamp and ICMPv6 node information queries, their later fragments
+// (whose type only the first shows) and their answers; and ICMP errors
 // about such a connection.
 func admitted(v fuzzView, ingress bool) bool {
 	remote := v.src
@@ -397,6 +420,9 @@ func admitted(v fuzzView, ingress bool) bool {
 		if v.later || ingress && ok && dport == 80 || !ingress && ok && sport == 80 {
 			return true
 		}
+	}
+	if isPeer(remote) && (admittedQuery(v, ingress) || v.later && (v.proto == 1 || v.proto == 58)) {
+		return true
 	}
 	t, ok := v.icmpType()
 	if !ok || !(v.proto == 1 && (t == 3 || t == 4 || t == 11 || t == 12) || v.proto == 58 && t >= 1 && t <= 4) || len(v.l4) < 8 {
@@ -425,11 +451,30 @@ func admitted(v fuzzView, ingress bool) bool {
 	if inner.src != v.dst || !ingress && inner.dst != v.src {
 		return false
 	}
+	if isEP(inner.src) && isPeer(inner.dst) && admittedQuery(inner, false) ||
+		isPeer(inner.src) && isEP(inner.dst) && admittedQuery(inner, true) {
+		return true
+	}
 	sport, dport, ok := inner.ports()
 	if !ok || inner.proto != 6 {
 		return false
 	}
 	return isEP(inner.src) && isPeer(inner.dst) && sport == 80 || isPeer(inner.src) && isEP(inner.dst) && dport == 80
+}
+
+// admittedQuery reports whether v, between the endpoint and its peer, is
+// an ICMP query the policy admits (ingress) or its answer (from the
+// endpoint): ICMP timestamp (13, answered by 14) and ICMPv6 node
+// information (139, answered by 140), by protocol whatever the IP version.
+func admittedQuery(v fuzzView, ingress bool) bool {
+	t, ok := v.icmpType()
+	if !ok {
+		return false
+	}
+	if ingress {
+		return v.proto == 1 && t == 13 || v.proto == 58 && t == 139
+	}
+	return v.proto == 1 && t == 14 || v.proto == 58 && t == 140
 }
 
 // TestBypassOracle checks FuzzNoBypass's own judgment on frames whose
@@ -446,7 +491,7 @@ func TestBypassOracle(t *testing.T) {
 		name           string
 		hook           Hook
 		frame          []byte
-		closed, open80 bool // may pass with the endpoint closed, open to TCP 80
+		closed, open80 bool // may pass with the endpoint closed, open to the peer
 	}{
 		{"peer to 80", FromNetdev, tcp(peer, ep, 1000, 80, packet.SYN).Frame(), false, true},
 		{"peer to 80, IPv4-mapped IPv6", FromNetdev, mapped.Frame(), false, true},
@@ -460,6 +505,12 @@ func TestBypassOracle(t *testing.T) {
 		{"spoofed", FromContainer, tcp(other, peer, 80, 1000, packet.ACK).Frame(), false, false},
 		{"ICMP error about an admitted connection", FromNetdev, icmpErr(tcp(ep, peer, 80, 1000, packet.ACK)), false, true},
 		{"ICMP error about another", FromNetdev, icmpErr(tcp(ep, peer, 81, 1000, packet.ACK)), false, false},
+		{"admitted ICMP query", FromNetdev, packet.Spec{Src: fuzzPeer4, Dst: fuzzEP4, Proto: packet.ICMP, ICMPType: 13}.Frame(), false, true},
+		{"its answer", FromContainer, packet.Spec{Src: fuzzEP4, Dst: fuzzPeer4, Proto: packet.ICMP, ICMPType: 14}.Frame(), false, true},
+		{"the query sent back", FromContainer, packet.Spec{Src: fuzzEP4, Dst: fuzzPeer4, Proto: packet.ICMP, ICMPType: 13}.Frame(), false, false},
+		{"another ICMP query", FromNetdev, packet.Spec{Src: fuzzPeer4, Dst: fuzzEP4, Proto: packet.ICMP, ICMPType: 17}.Frame(), false, false},
+		{"admitted ICMPv6 query", FromNetdev, packet.Spec{Src: fuzzPeer6, Dst: fuzzEP6, Proto: packet.ICMPv6, ICMPType: 139}.Frame(), false, true},
+		{"ICMP error about an admitted query", FromContainer, packet.Spec{Src: fuzzEP4, Dst: fuzzPeer4, Proto: packet.ICMP, ICMPType: 3, Payload: packet.Spec{Src: fuzzPeer4, Dst: fuzzEP4, Proto: packet.ICMP, ICMPType: 13}.IP()[:28]}.Frame(), false, true},
 		{"neighbour solicitation", FromContainer, packet.Spec{Src: fuzzEP6, Dst: netip.MustParseAddr("ff02::1:ff00:2"), Proto: packet.ICMPv6, ICMPType: 135, HopLimit: 255}.Frame(), true, true},
 		{"neighbour solicitation off the link", FromContainer, packet.Spec{Src: fuzzEP6, Dst: fuzzPeer6, Proto: packet.ICMPv6, ICMPType: 135, HopLimit: 255}.Frame(), false, false},
 		{"neighbour solicitation, hop limit 64", FromNetdev, packet.Spec{Src: fuzzPeer6, Dst: fuzzEP6, Proto: packet.ICMPv6, ICMPType: 135}.Frame(), false, false},

@@ -436,6 +436,46 @@ func TestICMP(t *testing.T) {
 	h.expect(FromContainer, packet.Spec{Src: mustAddr(addrA), Dst: mustAddr(addrR), Proto: packet.ICMP, ICMPType: 3, ICMPCode: 3, Payload: toB}, retDrop)
 }
 
+// TestICMPTypesTrackedApart: conntrack keeps ICMP types other than echo
+// apart, pairing a query with its answer only. A rule for one type opens
+// that type, and its answer back; not another type from either end, nor
+// the same query sent back, which all shared one entry once.
+func TestICMPTypesTrackedApart(t *testing.T) {
+	h := basic(t)
+	// A may send R timestamp queries (ICMP 13) and node information
+	// queries (ICMPv6 139); nothing else either way.
+	h.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskAny: portMask(16)}})
+	h.endpoint(addrA6, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Egress: {MaskAny: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: 0, Proto: packet.ICMP, Port: 13, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: 0, Proto: packet.ICMPv6, Port: 139, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	for _, c := range []struct {
+		proto                      uint8
+		a, r                       string
+		query, answer, other, echo uint8
+	}{
+		{packet.ICMP, addrA, addrR, 13, 14, 17, 8},
+		{packet.ICMPv6, addrA6, "2001:db8::5", 139, 140, 144, 128},
+	} {
+		msg := func(src, dst string, typ uint8) packet.Spec {
+			return packet.Spec{Src: mustAddr(src), Dst: mustAddr(dst), Proto: c.proto, ICMPType: typ, ICMPID: 7}
+		}
+		h.expect(FromContainer, msg(c.a, c.r, c.query), retNext)
+		h.expect(FromNetdev, msg(c.r, c.a, c.answer), retNext)   // its answer
+		h.expect(FromNetdev, msg(c.r, c.a, c.query), retDrop)    // the query back
+		h.expect(FromContainer, msg(c.a, c.r, c.other), retDrop) // another query
+		h.expect(FromNetdev, msg(c.r, c.a, c.other), retDrop)
+		h.expect(FromContainer, msg(c.a, c.r, c.echo), retDrop) // echo, identifier 0 too
+		echo0 := msg(c.a, c.r, c.echo)
+		echo0.ICMPID = 0
+		h.expect(FromContainer, echo0, retDrop)
+		// A policy change re-checks the connection by its own type: it
+		// stays.
+		h.bump()
+		h.expect(FromNetdev, msg(c.r, c.a, c.answer), retNext)
+		h.expect(FromContainer, msg(c.a, c.r, c.query), retNext)
+	}
+}
+
 func TestAllowHost(t *testing.T) {
 	h := basic(t)
 	h.ipcache("169.254.1.1", IdentityHost, 0)

@@ -122,6 +122,63 @@ static __always_inline int icmp_is_echo_reply(__u8 proto, __u8 type)
 	return (proto == IPPROTO_ICMP && type == 0) || (proto == IPPROTO_ICMPV6 && type == 129);
 }
 
+/* The query type an ICMP type answers, other than echo's, or 0 when it
+ * answers none: timestamp, information and address mask (RFC 792, 950);
+ * ICMPv6 node information (RFC 4620), home agent address discovery and
+ * mobile prefix (RFC 6275). */
+static __always_inline __u8 icmp_query_of(__u8 proto, __u8 type)
+{
+	if (proto == IPPROTO_ICMP)
+		return (type == 14 || type == 16 || type == 18) ? type - 1 : 0;
+	return (type == 140 || type == 145 || type == 147) ? type - 1 : 0;
+}
+
+/* Conntrack keys an ICMP message by what answers what. Echo: the
+ * identifier stands in for the request's source port and the reply's
+ * destination port (one of the two is 0). Any other type: a query (or a
+ * type that answers nothing) is (ICMP_CT_TAG | its type, ICMP_CT_QUERY),
+ * its answer (ICMP_CT_QUERY, ICMP_CT_TAG | the query's type). So an
+ * answer is the reverse of its query's key, and nothing else is: not a
+ * query sent the other way, not another type, not echo (neither port is
+ * 0). Both in network order, as ports are. */
+#define ICMP_CT_TAG 0x0100
+#define ICMP_CT_QUERY 0xffff
+
+static __always_inline void icmp_ct_ports(__u8 proto, __u8 type, __u16 id, __u16 *sport,
+					  __u16 *dport)
+{
+	__u8 query = icmp_query_of(proto, type);
+
+	if (icmp_is_echo_request(proto, type)) {
+		*sport = id;
+		*dport = 0;
+	} else if (icmp_is_echo_reply(proto, type)) {
+		*sport = 0;
+		*dport = id;
+	} else if (query) {
+		*sport = ICMP_CT_QUERY;
+		*dport = bpf_htons(ICMP_CT_TAG | query);
+	} else {
+		*sport = bpf_htons(ICMP_CT_TAG | type);
+		*dport = ICMP_CT_QUERY;
+	}
+}
+
+/* The ICMP type a connection's original packet had, from its key's ports
+ * (icmp_ct_ports). An echo reply with identifier 0 reads as a request. */
+static __always_inline __u16 icmp_ct_type(__u8 proto, __u16 sport, __u16 dport)
+{
+	if (dport == 0)
+		return proto == IPPROTO_ICMP ? 8 : 128;
+	if (sport == 0)
+		return proto == IPPROTO_ICMP ? 0 : 129;
+	if (dport == ICMP_CT_QUERY)
+		return bpf_ntohs(sport) & 0xff;
+	/* An answer that opened the connection itself: its query's type + 1
+	 * (icmp_query_of). */
+	return (bpf_ntohs(dport) & 0xff) + 1;
+}
+
 static __always_inline int icmp_is_error(__u8 proto, __u8 type)
 {
 	if (proto == IPPROTO_ICMP)
@@ -186,12 +243,7 @@ static __always_inline int parse_l4(void *data, void *data_end, __u32 off, struc
 		__u16 id = *(__u16 *)(l4 + 4);
 		*icmp_type = type;
 		*port = type;
-		t->sport = 0;
-		t->dport = 0;
-		if (icmp_is_echo_request(t->proto, type))
-			t->sport = id;
-		else if (icmp_is_echo_reply(t->proto, type))
-			t->dport = id;
+		icmp_ct_ports(t->proto, type, id, &t->sport, &t->dport);
 		return 0;
 	}
 	t->sport = 0;
