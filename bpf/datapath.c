@@ -85,7 +85,9 @@ static __always_inline struct ipcache_value ipcache_lookup(const struct addr *a)
 /* What flow_ends is asked (flags) and what it found (its return value). */
 enum {
 	FL_DST_LOOKUP = 1 << 0,  /* look the destination's endpoint up */
-	FL_ONLY_IF_DST = 1 << 1, /* nothing else if it is not a local endpoint */
+	/* From the underlay: nothing else if the destination is not a local
+	 * endpoint, and a source that is one is spoofed (FL_SRC_ENDPOINT). */
+	FL_ONLY_IF_DST = 1 << 1,
 	FL_DST_LOCAL = 1 << 2,   /* the destination is a local endpoint, known */
 	FL_SRC_LOCAL = 1 << 3,   /* so is the source */
 	/* The source's egress policy has exact-port entries (first probe
@@ -103,6 +105,7 @@ enum {
 	FL_DST_EXACT = 1 << 5,
 	FL_PROBED_IN = 1 << 6,   /* the destination's first ingress probe was made (ends->probed) */
 	FL_PROBED_OUT = 1 << 7,  /* the source's first egress probe was */
+	FL_SRC_ENDPOINT = 1 << 8, /* FL_ONLY_IF_DST: the source is a local endpoint */
 };
 
 /* What flow_ends found besides the destination's endpoint. */
@@ -166,6 +169,8 @@ __noinline int flow_ends(const struct ct_key *t, __u32 flags, struct endpoint *d
 			return r;
 		}
 	}
+	if ((flags & FL_ONLY_IF_DST) && endpoint_exists(&t->saddr))
+		return r | FL_SRC_ENDPOINT;
 	if (!src_local || dst_local) {
 		r |= FL_SRC_SET;
 		if (ipcache_find(&t->saddr, src))
@@ -514,6 +519,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		if (obs == OBS_TO_ENDPOINT && dst_ep->ifindex != skb->ifindex)
 			return drop(skb, &p, cfg, REASON_UNKNOWN_ENDPOINT, &ei);
 		ei.ep_id = dst_ep->id;
+		/* No local endpoint sends from the underlay (its endpoint is
+		 * looked up into src_epv, unused here). */
+		if (obs == OBS_FROM_NETDEV && endpoint_get(&p.t.saddr, &src_epv))
+			return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
 	}
 
 	/* Connection tracking: one lookup finds the connection in either
@@ -552,6 +561,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		if (!dst_ep)
 			return TCX_NEXT;
 		ei.ep_id = dst_ep->id;
+		/* Before the proxy's replies: no local endpoint sends from
+		 * the underlay. */
+		if (ends & FL_SRC_ENDPOINT)
+			return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
 	}
 	/* A reply to the node proxy's transparent upstream connection goes to
 	 * the proxy; it was checked when the client's connection was
@@ -576,6 +589,12 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 	if (e) {
 		if (reply)
 			ei.flags |= EVF_REPLY;
+		/* Nothing from the underlay is sent by a local endpoint or by
+		 * this node. The entry says whether the end that sent this
+		 * packet is one: a local end had its policy applied here. */
+		if (obs == OBS_FROM_NETDEV && !p.icmp_error &&
+		    (e->flags & (reply ? CT_F_INGRESS | CT_F_HOST_DST : CT_F_EGRESS | CT_F_HOST_SRC)))
+			return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
 		if ((e->flags & CT_F_DENIED) && e->rev == cfg->policy_rev) {
 			/* Still denied: drop either direction. */
 			ei.flags |= EVF_REVALIDATED;
@@ -646,6 +665,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 				if (!dst_ep)
 					return TCX_NEXT; /* not for a workload */
 				ei.ep_id = dst_ep->id;
+				if (ends & FL_SRC_ENDPOINT)
+					return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
 			}
 		}
 	}
@@ -666,6 +687,10 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 
 	ei.src_identity = en.src.identity;
 	ei.dst_identity = en.dst.identity;
+	if (en.src.identity == ID_HOST)
+		ctflags |= CT_F_HOST_SRC;
+	if (en.dst.identity == ID_HOST)
+		ctflags |= CT_F_HOST_DST;
 
 	/* Nothing from the underlay comes from this node itself: a packet
 	 * claiming to would pass every workload's ingress on the allow-host

@@ -23,6 +23,8 @@ const (
 	CTSynOnly   = 1 << 5
 	CTDenied    = 1 << 6 // cut by a policy change; both directions drop
 	CTSwapped   = 1 << 7 // the key is the original tuple reversed (one entry serves both directions)
+	CTHostSrc   = 1 << 8 // the original source is this node
+	CTHostDst   = 1 << 9 // the original destination is this node
 )
 
 // Conn is a tracked connection, as its first packet travelled.

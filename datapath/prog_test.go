@@ -507,6 +507,58 @@ func TestHostSourceFromUnderlayIsSpoofed(t *testing.T) {
 	h.expect(FromContainer, tcp(addrB, "192.0.2.10", 8080, 1, packet.SYN|packet.ACK), retDrop)
 }
 
+// TestLocalSourceFromUnderlayIsSpoofed: nor does anything from the
+// underlay come from a local workload. A packet claiming a local pod's
+// address as source is spoofed whether it would open a connection (with
+// that pod's identity), join one (between two local pods, or between a
+// local pod or the node and a remote peer, in the local end's direction),
+// or be an ICMP error; the remote end of a connection still gets through.
+func TestLocalSourceFromUnderlayIsSpoofed(t *testing.T) {
+	h := basic(t)
+	h.ipcache("192.0.2.10", IdentityHost, 0) // the node's underlay address
+	// A may reach B on TCP 80 and R on TCP 443; B takes TCP 80 from A and
+	// from R.
+	h.endpoint(addrA, 1, EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
+	h.endpoint(addrB, 2, EndpointIngressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selB, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: packet.TCP, Port: 443, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selA, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selR, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictAllow})
+	h.drain()
+	spoofed := func(what string, p packet.Spec) {
+		t.Helper()
+		h.expect(FromNetdev, p, retDrop)
+		if e := h.event(EventDrop); e.Reason != ReasonSpoofed {
+			t.Fatalf("%s: reason %v, want %v", what, e.Reason, ReasonSpoofed)
+		}
+	}
+	// A new connection in A's name, which B's policy would take.
+	spoofed("new connection from A", tcp(addrA, addrB, 1000, 80, packet.SYN))
+	// A real one between A and B: neither end's packets come from the
+	// underlay.
+	h.expect(FromContainer, tcp(addrA, addrB, 1001, 80, packet.SYN), retNext)
+	spoofed("A's direction", tcp(addrA, addrB, 1001, 80, packet.ACK))
+	spoofed("B's direction", tcp(addrB, addrA, 80, 1001, packet.SYN|packet.ACK))
+	// A's connection to R: R's replies come in, A's packets do not.
+	h.expect(FromContainer, tcp(addrA, addrR, 1002, 443, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrA, 443, 1002, packet.SYN|packet.ACK), retNext)
+	spoofed("A's direction to R", tcp(addrA, addrR, 1002, 443, packet.ACK))
+	// R's connection to B: R's packets come in, B's do not.
+	h.expect(FromNetdev, tcp(addrR, addrB, 1003, 80, packet.SYN), retNext)
+	h.expect(FromNetdev, tcp(addrR, addrB, 1003, 80, packet.ACK), retNext)
+	spoofed("B's direction to R", tcp(addrB, addrR, 80, 1003, packet.ACK))
+	// The node's connection to B, and B's to the node.
+	h.expect(ToContainer, tcp("192.0.2.10", addrB, 1004, 80, packet.SYN), retNext)
+	spoofed("the node's direction", tcp("192.0.2.10", addrB, 1004, 80, packet.ACK))
+	h.endpoint(addrB, 2, 0, [2][2]uint32{})
+	h.expect(FromContainer, tcp(addrB, "192.0.2.10", 1005, 10250, packet.SYN), retNext)
+	spoofed("the node's replies", tcp("192.0.2.10", addrB, 10250, 1005, packet.SYN|packet.ACK))
+	// An ICMP error about B's connection with R, in A's name.
+	quoted := tcp(addrB, addrR, 80, 1003, packet.ACK).IP()[:28]
+	spoofed("ICMP error from A", packet.Spec{Src: mustAddr(addrA), Dst: mustAddr(addrB), Proto: packet.ICMP, ICMPType: 3, ICMPCode: 4, Payload: quoted})
+	h.expect(FromNetdev, packet.Spec{Src: mustAddr(addrR), Dst: mustAddr(addrB), Proto: packet.ICMP, ICMPType: 3, ICMPCode: 4, Payload: quoted}, retNext)
+}
+
 func TestWorldAndCIDRs(t *testing.T) {
 	h := basic(t)
 	h.ipcache("0.0.0.0/0", IdentityWorld, 50)

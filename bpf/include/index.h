@@ -189,6 +189,21 @@ static __always_inline int endpoint_find(const struct addr *a, struct endpoint *
 	return 1;
 }
 
+/* Whether a is a local endpoint's address: endpoint_find without the
+ * copy. */
+static __always_inline int endpoint_exists(const struct addr *a)
+{
+	__u64 w0 = addr_word0(a), w1 = addr_word1(a), hit;
+	__u32 i = index_bucket(w0, w1, endpoints_index_mask);
+	struct endpoint_bucket *b = bpf_map_lookup_elem(&endpoints_index, &i);
+	if (!b)
+		return 0;
+	addr_slot(b->state, b->key, w0, w1, &hit);
+	if (hit)
+		return 1;
+	return b->overflow && bpf_map_lookup_elem(&endpoints, a);
+}
+
 /* endpoint_find as a function of its own. (Global functions check their
  * pointers: the verifier does not know their callers.) */
 __noinline int endpoint_get(const struct addr *a, struct endpoint *out)

@@ -135,6 +135,10 @@ enum ct_flags {
 	 * direction, until it expires or a later policy allows it. */
 	CT_F_DENIED = 1 << 6,
 	CT_F_SWAPPED = 1 << 7,    /* the key is the original tuple reversed */
+	/* The original source (HOST_SRC) or destination (HOST_DST) is this
+	 * node: none of its packets from that end comes from the underlay. */
+	CT_F_HOST_SRC = 1 << 8,
+	CT_F_HOST_DST = 1 << 9,
 };
 
 struct ct_entry {
