@@ -156,6 +156,8 @@ type DatapathFragValue struct {
 	_     structs.HostLayout
 	Sport uint16
 	Dport uint16
+	Proto uint8
+	Pad   [3]uint8
 }
 
 type DatapathIpcacheBucket struct {

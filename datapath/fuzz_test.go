@@ -43,7 +43,8 @@ func FuzzNoBypass(f *testing.F) {
 // FuzzNoBypassBuilt is FuzzNoBypass on frames built from their fields
 // (addresses among the endpoint's, its peer's, another's and the world's,
 // in IPv4, IPv6 or IPv4-mapped IPv6; protocol, ports, TCP flags, ICMP type,
-// fragment offset and flag, IPv6 extension headers, a truncated L4
+// fragment offset and flag, IPv6 extension headers before and after the
+// fragment header, a truncated L4
 // header), so that Go's fuzzer, which sees only Go's coverage, mutates
 // what the programs' parser branches on.
 //
@@ -71,7 +72,12 @@ func FuzzNoBypassBuilt(f *testing.F) {
 		}
 		if fam > 0 && len(ext) > 0 {
 			for _, e := range ext[:min(len(ext), 8)] {
-				sp.V6Ext = append(sp.V6Ext, []uint8{0, 43, 60, 51, 135, 139}[int(e)%6])
+				h := []uint8{0, 43, 60, 51, 135, 139}[int(e&0x7f)%6]
+				if e&0x80 != 0 { // after the fragment header
+					sp.V6FragExt = append(sp.V6FragExt, h)
+				} else {
+					sp.V6Ext = append(sp.V6Ext, h)
+				}
 			}
 		}
 		if len(sp.Payload) > 1400 {
@@ -342,7 +348,11 @@ func readFrame(b []byte) (v fuzzView, ok bool) {
 			case 44:
 				n = 8
 				if binary.BigEndian.Uint16(rest[2:4])&0xfff8 != 0 {
+					// After a later fragment's header comes payload:
+					// its protocol is the header's next header.
 					v.later = true
+					v.proto, v.l4 = rest[0], rest[8:]
+					return v, true
 				}
 			case 51:
 				n = (int(rest[1]) + 2) * 4
@@ -405,11 +415,10 @@ func bypass(hook Hook, frame []byte, allow80 bool) string {
 }
 
 // admitted reports whether the open endpoint's connections may carry v:
-// TCP from the peer to port 80, its replies, later fragments of the
-// peer's TCP (whose ports only the first fragment shows); the peer's ICMP
-// timestamp and ICMPv6 node information queries, their later fragments
-// (whose type only the first shows) and their answers; and ICMP errors
-// about such a connection.
+// TCP from the peer to port 80 and its replies; the peer's ICMP timestamp
+// and ICMPv6 node information queries and their answers; later fragments
+// between the two (whose transport only the first fragment shows); and
+// ICMP errors about such a connection.
 func admitted(v fuzzView, ingress bool) bool {
 	remote := v.src
 	if !ingress {
@@ -417,11 +426,14 @@ func admitted(v fuzzView, ingress bool) bool {
 	}
 	if v.proto == 6 && isPeer(remote) {
 		sport, dport, ok := v.ports()
-		if v.later || ingress && ok && dport == 80 || !ingress && ok && sport == 80 {
+		if ingress && ok && dport == 80 || !ingress && ok && sport == 80 {
 			return true
 		}
 	}
-	if isPeer(remote) && (admittedQuery(v, ingress) || v.later && (v.proto == 1 || v.proto == 58)) {
+	// A later fragment takes its first fragment's transport, whatever
+	// protocol its IP or fragment header names (IPv6 extension headers
+	// may come between): any may belong to an admitted connection.
+	if isPeer(remote) && (admittedQuery(v, ingress) || v.later) {
 		return true
 	}
 	t, ok := v.icmpType()

@@ -40,6 +40,14 @@ func migratable(name string) (copyEntries bool) {
 	return true
 }
 
+// transient names the maps whose entries live for seconds (the first
+// fragment's ports, for the fragments that follow): one pinned in another
+// layout is replaced empty rather than refused, which costs at most the
+// fragments in flight.
+func transient(name string) bool {
+	return name == bpf.DatapathMapFrags
+}
+
 // lateCopy names the maps the old programs keep writing until they are
 // replaced: FinishMigration copies what they added.
 func lateCopy(name string) bool {
@@ -54,37 +62,39 @@ func lateCopy(name string) bool {
 type retiredMap struct {
 	name     string
 	old, new *ebpf.Map
+	fresh    bool // started empty: nothing is copied
 }
 
 // pinnedDiff compares the map pinned at path with ms. It returns the open
 // pinned map when only its capacity or flags differ, it is an index of
-// another hash, or its entries are not carried over and its layout differs
-// (to migrate), nil when it matches or is absent, and an error when the
-// layout of a map whose entries are carried over differs.
-func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
-	m, err := ebpf.LoadPinnedMap(path, nil)
+// another hash, or its entries are not carried over (or transient) and its
+// layout differs (to migrate; fresh: to start empty), nil when it matches
+// or is absent, and an error when the layout of a map whose entries are
+// carried over differs.
+func pinnedDiff(path string, ms *ebpf.MapSpec) (m *ebpf.Map, fresh bool, err error) {
+	m, err = ebpf.LoadPinnedMap(path, nil)
 	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open pinned map %s: %w", path, err)
+		return nil, false, fmt.Errorf("open pinned map %s: %w", path, err)
 	}
 	info, err := m.Info()
 	if err != nil {
 		m.Close()
-		return nil, fmt.Errorf("inspect pinned map %s: %w", path, err)
+		return nil, false, fmt.Errorf("inspect pinned map %s: %w", path, err)
 	}
 	if ms.Name == bpf.DatapathMapCt {
 		if _, older := olderCTTable(m); older || isOldConntrack(info) {
-			return m, nil // an older build's kernel LRU or table: copied into this one
+			return m, false, nil // an older build's kernel LRU or table: copied into this one
 		}
 	}
 	if info.Type != ms.Type || info.KeySize != ms.KeySize || info.ValueSize != ms.ValueSize {
-		if !migratable(ms.Name) {
-			return m, nil // starts empty in this build's layout
+		if !migratable(ms.Name) || transient(ms.Name) {
+			return m, true, nil // starts empty in this build's layout
 		}
 		m.Close()
-		return nil, fmt.Errorf("pinned map %s (%v key %d value %d) differs in layout from this build's (%v key %d value %d): "+
+		return nil, false, fmt.Errorf("pinned map %s (%v key %d value %d) differs in layout from this build's (%v key %d value %d): "+
 			"this datapath version cannot take over its entries; roll back to the previous version, or remove the pins "+
 			"(which forgets established connections)",
 			path, info.Type, info.KeySize, info.ValueSize, ms.Type, ms.KeySize, ms.ValueSize)
@@ -93,10 +103,10 @@ func pinnedDiff(path string, ms *ebpf.MapSpec) (*ebpf.Map, error) {
 		stale, err := indexHashStale(ms.Name, m)
 		if err != nil || !stale {
 			m.Close()
-			return nil, err
+			return nil, false, err
 		}
 	}
-	return m, nil
+	return m, !migratable(ms.Name), nil
 }
 
 // indexHashStale reports whether name is an index whose pinned buckets
@@ -140,8 +150,9 @@ func indexHashStale(name string, m *ebpf.Map) (bool, error) {
 // entries do not fit its new size) leaves every pin as it was.
 func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 	type job struct {
-		ms  *ebpf.MapSpec
-		old *ebpf.Map
+		ms    *ebpf.MapSpec
+		old   *ebpf.Map
+		fresh bool
 	}
 	var jobs []job
 	closeAll := func() {
@@ -150,13 +161,13 @@ func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 		}
 	}
 	for _, ms := range specs {
-		old, err := pinnedDiff(filepath.Join(dir, ms.Name), ms)
+		old, fresh, err := pinnedDiff(filepath.Join(dir, ms.Name), ms)
 		if err != nil {
 			closeAll()
 			return nil, err
 		}
 		if old != nil {
-			jobs = append(jobs, job{ms, old})
+			jobs = append(jobs, job{ms, old, fresh})
 		}
 	}
 	if len(jobs) == 0 {
@@ -179,8 +190,8 @@ func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 		if err != nil {
 			return fail(fmt.Errorf("migrate pinned map %s: create: %w", j.ms.Name, err))
 		}
-		retired = append(retired, retiredMap{name: j.ms.Name, old: j.old, new: nm})
-		if !migratable(j.ms.Name) {
+		retired = append(retired, retiredMap{name: j.ms.Name, old: j.old, new: nm, fresh: j.fresh})
+		if j.fresh {
 			continue
 		}
 		n, err := copyMap(j.ms.Name, j.old, nm, false)
@@ -263,7 +274,7 @@ func (d *Datapath) FinishMigration() (int, error) {
 	var errs []error
 	total := 0
 	for _, r := range d.retired {
-		if lateCopy(r.name) {
+		if lateCopy(r.name) && !r.fresh {
 			to := d.mapByName(r.name)
 			if to != nil {
 				n, err := copyMap(r.name, r.old, to, true)

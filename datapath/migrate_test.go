@@ -163,19 +163,19 @@ func TestMigrateRefusesWithoutTouchingPins(t *testing.T) {
 	}
 
 	// A pinned map of another layout (an incompatible datapath version).
-	if err := os.Remove(filepath.Join(dir, "frags")); err != nil {
+	if err := os.Remove(filepath.Join(dir, "proxy_ct")); err != nil {
 		t.Fatal(err)
 	}
-	odd, err := ebpf.NewMap(&ebpf.MapSpec{Name: "frags", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: 16})
+	odd, err := ebpf.NewMap(&ebpf.MapSpec{Name: "proxy_ct", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer odd.Close()
-	if err := odd.Pin(filepath.Join(dir, "frags")); err != nil {
+	if err := odd.Pin(filepath.Join(dir, "proxy_ct")); err != nil {
 		t.Fatal(err)
 	}
 	_, err = loadPinned(t, dir, Sizes{Endpoints: 8, Conntrack: 4096})
-	if err == nil || !strings.Contains(err.Error(), "frags") || !strings.Contains(err.Error(), "layout") {
+	if err == nil || !strings.Contains(err.Error(), "proxy_ct") || !strings.Contains(err.Error(), "layout") {
 		t.Fatalf("pinned map of another layout: %v", err)
 	}
 	if info := pinnedInfo(t, dir, "ct"); info.MaxEntries != ctTableBuckets(1024) {
@@ -183,7 +183,7 @@ func TestMigrateRefusesWithoutTouchingPins(t *testing.T) {
 	}
 
 	// The original settings still load, with the endpoints intact.
-	if err := os.Remove(filepath.Join(dir, "frags")); err != nil {
+	if err := os.Remove(filepath.Join(dir, "proxy_ct")); err != nil {
 		t.Fatal(err)
 	}
 	d3, err := loadPinned(t, dir, Sizes{Endpoints: 8, Conntrack: 1024})
@@ -355,6 +355,53 @@ func loadOverOldConntrack(t *testing.T, dir string, old *ebpf.Map) *Datapath {
 // A flow log pinned by a build whose records were 80 bytes (struct event)
 // is replaced at load by one of this build's records: what it held is not
 // carried over, and verdicts go on through the new one.
+// Fragment state pinned in an older layout (4-byte values, before they
+// held the transport) is replaced empty, not refused: its entries live for
+// seconds. Nothing is copied, at load or when the migration finishes.
+func TestMigrateReplacesOlderFragments(t *testing.T) {
+	dir := pinDir(t)
+	d1, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := d1.objs.Frags.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, bpf.DatapathMapFrags)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: info.KeySize, ValueSize: 4, MaxEntries: info.MaxEntries})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Put(make([]byte, info.KeySize), []byte{0, 1, 0, 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+
+	d2, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatalf("load over older fragment state: %v", err)
+	}
+	if got := d2.Migrated(); !slices.Contains(got, bpf.DatapathMapFrags) {
+		t.Fatalf("migrated %v, want frags", got)
+	}
+	if info := pinnedInfo(t, dir, bpf.DatapathMapFrags); info.ValueSize != uint32(unsafe.Sizeof(bpf.DatapathFragValue{})) {
+		t.Fatalf("pinned frags still has %d-byte values", info.ValueSize)
+	}
+	if err := old.Put(append([]byte{1}, make([]byte, info.KeySize-1)...), []byte{0, 3, 0, 4}); err != nil {
+		t.Fatal(err) // written by the old programs meanwhile
+	}
+	if n, err := d2.FinishMigration(); err != nil || n != 0 {
+		t.Fatalf("finish migration: copied %d, %v", n, err)
+	}
+}
+
 func TestMigrateReplacesOlderFlowLog(t *testing.T) {
 	dir := pinDir(t)
 	d1, err := loadPinned(t, dir, Sizes{Conntrack: 1024})

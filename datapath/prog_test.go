@@ -379,6 +379,20 @@ func TestIPv6(t *testing.T) {
 	h.expect(FromNetdev, tail, retNext)
 	tail.FragID = 1
 	h.expect(FromNetdev, tail, retDrop)
+	// Extension headers in the fragmentable part come in the first
+	// fragment only: the later ones' fragment header names the first of
+	// them (destination options here), and after it comes payload.
+	head.V6FragExt, head.FragID, head.Sport = []uint8{60}, 0x55667788, 6
+	h.expect(FromNetdev, head, retNext)
+	tail = packet.Spec{Src: mustAddr("fd01::5"), Dst: mustAddr(addrB6), Proto: 60, NoL4: true, FragOffset: 4, FragID: 0x55667788, Payload: []byte{60, 0, 0, 0, 0, 0, 0, 0}}
+	h.expect(FromNetdev, tail, retNext)
+	// They take the first fragment's transport and ports: refused with
+	// it.
+	denied := head
+	denied.Dport, denied.FragID = 444, 0x55667789
+	h.expect(FromNetdev, denied, retDrop)
+	tail.FragID = 0x55667789
+	h.expect(FromNetdev, tail, retDrop)
 }
 
 func TestICMP(t *testing.T) {

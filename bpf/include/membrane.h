@@ -198,9 +198,14 @@ struct frag_key {
 	__u8 pad[3];
 };
 
+/* Keyed by the protocol the IP header (IPv4) or fragment header (IPv6)
+ * names; proto is the transport's, which in IPv6 may follow extension
+ * headers of the fragmentable part that later fragments do not repeat. */
 struct frag_value {
 	__u16 sport;
 	__u16 dport;
+	__u8 proto;
+	__u8 pad[3];
 };
 
 /* ---- configuration (array, one element) ------------------------------- */

@@ -253,16 +253,20 @@ static __always_inline int parse_l4(void *data, void *data_end, __u32 off, struc
 }
 
 /* Walks IPv6 extension headers from *off (pointing after the fixed header)
- * with next header *nh. Records a fragment header. */
+ * with next header *nh. Records a fragment header; after that of a later
+ * fragment comes payload, not headers: *nh is then the fragment header's
+ * next header. Returns -1 when malformed, else the fragment header's next
+ * header (the protocol a fragment is tracked by), or 0 without one. */
 static __always_inline int skip_ipv6_ext(void *data, void *data_end, __u32 *off, __u8 *nh,
 					 struct pkt *p)
 {
+	int frag_nh = 0;
 #pragma unroll
 	for (int i = 0; i < 6; i++) {
 		__u8 cur = *nh;
 		if (cur != IPPROTO_HOPOPTS && cur != IPPROTO_ROUTING && cur != IPPROTO_DSTOPTS &&
 		    cur != IPPROTO_FRAGMENT && cur != IPPROTO_AH)
-			return 0;
+			return frag_nh;
 		if (*off > PULL_LEN)
 			return -1;
 		__u8 *h = data + *off;
@@ -272,11 +276,14 @@ static __always_inline int skip_ipv6_ext(void *data, void *data_end, __u32 *off,
 		if (cur == IPPROTO_FRAGMENT) {
 			__u16 fo = bpf_ntohs(*(__u16 *)(h + 2));
 			p->frag_id = *(__u32 *)(h + 4);
-			if (fo & 0xfff8)
-				p->fragment = 2;
-			else if (fo & 1)
-				p->fragment = 1;
+			frag_nh = h[0];
 			*off += 8;
+			if (fo & 0xfff8) {
+				p->fragment = 2;
+				return frag_nh;
+			}
+			if (fo & 1)
+				p->fragment = 1;
 		} else if (cur == IPPROTO_AH) {
 			*off += ((__u32)h[1] + 2) * 4;
 		} else {
@@ -351,6 +358,25 @@ static __always_inline int headers_linear(void *data, void *data_end)
 	return 0;
 }
 
+/* Records a first fragment's transport and ports for its later
+ * fragments. A function of its own, so that its key and value live on its
+ * stack rather than the hooks' (at the verifier's limit). */
+__noinline int frag_record(const struct pkt *p, __u8 frag_proto)
+{
+	if (!p)
+		return 0;
+	struct frag_key fk = {
+		.saddr = p->t.saddr, .daddr = p->t.daddr, .id = p->frag_id, .proto = frag_proto,
+	};
+	struct frag_value fv = { .sport = p->t.sport, .dport = p->t.dport, .proto = p->t.proto };
+	__u32 zero = 0;
+	struct stats *s = bpf_map_lookup_elem(&global_stats, &zero);
+	bpf_map_update_elem(&frags, &fk, &fv, BPF_ANY);
+	if (s)
+		s->frag_tracked++;
+	return 0;
+}
+
 static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data;
@@ -379,6 +405,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 
 	__u32 off = sizeof(*eth);
 	__u8 icmp_type = 0, hop_limit = 0;
+	__u8 frag_proto = 0; /* what a fragment is tracked by (frag_key) */
 
 	if (eth->h_proto == bpf_htons(ETH_P_ARP))
 		return PARSE_PASS;
@@ -390,6 +417,7 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 		addr_from_v4(&p->t.saddr, ip->saddr);
 		addr_from_v4(&p->t.daddr, ip->daddr);
 		p->t.proto = ip->protocol;
+		frag_proto = ip->protocol;
 		off += (__u32)(ip->ihl & 0xf) * 4;
 
 		__u16 fo = bpf_ntohs(ip->frag_off);
@@ -410,8 +438,10 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 		addr_from_v6(&p->t.daddr, &ip6->daddr);
 		__u8 nh = ip6->nexthdr;
 		off += sizeof(*ip6);
-		if (skip_ipv6_ext(data, data_end, &off, &nh, p) < 0)
+		int fr = skip_ipv6_ext(data, data_end, &off, &nh, p);
+		if (fr < 0)
 			goto malformed;
+		frag_proto = fr;
 		p->t.proto = nh;
 	} else {
 		p->reason = REASON_UNSUPPORTED_L3;
@@ -422,13 +452,14 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 		/* A later fragment carries no L4 header: take the ports the
 		 * first fragment had, or refuse it. */
 		struct frag_key fk = {
-			.saddr = p->t.saddr, .daddr = p->t.daddr, .id = p->frag_id, .proto = p->t.proto,
+			.saddr = p->t.saddr, .daddr = p->t.daddr, .id = p->frag_id, .proto = frag_proto,
 		};
 		struct frag_value *fv = bpf_map_lookup_elem(&frags, &fk);
 		if (!fv) {
 			p->reason = REASON_FRAG_NO_HEAD;
 			return PARSE_DROP;
 		}
+		p->t.proto = fv->proto;
 		p->t.sport = fv->sport;
 		p->t.dport = fv->dport;
 		p->port = bpf_ntohs(fv->dport);
@@ -452,17 +483,8 @@ static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 		p->icmp_error = 1;
 	}
 
-	if (p->fragment == 1) {
-		struct frag_key fk = {
-			.saddr = p->t.saddr, .daddr = p->t.daddr, .id = p->frag_id, .proto = p->t.proto,
-		};
-		struct frag_value fv = { .sport = p->t.sport, .dport = p->t.dport };
-		__u32 zero = 0;
-		struct stats *s = bpf_map_lookup_elem(&global_stats, &zero);
-		bpf_map_update_elem(&frags, &fk, &fv, BPF_ANY);
-		if (s)
-			s->frag_tracked++;
-	}
+	if (p->fragment == 1)
+		frag_record(p, frag_proto);
 	return PARSE_OK;
 
 malformed:

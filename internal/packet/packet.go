@@ -37,9 +37,12 @@ type Spec struct {
 	MoreFrags  bool
 	FragID     uint32
 	V6Ext      []uint8 // IPv6 extension headers to insert (hop-by-hop, destination options …)
-	NoL4       bool    // a later fragment: no L4 header
-	TruncateL4 int     // cut the L4 part to this many bytes
-	HopLimit   uint8   // IPv4 TTL or IPv6 hop limit (0: 64)
+	// V6FragExt are IPv6 extension headers after the fragment header: in
+	// the fragmentable part, which only the first fragment carries.
+	V6FragExt  []uint8
+	NoL4       bool  // a later fragment: no L4 header
+	TruncateL4 int   // cut the L4 part to this many bytes
+	HopLimit   uint8 // IPv4 TTL or IPv6 hop limit (0: 64)
 }
 
 func (p *Spec) hopLimit() byte {
@@ -128,6 +131,12 @@ func (p Spec) IP() []byte {
 	}
 	var ext []byte
 	next := p.Proto
+	for i := len(p.V6FragExt) - 1; i >= 0; i-- {
+		e := make([]byte, 8)
+		e[0] = next
+		ext = append(e, ext...)
+		next = p.V6FragExt[i]
+	}
 	if p.FragOffset != 0 || p.MoreFrags {
 		f := make([]byte, 8)
 		f[0] = next
@@ -137,7 +146,7 @@ func (p Spec) IP() []byte {
 		}
 		binary.BigEndian.PutUint16(f[2:], fo)
 		binary.BigEndian.PutUint32(f[4:], p.FragID)
-		ext = f
+		ext = append(f, ext...)
 		next = 44
 	}
 	for i := len(p.V6Ext) - 1; i >= 0; i-- {
