@@ -828,10 +828,20 @@ int to_netdev(struct __sk_buff *skb)
 	return track_proxy_upstream(skb, cfg);
 }
 
-/* Returns the low 32 bits of jiffies: the agent runs it twice, some time
- * apart, to learn HZ. */
+/* Returns the low 31 bits of jiffies: the agent runs it twice, some time
+ * apart, to learn HZ. Given a frame of at least 30 bytes, it writes after
+ * its Ethernet header the monotonic clock (bpf_ktime_get_ns) read just
+ * before and just after jiffies, so that the flow log's reader can tell
+ * when ticks begin (datapath/flowlog.go, anchor). */
 SEC("tc")
 int jiffies_probe(struct __sk_buff *skb)
 {
-	return (int)(bpf_jiffies64() & 0x7fffffff);
+	__u64 k[2];
+	k[0] = bpf_ktime_get_ns();
+	__u64 j = bpf_jiffies64();
+	k[1] = bpf_ktime_get_ns();
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	if (data + 14 + sizeof(k) <= end)
+		__builtin_memcpy(data + 14, k, sizeof(k));
+	return (int)(j & 0x7fffffff);
 }

@@ -2,6 +2,7 @@ package datapath
 
 import (
 	"fmt"
+	"math"
 	"math/bits"
 	"os"
 	"sync/atomic"
@@ -84,7 +85,7 @@ type flowLog struct {
 
 	// jiffies -> time
 	hz         uint32
-	jiffies    func() (uint32, error)
+	probe      func() (jiffiesSample, error)
 	anchorJ    uint32 // low 31 bits of jiffies at anchorT
 	anchorT    time.Time
 	anchoredAt time.Time
@@ -109,13 +110,13 @@ func (d *Datapath) openFlowLog() (*flowLog, error) {
 		return nil, fmt.Errorf("map the flow log: %w", err)
 	}
 	l := &flowLog{
-		mem:     mem,
-		elems:   unsafe.Slice((*bpf.DatapathFlowRec)(unsafe.Pointer(&mem[0])), n),
-		cpus:    int(uint64(n) / (slots + 1)),
-		handed:  make([]uint64, uint64(n)/(slots+1)),
-		slots:   slots,
-		hz:      d.hz,
-		jiffies: d.jiffies,
+		mem:    mem,
+		elems:  unsafe.Slice((*bpf.DatapathFlowRec)(unsafe.Pointer(&mem[0])), n),
+		cpus:   int(uint64(n) / (slots + 1)),
+		handed: make([]uint64, uint64(n)/(slots+1)),
+		slots:  slots,
+		hz:     d.hz,
+		probe:  d.jiffiesAt,
 	}
 	if err := l.anchor(); err != nil {
 		l.close()
@@ -134,64 +135,95 @@ func (l *flowLog) close() {
 	}
 }
 
-// How anchor finds the start of a tick: it reads jiffies over and over
-// until they change (a read costs a few microseconds; a sleep between
-// reads, however short, took a millisecond here), and takes the change if
-// the two reads around it began and ended within anchorSlack (the reader
-// was not descheduled between them), trying the next ticks up to
-// anchorTicks.
+// How anchor finds when ticks begin. Ticks begin on a grid of the
+// monotonic clock, one tick apart: tick j at T + j*tick. Each probe reads
+// jiffies j between two readings k1 and k2 of that clock, in the kernel,
+// so T + (j+1)*tick > k1: the last probe before a tick begins bounds T
+// from below, within the few microseconds between probes. (From above it
+// is bounded only by the first probe after, which comes once the tick's
+// interrupt is over: 30-150 µs later on the VMs we measure on, which
+// delays the new jiffies for everyone on that CPU alike.) anchor probes
+// until it has seen anchorTicks ticks begin, so that one probe descheduled
+// before a tick costs nothing, or for at most anchorDeadline ticks.
 const (
-	anchorSlack = 100 * time.Microsecond
-	anchorTicks = 3
+	anchorTicks    = 3
+	anchorDeadline = 25
 )
+
+// jiffiesSample is jiffies read between two readings of the monotonic
+// clock (nanoseconds).
+type jiffiesSample struct {
+	j      uint32
+	k1, k2 int64
+}
 
 // anchor pairs a jiffies value with the time its tick began, so that a
 // record's time is the start of the tick it was written in: never after
-// the moment it records, by at most a tick (4 ms at HZ=250) before it. An
-// anchor taken at any moment of a tick would put a record's time
-// anywhere within a tick either side of it: an L7 request could show
-// before the verdict of the connection it came on. It costs the reader
-// up to anchorTicks ticks of one CPU, at start and once a
-// flowLogReanchor; if no tick's start could be made out that closely,
-// it settles for the middle of the tick its last read fell in.
+// the moment it records, and before it by at most a tick and the time the
+// tick's interrupt takes to make the new jiffies seen. An anchor taken at
+// any moment of a tick would put a record's time anywhere within a tick
+// either side of it: an L7 request could show before the verdict of the
+// connection it came on. Of the times T may be it takes the earliest, so
+// that records are never late. It costs the reader some anchorTicks ticks
+// of one CPU, at start and once a flowLogReanchor.
 func (l *flowLog) anchor() error {
-	tick := time.Second / time.Duration(l.hz)
-	before := time.Now()
-	j0, err := l.jiffies()
-	if err != nil {
-		return err
-	}
-	for deadline := before.Add(anchorTicks * tick); ; {
-		b := time.Now()
-		j, err := l.jiffies()
+	tick := int64(time.Second) / int64(l.hz)
+	var ref, last uint32
+	lo := int64(math.MinInt64) // T (of tick ref) is after lo
+	for n, seen, deadline := 0, 0, time.Now().Add(anchorDeadline*time.Duration(tick)); ; n++ {
+		s, err := l.probe()
 		if err != nil {
 			return err
 		}
-		a := time.Now()
-		if j == (j0+1)&0x7fffffff && a.Sub(before) <= anchorSlack {
-			// The tick began after the last read of j0 began and before
-			// this read ended.
-			l.anchorJ, l.anchorT = j, before.Add(a.Sub(before)/2)
+		if n == 0 {
+			ref = s.j
+		} else if s.j != last {
+			seen++
+		}
+		last = s.j
+		lo = max(lo, s.k1-(tickDiff(s.j, ref)+1)*tick)
+		if seen >= anchorTicks || time.Now().After(deadline) {
 			break
 		}
-		if a.After(deadline) {
-			l.anchorJ, l.anchorT = j, a.Add(-tick/2)
-			break
-		}
-		j0, before = j, b
 	}
+	w, m := monoPair()
+	l.anchorJ, l.anchorT = ref, w.Add(time.Duration(lo-m))
 	l.anchoredAt = time.Now()
 	return nil
+}
+
+// tickDiff is j - ref in the 31 bits the probe returns, signed.
+func tickDiff(j, ref uint32) int64 {
+	d := int64((j - ref) & 0x7fffffff)
+	if d >= 1<<30 {
+		d -= 1 << 31
+	}
+	return d
+}
+
+// monoPair returns the time now with the monotonic clock's reading
+// (nanoseconds, as bpf_ktime_get_ns counts them) at that moment: of a few
+// tries, the one whose two readings around time.Now lie closest.
+func monoPair() (time.Time, int64) {
+	var best time.Time
+	var bestM, spread int64 = 0, math.MaxInt64
+	for range 5 {
+		var a, b unix.Timespec
+		unix.ClockGettime(unix.CLOCK_MONOTONIC, &a)
+		w := time.Now()
+		unix.ClockGettime(unix.CLOCK_MONOTONIC, &b)
+		if s := b.Nano() - a.Nano(); s < spread {
+			best, bestM, spread = w, a.Nano()+s/2, s
+		}
+	}
+	return best, bestM
 }
 
 // time converts a record's jiffies: the difference to the anchor is taken
 // in the 31 bits the probe returns, so it is right within 2^30 ticks
 // (some 12 days at HZ=1000) of the anchor.
 func (l *flowLog) time(j uint64) time.Time {
-	d := int64((uint32(j) - l.anchorJ) & 0x7fffffff)
-	if d >= 1<<30 {
-		d -= 1 << 31
-	}
+	d := tickDiff(uint32(j), l.anchorJ)
 	return l.anchorT.Add(time.Duration(d) * time.Second / time.Duration(l.hz))
 }
 

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -265,6 +266,21 @@ func (d *Datapath) jiffies() (uint32, error) {
 		return 0, fmt.Errorf("read jiffies: %w", err)
 	}
 	return ret & 0x7fffffff, nil
+}
+
+// jiffiesAt reads jiffies, and the monotonic clock just before and after
+// in the same program run.
+func (d *Datapath) jiffiesAt() (jiffiesSample, error) {
+	var in, out [30]byte
+	ret, err := d.objs.JiffiesProbe.Run(&ebpf.RunOptions{Data: in[:], DataOut: out[:]})
+	if err != nil {
+		return jiffiesSample{}, fmt.Errorf("read jiffies: %w", err)
+	}
+	return jiffiesSample{
+		j:  ret & 0x7fffffff,
+		k1: int64(binary.NativeEndian.Uint64(out[14:])),
+		k2: int64(binary.NativeEndian.Uint64(out[22:])),
+	}, nil
 }
 
 // measureHZ learns the kernel's tick rate, which conntrack lifetimes are
