@@ -144,10 +144,15 @@ func (l *flowLog) close() {
 // interrupt is over: 30-150 µs later on the VMs we measure on, which
 // delays the new jiffies for everyone on that CPU alike.) anchor probes
 // until it has seen anchorTicks ticks begin, so that one probe descheduled
-// before a tick costs nothing, or for at most anchorDeadline ticks.
+// before a tick costs nothing, or for at most anchorDeadline ticks. The
+// bound is then moved anchorMargin earlier: it is the start of the ticks
+// probed, and the interrupt that makes a tick seen comes late by more for
+// some ticks than for others (under load, a tick was seen up to 16 µs
+// before the bound the probes had made out of others).
 const (
 	anchorTicks    = 3
 	anchorDeadline = 25
+	anchorMargin   = 100 * time.Microsecond
 )
 
 // jiffiesSample is jiffies read between two readings of the monotonic
@@ -187,7 +192,7 @@ func (l *flowLog) anchor() error {
 		}
 	}
 	w, m := monoPair()
-	l.anchorJ, l.anchorT = ref, w.Add(time.Duration(lo-m))
+	l.anchorJ, l.anchorT = ref, w.Add(time.Duration(lo-m)-anchorMargin)
 	l.anchoredAt = time.Now()
 	return nil
 }

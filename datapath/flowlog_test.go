@@ -54,8 +54,8 @@ func readPorts(r *EventReader, n int) []uint16 {
 // A record's time is the start of the tick it was written in (the
 // kernel's own jiffies, read the way the programs read them): never after
 // the moment it records, and before it by at most a tick and the time the
-// tick's interrupt takes to make the new jiffies seen (bounded here at
-// half a tick; 30-150 µs measured). So a verdict never shows after an L7
+// tick's interrupt takes to make the new jiffies seen and anchorMargin
+// (bounded here at half a tick; 30-150 µs measured). So a verdict never shows after an L7
 // request on its connection, which the proxy times exactly. Run while
 // other packages' tests load both CPUs, it held where anchoring on two
 // reads around one tick's start did not.
@@ -82,6 +82,28 @@ func TestFlowLogTimeIsTickStart(t *testing.T) {
 		if got.After(a.Add(pairing)) || got.Before(b.Add(-tick-tick/2)) {
 			t.Fatalf("read %d: jiffies %d read between %v and %v convert to %v: %v after the read ended, want never after it and at most a tick and a half (%v) before it began",
 				i, j, b.Format("15:04:05.000000"), a.Format("15:04:05.000000"), got.Format("15:04:05.000000"), got.Sub(a), tick+tick/2)
+		}
+	}
+	// Lateness shows right after a tick begins: the first read that sees
+	// it.
+	for i := range 20 {
+		j0, err := h.d.jiffies()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for {
+			j, err := h.d.jiffies()
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := time.Now()
+			if j == j0 {
+				continue
+			}
+			if got := l.time(uint64(j)); got.After(a.Add(pairing)) {
+				t.Fatalf("tick %d: jiffies %d, first seen by %v, convert to %v: %v late", i, j, a.Format("15:04:05.000000"), got.Format("15:04:05.000000"), got.Sub(a))
+			}
+			break
 		}
 	}
 }
