@@ -237,3 +237,33 @@ func TestDefaultFlowLogSlots(t *testing.T) {
 		}
 	}
 }
+
+// The tick rate, which conntrack lifetimes and flow times are counted in,
+// is measured the same when the reader is descheduled right after reading
+// jiffies, as on a loaded node: an agent starting among other packages'
+// tests in CI once measured 300 at HZ=250, having read the clock some
+// milliseconds after jiffies. (The delay is a sleep after the first read:
+// the kernel's scheduler does not deschedule on request.)
+func TestMeasureHZDescheduled(t *testing.T) {
+	h := newHarness(t)
+	want := h.d.HZ()
+	for _, delay := range []time.Duration{6 * time.Millisecond, 15 * time.Millisecond} {
+		n := 0
+		delayed := func() (jiffiesSample, error) {
+			s, err := h.d.jiffiesAt()
+			if n++; n%2 == 1 { // the first of a measurement's two reads
+				time.Sleep(delay)
+			}
+			return s, err
+		}
+		for i := range 3 {
+			got, err := measureHZ(delayed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != want {
+				t.Fatalf("measurement %d, %v after its first read: HZ %d, want %d", i, delay, got, want)
+			}
+		}
+	}
+}
