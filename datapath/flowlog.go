@@ -136,23 +136,23 @@ func (l *flowLog) close() {
 }
 
 // How anchor finds when ticks begin. Ticks begin on a grid of the
-// monotonic clock, one tick apart: tick j at T + j*tick. Each probe reads
-// jiffies j between two readings k1 and k2 of that clock, in the kernel,
-// so T + (j+1)*tick > k1: the last probe before a tick begins bounds T
-// from below, within the few microseconds between probes. (From above it
-// is bounded only by the first probe after, which comes once the tick's
-// interrupt is over: 30-150 µs later on the VMs we measure on, which
-// delays the new jiffies for everyone on that CPU alike.) anchor probes
-// until it has seen anchorTicks ticks begin, so that one probe descheduled
-// before a tick costs nothing, or for at most anchorDeadline ticks. The
-// bound is then moved anchorMargin earlier: it is the start of the ticks
-// probed, and the interrupt that makes a tick seen comes late by more for
-// some ticks than for others (under load, a tick was seen up to 16 µs
-// before the bound the probes had made out of others).
+// monotonic clock, one tick apart: tick j at T + j*tick, and jiffies
+// become j no sooner (the tick's interrupt takes 30-150 µs to make them
+// seen on the VMs we measure on; a vCPU the host deschedules sees them
+// later still, by as much as it lost). Each probe reads jiffies j between
+// two readings k1 and k2 of that clock, in the kernel, so T + j*tick <=
+// k2 whatever the delay: the first probe after a tick is seen bounds T
+// from above. anchor probes until it has seen anchorTicks ticks begin, so
+// that the tightest of their bounds comes from a tick neither descheduled
+// nor late, or for at most anchorDeadline ticks, and takes T to be
+// anchorMargin before that bound: before the grid, so that no record is
+// late. (A bound from below would come from the last probe before a tick
+// is seen; it moves with the delay, and a late tick had made records of
+// timely ones late.)
 const (
-	anchorTicks    = 3
-	anchorDeadline = 25
-	anchorMargin   = 100 * time.Microsecond
+	anchorTicks    = 10
+	anchorDeadline = 40
+	anchorMargin   = 200 * time.Microsecond
 )
 
 // jiffiesSample is jiffies read between two readings of the monotonic
@@ -164,17 +164,16 @@ type jiffiesSample struct {
 
 // anchor pairs a jiffies value with the time its tick began, so that a
 // record's time is the start of the tick it was written in: never after
-// the moment it records, and before it by at most a tick and the time the
-// tick's interrupt takes to make the new jiffies seen. An anchor taken at
-// any moment of a tick would put a record's time anywhere within a tick
-// either side of it: an L7 request could show before the verdict of the
-// connection it came on. Of the times T may be it takes the earliest, so
-// that records are never late. It costs the reader some anchorTicks ticks
-// of one CPU, at start and once a flowLogReanchor.
+// the moment it records, and before it by at most a tick, the time the
+// tick took to be seen, and anchorMargin. An anchor taken at any moment of
+// a tick would put a record's time anywhere within a tick either side of
+// it: an L7 request could show before the verdict of the connection it
+// came on. It costs the reader some anchorTicks ticks of one CPU, at start
+// and once a flowLogReanchor.
 func (l *flowLog) anchor() error {
 	tick := int64(time.Second) / int64(l.hz)
 	var ref, last uint32
-	lo := int64(math.MinInt64) // T (of tick ref) is after lo
+	hi := int64(math.MaxInt64) // T (of tick ref) is at most hi
 	for n, seen, deadline := 0, 0, time.Now().Add(anchorDeadline*time.Duration(tick)); ; n++ {
 		s, err := l.probe()
 		if err != nil {
@@ -186,13 +185,13 @@ func (l *flowLog) anchor() error {
 			seen++
 		}
 		last = s.j
-		lo = max(lo, s.k1-(tickDiff(s.j, ref)+1)*tick)
+		hi = min(hi, s.k2-tickDiff(s.j, ref)*tick)
 		if seen >= anchorTicks || time.Now().After(deadline) {
 			break
 		}
 	}
 	w, m := monoPair()
-	l.anchorJ, l.anchorT = ref, w.Add(time.Duration(lo-m)-anchorMargin)
+	l.anchorJ, l.anchorT = ref, w.Add(time.Duration(hi-m)-anchorMargin)
 	l.anchoredAt = time.Now()
 	return nil
 }

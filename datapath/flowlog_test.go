@@ -53,12 +53,13 @@ func readPorts(r *EventReader, n int) []uint16 {
 
 // A record's time is the start of the tick it was written in (the
 // kernel's own jiffies, read the way the programs read them): never after
-// the moment it records, and before it by at most a tick and the time the
-// tick's interrupt takes to make the new jiffies seen and anchorMargin
-// (bounded here at half a tick; 30-150 µs measured). So a verdict never shows after an L7
-// request on its connection, which the proxy times exactly. Run while
-// other packages' tests load both CPUs, it held where anchoring on two
-// reads around one tick's start did not.
+// the moment it records, and before it by at most a tick, the time the
+// tick took to be seen and anchorMargin (bounded here at another tick:
+// 30-150 µs measured, and a descheduled vCPU's catching up). So a verdict
+// never shows after an L7 request on its connection, which the proxy
+// times exactly. It held with other packages' tests loading both CPUs,
+// where anchoring on two reads around one tick's start did not, nor a
+// bound from the last read before ticks.
 func TestFlowLogTimeIsTickStart(t *testing.T) {
 	h := newHarness(t)
 	l := h.evs.log
@@ -79,9 +80,9 @@ func TestFlowLogTimeIsTickStart(t *testing.T) {
 		}
 		a := time.Now()
 		got := l.time(uint64(j))
-		if got.After(a.Add(pairing)) || got.Before(b.Add(-tick-tick/2)) {
-			t.Fatalf("read %d: jiffies %d read between %v and %v convert to %v: %v after the read ended, want never after it and at most a tick and a half (%v) before it began",
-				i, j, b.Format("15:04:05.000000"), a.Format("15:04:05.000000"), got.Format("15:04:05.000000"), got.Sub(a), tick+tick/2)
+		if got.After(a.Add(pairing)) || got.Before(b.Add(-2*tick)) {
+			t.Fatalf("read %d: jiffies %d read between %v and %v convert to %v: %v after the read ended, want never after it and at most two ticks (%v) before it began",
+				i, j, b.Format("15:04:05.000000"), a.Format("15:04:05.000000"), got.Format("15:04:05.000000"), got.Sub(a), 2*tick)
 		}
 	}
 	// Lateness shows right after a tick begins: the first read that sees
@@ -247,7 +248,7 @@ func TestDefaultFlowLogSlots(t *testing.T) {
 func TestMeasureHZDescheduled(t *testing.T) {
 	h := newHarness(t)
 	want := h.d.HZ()
-	for _, delay := range []time.Duration{6 * time.Millisecond, 15 * time.Millisecond} {
+	for _, delay := range []time.Duration{30 * time.Millisecond, 45 * time.Millisecond} {
 		n := 0
 		delayed := func() (jiffiesSample, error) {
 			s, err := h.d.jiffiesAt()
@@ -256,7 +257,7 @@ func TestMeasureHZDescheduled(t *testing.T) {
 			}
 			return s, err
 		}
-		for i := range 3 {
+		for i := range 2 {
 			got, err := measureHZ(delayed)
 			if err != nil {
 				t.Fatal(err)

@@ -284,12 +284,12 @@ func (d *Datapath) jiffiesAt() (jiffiesSample, error) {
 }
 
 // measureHZ learns the kernel's tick rate, which conntrack lifetimes are
-// counted in, by reading jiffies twice some 60 ms apart against the
-// monotonic clock, both read in the probe program's run: the reader
-// descheduled between a read and its clock reading made a start under
-// load measure 300 at HZ=250 (18 ticks in what it took for 60 ms). Over
-// 60 ms the count is within a tick of the time's worth, ±17 Hz: the
-// candidates stay apart.
+// counted in, by reading jiffies twice 200 ms apart against the monotonic
+// clock, both read in the probe program's run: the reader descheduled
+// between a read and its clock reading made a start under load measure
+// 300 at HZ=250. Jiffies themselves are seen late at times (a vCPU the
+// host deschedules catches up when it runs again), by some milliseconds
+// under load; over 200 ms it takes 20 ms of that to mistake 250 for 300.
 func (d *Datapath) measureHZ() (uint32, error) { return measureHZ(d.jiffiesAt) }
 
 func measureHZ(probe func() (jiffiesSample, error)) (uint32, error) {
@@ -297,7 +297,7 @@ func measureHZ(probe func() (jiffiesSample, error)) (uint32, error) {
 	if err != nil {
 		return 0, err
 	}
-	time.Sleep(60 * time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
 	s1, err := probe()
 	if err != nil {
 		return 0, err
