@@ -38,11 +38,12 @@ type DatapathCounter struct {
 }
 
 type DatapathCtBucket struct {
-	_     structs.HostLayout
-	Meta  [4]uint32
-	Spill uint32
-	Pad   [3]uint32
-	Slot  [4]struct {
+	_       structs.HostLayout
+	Meta    [4]uint32
+	Spill   uint32
+	Seed    [2]uint32
+	SeedSet uint32
+	Slot    [4]struct {
 		_     structs.HostLayout
 		Key   DatapathCtKey
 		Entry DatapathCtEntry
@@ -244,6 +245,7 @@ const (
 	DatapathProgToContainer       = "to_container"
 	DatapathProgToNetdev          = "to_netdev"
 	DatapathVarCtBucketMask       = "ct_bucket_mask"
+	DatapathVarCtSeed             = "ct_seed"
 	DatapathVarCtStoresOrdered    = "ct_stores_ordered"
 	DatapathVarEndpointsIndexMask = "endpoints_index_mask"
 	DatapathVarFlowlogSlotMask    = "flowlog_slot_mask"
@@ -328,6 +330,7 @@ type DatapathMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type DatapathVariableSpecs struct {
 	CtBucketMask       *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
+	CtSeed             *ebpf.VariableSpec `ebpf:"ct_seed"`
 	CtStoresOrdered    *ebpf.VariableSpec `ebpf:"ct_stores_ordered"`
 	EndpointsIndexMask *ebpf.VariableSpec `ebpf:"endpoints_index_mask"`
 	FlowlogSlotMask    *ebpf.VariableSpec `ebpf:"flowlog_slot_mask"`
@@ -399,6 +402,7 @@ func (m *DatapathMaps) Close() error {
 // It can be passed to LoadDatapathObjects or ebpf.CollectionSpec.LoadAndAssign.
 type DatapathVariables struct {
 	CtBucketMask       *ebpf.Variable `ebpf:"ct_bucket_mask"`
+	CtSeed             *ebpf.Variable `ebpf:"ct_seed"`
 	CtStoresOrdered    *ebpf.Variable `ebpf:"ct_stores_ordered"`
 	EndpointsIndexMask *ebpf.Variable `ebpf:"endpoints_index_mask"`
 	FlowlogSlotMask    *ebpf.Variable `ebpf:"flowlog_slot_mask"`

@@ -1,6 +1,7 @@
 package datapath
 
 import (
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -52,9 +53,10 @@ func ctTableBuckets(entries uint32) uint32 {
 	return 2 << bits.Len32(entries-1) / ctSlots
 }
 
-func ctHash(k *bpf.DatapathCtKey) uint64 {
+// ctHash is ct.h's ct_hash with seed as ct_seed.
+func ctHash(k *bpf.DatapathCtKey, seed uint64) uint64 {
 	b := unsafe.Slice((*byte)(unsafe.Pointer(k)), unsafe.Sizeof(*k))
-	var h uint64
+	h := seed
 	for i := 0; i+8 <= len(b); i += 8 {
 		h ^= binary.NativeEndian.Uint64(b[i:])
 		h *= 0x9E3779B97F4A7C15
@@ -87,6 +89,7 @@ type ctTable struct {
 	// pending holds the buckets outside a window whose spill counts a
 	// deletion in it left one too high; scanCT brings them down.
 	pending []uint32
+	seed    uint64 // ct_seed: the one bucket 0 records
 }
 
 // openCTTable maps m, which must be a conntrack table of this build's
@@ -112,13 +115,63 @@ func openCTWindow(m *ebpf.Map, first, n uint32) (*ctTable, error) {
 	if err != nil {
 		return nil, fmt.Errorf("map the conntrack table: %w", err)
 	}
+	seed, err := ctTableSeed(m)
+	if err != nil {
+		unix.Munmap(mem)
+		return nil, err
+	}
 	return &ctTable{
 		mem:     mem,
 		buckets: unsafe.Slice((*ctBucket)(unsafe.Pointer(&mem[lo-off])), n),
 		base:    first,
 		mask:    total - 1,
+		seed:    seed,
 	}, nil
 }
+
+// ctSeedSet is CT_SEED_SET: bucket 0 records the table's seed.
+const ctSeedSet = 0x53454544
+
+// ctTableSeed returns the hash seed table m records in its first bucket:
+// 0 for a table of an older build, which recorded none and hashed without.
+func ctTableSeed(m *ebpf.Map) (uint64, error) {
+	var b ctBucket
+	if err := m.Lookup(uint32(0), &b); err != nil {
+		return 0, fmt.Errorf("read the conntrack table's seed: %w", err)
+	}
+	if b.SeedSet != ctSeedSet {
+		return 0, nil
+	}
+	return uint64(b.Seed[1])<<32 | uint64(b.Seed[0]), nil
+}
+
+// newCTSeed draws a table's hash seed.
+func newCTSeed() (uint64, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return 0, fmt.Errorf("draw a conntrack seed: %w", err)
+	}
+	return binary.NativeEndian.Uint64(b[:]), nil
+}
+
+// setCTSeed records seed in the first bucket of m, a table no program
+// writes yet (new, or not yet attached): the programs loaded with it as
+// ct_seed and every view of the table hash with it.
+func setCTSeed(m *ebpf.Map, seed uint64) error {
+	var b ctBucket
+	if err := m.Lookup(uint32(0), &b); err != nil {
+		return fmt.Errorf("record the conntrack table's seed: %w", err)
+	}
+	b.Seed = [2]uint32{uint32(seed), uint32(seed >> 32)}
+	b.SeedSet = ctSeedSet
+	if err := m.Update(uint32(0), &b, ebpf.UpdateExist); err != nil {
+		return fmt.Errorf("record the conntrack table's seed: %w", err)
+	}
+	return nil
+}
+
+// hash is the table's ct_hash.
+func (t *ctTable) hash(k *bpf.DatapathCtKey) uint64 { return ctHash(k, t.seed) }
 
 // ctScanWindow is how many buckets a scan maps at a time (some 650 KB).
 const ctScanWindow = 2048
@@ -270,7 +323,7 @@ func (t *ctTable) find(k *bpf.DatapathCtKey, h uint64) (uint32, *ctBucket, int, 
 }
 
 func (t *ctTable) lookup(k *bpf.DatapathCtKey) (bpf.DatapathCtEntry, bool) {
-	if _, b, i, _ := t.find(k, ctHash(k)); b != nil {
+	if _, b, i, _ := t.find(k, t.hash(k)); b != nil {
 		return b.Slot[i].Entry, true
 	}
 	return bpf.DatapathCtEntry{}, false
@@ -284,7 +337,7 @@ var errCTExists = errors.New("connection already tracked")
 // (evicted reports that). With onlyMissing a key already present is left
 // as it is (errCTExists); otherwise its entry is replaced.
 func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing bool) (evicted bool, err error) {
-	h := ctHash(k)
+	h := t.hash(k)
 	_, b, i, meta := t.find(k, h)
 	if b != nil {
 		if onlyMissing {
@@ -353,7 +406,7 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 		}
 		vb := t.bucket(vbi)
 		if found && atomic.CompareAndSwapUint32(&vb.Meta[vi], vmeta, ctSlotBusy) {
-			t.removed(ctHash(&vb.Slot[vi].Key), vbi)
+			t.removed(t.hash(&vb.Slot[vi].Key), vbi)
 			if vbi != first {
 				t.spillAdd(first, 1)
 			}
@@ -368,7 +421,7 @@ func (t *ctTable) put(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry, onlyMissing 
 // may insert a new connection at once, and the copy a lookup did not find
 // would be found once the other is gone); it reports whether k was there.
 func (t *ctTable) remove(k *bpf.DatapathCtKey) bool {
-	h := ctHash(k)
+	h := t.hash(k)
 	removed := false
 	for range 2 * ctSlots {
 		bi, b, i, meta := t.find(k, h)
@@ -410,7 +463,7 @@ func (t *ctTable) walk(fn func(k *bpf.DatapathCtKey, e *bpf.DatapathCtEntry) ctV
 			switch fn(&k, &e) {
 			case ctDelete:
 				if atomic.CompareAndSwapUint32(&b.Meta[i], meta, ctSlotEmpty) {
-					t.removed(ctHash(&k), t.base+uint32(bi))
+					t.removed(t.hash(&k), t.base+uint32(bi))
 					deleted++
 				}
 			case ctStop:

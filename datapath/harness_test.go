@@ -63,9 +63,14 @@ func newHarness(t *testing.T) *harness {
 
 func newHarnessSized(t *testing.T, sizes Sizes) *harness {
 	t.Helper()
+	return newHarnessWith(t, Options{Sizes: sizes})
+}
+
+func newHarnessWith(t *testing.T, opts Options) *harness {
+	t.Helper()
 	requireBPF(t)
 	t.Parallel() // every harness has its own maps
-	d, err := Load(Options{Sizes: sizes})
+	d, err := Load(opts)
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		t.Skipf("skipping: kernel lacks a BPF feature the datapath needs: %v", err)
 	}

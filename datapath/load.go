@@ -106,6 +106,9 @@ type Options struct {
 	// tcx is available. Without it, legacy tc is used only where tcx is
 	// not supported.
 	LegacyTC bool
+	// ctSeed, when set, is the seed a new conntrack table gets (tests
+	// that need one table layout); else it is drawn at random.
+	ctSeed *uint64
 }
 
 // Datapath is a loaded set of programs and maps.
@@ -234,6 +237,18 @@ func Load(opts Options) (*Datapath, error) {
 			}
 		}
 	}
+	seed, newTable, err := pinnedCTSeed(opts.PinDir)
+	if err != nil {
+		d.closeRetired()
+		return nil, err
+	}
+	if newTable && opts.ctSeed != nil {
+		seed = *opts.ctSeed
+	}
+	if err := spec.Variables[bpf.DatapathVarCtSeed].Set(seed); err != nil {
+		d.closeRetired()
+		return nil, fmt.Errorf("seed the conntrack hash: %w", err)
+	}
 	if err := spec.LoadAndAssign(&d.objs, &collOpts); err != nil {
 		d.closeRetired()
 		var ve *ebpf.VerifierError
@@ -241,6 +256,14 @@ func Load(opts Options) (*Datapath, error) {
 			return nil, fmt.Errorf("load datapath programs: %+v", ve)
 		}
 		return nil, fmt.Errorf("load datapath programs: %w", err)
+	}
+	if newTable {
+		// Before any program is attached: none writes the table yet.
+		if err := setCTSeed(d.objs.Ct, seed); err != nil {
+			d.objs.Close()
+			d.closeRetired()
+			return nil, err
+		}
 	}
 	d.registry, err = ebpf.NewMapWithOptions(regSpec, collOpts.Maps)
 	if err != nil {
@@ -257,6 +280,26 @@ func Load(opts Options) (*Datapath, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// pinnedCTSeed returns the conntrack hash seed the programs are loaded
+// with: the one the table pinned in dir records (after migration: of this
+// build's layout; 0 when an older build made it), or a new one when there
+// is no table yet (newTable: Load creates it, and records the seed).
+func pinnedCTSeed(dir string) (seed uint64, newTable bool, err error) {
+	if dir != "" {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, bpf.DatapathMapCt), nil)
+		if err == nil {
+			defer m.Close()
+			seed, err := ctTableSeed(m)
+			return seed, false, err
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return 0, false, fmt.Errorf("open pinned conntrack: %w", err)
+		}
+	}
+	seed, err = newCTSeed()
+	return seed, true, err
 }
 
 // jiffies returns the low 31 bits of the kernel's jiffies counter.

@@ -191,6 +191,17 @@ func migratePinned(dir string, specs []*ebpf.MapSpec) ([]retiredMap, error) {
 			return fail(fmt.Errorf("migrate pinned map %s: create: %w", j.ms.Name, err))
 		}
 		retired = append(retired, retiredMap{name: j.ms.Name, old: j.old, new: nm, fresh: j.fresh})
+		if j.ms.Name == bpf.DatapathMapCt {
+			// A new table, a new seed: its connections are copied in by
+			// it, and Load reads it back from the pin.
+			seed, err := newCTSeed()
+			if err == nil {
+				err = setCTSeed(nm, seed)
+			}
+			if err != nil {
+				return fail(fmt.Errorf("migrate pinned map %s: %w", j.ms.Name, err))
+			}
+		}
 		if j.fresh {
 			continue
 		}

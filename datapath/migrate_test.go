@@ -281,7 +281,7 @@ func TestMigrateCopiesOlderTables(t *testing.T) {
 			bucket := make([]byte, l.bucket)
 			// Slot 1: a 64-bit meta word, those builds' 32-bit tag above
 			// the state.
-			hash := ctHash(&key)
+			hash := ctHash(&key, 0) // those builds hashed without a seed
 			binary.NativeEndian.PutUint64(bucket[8:], (hash>>16&0xffff|hash>>32&0xffff0000)<<32|ctSlotValid)
 			slot := l.slots + ctSlotSize
 			copy(bucket[slot:], unsafe.Slice((*byte)(unsafe.Pointer(&key)), unsafe.Sizeof(key)))
@@ -446,4 +446,97 @@ func TestMigrateReplacesOlderFlowLog(t *testing.T) {
 	if e := h.event(EventVerdict); e.Src.Port() != 6000 || e.EndpointID != 2 || e.SrcIdentity != 1003 {
 		t.Fatalf("verdict after the flow log's migration: %+v", e)
 	}
+}
+
+// Each conntrack table hashes with a seed of its own, drawn when the table
+// is made and recorded in its first bucket, so that which connections
+// share a bucket cannot be worked out from outside: a restarted agent's
+// programs take the pinned table's (its connections stay found), a table
+// that replaces it gets a new one, and a table that records none (an
+// older build's) is read with none, as it was written.
+func TestCTSeedPerTable(t *testing.T) {
+	dir := pinDir(t)
+	seedOf := func(d *Datapath) uint64 {
+		t.Helper()
+		var b ctBucket
+		if err := d.objs.Ct.Lookup(uint32(0), &b); err != nil {
+			t.Fatal(err)
+		}
+		if b.SeedSet != ctSeedSet {
+			t.Fatalf("the table records no seed: %+v", b.Seed)
+		}
+		return uint64(b.Seed[1])<<32 | uint64(b.Seed[0])
+	}
+	// The connection R -> A:80 of pinnedWithConnection is a conntrack hit
+	// for d's programs once no policy allows it: A's reply passes.
+	stillTracked := func(d *Datapath, k PolicyKey) {
+		t.Helper()
+		if err := d.PolicyDelete([]PolicyKey{k}); err != nil {
+			t.Fatal(err)
+		}
+		h := &harness{t: t, d: d, cfg: DefaultConfig}
+		h.expect(FromContainer, tcp(addrA, addrR, 80, 40000, packet.SYN|packet.ACK), retNext)
+		h.expect(FromNetdev, tcp(addrR, addrA, 40002, 80, packet.SYN), retDrop)
+	}
+
+	old, k := pinnedWithConnection(t, dir, Sizes{Conntrack: 1024})
+	seed := seedOf(old.d)
+	restarted, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := seedOf(restarted); got != seed {
+		t.Fatalf("restarted on the pinned table: seed %#x, want its %#x", got, seed)
+	}
+	stillTracked(restarted, k)
+
+	resized, err := loadPinned(t, dir, Sizes{Conntrack: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := seedOf(resized); got == seed {
+		t.Fatalf("the table that replaced the pinned one kept its seed %#x", got)
+	}
+	if conns, err := resized.Conns(0); err != nil || len(conns) != 1 {
+		t.Fatalf("connections in the new table: %+v, %v", conns, err)
+	}
+
+	// A table recording no seed, as older builds made them.
+	legacy := filepath.Join(dir, "legacy")
+	zero := uint64(0)
+	d0, err := Load(Options{PinDir: legacy, Sizes: Sizes{Conntrack: 1024}, ctSeed: &zero})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d0.Close() })
+	var b ctBucket
+	if err := d0.objs.Ct.Lookup(uint32(0), &b); err != nil {
+		t.Fatal(err)
+	}
+	b.SeedSet = 0
+	if err := d0.objs.Ct.Update(uint32(0), &b, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	if err := d0.SetConfig(DefaultConfig); err != nil {
+		t.Fatal(err)
+	}
+	h0 := &harness{t: t, d: d0, cfg: DefaultConfig}
+	h0.ipcache(addrA, 1001, selA)
+	h0.ipcache(addrR, 1003, selR)
+	h0.endpoint(addrA, 1, EndpointIngressEnforced|EndpointEgressEnforced, [2][2]uint32{Ingress: {MaskSelset: portMask(16)}})
+	k0, v0 := allowIn(1, selR, packet.TCP, 80, 16, 1)
+	h0.policy(k0, v0)
+	h0.expect(FromNetdev, tcp(addrR, addrA, 40000, 80, packet.SYN), retNext)
+	d1, err := Load(Options{PinDir: legacy, Sizes: Sizes{Conntrack: 1024}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d1.Close() })
+	if err := d1.SetConfig(DefaultConfig); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := ctTableSeed(d1.objs.Ct); err != nil || s != 0 {
+		t.Fatalf("seed of a table recording none: %#x, %v", s, err)
+	}
+	stillTracked(d1, k0)
 }

@@ -95,11 +95,18 @@ static __always_inline void ct_publish(__u32 *meta, __u32 v)
 	}
 }
 
-/* Multiply-xorshift over the key's five 64-bit words. */
+/* The table's hash seed, set by the agent at load from the table's first
+ * bucket, which records it (datapath/ctable.go): random per table, so that
+ * which connections share a bucket cannot be worked out from outside and
+ * one connection's buckets filled to evict it. 0 in a table an older
+ * build made, whose hash had none. */
+volatile const __u64 ct_seed = 0;
+
+/* Multiply-xorshift over the key's five 64-bit words, from the seed. */
 static __always_inline __u64 ct_hash(const struct ct_key *k)
 {
 	const __u64 *w = (const __u64 *)k;
-	__u64 h = 0;
+	__u64 h = ct_seed;
 #pragma unroll
 	for (int i = 0; i < (int)(sizeof(*k) / 8); i++) {
 		h ^= w[i];

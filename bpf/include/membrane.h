@@ -184,9 +184,13 @@ struct ct_bucket {
 	/* Connections whose first bucket this is, held in their second:
 	 * while it is zero, a key missing here is in neither. */
 	__u32 spill;
-	__u32 pad[3];
+	/* Bucket 0 only: the table's hash seed (ct_seed), and CT_SEED_SET
+	 * when it is recorded (tables of older builds have neither). */
+	__u32 seed[2];
+	__u32 seed_set;
 	struct ct_slot slot[CT_SLOTS];
 };
+#define CT_SEED_SET 0x53454544 /* "SEED" */
 _Static_assert(sizeof(struct ct_bucket) == 5 * 64, "a conntrack bucket is five cache lines");
 
 /* Fragments: the first fragment's ports, for the ones that follow. */

@@ -14,11 +14,12 @@ import (
 )
 
 type ReferenceCtBucket struct {
-	_     structs.HostLayout
-	Meta  [4]uint32
-	Spill uint32
-	Pad   [3]uint32
-	Slot  [4]struct {
+	_       structs.HostLayout
+	Meta    [4]uint32
+	Spill   uint32
+	Seed    [2]uint32
+	SeedSet uint32
+	Slot    [4]struct {
 		_     structs.HostLayout
 		Key   ReferenceCtKey
 		Entry ReferenceCtEntry
@@ -66,6 +67,7 @@ const (
 	ReferenceProgCtTableInsert  = "ct_table_insert"
 	ReferenceProgCtTableLookup  = "ct_table_lookup"
 	ReferenceVarCtBucketMask    = "ct_bucket_mask"
+	ReferenceVarCtSeed          = "ct_seed"
 	ReferenceVarCtStoresOrdered = "ct_stores_ordered"
 )
 
@@ -130,6 +132,7 @@ type ReferenceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type ReferenceVariableSpecs struct {
 	CtBucketMask    *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
+	CtSeed          *ebpf.VariableSpec `ebpf:"ct_seed"`
 	CtStoresOrdered *ebpf.VariableSpec `ebpf:"ct_stores_ordered"`
 }
 
@@ -169,6 +172,7 @@ func (m *ReferenceMaps) Close() error {
 // It can be passed to LoadReferenceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ReferenceVariables struct {
 	CtBucketMask    *ebpf.Variable `ebpf:"ct_bucket_mask"`
+	CtSeed          *ebpf.Variable `ebpf:"ct_seed"`
 	CtStoresOrdered *ebpf.Variable `ebpf:"ct_stores_ordered"`
 }
 
