@@ -313,7 +313,7 @@ func TestCTTableSpillCounts(t *testing.T) {
 // buckets, and a deletion whose connection sat in its second bucket, its
 // first in another window, still brings that count down.
 func TestCTScanInWindows(t *testing.T) {
-	seed := uint64(0) // one whose layout has what the test needs (below)
+	seed := uint64(0)                       // one whose layout has what the test needs (below)
 	h := tableAllowingRSeeded(t, 64, &seed) // 32 buckets, over three pages
 	const conns = 48
 	for i := range conns {
