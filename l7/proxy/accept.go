@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -203,29 +204,46 @@ func (s *connSet) watchClients() {
 }
 
 // clientGone reports whether the client closed or reset its connection.
-// It peeks without waiting, so the bytes of a pipelined request stay for
-// the next read (and mean the client is there). It goes through Control,
-// not Read: Read calls nothing once the connection's read deadline has
-// passed, as request_headers_timeout's set at accept has by the time a
-// slow response is awaited.
-func (c *conn) clientGone() bool {
-	rc, err := c.nc.SyscallConn()
+// The bytes of a pipelined request stay for the next read (and mean the
+// client is there).
+func (c *conn) clientGone() bool { return peek(c.nc) == peekGone }
+
+// What a socket holds for reading, as peek finds it.
+type peekState int
+
+const (
+	peekNothing peekState = iota // open, nothing to read
+	peekData                     // bytes wait to be read
+	peekGone                     // end of stream, reset, or another error of a dead connection
+	peekUnknown                  // closed here, or interrupted
+)
+
+// peek tells what sc's socket holds for reading without waiting and
+// without taking anything. It goes through Control, not Read: Read calls
+// nothing once the connection's read deadline has passed, as
+// request_headers_timeout's set at accept has by the time a slow response
+// is awaited, or a deadline left from an idle connection's last exchange.
+func peek(sc syscall.Conn) peekState {
+	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false // closed here: the exchange learns it by itself
+		return peekUnknown
 	}
-	gone := false
+	st := peekUnknown
 	rc.Control(func(fd uintptr) {
 		var b [1]byte
 		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		switch {
+		case err == nil && n > 0:
+			st = peekData
 		case err == nil:
-			gone = n == 0 // end of stream
-		case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
-		default:
-			gone = true // reset, or another error of a dead connection
+			st = peekGone
+		case errors.Is(err, unix.EAGAIN):
+			st = peekNothing
+		case !errors.Is(err, unix.EINTR):
+			st = peekGone
 		}
 	})
-	return gone
+	return st
 }
 
 // connSet tracks live connections, bounded.

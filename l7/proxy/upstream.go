@@ -3,7 +3,6 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -238,22 +237,7 @@ func (pl *pool) closeAll() {
 
 // alive reports whether an idle connection is still open and silent.
 func (u *upstream) alive() bool {
-	if u.br.Buffered() > 0 {
-		return false
-	}
-	rc, err := u.nc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	ok := false
-	// Control, not Read: Read calls nothing once a read deadline left from
-	// the last exchange has passed (see conn.clientGone).
-	rc.Control(func(fd uintptr) {
-		var b [1]byte
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		ok = errors.Is(err, unix.EAGAIN)
-	})
-	return ok
+	return u.br.Buffered() == 0 && peek(u.nc) == peekNothing
 }
 
 // close closes the connection and recycles its buffers. Nothing may use
