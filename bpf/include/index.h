@@ -166,42 +166,38 @@ static __always_inline __u32 addr_slot(const __u8 *state, const struct addr *key
 	return (__u32)slot & (INDEX_SLOTS - 1);
 }
 
-/* Copies the endpoint of address a into *out; returns 0 when a is not a
- * local endpoint. */
-static __always_inline int endpoint_find(const struct addr *a, struct endpoint *out)
+/* The endpoint of address a, where it is (its index slot or the kernel
+ * map); NULL when a is not a local endpoint. */
+static __always_inline const struct endpoint *endpoint_ref(const struct addr *a)
 {
 	__u64 w0 = addr_word0(a), w1 = addr_word1(a), hit;
 	__u32 i = index_bucket(w0, w1, endpoints_index_mask);
 	struct endpoint_bucket *b = bpf_map_lookup_elem(&endpoints_index, &i);
 	if (!b)
-		return 0;
+		return NULL;
 	__u32 s = addr_slot(b->state, b->key, w0, w1, &hit);
-	if (hit) {
-		*out = b->val[s];
-		return 1;
-	}
+	if (hit)
+		return &b->val[s];
 	if (!b->overflow)
-		return 0;
-	struct endpoint *v = bpf_map_lookup_elem(&endpoints, a);
+		return NULL;
+	return bpf_map_lookup_elem(&endpoints, a);
+}
+
+/* Copies the endpoint of address a into *out; returns 0 when a is not a
+ * local endpoint. */
+static __always_inline int endpoint_find(const struct addr *a, struct endpoint *out)
+{
+	const struct endpoint *v = endpoint_ref(a);
 	if (!v)
 		return 0;
 	*out = *v;
 	return 1;
 }
 
-/* Whether a is a local endpoint's address: endpoint_find without the
- * copy. */
+/* Whether a is a local endpoint's address. */
 static __always_inline int endpoint_exists(const struct addr *a)
 {
-	__u64 w0 = addr_word0(a), w1 = addr_word1(a), hit;
-	__u32 i = index_bucket(w0, w1, endpoints_index_mask);
-	struct endpoint_bucket *b = bpf_map_lookup_elem(&endpoints_index, &i);
-	if (!b)
-		return 0;
-	addr_slot(b->state, b->key, w0, w1, &hit);
-	if (hit)
-		return 1;
-	return b->overflow && bpf_map_lookup_elem(&endpoints, a);
+	return endpoint_ref(a) != NULL;
 }
 
 /* endpoint_find as a function of its own. (Global functions check their
