@@ -304,11 +304,8 @@ func pinnedCTSeed(dir string) (seed uint64, newTable bool, err error) {
 
 // jiffies returns the low 31 bits of the kernel's jiffies counter.
 func (d *Datapath) jiffies() (uint32, error) {
-	ret, err := d.objs.JiffiesProbe.Run(&ebpf.RunOptions{Data: make([]byte, 14)})
-	if err != nil {
-		return 0, fmt.Errorf("read jiffies: %w", err)
-	}
-	return ret & 0x7fffffff, nil
+	s, err := d.jiffiesAt()
+	return s.j, err
 }
 
 // jiffiesAt reads jiffies, and the monotonic clock just before and after
