@@ -47,6 +47,31 @@ func loadPinned(t *testing.T, dir string, sizes Sizes) (*Datapath, error) {
 	return d, err
 }
 
+// pinInstead pins m in dir in place of this build's map name, as another
+// build would have left it.
+func pinInstead(t *testing.T, dir, name string, m *ebpf.Map) {
+	t.Helper()
+	if err := os.Remove(filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pin(filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pinOlder creates a map of spec and pins it in place of name
+// (pinInstead); it is closed when t ends.
+func pinOlder(t *testing.T, dir, name string, spec *ebpf.MapSpec) *ebpf.Map {
+	t.Helper()
+	m, err := ebpf.NewMap(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	pinInstead(t, dir, name, m)
+	return m
+}
+
 func pinnedInfo(t *testing.T, dir, name string) *ebpf.MapInfo {
 	t.Helper()
 	m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), nil)
@@ -163,17 +188,7 @@ func TestMigrateRefusesWithoutTouchingPins(t *testing.T) {
 	}
 
 	// A pinned map of another layout (an incompatible datapath version).
-	if err := os.Remove(filepath.Join(dir, "proxy_ct")); err != nil {
-		t.Fatal(err)
-	}
-	odd, err := ebpf.NewMap(&ebpf.MapSpec{Name: "proxy_ct", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: 16})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer odd.Close()
-	if err := odd.Pin(filepath.Join(dir, "proxy_ct")); err != nil {
-		t.Fatal(err)
-	}
+	pinOlder(t, dir, "proxy_ct", &ebpf.MapSpec{Name: "proxy_ct", Type: ebpf.LRUHash, KeySize: 8, ValueSize: 4, MaxEntries: 16})
 	_, err = loadPinned(t, dir, Sizes{Endpoints: 8, Conntrack: 4096})
 	if err == nil || !strings.Contains(err.Error(), "proxy_ct") || !strings.Contains(err.Error(), "layout") {
 		t.Fatalf("pinned map of another layout: %v", err)
@@ -336,12 +351,7 @@ func olderTableMap(t *testing.T, l olderCTLayout) *ebpf.Map {
 // was migrated.
 func loadOverOldConntrack(t *testing.T, dir string, old *ebpf.Map) *Datapath {
 	t.Helper()
-	if err := os.Remove(filepath.Join(dir, "ct")); err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Pin(filepath.Join(dir, "ct")); err != nil {
-		t.Fatal(err)
-	}
+	pinInstead(t, dir, "ct", old)
 	d, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
 	if err != nil {
 		t.Fatalf("load over an older build's conntrack: %v", err)
@@ -368,19 +378,8 @@ func TestMigrateReplacesOlderFragments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(dir, bpf.DatapathMapFrags)
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: info.KeySize, ValueSize: 4, MaxEntries: info.MaxEntries})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
+	old := pinOlder(t, dir, bpf.DatapathMapFrags, &ebpf.MapSpec{Type: ebpf.LRUHash, KeySize: info.KeySize, ValueSize: 4, MaxEntries: info.MaxEntries})
 	if err := old.Put(make([]byte, info.KeySize), []byte{0, 1, 0, 2}); err != nil {
-		t.Fatal(err)
-	}
-	if err := old.Pin(path); err != nil {
 		t.Fatal(err)
 	}
 
@@ -409,18 +408,7 @@ func TestMigrateReplacesOlderFlowLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	entries := d1.objs.Flowlog.MaxEntries()
-	path := filepath.Join(dir, bpf.DatapathMapFlowlog)
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 80, MaxEntries: entries, Flags: unix.BPF_F_MMAPABLE})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer old.Close()
-	if err := old.Pin(path); err != nil {
-		t.Fatal(err)
-	}
+	pinOlder(t, dir, bpf.DatapathMapFlowlog, &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 80, MaxEntries: entries, Flags: unix.BPF_F_MMAPABLE})
 
 	d2, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
 	if err != nil {
