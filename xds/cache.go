@@ -163,14 +163,20 @@ func (c *policyCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription
 		ch <- resp
 		return func() {}, nil
 	}
+	return addWatch(c, c.watches, w), nil
+}
+
+// addWatch keeps w in m until the returned cancel is called. Called with
+// c.mu held.
+func addWatch[W any](c *policyCache, m map[uint64]W, w W) func() {
 	c.nextWatch++
 	id := c.nextWatch
-	c.watches[id] = w
+	m[id] = w
 	return func() {
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		delete(c.watches, id)
-	}, nil
+		delete(m, id)
+	}
 }
 
 // respond builds the full-state response for w, or nil if the stream
@@ -229,14 +235,7 @@ func (c *policyCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Su
 		c.sendDelta(w, resp)
 		return func() {}, nil
 	}
-	c.nextWatch++
-	id := c.nextWatch
-	c.deltaWatches[id] = w
-	return func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		delete(c.deltaWatches, id)
-	}, nil
+	return addWatch(c, c.deltaWatches, w), nil
 }
 
 // respondDelta builds the delta response for w, or nil if nothing changed
