@@ -330,7 +330,25 @@ func (d *Datapath) jiffiesAt() (jiffiesSample, error) {
 // 300 at HZ=250. Jiffies themselves are seen late at times (a vCPU the
 // host deschedules catches up when it runs again), by some milliseconds
 // under load; over 200 ms it takes 20 ms of that to mistake 250 for 300.
-func (d *Datapath) measureHZ() (uint32, error) { return measureHZ(d.jiffiesAt) }
+func (d *Datapath) measureHZ() (uint32, error) {
+	kernelHZ.Lock()
+	defer kernelHZ.Unlock()
+	if kernelHZ.hz == 0 {
+		hz, err := measureHZ(d.jiffiesAt)
+		if err != nil {
+			return 0, err
+		}
+		kernelHZ.hz = hz
+	}
+	return kernelHZ.hz, nil
+}
+
+// kernelHZ is the tick rate once measured: the kernel's, the same for
+// every Load in the process (tests load many), and 200 ms to measure.
+var kernelHZ struct {
+	sync.Mutex
+	hz uint32
+}
 
 func measureHZ(probe func() (jiffiesSample, error)) (uint32, error) {
 	s0, err := probe()
