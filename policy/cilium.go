@@ -3,7 +3,6 @@ package policy
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"strings"
 
@@ -12,6 +11,7 @@ import (
 
 	"github.com/membrane-mesh/membrane/datastore"
 	"github.com/membrane-mesh/membrane/identity"
+	"github.com/membrane-mesh/membrane/xds/l7pb"
 )
 
 // CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy, compiled with the
@@ -254,14 +254,17 @@ func renumberPortsError(err error, i int) error {
 	return err
 }
 
-// compileHTTP converts rules.http entries; the datastore has validated them.
+// compileHTTP converts rules.http entries. The datastore has validated
+// them; the expressions are checked again here the one way there is
+// (l7pb.CompileRegex, as the proxy matches them), so that a policy from
+// anywhere else cannot reach the xDS server with one it would refuse.
 func compileHTTP(in []datastore.CiliumHTTPRule) ([]HTTPRule, error) {
 	out := make([]HTTPRule, 0, len(in))
 	for i, h := range in {
 		r := HTTPRule{Method: h.Method, Path: h.Path, Host: h.Host}
-		for _, s := range []string{h.Method, h.Path, h.Host} {
-			if _, err := regexp.Compile(s); err != nil {
-				return nil, fmt.Errorf("http[%d]: invalid regular expression %q: %v", i, s, err)
+		for _, f := range []struct{ name, re string }{{"method", h.Method}, {"path", h.Path}, {"host", h.Host}} {
+			if _, err := l7pb.CompileRegex(f.re); err != nil {
+				return nil, fmt.Errorf("http[%d].%s: invalid regular expression %q: %v", i, f.name, f.re, err)
 			}
 		}
 		for _, hdr := range h.Headers {
@@ -275,6 +278,11 @@ func compileHTTP(in []datastore.CiliumHTTPRule) ([]HTTPRule, error) {
 		for k, hm := range h.HeaderMatches {
 			if hm.Secret != nil {
 				return nil, fmt.Errorf("http[%d].headerMatches[%d].secret: not supported yet", i, k)
+			}
+			if hm.Regex != "" {
+				if _, err := l7pb.CompileRegex(hm.Regex); err != nil {
+					return nil, fmt.Errorf("http[%d].headerMatches[%d].regex: invalid regular expression %q: %v", i, k, hm.Regex, err)
+				}
 			}
 			m := HeaderMatch{Name: hm.Name, Regex: hm.Regex, Mismatch: MismatchAction(hm.Mismatch)}
 			if hm.Value != "" {

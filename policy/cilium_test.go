@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -488,4 +489,33 @@ func TestDatastoreValidPoliciesCompile(t *testing.T) {
 		t.Fatalf("only %d policies among the datastore's test inputs and the examples", compiled)
 	}
 	t.Logf("%d policies the datastore accepts compile", compiled)
+}
+
+// The compiler checks HTTP expressions as the proxy compiles them
+// (anchored, l7pb.CompileRegex), header regexes included, and names the
+// field: a policy that reached it without the datastore's validation must
+// not carry one the xDS server would refuse.
+func TestCompileHTTPRegexes(t *testing.T) {
+	// Valid alone, one nesting level too deep once anchored.
+	deep := strings.Repeat("(", 999) + "a" + strings.Repeat(")", 999)
+	if _, err := regexp.Compile(deep); err != nil {
+		t.Fatalf("the test's expression should be valid alone: %v", err)
+	}
+	for _, c := range []struct {
+		name string
+		rule datastore.CiliumHTTPRule
+		want string
+	}{
+		{"path valid alone only", datastore.CiliumHTTPRule{Path: deep}, "http[0].path"},
+		{"bad method", datastore.CiliumHTTPRule{Method: "GET("}, "http[0].method"},
+		{"bad header regex", datastore.CiliumHTTPRule{HeaderMatches: []datastore.CiliumHeaderMatch{{Name: "x", Regex: "a)|(b"}}}, "http[0].headerMatches[0].regex"},
+	} {
+		_, err := compileHTTP([]datastore.CiliumHTTPRule{c.rule})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one naming %s", c.name, err, c.want)
+		}
+	}
+	if _, err := compileHTTP([]datastore.CiliumHTTPRule{{Method: "GET", Path: "/api/.*", HeaderMatches: []datastore.CiliumHeaderMatch{{Name: "x", Regex: "v[0-9]+"}}}}); err != nil {
+		t.Errorf("valid rule refused: %v", err)
+	}
 }
