@@ -102,10 +102,13 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 		s.ConntrackEvicted = st.CTEvicted
 	}
 	s.Flows = a.flows.status() // events.go
+	// One reading of the xDS server's state, for both the problems and
+	// the report, so that they agree.
+	xst := a.xdsState()
 	a.mu.Lock()
 	s.DatastoreRevision = a.dsRev
 	s.AppliedRevision = a.applied
-	s.Problems = append(slices.Clone(a.problems), a.l7Problems(time.Now())...)
+	s.Problems = append(slices.Clone(a.problems), a.l7Problems(time.Now(), xst)...)
 	s.Healthy = a.ready && len(s.Problems) == 0
 	s.LastRegeneration = a.lastRegen
 	for _, src := range slices.Sorted(maps.Keys(a.rejected)) {
@@ -117,7 +120,7 @@ func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	}
 	s.Policies = a.numPolicies
 	a.mu.Unlock()
-	s.XDS = a.xdsStatus()
+	s.XDS = xdsStatus(xst)
 	writeJSON(w, s)
 }
 

@@ -94,18 +94,18 @@ type l7Publication struct {
 	at      time.Time
 }
 
-// l7Problems are the L7 problems status reports, with a.mu held: the
-// last publishing's, and a connected proxy that has not accepted the
-// current policy proxyAckTimeout after it was published.
-func (a *Agent) l7Problems(now time.Time) []string {
-	if a.xds == nil {
+// l7Problems are the L7 problems status reports, with a.mu held, from
+// the xDS server's state st (nil without L7): the last publishing's, and
+// a connected proxy that has not accepted the current policy
+// proxyAckTimeout after it was published.
+func (a *Agent) l7Problems(now time.Time, st *xds.Status) []string {
+	if st == nil {
 		return nil
 	}
 	var out []string
 	if a.l7Problem != "" {
 		out = append(out, a.l7Problem)
 	}
-	st := a.xds.Status()
 	if pub := a.l7Published; st.ProxyConnected && !st.ProxyAckedPolicy && pub.version != "" {
 		if late := now.Sub(pub.at); late > proxyAckTimeout {
 			out = append(out, fmt.Sprintf("the node proxy has not accepted L7 policy version %s, published %s ago", pub.version, late.Round(time.Second)))
@@ -114,12 +114,21 @@ func (a *Agent) l7Problems(now time.Time) []string {
 	return out
 }
 
-// xdsStatus is the xDS server's state for the API.
-func (a *Agent) xdsStatus() *api.XDSStatus {
+// xdsState is the xDS server's state, nil without L7.
+func (a *Agent) xdsState() *xds.Status {
 	if a.xds == nil {
 		return nil
 	}
-	b, err := json.Marshal(a.xds.Status())
+	st := a.xds.Status()
+	return &st
+}
+
+// xdsStatus is the xDS server's state st for the API.
+func xdsStatus(st *xds.Status) *api.XDSStatus {
+	if st == nil {
+		return nil
+	}
+	b, err := json.Marshal(st)
 	if err != nil {
 		return nil
 	}

@@ -71,7 +71,7 @@ func TestL7ProblemWhileTheProxyLags(t *testing.T) {
 	problems := func(now time.Time) []string {
 		a.mu.Lock()
 		defer a.mu.Unlock()
-		return a.l7Problems(now)
+		return a.l7Problems(now, a.xdsState())
 	}
 	publish()
 
