@@ -22,10 +22,12 @@ import (
 // that is neither the old nor the new one:
 //
 //  1. fingerprints of new selector sets and rules go to the registry;
-//  2. each changed endpoint gets its complete new entries in its inactive
-//     generation — plus, unchanged, the entries of selector sets that are
-//     about to disappear but that ipcache entries still carry — and then
-//     one atomic endpoint update switches generation, flags and masks;
+//  2. addresses endpoints no longer have, and endpoints that left, are
+//     removed; each changed endpoint gets its complete new entries in its
+//     inactive generation — plus, unchanged, the entries of selector sets
+//     that are about to disappear but that ipcache entries still carry —
+//     and then one atomic update per address switches generation, flags
+//     and masks;
 //  3. the ipcache is updated;
 //  4. the policy revision is bumped, so established connections are
 //     checked against the new state on their next packet;
@@ -269,15 +271,21 @@ func (a *applier) apply(snap *policy.Snapshot, ifindexOf ifindexFunc, adoptedEnt
 		delete(retiring, addr.Selset)
 	}
 
-	// 2. Endpoints.
-	for _, key := range slices.SortedFunc(maps.Keys(snap.Endpoints), comparePodKey) {
-		a.applyEndpoint(snap.Endpoints[key], ifindexOf, adoptedEntries, retiring, problem)
-	}
+	// 2. Endpoints. First the addresses endpoints no longer have, and
+	// the endpoints that are gone: an address may have moved to another
+	// endpoint in this snapshot, whose record written first would then
+	// be deleted as the old owner's; and their room in the maps goes to
+	// the endpoints written after.
 	for key, st := range a.endpoints {
-		if _, ok := snap.Endpoints[key]; !ok {
+		if ep, ok := snap.Endpoints[key]; ok {
+			a.releaseAddrs(st, ep.Pod.IPs, problem)
+		} else {
 			a.removeEndpoint(st, problem)
 			delete(a.endpoints, key)
 		}
+	}
+	for _, key := range slices.SortedFunc(maps.Keys(snap.Endpoints), comparePodKey) {
+		a.applyEndpoint(snap.Endpoints[key], ifindexOf, adoptedEntries, retiring, problem)
 	}
 	a.attachPending(problem)
 
@@ -498,9 +506,10 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 	}
 
 	newGen := st.gen
+	var keys []datapath.PolicyKey // the new generation's
 	if !sameEntries {
 		newGen = st.gen ^ 1
-		keys := make([]datapath.PolicyKey, 0, len(desired))
+		keys = make([]datapath.PolicyKey, 0, len(desired))
 		vals := make([]datapath.PolicyValue, 0, len(desired))
 		if err := a.routeToProxy(desired); err != nil {
 			problem("endpoint %s: %v (its L7 traffic fails until this is fixed)", key, err)
@@ -526,19 +535,23 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 	if newGen == 1 {
 		flags |= datapath.EndpointGen
 	}
-	prevAddrs := st.addrs
 	masks := policy.Masks(&policy.Endpoint{Entries: desired})
-	st.addrs = slices.Clone(ep.Pod.IPs)
-	if !a.writeEndpointMasks(st, ifindex, flags, masks, problem) {
+	st.addrs = slices.Clone(ep.Pod.IPs) // those it no longer has are released (apply)
+	if n, ok := a.writeEndpointMasks(st, ifindex, flags, masks, problem); !ok {
+		if newGen != st.gen {
+			// The addresses written before the one that failed
+			// moved to the new generation, the others did not: put
+			// them back on the old one, failing closed, and empty
+			// the new one, which the next change writes into again
+			// (an entry of this version left there would take
+			// effect with it).
+			back := st.flags | datapath.EndpointFailClosed
+			a.writeEndpointAddrs(st, st.addrs[:n], ifindex, back, policy.Masks(&policy.Endpoint{Entries: st.entries}), problem)
+			st.flags = back
+			a.deleteGen(st, newGen, keys, problem)
+		}
 		a.attachFailing(st)
 		return
-	}
-	for _, old := range prevAddrs {
-		if !slices.Contains(st.addrs, old) {
-			if err := a.dp.EndpointDelete(old); err != nil {
-				problem("endpoint %s: %v", key, err)
-			}
-		}
 	}
 	oldGen := st.gen
 	oldEntries := st.entries
@@ -580,18 +593,26 @@ func (a *applier) writeEndpoint(st *epState, ifindex uint32, flags uint16, probl
 	st.flags = flags
 }
 
-func (a *applier) writeEndpointMasks(st *epState, ifindex uint32, flags uint16, masks [2][2]uint32, problem func(string, ...any)) bool {
-	for _, addr := range st.addrs {
+// writeEndpointMasks writes the records of all of st's addresses; it
+// returns how many it wrote, and whether that was all of them.
+func (a *applier) writeEndpointMasks(st *epState, ifindex uint32, flags uint16, masks [2][2]uint32, problem func(string, ...any)) (int, bool) {
+	return a.writeEndpointAddrs(st, st.addrs, ifindex, flags, masks, problem)
+}
+
+// writeEndpointAddrs writes the records of st's addresses addrs, up to
+// the first that fails (the endpoint is then failed).
+func (a *applier) writeEndpointAddrs(st *epState, addrs []netip.Addr, ifindex uint32, flags uint16, masks [2][2]uint32, problem func(string, ...any)) (int, bool) {
+	for i, addr := range addrs {
 		info := datapath.EndpointInfo{Addr: addr, ID: st.id, Ifindex: ifindex, Identity: uint32(st.identity), Flags: flags, Masks: masks}
 		if err := a.dp.EndpointPut(info); err != nil {
 			a.noteFull("endpoints", err)
 			problem("endpoint %s: write %s: %v", st.key, addr, err)
 			st.state = api.EndpointFailed
 			st.message = err.Error()
-			return false
+			return i, false
 		}
 	}
-	return true
+	return len(addrs), true
 }
 
 func (a *applier) deleteGen(st *epState, gen uint8, keys []datapath.PolicyKey, problem func(string, ...any)) {
@@ -600,16 +621,27 @@ func (a *applier) deleteGen(st *epState, gen uint8, keys []datapath.PolicyKey, p
 	}
 }
 
+// releaseAddrs deletes the records of st's addresses that are not in
+// keep. (One the kernel refuses to delete is reported; a restarted agent
+// drops it with the other records no pod claims.)
+func (a *applier) releaseAddrs(st *epState, keep []netip.Addr, problem func(string, ...any)) {
+	st.addrs = slices.DeleteFunc(st.addrs, func(addr netip.Addr) bool {
+		if slices.Contains(keep, addr) {
+			return false
+		}
+		if err := a.dp.EndpointDelete(addr); err != nil {
+			problem("endpoint %s: %v", st.key, err)
+		}
+		return true
+	})
+}
+
 // removeEndpoint undoes everything for a pod that left this node.
 func (a *applier) removeEndpoint(st *epState, problem func(string, ...any)) {
 	if err := a.dp.DetachEndpoint(st.ifname); err != nil {
 		problem("endpoint %s: %v", st.key, err)
 	}
-	for _, addr := range st.addrs {
-		if err := a.dp.EndpointDelete(addr); err != nil {
-			problem("endpoint %s: %v", st.key, err)
-		}
-	}
+	a.releaseAddrs(st, nil, problem)
 	keys := make([]datapath.PolicyKey, 0, len(st.entries))
 	for k := range st.entries {
 		keys = append(keys, st.datapathKey(k, st.gen))

@@ -107,3 +107,202 @@ func TestEndpointIDsAreNotReusedAtOnce(t *testing.T) {
 		t.Fatal("an ID was handed out with all 65535 in use")
 	}
 }
+
+// An endpoint whose addresses could not all be written (the endpoints map
+// full after the first) is not left with one address on a new policy
+// generation: that generation's entries would stay behind when the next
+// change wrote another version into it, and a port the policy no longer
+// allowed would stay open. It fails closed on the generation it had, the
+// new generation's entries are removed, and once there is room it comes
+// back with exactly its policy.
+func TestEndpointSplitAcrossGenerationsFailsClosed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: loading BPF programs needs root")
+	}
+	e := policy.NewEngine(policy.Options{Node: "n1"})
+	e.SetNamespace("x", nil)
+	server := policy.PodKey{Namespace: "x", Name: "server"}
+	filler := policy.PodKey{Namespace: "x", Name: "filler"}
+	v4, v6 := netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("fd00::1")
+	setServer := func(ips ...netip.Addr) {
+		e.SetPod(policy.Pod{Key: server, Labels: map[string]string{"app": "server"}, Node: "n1", IPs: ips})
+	}
+	allowPort := func(port int) {
+		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "server"}}
+		np.Spec.PodSelector = metav1.LabelSelector{MatchLabels: map[string]string{"app": "server"}}
+		p := intstr.FromInt(port)
+		np.Spec.Ingress = []networkingv1.NetworkPolicyIngressRule{{
+			From:  []networkingv1.NetworkPolicyPeer{{NamespaceSelector: &metav1.LabelSelector{}}},
+			Ports: []networkingv1.NetworkPolicyPort{{Port: &p}},
+		}}
+		pol, err := policy.FromNetworkPolicy(np)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.SetPolicy(pol)
+	}
+	dp, err := datapath.Load(datapath.Options{Sizes: datapath.Sizes{Endpoints: 2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	app, err := newApplier(dp, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply := func() applyResult {
+		t.Helper()
+		snap, err := e.Compute()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return app.apply(snap, func(string) uint32 { return 1 }, nil)
+	}
+	// The server's ports in the policy map, and its records. (The
+	// endpoints' interfaces do not exist here: attaching fails, which
+	// this test leaves aside.)
+	ports := func() map[uint16]bool {
+		t.Helper()
+		out := map[uint16]bool{}
+		for k := range mustPolicyList(t, dp) {
+			if k.EpID == app.endpoints[server].id && k.Plen == 16 {
+				out[k.Port] = true
+			}
+		}
+		return out
+	}
+	record := func(a netip.Addr) (datapath.EndpointInfo, bool) {
+		t.Helper()
+		list, err := dp.EndpointList()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, info := range list {
+			if info.Addr == a {
+				return info, true
+			}
+		}
+		return datapath.EndpointInfo{}, false
+	}
+
+	// Two endpoints fill the map.
+	setServer(v4)
+	e.SetPod(policy.Pod{Key: filler, Labels: map[string]string{"app": "filler"}, Node: "n1", IPs: []netip.Addr{netip.MustParseAddr("10.1.0.2")}})
+	allowPort(80)
+	apply()
+	before, ok := record(v4)
+	if !ok || before.Flags&datapath.EndpointFailClosed != 0 || !ports()[80] {
+		t.Fatalf("server not programmed: record %+v, ports %v", before, ports())
+	}
+
+	// A second address that does not fit, with a new policy.
+	setServer(v4, v6)
+	allowPort(81)
+	res := apply()
+	st := app.endpoints[server]
+	if st.state != api.EndpointFailed || !strings.Contains(strings.Join(res.problems, "; "), "write "+v6.String()) {
+		t.Fatalf("server %q, problems %q; want failed, writing %s", st.state, res.problems, v6)
+	}
+	info, ok := record(v4)
+	if !ok || info.Flags&datapath.EndpointFailClosed == 0 || info.Gen() != before.Gen() {
+		t.Fatalf("server's %s: flags %#x generation %d; want failing closed on generation %d", v4, info.Flags, info.Gen(), before.Gen())
+	}
+	for k := range mustPolicyList(t, dp) {
+		if k.EpID == st.id && k.Gen != before.Gen() {
+			t.Fatalf("an entry of the unfinished generation stayed: %+v", k)
+		}
+	}
+
+	// Room again, and the policy changed once more.
+	e.DeletePod(filler)
+	allowPort(82)
+	apply()
+	if got := ports(); len(got) != 1 || !got[82] {
+		t.Fatalf("server's exact ports in the policy map: %v; want only 82", got)
+	}
+	for _, a := range []netip.Addr{v4, v6} {
+		if info, ok := record(a); !ok || info.Flags&datapath.EndpointFailClosed != 0 {
+			t.Fatalf("server's %s: present %v, flags %#x", a, ok, info.Flags)
+		}
+	}
+}
+
+func mustPolicyList(t *testing.T, dp *datapath.Datapath) map[datapath.PolicyKey]datapath.PolicyValue {
+	t.Helper()
+	entries, err := dp.PolicyList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return entries
+}
+
+// An address that moves from one endpoint to another in one change keeps
+// a record, its new owner's: the old owner letting it go must not delete
+// the record the new one wrote, whichever of them is written first.
+func TestAddressMovesBetweenEndpoints(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: loading BPF programs needs root")
+	}
+	e := policy.NewEngine(policy.Options{Node: "n1"})
+	e.SetNamespace("x", nil)
+	x, y := netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("10.1.0.2")
+	pod := func(name string, ip netip.Addr) policy.PodKey {
+		k := policy.PodKey{Namespace: "x", Name: name}
+		e.SetPod(policy.Pod{Key: k, Labels: map[string]string{"app": name}, Node: "n1", IPs: []netip.Addr{ip}})
+		return k
+	}
+	dp, err := datapath.Load(datapath.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dp.Close()
+	app, err := newApplier(dp, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The endpoints' interfaces do not exist here: attaching fails,
+	// which this test leaves aside.
+	apply := func() {
+		t.Helper()
+		snap, err := e.Compute()
+		if err != nil {
+			t.Fatal(err)
+		}
+		app.apply(snap, func(string) uint32 { return 1 }, nil)
+	}
+	owners := func(want map[netip.Addr]policy.PodKey) {
+		t.Helper()
+		list, err := dp.EndpointList()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[netip.Addr]uint16{}
+		for _, info := range list {
+			got[info.Addr] = info.ID
+		}
+		for addr, k := range want {
+			if id, ok := got[addr]; !ok || id != app.endpoints[k].id {
+				t.Errorf("record of %s: present %v, endpoint ID %d; want %s's, %d", addr, ok, id, k, app.endpoints[k].id)
+			}
+		}
+		if len(got) != len(want) {
+			t.Errorf("%d records, want %d: %v", len(got), len(want), got)
+		}
+	}
+
+	a, b := pod("a", x), pod("b", y)
+	apply()
+	owners(map[netip.Addr]policy.PodKey{x: a, y: b})
+
+	// The two swap addresses.
+	pod("a", y)
+	pod("b", x)
+	apply()
+	owners(map[netip.Addr]policy.PodKey{x: b, y: a})
+
+	// a goes, and a new pod takes its address.
+	e.DeletePod(a)
+	c := pod("c", y)
+	apply()
+	owners(map[netip.Addr]policy.PodKey{x: b, y: c})
+}
