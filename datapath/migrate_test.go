@@ -383,16 +383,7 @@ func TestMigrateReplacesOlderFragments(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	d2, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
-	if err != nil {
-		t.Fatalf("load over older fragment state: %v", err)
-	}
-	if got := d2.Migrated(); !slices.Contains(got, bpf.DatapathMapFrags) {
-		t.Fatalf("migrated %v, want frags", got)
-	}
-	if info := pinnedInfo(t, dir, bpf.DatapathMapFrags); info.ValueSize != uint32(unsafe.Sizeof(bpf.DatapathFragValue{})) {
-		t.Fatalf("pinned frags still has %d-byte values", info.ValueSize)
-	}
+	d2 := loadReplacing(t, dir, bpf.DatapathMapFrags, unsafe.Sizeof(bpf.DatapathFragValue{}))
 	if err := old.Put(append([]byte{1}, make([]byte, info.KeySize-1)...), []byte{0, 3, 0, 4}); err != nil {
 		t.Fatal(err) // written by the old programs meanwhile
 	}
@@ -410,16 +401,7 @@ func TestMigrateReplacesOlderFlowLog(t *testing.T) {
 	entries := d1.objs.Flowlog.MaxEntries()
 	pinOlder(t, dir, bpf.DatapathMapFlowlog, &ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 80, MaxEntries: entries, Flags: unix.BPF_F_MMAPABLE})
 
-	d2, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
-	if err != nil {
-		t.Fatalf("load over an older flow log: %v", err)
-	}
-	if got := d2.Migrated(); !slices.Contains(got, bpf.DatapathMapFlowlog) {
-		t.Fatalf("migrated %v, want the flow log", got)
-	}
-	if info := pinnedInfo(t, dir, bpf.DatapathMapFlowlog); info.ValueSize != uint32(unsafe.Sizeof(bpf.DatapathFlowRec{})) {
-		t.Fatalf("pinned flow log still has %d-byte records", info.ValueSize)
-	}
+	d2 := loadReplacing(t, dir, bpf.DatapathMapFlowlog, unsafe.Sizeof(bpf.DatapathFlowRec{}))
 	if _, err := d2.FinishMigration(); err != nil {
 		t.Fatal(err)
 	}
@@ -527,4 +509,22 @@ func TestCTSeedPerTable(t *testing.T) {
 		t.Fatalf("seed of a table recording none: %#x, %v", s, err)
 	}
 	stillTracked(d1, k0)
+}
+
+// loadReplacing loads over the pins in dir, where map name was pinned by
+// an older build with other values, and checks that the load replaced it
+// with one of this build's valueSize-byte values.
+func loadReplacing(t *testing.T, dir, name string, valueSize uintptr) *Datapath {
+	t.Helper()
+	d, err := loadPinned(t, dir, Sizes{Conntrack: 1024})
+	if err != nil {
+		t.Fatalf("load over an older %s: %v", name, err)
+	}
+	if got := d.Migrated(); !slices.Contains(got, name) {
+		t.Fatalf("migrated %v, want %s", got, name)
+	}
+	if info := pinnedInfo(t, dir, name); info.ValueSize != uint32(valueSize) {
+		t.Fatalf("pinned %s still has %d-byte values", name, info.ValueSize)
+	}
+	return d
 }
