@@ -537,7 +537,7 @@ func (a *applier) applyEndpoint(ep *policy.Endpoint, ifindexOf ifindexFunc, adop
 	}
 	masks := policy.Masks(&policy.Endpoint{Entries: desired})
 	st.addrs = slices.Clone(ep.Pod.IPs) // those it no longer has are released (apply)
-	if n, ok := a.writeEndpointMasks(st, ifindex, flags, masks, problem); !ok {
+	if n, ok := a.writeEndpointAddrs(st, st.addrs, ifindex, flags, masks, problem); !ok {
 		if newGen != st.gen {
 			// The addresses written before the one that failed
 			// moved to the new generation, the others did not: put
@@ -589,18 +589,13 @@ func (a *applier) attachFailing(st *epState) {
 
 func (a *applier) writeEndpoint(st *epState, ifindex uint32, flags uint16, problem func(string, ...any)) {
 	masks := policy.Masks(&policy.Endpoint{Entries: st.entries})
-	a.writeEndpointMasks(st, ifindex, flags, masks, problem)
+	a.writeEndpointAddrs(st, st.addrs, ifindex, flags, masks, problem)
 	st.flags = flags
 }
 
-// writeEndpointMasks writes the records of all of st's addresses; it
-// returns how many it wrote, and whether that was all of them.
-func (a *applier) writeEndpointMasks(st *epState, ifindex uint32, flags uint16, masks [2][2]uint32, problem func(string, ...any)) (int, bool) {
-	return a.writeEndpointAddrs(st, st.addrs, ifindex, flags, masks, problem)
-}
-
 // writeEndpointAddrs writes the records of st's addresses addrs, up to
-// the first that fails (the endpoint is then failed).
+// the first that fails (the endpoint is then failed); it returns how many
+// it wrote, and whether that was all of them.
 func (a *applier) writeEndpointAddrs(st *epState, addrs []netip.Addr, ifindex uint32, flags uint16, masks [2][2]uint32, problem func(string, ...any)) (int, bool) {
 	for i, addr := range addrs {
 		info := datapath.EndpointInfo{Addr: addr, ID: st.id, Ifindex: ifindex, Identity: uint32(st.identity), Flags: flags, Masks: masks}
