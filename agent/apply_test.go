@@ -48,15 +48,7 @@ func TestNewEndpointWhosePolicyDoesNotFitIsAttached(t *testing.T) {
 		t.Fatalf("%d entries: the test needs more than the map's 4", n)
 	}
 
-	dp, err := datapath.Load(datapath.Options{Sizes: datapath.Sizes{Policy: 4}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	app, err := newApplier(dp, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, app := testApplier(t, datapath.Sizes{Policy: 4})
 	// The endpoint's interface does not exist here: the attachment is
 	// tried and fails, which shows it was tried.
 	res := app.apply(snap, func(string) uint32 { return 1 }, nil)
@@ -141,23 +133,8 @@ func TestEndpointSplitAcrossGenerationsFailsClosed(t *testing.T) {
 		}
 		e.SetPolicy(pol)
 	}
-	dp, err := datapath.Load(datapath.Options{Sizes: datapath.Sizes{Endpoints: 2}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	app, err := newApplier(dp, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply := func() applyResult {
-		t.Helper()
-		snap, err := e.Compute()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return app.apply(snap, func(string) uint32 { return 1 }, nil)
-	}
+	dp, app := testApplier(t, datapath.Sizes{Endpoints: 2})
+	apply := func() applyResult { return applyEngine(t, app, e) }
 	// The server's ports in the policy map, and its records. (The
 	// endpoints' interfaces do not exist here: attaching fails, which
 	// this test leaves aside.)
@@ -172,17 +149,8 @@ func TestEndpointSplitAcrossGenerationsFailsClosed(t *testing.T) {
 		return out
 	}
 	record := func(a netip.Addr) (datapath.EndpointInfo, bool) {
-		t.Helper()
-		list, err := dp.EndpointList()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, info := range list {
-			if info.Addr == a {
-				return info, true
-			}
-		}
-		return datapath.EndpointInfo{}, false
+		info, ok := endpointRecords(t, dp)[a]
+		return info, ok
 	}
 
 	// Two endpoints fill the map.
@@ -251,38 +219,16 @@ func TestAddressMovesBetweenEndpoints(t *testing.T) {
 		e.SetPod(policy.Pod{Key: k, Labels: map[string]string{"app": name}, Node: "n1", IPs: []netip.Addr{ip}})
 		return k
 	}
-	dp, err := datapath.Load(datapath.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dp.Close()
-	app, err := newApplier(dp, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The endpoints' interfaces do not exist here: attaching fails,
 	// which this test leaves aside.
-	apply := func() {
-		t.Helper()
-		snap, err := e.Compute()
-		if err != nil {
-			t.Fatal(err)
-		}
-		app.apply(snap, func(string) uint32 { return 1 }, nil)
-	}
+	dp, app := testApplier(t, datapath.Sizes{})
+	apply := func() { applyEngine(t, app, e) }
 	owners := func(want map[netip.Addr]policy.PodKey) {
 		t.Helper()
-		list, err := dp.EndpointList()
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := map[netip.Addr]uint16{}
-		for _, info := range list {
-			got[info.Addr] = info.ID
-		}
+		got := endpointRecords(t, dp)
 		for addr, k := range want {
-			if id, ok := got[addr]; !ok || id != app.endpoints[k].id {
-				t.Errorf("record of %s: present %v, endpoint ID %d; want %s's, %d", addr, ok, id, k, app.endpoints[k].id)
+			if info, ok := got[addr]; !ok || info.ID != app.endpoints[k].id {
+				t.Errorf("record of %s: present %v, endpoint ID %d; want %s's, %d", addr, ok, info.ID, k, app.endpoints[k].id)
 			}
 		}
 		if len(got) != len(want) {
@@ -305,4 +251,44 @@ func TestAddressMovesBetweenEndpoints(t *testing.T) {
 	c := pod("c", y)
 	apply()
 	owners(map[netip.Addr]policy.PodKey{x: b, y: c})
+}
+
+// testApplier is an applier on a datapath of its own, with map sizes
+// sizes (zero: the defaults), closed when the test ends.
+func testApplier(t *testing.T, sizes datapath.Sizes) (*datapath.Datapath, *applier) {
+	t.Helper()
+	dp, err := datapath.Load(datapath.Options{Sizes: sizes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dp.Close() })
+	app, err := newApplier(dp, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dp, app
+}
+
+// applyEngine applies e's snapshot, every endpoint's interface index 1.
+func applyEngine(t *testing.T, app *applier, e *policy.Engine) applyResult {
+	t.Helper()
+	snap, err := e.Compute()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return app.apply(snap, func(string) uint32 { return 1 }, nil)
+}
+
+// endpointRecords are the endpoints map's records by address.
+func endpointRecords(t *testing.T, dp *datapath.Datapath) map[netip.Addr]datapath.EndpointInfo {
+	t.Helper()
+	list, err := dp.EndpointList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[netip.Addr]datapath.EndpointInfo{}
+	for _, info := range list {
+		out[info.Addr] = info
+	}
+	return out
 }
