@@ -284,12 +284,13 @@ func TestHTTP2NonASCIIAuthorityAndPath(t *testing.T) {
 }
 
 // TestClientGoneWhileWaiting: an HTTP/1 client that goes away (closes or
-// resets its connection) while its request without a body waits for the
-// response gets the upstream connection closed within a couple of
-// seconds, as the upstream would see the client go, rather than at
-// stream_idle_timeout (5 minutes here), also when it goes after
-// request_headers_timeout (1s here) has passed. A client that pipelines
-// another request meanwhile is not taken for gone.
+// resets its connection) while its request waits for the response gets the
+// upstream connection closed within a couple of seconds, as the upstream
+// would see the client go, rather than at stream_idle_timeout (5 minutes
+// here), also when it goes after request_headers_timeout (1s here) has
+// passed, and also once a request body (sized or chunked) has all been
+// sent. A client that pipelines another request meanwhile is not taken for
+// gone.
 func TestClientGoneWhileWaiting(t *testing.T) {
 	started := make(chan struct{}, 4)
 	ended := make(chan time.Time, 4)
@@ -299,26 +300,36 @@ func TestClientGoneWhileWaiting(t *testing.T) {
 			echo.ServeHTTP(w, r)
 			return
 		}
+		// net/http cancels the context when the connection closes, once
+		// the request body is read.
+		io.Copy(io.Discard, r.Body)
 		started <- struct{}{}
-		// net/http cancels the context when the connection closes.
 		select {
 		case <-r.Context().Done():
 			ended <- time.Now()
 		case <-time.After(10 * time.Second):
 		}
 	})})
+	const (
+		get     = "GET /hang HTTP/1.1\r\nHost: web\r\n\r\n"
+		sized   = "POST /hang HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello"
+		chunked = "POST /hang HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+	)
 	for _, tc := range []struct {
 		name  string
+		req   string
 		reset bool
 		after time.Duration // from the request, before the client goes
 	}{
-		{"close", false, 0},
-		{"reset", true, 0},
-		{"reset after request_headers_timeout", true, 1500 * time.Millisecond},
+		{"close", get, false, 0},
+		{"reset", get, true, 0},
+		{"reset after request_headers_timeout", get, true, 1500 * time.Millisecond},
+		{"close after a body", sized, false, 0},
+		{"reset after a chunked body", chunked, true, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := dialProxy(t, lb)
-			io.WriteString(c, "GET /hang HTTP/1.1\r\nHost: web\r\n\r\n")
+			io.WriteString(c, tc.req)
 			select {
 			case <-started:
 			case <-time.After(5 * time.Second):

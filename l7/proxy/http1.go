@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -435,6 +436,42 @@ func (c *conn) stopBody(up *upstream, bodyDone chan error) error {
 // for the response.
 var errClientGone = errors.New("client closed the connection while waiting for the response")
 
+// clientWatch hands an exchange's upstream connection to the janitor
+// (conn.awaiting) once its request is all sent, and back when the wait for
+// the response is over. A request with a body is all sent when its copy,
+// which runs beside the response read, ends: the copy may end after the
+// response has come, and must not hand over an exchange that is over (the
+// janitor could abort a connection already back in the pool).
+type clientWatch struct {
+	mu          sync.Mutex
+	over, armed bool
+}
+
+// arm lets the janitor watch the client while up's response is awaited.
+// Not when the client has pipelined another request (buffered): it is
+// there, and its bytes would hide whether it closed after them.
+func (w *clientWatch) arm(c *conn, up *upstream, buffered int) {
+	if buffered > 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.over {
+		c.awaiting.Store(up)
+		w.armed = true
+	}
+}
+
+// disarm ends the watch; it reports whether the janitor found the client
+// gone and aborted the read from up (or is about to).
+func (w *clientWatch) disarm(c *conn, up *upstream) (gone bool) {
+	w.mu.Lock()
+	w.over = true
+	armed := w.armed
+	w.mu.Unlock()
+	return armed && !c.awaiting.CompareAndSwap(up, nil)
+}
+
 // mutationError: the request could not be written after policy header
 // mutations (an invalid value).
 type mutationError struct{ err error }
@@ -454,6 +491,14 @@ func (c *conn) roundTrip1(br *bufio.Reader, bw *bufio.Writer, up *upstream, req 
 	if err := up.bw.Flush(); err != nil {
 		return nil, nil, err
 	}
+	// Until the response comes, nothing reads the client once the
+	// request is all sent: the janitor watches it meanwhile.
+	var watch clientWatch
+	defer func() {
+		if watch.disarm(c, up) {
+			resp, err = nil, errClientGone
+		}
+	}()
 	if body {
 		bodyDone = make(chan error, 1)
 		lim := limits(&lc.HTTP)
@@ -461,6 +506,7 @@ func (c *conn) roundTrip1(br *bufio.Reader, bw *bufio.Writer, up *upstream, req 
 			_, err := http1.CopyBody(up.bw, http1.RequestFraming(req), br, req.Body, lim)
 			if err == nil {
 				rt.start()
+				watch.arm(c, up, br.Buffered())
 			}
 			var pe *http1.Error
 			if err != nil && (errors.As(err, &pe) || c.tc.readFailed.Load()) {
@@ -474,20 +520,7 @@ func (c *conn) roundTrip1(br *bufio.Reader, bw *bufio.Writer, up *upstream, req 
 	}
 	if !body {
 		rt.start()
-		// Until the response comes, nothing reads the client: let the
-		// janitor watch it (conn.awaiting). Not when the client has
-		// pipelined another request: it is there, and its bytes would
-		// hide whether it closed after them.
-		if br.Buffered() == 0 {
-			c.awaiting.Store(up)
-			defer func() {
-				if !c.awaiting.CompareAndSwap(up, nil) {
-					// The janitor found the client gone and aborted the
-					// read from up, or is about to.
-					resp, err = nil, errClientGone
-				}
-			}()
-		}
+		watch.arm(c, up, br.Buffered())
 	}
 	for {
 		resp, err = http1.ReadResponse(up.br, req.Method, upstreamLimits)
