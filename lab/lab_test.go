@@ -416,7 +416,7 @@ func TestProbeCommandPorts(t *testing.T) {
 		if res := probe(5000, proto); !res.Allowed || !res.ConnectOnly {
 			t.Errorf("%s/5000 (a command's): %+v, want allowed, connect-only", proto, res)
 		}
-		if res := probe(5001, proto); res.Allowed || !res.ConnectOnly || res.Detail != "connection refused" {
+		if res := probe(5001, proto); res.Allowed || !res.ConnectOnly || res.Detail != "connection refused" || !res.Refused {
 			t.Errorf("%s/5001 (nobody's): %+v, want denied (connection refused), connect-only", proto, res)
 		}
 	}

@@ -57,7 +57,17 @@ type MatrixResult struct {
 	Port     int    `json:"port"`
 	// Result is "allowed" or "denied".
 	Result string `json:"result"`
+	// Note qualifies the result: "proxy" (allowed: the node proxy
+	// answered, L7 policy decides each request) or "refused" (denied:
+	// the network let the probe through, nothing listens there).
+	Note string `json:"note,omitempty"`
 }
+
+// Notes of matrix results (MatrixResult.Note).
+const (
+	NoteProxy   = "proxy"
+	NoteRefused = "refused"
+)
 
 func compareResults(a, b MatrixResult) int {
 	return cmp.Or(cmp.Compare(a.From, b.From), cmp.Compare(a.To, b.To),
@@ -171,6 +181,12 @@ func (l *Lab) Matrix(ctx context.Context, spec MatrixSpec) (*Matrix, error) {
 			return err
 		}
 		r.Result = res.String()
+		switch {
+		case res.Proxy:
+			r.Note = NoteProxy
+		case res.Refused:
+			r.Note = NoteRefused
+		}
 		return nil
 	})
 	if err != nil {
@@ -184,11 +200,16 @@ func (l *Lab) Matrix(ctx context.Context, spec MatrixSpec) (*Matrix, error) {
 // Lookup returns the result of one probe ("allowed" or "denied"), or ""
 // if the matrix holds no such probe.
 func (m *Matrix) Lookup(from, to, protocol string, port int) string {
+	return m.find(from, to, protocol, port).Result
+}
+
+// find returns one probe's result (zero if the matrix holds no such probe).
+func (m *Matrix) find(from, to, protocol string, port int) MatrixResult {
 	i, ok := slices.BinarySearchFunc(m.Results, MatrixResult{From: from, To: to, Protocol: protocol, Port: port}, compareResults)
 	if !ok {
-		return ""
+		return MatrixResult{}
 	}
-	return m.Results[i].Result
+	return m.Results[i]
 }
 
 // Counts returns how many probes were allowed and denied.
@@ -230,9 +251,12 @@ func (m *Matrix) WriteJSON(w io.Writer) error {
 
 // WriteTable writes, per protocol and port, a grid with one row per
 // source and one column per destination: "." allowed, "X" denied, "-" not
-// probed (a pod and itself); then a summary.
+// probed (a pod and itself), "P" allowed to the node proxy and "R" refused
+// (see MatrixResult.Note); then a summary, and what P and R mean where
+// they appear.
 func (m *Matrix) WriteTable(w io.Writer) error {
 	var b strings.Builder
+	notes := map[string]bool{}
 	for _, proto := range m.Protocols {
 		for _, port := range m.Ports {
 			allowed, denied := 0, 0
@@ -247,7 +271,8 @@ func (m *Matrix) WriteTable(w io.Writer) error {
 				fmt.Fprint(tw, from)
 				for _, to := range m.Pods {
 					cell := "-"
-					switch m.Lookup(from, to, proto, port) {
+					r := m.find(from, to, proto, port)
+					switch r.Result {
 					case "allowed":
 						cell = "."
 						allowed++
@@ -255,6 +280,13 @@ func (m *Matrix) WriteTable(w io.Writer) error {
 						cell = "X"
 						denied++
 					}
+					switch r.Note {
+					case NoteProxy:
+						cell = "P"
+					case NoteRefused:
+						cell = "R"
+					}
+					notes[r.Note] = true
 					fmt.Fprintf(tw, "\t%s", cell)
 				}
 				fmt.Fprintln(tw)
@@ -269,6 +301,12 @@ func (m *Matrix) WriteTable(w io.Writer) error {
 		fmt.Fprintf(&b, " in %s", m.Elapsed.Round(time.Millisecond))
 	}
 	b.WriteString("\n")
+	if notes[NoteProxy] {
+		b.WriteString("P: allowed to the node proxy, which answered: L7 policy decides each request (lab http, lab grpc)\n")
+	}
+	if notes[NoteRefused] {
+		b.WriteString("R: denied, but by the destination: the connection was refused, nothing listens there\n")
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }

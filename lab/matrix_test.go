@@ -69,3 +69,31 @@ func TestMatrixFormats(t *testing.T) {
 		t.Errorf("Counts = %d, %d", a, d)
 	}
 }
+
+// TestMatrixTableNotes: proxy and refused results get cells of their own
+// and a line saying what they mean; the counts stay allowed and denied.
+func TestMatrixTableNotes(t *testing.T) {
+	m := &Matrix{Pods: []string{"x/a", "x/b"}, Protocols: []string{"tcp"}, Ports: []int{80}, Family: 4,
+		Results: []MatrixResult{
+			{From: "x/a", To: "x/b", Protocol: "tcp", Port: 80, Result: "allowed", Note: NoteProxy},
+			{From: "x/b", To: "x/a", Protocol: "tcp", Port: 80, Result: "denied", Note: NoteRefused},
+		}}
+	var b bytes.Buffer
+	if err := m.WriteTable(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"x/a     -   P\n", "x/b     R   -\n",
+		"tcp/80: 1 allowed, 1 denied",
+		"\nP: allowed to the node proxy", "\nR: denied, but by the destination",
+	} {
+		if !bytes.Contains(b.Bytes(), []byte(want)) {
+			t.Errorf("table lacks %q:\n%s", want, b.String())
+		}
+	}
+	b.Reset()
+	m.WriteJSON(&b)
+	if !bytes.Contains(b.Bytes(), []byte(`"note": "proxy"`)) {
+		t.Errorf("json lacks the note:\n%s", b.String())
+	}
+}

@@ -69,7 +69,16 @@ type ProbeResult struct {
 	// only check that a TCP connection opens or that a UDP datagram gets
 	// an answer, not who answered.
 	ConnectOnly bool
-	Elapsed     time.Duration
+	// Refused: denied because the destination refused the connection (a
+	// TCP reset, an ICMP port unreachable). The datapath drops silently,
+	// so the network let the probe through and nothing listens there.
+	Refused bool
+	// Proxy: allowed because the node proxy answered in the responder's
+	// place. L7 policy applies to the port: the connection was allowed
+	// and redirected at L3/L4, and the proxy decides each request (test
+	// those with lab http or lab grpc).
+	Proxy   bool
+	Elapsed time.Duration
 	// Target is the address and port probed.
 	Target netip.AddrPort
 	// Source is the address and port the responder saw the probe come
@@ -89,8 +98,10 @@ func (r ProbeResult) String() string {
 // Probe connects from one endpoint (a pod, the world host or a node) to
 // another and sends the responder's probe request. It is allowed if To's
 // responder answered with its name and the probe's nonce, denied if
-// nothing (or a refusal) came back in time. A reply from anyone else is an
-// error, as are unknown endpoints.
+// nothing (or a refusal: Refused) came back in time. Where L7 policy
+// redirects the port to the node proxy, the proxy answers the probe
+// request (an HTTP error): allowed, with Proxy set. A reply from anyone
+// else is an error, as are unknown endpoints.
 //
 // A port To's responder does not serve belongs to one of its commands (or
 // to nothing). The probe does not speak the command's protocol there: a
@@ -168,7 +179,8 @@ func probe(ctx context.Context, src string, bind netip.Addr, to endpoint, dst ne
 		if ctx.Err() != nil {
 			return ProbeResult{}, fmt.Errorf("%s: %w", desc, ctx.Err())
 		}
-		return ProbeResult{Detail: denyReason(err), ConnectOnly: connectOnly, Elapsed: time.Since(start), Target: dst}, nil
+		return ProbeResult{Detail: denyReason(err), Refused: errors.Is(err, syscall.ECONNREFUSED),
+			ConnectOnly: connectOnly, Elapsed: time.Since(start), Target: dst}, nil
 	}
 	if dialErr != nil {
 		return denied(dialErr)
@@ -193,6 +205,13 @@ func probe(ctx context.Context, src string, bind netip.Addr, to endpoint, dst ne
 	}
 	if connectOnly {
 		return ProbeResult{Allowed: true, ConnectOnly: true, Elapsed: time.Since(start), Target: dst}, nil
+	}
+	if proto == "tcp" && strings.HasPrefix(reply, "HTTP/") {
+		// The responder never answers a probe request in HTTP: the node
+		// proxy took the connection (L7 policy on this port) and
+		// rejected the request, which is no HTTP.
+		return ProbeResult{Allowed: true, Proxy: true, Elapsed: time.Since(start), Target: dst,
+			Detail: "the node proxy answered (" + reply + "): L7 policy decides each request on this port"}, nil
 	}
 	source, ok := parseProbeReply(reply, want, nonce)
 	if !ok {

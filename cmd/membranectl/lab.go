@@ -304,15 +304,19 @@ func newLabProbeCommand() *cobra.Command {
 		Short: "Probe TO from FROM: prints allowed (exit 0) or denied (exit 1)",
 		Long: `Probe connects from one endpoint to another's built-in responder and
 prints "allowed" (exit status 0) if it answered, or "denied" (exit status 1)
-if nothing came back in time. Other errors exit with status 2, among them an
-answer from someone other than TO's responder.
+if nothing came back in time, or the connection was refused (the datapath
+drops silently, so a refusal means that the network let the probe through
+and nothing listens there: a note on stderr says so). Other errors exit with
+status 2, among them an answer from someone other than TO's responder.
 
 On a port that TO's responder does not serve (a pod's command listens there,
 or nothing does) the probe cannot expect the responder's answer: TCP is
 allowed once the connection opens (the probe sends nothing), UDP once any
 datagram comes back. --verbose then logs connectOnly=true. Where L7 policy
-applies, the node proxy accepts the connection itself: test requests with a
-real client (lab exec FROM -- curl …).
+applies, the node proxy accepts the connection itself and answers the probe:
+the probe is allowed (the connection was allowed and redirected), and a note
+on stderr says that L7 rules decide each request: test those with lab http,
+lab grpc or a real client (lab exec FROM -- curl …).
 
 FROM and TO are each one of:
   NAMESPACE/NAME   a pod
@@ -351,6 +355,12 @@ logged.`,
 				kv = append(kv, "connectOnly", true)
 			}
 			logger(cmd).Info("probe", kv...)
+			switch {
+			case res.Proxy:
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: the node proxy answered for %s: L7 policy decides each request on port %d (lab http, lab grpc)\n", args[1], port)
+			case res.Refused:
+				fmt.Fprintf(cmd.ErrOrStderr(), "note: %s refused the connection: the network let it through, but nothing listens on %s/%d\n", args[1], spec.Protocol, port)
+			}
 			if !res.Allowed {
 				return &exitError{code: 1}
 			}
@@ -370,7 +380,18 @@ func newLabMatrixCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "matrix",
 		Short: "Probe every ordered pair of pods (and nodes, world) and print the reachability matrix",
-		Args:  cobra.NoArgs,
+		Long: `Matrix probes every ordered pair of distinct pods (and nodes and the world
+host, if asked) on every protocol and port, in parallel, as lab probe does,
+and prints the results.
+
+The table has one grid per protocol and port, a row per source and a column
+per destination: "." allowed, "X" denied, "-" not probed (a pod and itself),
+"P" allowed to the node proxy, which answered (L7 policy decides each request
+on that port: test those with lab http or lab grpc), and "R" refused by the
+destination (the network let the probe through, nothing listens there; a
+denial in the counts). tsv prints FROM, TO, PROTOCOL, PORT and allowed or
+denied per line; json adds "note": "proxy" or "refused" where they apply.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := checkOutput(output, "table", "tsv", "json"); err != nil {
 				return err

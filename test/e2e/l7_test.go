@@ -242,6 +242,29 @@ func TestL7(t *testing.T) {
 		}
 	})
 
+	t.Run("probe-and-matrix", func(t *testing.T) {
+		// On a port with L7 rules the node proxy takes the connection and
+		// answers the probe request itself: allowed, noted as the proxy's.
+		ctx := context.Background()
+		r, err := l.Probe(ctx, lab.ProbeSpec{From: "shop/client", To: "shop/web", Port: 80, Timeout: 2 * time.Second})
+		if err != nil || !r.Allowed || !r.Proxy {
+			t.Errorf("probe shop/client -> shop/web:80: %+v, %v; want allowed by the proxy", r, err)
+		}
+		m, err := l.Matrix(ctx, lab.MatrixSpec{Ports: []int{80}, Protocols: []string{"tcp"}, Timeout: 2 * time.Second})
+		if err != nil {
+			t.Fatalf("matrix of a lab with L7 policy: %v", err)
+		}
+		want := map[[2]string]lab.MatrixResult{
+			{"shop/client", "shop/web"}: {Result: "allowed", Note: lab.NoteProxy},
+			{"shop/other", "shop/web"}:  {Result: "denied"}, // L3/L4 first
+		}
+		for _, r := range m.Results {
+			if w, ok := want[[2]string{r.From, r.To}]; ok && (r.Result != w.Result || r.Note != w.Note) {
+				t.Errorf("matrix %s -> %s tcp/80: %q (note %q), want %q (note %q)", r.From, r.To, r.Result, r.Note, w.Result, w.Note)
+			}
+		}
+	})
+
 	t.Run("mismatch-actions", func(t *testing.T) {
 		hc := podClient(t, l, "shop/client", false)
 		check := func(path string, in map[string]string, echoHeader, want string) {
