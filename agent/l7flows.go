@@ -108,6 +108,11 @@ func (c *flowContext) l7Flow(node string, e *accesslogdatav3.HTTPAccessLogEntry)
 		f.DropReason = "L7_ERROR"
 		f.DropReasonDesc = str("reason")
 		policy.Summary = policy.Rule
+		if policy.Summary == "" {
+			// Failed before a rule was looked up (a request that is
+			// not HTTP, a timeout): the error is what there is to say.
+			policy.Summary = "no L7 rule was reached: " + f.DropReasonDesc
+		}
 	default:
 		f.Verdict = api.VerdictForwarded
 		policy.Summary = policy.Rule

@@ -80,6 +80,16 @@ func TestL7Flows(t *testing.T) {
 	if p := denied.Policy; p == nil || p.Endpoint != "y/b" || p.Summary != "no rule of y/b ingress port 80 allows get /admin from identity 257" {
 		t.Errorf("denied flow policy: %+v", p)
 	}
+	// A request that failed before any rule was looked up (not HTTP at
+	// all, here) says why in its summary.
+	failed := c.l7Flow("node1", accessLogEntry(t, map[string]any{
+		"direction": "ingress", "verdict": "ERROR", "source_identity": 257, "destination_identity": 258,
+		"reason": "malformed request line",
+	}, corev3.RequestMethod_METHOD_UNSPECIFIED, "", 400))
+	if failed.Verdict != api.VerdictError || failed.DropReason != "L7_ERROR" ||
+		failed.Policy == nil || failed.Policy.Summary != "no L7 rule was reached: malformed request line" {
+		t.Errorf("failed flow: %+v, policy %+v", failed, failed.Policy)
+	}
 	f := api.FlowFilter{HTTPStatus: []string{"4xx"}, HTTPMethod: []string{"get"}}
 	if !f.Match(denied) || f.Match(allowed) {
 		t.Error("HTTP filters do not select the denied flow only")
