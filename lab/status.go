@@ -57,8 +57,8 @@ type PodStatus struct {
 	Name      string   `json:"name"`
 	Node      string   `json:"node"`
 	IPs       []string `json:"ips"`
-	// State is "running", "creating", or "N/M running" when some of its
-	// processes have exited.
+	// State is "running", "creating", or "N/M running (K exited: …)"
+	// when some of its processes have exited.
 	State string `json:"state"`
 	// Endpoint is the agent's state of the pod's endpoint.
 	Endpoint string `json:"endpoint,omitempty"`
@@ -136,7 +136,9 @@ func (l *Lab) Status(ctx context.Context) (*Status, error) {
 		case running == len(p.Processes):
 			ps.State = "running"
 		default:
-			ps.State = fmt.Sprintf("%d/%d running", running, len(p.Processes))
+			// The lab does not wait for its processes, so it cannot say
+			// how they ended; their output can.
+			ps.State = fmt.Sprintf("%d/%d running (%d exited: lab logs %s)", running, len(p.Processes), len(p.Processes)-running, p.key())
 		}
 		s.Pods = append(s.Pods, ps)
 	}

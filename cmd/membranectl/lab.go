@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -276,7 +277,15 @@ func newLabExecCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "exec NAMESPACE/POD|world|node/NODE -- COMMAND [ARG…]",
 		Short: "Run a command inside the network namespace of a pod, the world host or a node",
-		Args:  cobra.MinimumNArgs(2),
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch len(args) {
+			case 0:
+				return errors.New("lab exec: name where to run (NAMESPACE/POD, world or node/NODE) and the command: lab exec NAMESPACE/POD -- COMMAND [ARG…]")
+			case 1:
+				return fmt.Errorf("lab exec %s: no command to run: give it after --, as in lab exec %s -- ip addr", args[0], args[0])
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			l, err := lab.OpenOnly(name)
 			if err != nil {
