@@ -131,6 +131,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer dp.Close()
+	if want := cfg.Sizes.Conntrack; want != 0 && dp.CTCapacity() != int(want) {
+		log.Info("conntrack capacity rounded up to a power of two (at least 16)", "requested", want, "capacity", dp.CTCapacity())
+	}
 	if cfg.L7 {
 		cfg.Datapath.Proxy = true
 	}

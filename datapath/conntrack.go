@@ -319,3 +319,7 @@ func (t *ctTable) deleteConns(conns []Conn) int {
 // ctConnections is how many connections the datapath's table is sized
 // for.
 func (d *Datapath) ctConnections() int { return ctCapacity(d.objs.Ct.MaxEntries()) }
+
+// CTCapacity is how many connections conntrack holds: Sizes.Conntrack
+// rounded up to a power of two, at least 16.
+func (d *Datapath) CTCapacity() int { return d.ctConnections() }

@@ -44,6 +44,9 @@ func main() {
 	}
 	for name, p := range sizes {
 		what := fmt.Sprintf("capacity of the %s map (default %d)", name, defaultSize(name))
+		if name == "conntrack" {
+			what = fmt.Sprintf("connections conntrack holds (default %d; rounded up to a power of two, at least 16)", defaultSize(name))
+		}
 		if name == "flowlog" {
 			what = fmt.Sprintf("verdict events each CPU's flow log holds until the agent reads them (default %d, fewer per CPU where many CPUs would make the log larger than 16 MiB)", defaultSize(name))
 		}
