@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"errors"
 	"flag"
 	"os"
 	"path/filepath"
@@ -114,5 +115,57 @@ func TestDecodePath(t *testing.T) {
 	objs, err = DecodePath(filepath.Join(dir, "a.yaml"))
 	if err != nil || len(objs) != 1 {
 		t.Errorf("DecodePath of a file: %v, %v", objs, err)
+	}
+}
+
+// TestYAMLSyntaxErrorLine checks that a YAML syntax error names the line
+// of the offending token, whatever the error's class (the YAML library
+// counts lines from 0 for parser errors and from 1 for scanner errors) and
+// wherever the token is (on a document's first line the library falls back
+// to another mark, or to none).
+func TestYAMLSyntaxErrorLine(t *testing.T) {
+	t.Parallel()
+	const head = "apiVersion: v1\nkind: Namespace\n"
+	const ns = head + "metadata: {name: a}\n"
+	cases := []struct {
+		name, in string
+		line     int
+		msg      string
+	}{
+		{"unclosed flow mapping at the end", head + "metadata: {name: x\n", 3, "did not find expected ',' or '}': the { on this line is never closed"},
+		{"unclosed flow mapping before more lines", head + "metadata: {name: x\nspec: {}\nstatus: {}\n", 3, "the { on this line is not closed, or its entries lack a ','"},
+		{"unclosed flow mapping on line 1", "metadata: {name: x\n", 1, "did not find expected ',' or '}'"},
+		{"unclosed flow mapping in a second document", ns + "---\n" + head + "metadata:\n  name: b\n  labels: {app: web\nspec: {}\n", 9, "did not find expected ',' or '}'"},
+		{"unclosed flow sequence", head + "metadata: {name: [broken\n", 3, "did not find expected ',' or ']': the [ on this line is never closed"},
+		{"unclosed flow sequence, several lines", "a: [1,\n  2,\n  3\nb: 4\n", 1, "did not find expected ',' or ']'"},
+		{"missing comma in a multi-line flow mapping", "a: {\n  b: \"x\"\n  c: 1\n}\n", 1, "(the parser stopped on line 3)"},
+		{"dedented key", head + "metadata:\n  name: web\n labels: {}\n", 5, "did not find expected key"},
+		{"dedented key deep down", head + "metadata:\n  name: web\n  labels:\n    a: b\n    c: d\n   e: f\n", 8, "did not find expected key"},
+		{"over-indented key", head + "metadata:\n  name: web\n    labels: {}\n", 5, "mapping values are not allowed in this context"},
+		{"key after a list", "a:\n  - x\n  - y\n  b: 2\n", 4, "did not find expected '-' indicator"},
+		{"list item in a mapping", "a: 1\nb: 2\n- c\n", 3, "did not find expected key"},
+		{"tab indentation", head + "metadata:\n\tname: web\n", 4, "found character that cannot start any token"},
+		{"tab indentation on line 1", "\tapiVersion: v1\n", 1, "found character that cannot start any token"},
+		{"tab indentation after a value", head + "metadata:\n  name: web\n\tlabels: {}\n", 5, "found a tab character that violates indentation"},
+		{"unclosed double quote", head + "metadata:\n  name: \"web\n  namespace: x\n", 4, "found unexpected end of stream: a quote opened on this line is never closed"},
+		{"unclosed single quote", head + "metadata: {name: 'web}\n", 3, "found unexpected end of stream"},
+		{"unclosed quote on line 1", "apiVersion: \"v1\nkind: Namespace\n", 1, "found unexpected end of stream"},
+		{"character that cannot start a token", head + "metadata:\n  @name: web\n", 4, "found character that cannot start any token"},
+		{"undefined tag handle", head + "metadata: !x!y {name: a}\n", 3, "found undefined tag handle"},
+		{"windows line ends", "apiVersion: v1\r\nkind: Namespace\r\nmetadata: {name: x\r\n", 3, "did not find expected ',' or '}'"},
+		{"byte order mark", "\ufeffapiVersion: v1\nkind: Namespace\n  metadata: {name: x}\n", 3, "mapping values are not allowed in this context"},
+		{"after comments and a separator", "# c\n---\n# d\n" + head + "metadata:\n name: a\n  x: 1\n", 8, "mapping values are not allowed in this context"},
+	}
+	for _, c := range cases {
+		_, err := Decode("in.yaml", []byte(c.in))
+		var list ErrorList
+		if !errors.As(err, &list) || len(list) != 1 {
+			t.Errorf("%s: want one error, got %v", c.name, err)
+			continue
+		}
+		var e *Error
+		if !errors.As(list[0], &e) || e.Line != c.line || !strings.Contains(e.Msg, c.msg) {
+			t.Errorf("%s: got %q, want line %d and %q", c.name, list[0], c.line, c.msg)
+		}
 	}
 }

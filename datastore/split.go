@@ -140,17 +140,7 @@ func parseYAMLDocument(raw []byte, firstLine int, doc *document) (yerr *yamlErro
 			yerr = &yamlError{line: firstLine, msg: fmt.Sprint("cannot parse: ", r)}
 		}
 	}()
-	toErr := func(err error) *yamlError {
-		msg := err.Error()
-		if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-			n, _ := strconv.Atoi(m[1])
-			return &yamlError{line: firstLine + n - 1, msg: m[2]}
-		}
-		if m, ok := strings.CutPrefix(msg, "yaml: "); ok {
-			return &yamlError{line: firstLine, msg: m + " (somewhere in the document starting on this line)"}
-		}
-		return &yamlError{line: firstLine, msg: msg}
-	}
+	toErr := func(err error) *yamlError { return yamlSyntaxError(raw, firstLine, err) }
 	var root yaml3.Node
 	if err := yaml3.Unmarshal(raw, &root); err != nil {
 		return toErr(err)
@@ -162,6 +152,138 @@ func parseYAMLDocument(raw []byte, firstLine int, doc *document) (yerr *yamlErro
 	}
 	doc.json = j
 	return nil
+}
+
+// yamlSyntaxError turns an error of the YAML parsers about raw, a document
+// starting on line firstLine of the input, into one naming the line of the
+// offending token.
+//
+// The parsers' own line is not that. Both go.yaml.in/yaml/v3 (which parses
+// first) and v2 (under sigs.k8s.io/yaml) are ports of libyaml, whose marks
+// count lines from 0; they add 1 only for scanner errors (a bad character,
+// tab or indentation, an unclosed quote), so a parser error (an unclosed
+// flow collection, a key or "-" where none fits) names the line before.
+// Each reports one of two marks: the context (where the construct being
+// read starts: the unclosed "{", the quote) or the problem (where reading
+// it failed); v3 prefers the context, v2 the problem, and both fall back
+// to the other one, or to no line at all, when the mark is on the first
+// line. So the document is parsed again behind one blank line, where no
+// mark is on the first line, by both parsers, which gives both marks; the
+// message tells the error's class, hence how to count.
+//
+// The offending token is at the problem mark, except when the problem is
+// the end of the document (what the context opens is never closed) and
+// for unclosed flow collections ("{" or "[" without "}" or "]"), which are
+// named by their opening bracket.
+func yamlSyntaxError(raw []byte, firstLine int, err error) *yamlError {
+	msg, ok := strings.CutPrefix(err.Error(), "yaml: ")
+	if !ok {
+		return &yamlError{line: firstLine, msg: err.Error()}
+	}
+	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+		msg = m[2]
+	}
+	padded := padYAML(raw)
+	var ctxLine, probLine int
+	var n yaml3.Node
+	if l, pmsg, ok := yamlErrorLine(yaml3.Unmarshal(padded, &n)); ok && pmsg == msg {
+		ctxLine = libyamlLine(l, msg)
+	}
+	if _, perr := yaml.YAMLToJSON(padded); perr != nil {
+		if l, pmsg, ok := yamlErrorLine(perr); ok && pmsg == msg {
+			probLine = libyamlLine(l, msg)
+		}
+	}
+	lines := bytes.Count(raw, []byte("\n"))
+	if len(raw) > 0 && raw[len(raw)-1] != '\n' {
+		lines++
+	}
+	lines = max(lines, 1)
+	inDoc := func(l int) bool { return l >= 1 && l <= lines }
+	line := 0
+	switch bracket, flow := unclosedFlow[msg]; {
+	case flow && inDoc(ctxLine):
+		line = ctxLine
+		if inDoc(probLine) && probLine != ctxLine {
+			msg += fmt.Sprintf(": the %s on this line is not closed, or its entries lack a ',' (the parser stopped on line %d)", bracket, firstLine+probLine-1)
+		} else {
+			msg += fmt.Sprintf(": the %s on this line is never closed", bracket)
+		}
+	case inDoc(probLine):
+		line = probLine
+	case msg == "found unexpected end of stream" && inDoc(ctxLine):
+		// libyaml's only end of stream error: in a quoted scalar.
+		line = ctxLine
+		msg += ": a quote opened on this line is never closed"
+	case inDoc(ctxLine):
+		line = ctxLine
+	case probLine > lines || ctxLine > lines:
+		line = lines // the end of the document
+	default:
+		return &yamlError{line: firstLine, msg: msg + " (somewhere in the document starting on this line)"}
+	}
+	return &yamlError{line: firstLine + line - 1, msg: msg}
+}
+
+// padYAML returns raw behind one blank line (after the byte order mark, if
+// any, which must stay first).
+func padYAML(raw []byte) []byte {
+	bom := []byte("\ufeff")
+	out := make([]byte, 0, len(raw)+1)
+	if bytes.HasPrefix(raw, bom) {
+		out = append(out, bom...)
+		raw = raw[len(bom):]
+	}
+	return append(append(out, '\n'), raw...)
+}
+
+// yamlErrorLine returns the line and the message of a YAML parser error
+// "yaml: line N: msg".
+func yamlErrorLine(err error) (line int, msg string, ok bool) {
+	if err == nil {
+		return 0, "", false
+	}
+	m := yamlLineRE.FindStringSubmatch(err.Error())
+	if m == nil {
+		return 0, "", false
+	}
+	line, _ = strconv.Atoi(m[1])
+	return line, m[2], true
+}
+
+// libyamlLine turns the line a YAML parser reported for the padded document
+// (see yamlSyntaxError) into the 1-based line of the document: parser
+// errors report the 0-based line, one short, which the blank line in front
+// makes up for; scanner errors report it 1-based, one more.
+func libyamlLine(reported int, msg string) int {
+	if libyamlParserErrors[msg] {
+		return reported
+	}
+	return reported - 1
+}
+
+// libyamlParserErrors are the messages of libyaml's parser errors
+// (yaml_parser_set_parser_error in parserc.go of go.yaml.in/yaml/v2 and
+// v3); every other message with a line is a scanner error.
+var libyamlParserErrors = map[string]bool{
+	"did not find expected <stream-start>":   true,
+	"did not find expected <document start>": true,
+	"did not find expected node content":     true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected key":              true,
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found duplicate %TAG directive":         true,
+	"found undefined tag handle":             true,
+}
+
+// unclosedFlow are the parser errors of a flow collection that does not
+// end where it should, with the bracket that opens it.
+var unclosedFlow = map[string]string{
+	"did not find expected ',' or '}'": "{",
+	"did not find expected ',' or ']'": "[",
 }
 
 // findDuplicates reports every mapping key that occurs twice in the same
