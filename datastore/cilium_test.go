@@ -204,7 +204,7 @@ func TestCiliumStoreRules(t *testing.T) {
 	const cnp = "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: p, namespace: shop}\nspec: {endpointSelector: {}, ingress: [{}]}\n"
 	const ccnp = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: p}\nspec: {endpointSelector: {}, ingress: [{}]}\n"
 	_, err := s.Apply(mustDecode(t, cnp))
-	if err == nil || !strings.Contains(err.Error(), `CiliumNetworkPolicy shop/p: metadata.namespace: namespace "shop" does not exist`) {
+	if err == nil || !strings.Contains(err.Error(), `CiliumNetworkPolicy shop/p: metadata.namespace: Namespace "shop" does not exist`) {
 		t.Fatalf("CiliumNetworkPolicy without its namespace: %v", err)
 	}
 	mustApply(t, s, ccnp)

@@ -242,7 +242,7 @@ spec: {containers: [{name: c}]}
 	if !errors.As(err, &list) || len(list) != 2 {
 		t.Fatalf("want an ErrorList of 2, got %#v", err)
 	}
-	for _, want := range []string{"10.244.0.5 is already the IP of Pod shop/web", `namespace "nowhere" does not exist`} {
+	for _, want := range []string{"10.244.0.5 is already the IP of Pod shop/web", `Namespace "nowhere" does not exist`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}

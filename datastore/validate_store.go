@@ -27,7 +27,7 @@ func checkUnion(all map[Key]*Object, changed map[Key]bool) []error {
 			continue
 		}
 		if _, ok := all[Key{Kind: "Namespace", Name: o.Namespace}]; !ok {
-			report(o, "metadata.namespace", fmt.Sprintf("namespace %q does not exist; add a Namespace (apiVersion: v1, kind: Namespace, metadata.name: %s) to the datastore or to this apply", o.Namespace, o.Namespace))
+			report(o, "metadata.namespace", fmt.Sprintf("Namespace %q does not exist; add a Namespace (apiVersion: v1, kind: Namespace, metadata.name: %s) to the datastore or to this apply", o.Namespace, o.Namespace))
 		}
 	}
 
@@ -41,9 +41,9 @@ func checkUnion(all map[Key]*Object, changed map[Key]bool) []error {
 	for _, l := range labs[min(1, len(labs)):] {
 		first := labs[0]
 		if changed[l.Key] {
-			report(l, "", fmt.Sprintf("a datastore holds at most one Lab, and it already has Lab %q (%s); change that one or delete it first", first.Name, first.Source))
+			report(l, "", oneLabMsg(first))
 		} else if changed[first.Key] {
-			report(first, "", fmt.Sprintf("a datastore holds at most one Lab, and it already has Lab %q (%s); change that one or delete it first", l.Name, l.Source))
+			report(first, "", oneLabMsg(l))
 		}
 	}
 	var lab *Lab
@@ -124,6 +124,16 @@ func checkUnion(all map[Key]*Object, changed map[Key]bool) []error {
 		}
 	}
 	return errs
+}
+
+// oneLabMsg says that other, a Lab in the store, leaves no room for a
+// second one. The store cannot tell whether a lab runs on it, and a running
+// lab refuses both changing its Lab's nodes and deleting it, so the hint
+// covers both cases.
+func oneLabMsg(other *Object) string {
+	return fmt.Sprintf("a datastore holds at most one Lab, and it already has Lab %q (%s); "+
+		"a running lab's shape is fixed while it runs: run `membranectl lab down`, then `membranectl lab up` with the new Lab object "+
+		"(in a datastore no lab runs on, change Lab %q or delete it first)", other.Name, other.Source, other.Name)
 }
 
 // podIPField names the field that holds ip in pod's status.
