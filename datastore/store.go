@@ -1,6 +1,7 @@
 package datastore
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -72,6 +73,29 @@ func (s *Store) List() (objs []Object, rev int64, rejected []Rejection) {
 	return s.list(nil)
 }
 
+// Revision returns the store's revision.
+func (s *Store) Revision() (int64, error) {
+	unlock, err := lockFile(s.lockPath(), lockShared)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
+	return readRevision(s.revisionPath())
+}
+
+// ListKeys is List for the objects with the given keys only; it reads no
+// other file. Keys that are not stored are left out; a key without a
+// namespace means namespace "default" for namespaced kinds.
+func (s *Store) ListKeys(keys ...Key) (objs []Object, rev int64, rejected []Rejection) {
+	names := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		if k, err := normalizeKey(k); err == nil {
+			names[fileName(k)] = true
+		}
+	}
+	return s.list(kindFilter(nil, names))
+}
+
 // Exists reports whether an object with key k is stored (valid or not),
 // without reading it.
 func (s *Store) Exists(k Key) bool {
@@ -129,8 +153,12 @@ func (s *Store) list(keep func(string) bool) (objs []Object, rev int64, rejected
 // when everything is valid, writes them and bumps the revision, which it
 // returns. Each written object gets metadata.resourceVersion set to the new
 // revision and keeps the uid it had in the store (a new object gets a
-// random one). When anything is invalid, Apply writes nothing and returns
-// an ErrorList of every problem. objs are not modified.
+// random one). An object the store already holds as it would be written
+// (the same after defaults, resourceVersion and uid aside) is not written
+// again and keeps its resourceVersion; when no object changes, nothing is
+// written and Apply returns the current revision. When anything is
+// invalid, Apply writes nothing and returns an ErrorList of every problem.
+// objs are not modified.
 func (s *Store) Apply(objs []Object) (int64, error) {
 	prepared, errs := prepareApply(objs)
 	s.mu.Lock()
@@ -171,6 +199,16 @@ func (s *Store) Apply(objs []Object) (int64, error) {
 		sortErrors(errs)
 		return 0, errs
 	}
+	// An object the store holds as it would write it is left alone
+	// (kubectl's "unchanged"); when that is every object, nothing is
+	// written and the revision stays, so watchers see no change.
+	write := prepared[:0]
+	for i := range prepared {
+		if !sameAsStored(&prepared[i], states[fileName(prepared[i].Key)]) {
+			write = append(write, prepared[i])
+		}
+	}
+	prepared = write
 	if len(prepared) == 0 {
 		return readRevision(s.revisionPath())
 	}
@@ -199,6 +237,29 @@ func (s *Store) Apply(objs []Object) (int64, error) {
 		return 0, fmt.Errorf("apply: %w", err)
 	}
 	return rev, nil
+}
+
+// sameAsStored tells whether o, validated and defaulted for writing, is
+// what the store holds in st: the two compare equal as the store writes
+// them (JSON), with o given the stored resourceVersion and uid that a
+// write would replace and keep. A stored file that is not valid, or lacks
+// either, is never the same. o's resourceVersion and uid are overwritten.
+func sameAsStored(o *Object, st *fileState) bool {
+	if st == nil || st.obj == nil {
+		return false
+	}
+	old, m := st.obj.meta(), o.meta()
+	if old == nil || m == nil || old.GetUID() == "" || old.GetResourceVersion() == "" {
+		return false
+	}
+	m.SetResourceVersion(old.GetResourceVersion())
+	m.SetUID(old.GetUID())
+	a, err := json.Marshal(o.Obj)
+	if err != nil {
+		return false
+	}
+	b, err := json.Marshal(st.obj.Obj)
+	return err == nil && bytes.Equal(a, b)
 }
 
 // prepareApply copies objs, fills in defaults and validates each on its

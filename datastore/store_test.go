@@ -115,18 +115,36 @@ func TestStoreRoundTrip(t *testing.T) {
 		t.Errorf("pod read back as %+v", pod)
 	}
 
-	// Re-applying bumps the revision and keeps the uid; a new Store
-	// instance (no cache) reads the same.
-	if rev := mustApply(t, s, shop); rev != 2 {
-		t.Fatalf("second apply: revision %d, want 2", rev)
+	// Re-applying the same objects writes nothing and keeps the revision.
+	before := dirSnapshot(t, s.Dir())
+	if rev := mustApply(t, s, shop); rev != 1 {
+		t.Fatalf("second apply of the same objects: revision %d, want 1", rev)
+	}
+	if after := dirSnapshot(t, s.Dir()); !mapsEqual(before, after) {
+		t.Fatal("applying the same objects again changed the store")
+	}
+	// Changing one writes that one only, at a new revision, with its uid;
+	// a new Store instance (no cache) reads the same.
+	if rev := mustApply(t, s, strings.Replace(shop, "labels: {app: web}", "labels: {app: web, tier: front}", 1)); rev != 2 {
+		t.Fatalf("apply of a changed pod: revision %d, want 2", rev)
 	}
 	s2, err := Open(s.Dir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	objs, rev, _ = s2.List()
-	if rev != 2 || objs[2].Obj.(*corev1.Pod).UID != uid || objs[2].Revision != 2 {
-		t.Errorf("after re-apply: revision %d, pod uid %q (was %q), pod revision %d", rev, objs[2].Obj.(*corev1.Pod).UID, uid, objs[2].Revision)
+	if rev != 2 || objs[2].Obj.(*corev1.Pod).UID != uid || objs[2].Revision != 2 || objs[2].Obj.(*corev1.Pod).Labels["tier"] != "front" {
+		t.Errorf("after re-apply: revision %d, pod uid %q (was %q), pod revision %d, labels %v", rev, objs[2].Obj.(*corev1.Pod).UID, uid, objs[2].Revision, objs[2].Obj.(*corev1.Pod).Labels)
+	}
+	if objs[0].Revision != 1 || objs[1].Revision != 1 {
+		t.Errorf("unchanged objects rewritten: revisions %d, %d, want 1", objs[0].Revision, objs[1].Revision)
+	}
+	// ListKeys reads the objects asked for.
+	if got, rev, _ := s2.ListKeys(Key{"Pod", "shop", "web"}, Key{"Namespace", "", "shop"}, Key{"Pod", "shop", "ghost"}); rev != 2 || !slices.Equal(keysOf(got), []string{"Namespace shop", "Pod shop/web"}) {
+		t.Errorf("ListKeys: %v at revision %d", keysOf(got), rev)
+	}
+	if rev, err := s2.Revision(); rev != 2 || err != nil {
+		t.Errorf("Revision: %d, %v", rev, err)
 	}
 
 	// Objects handed out are copies.
