@@ -3,6 +3,7 @@ package datastore
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -57,38 +58,30 @@ func Decode(source string, data []byte) ([]Object, error) {
 // in a directory and its subdirectories, in lexical order. Hidden files and
 // directories (name starting with ".") are skipped. An object defined twice
 // is an error naming both places.
-func DecodePath(root string) ([]Object, error) {
-	info, err := os.Stat(root)
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", root, err)
-	}
-	if !info.IsDir() {
-		data, err := os.ReadFile(root)
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", root, err)
-		}
-		return Decode(root, data)
-	}
+func DecodePath(root string) ([]Object, error) { return DecodePaths(root) }
+
+// DecodePaths is DecodePath for several files and directories, decoded as
+// one input: the objects of all of them, in order, and every problem in
+// any of them. An object defined twice, in one file or in two, is an error
+// naming both places. A file named twice (directly or in a directory) is
+// read once.
+func DecodePaths(roots ...string) ([]Object, error) {
 	var objs []Object
 	var errs ErrorList
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	read := map[string]bool{}
+	decodeFile := func(p string) {
+		abs, err := filepath.Abs(p)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("read %s: %w", p, err))
-			return nil
+			abs = filepath.Clean(p)
 		}
-		if p != root && strings.HasPrefix(d.Name(), ".") {
-			if d.IsDir() {
-				return filepath.SkipDir
-			}
-			return nil
+		if read[abs] {
+			return
 		}
-		if d.IsDir() || !isManifestName(d.Name()) {
-			return nil
-		}
+		read[abs] = true
 		data, err := os.ReadFile(p)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("read %s: %w", p, err))
-			return nil
+			return
 		}
 		o, err := Decode(p, data)
 		objs = append(objs, o...)
@@ -97,10 +90,40 @@ func DecodePath(root string) ([]Object, error) {
 		} else if err != nil {
 			errs = append(errs, err)
 		}
-		return nil
-	})
-	if err != nil {
-		errs = append(errs, fmt.Errorf("read %s: %w", root, err))
+	}
+	for _, root := range roots {
+		info, err := os.Stat(root)
+		if err != nil {
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err // not "read x: stat x: …"
+			}
+			errs = append(errs, fmt.Errorf("read %s: %w", root, err))
+			continue
+		}
+		if !info.IsDir() {
+			decodeFile(root)
+			continue
+		}
+		err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				errs = append(errs, fmt.Errorf("read %s: %w", p, err))
+				return nil
+			}
+			if p != root && strings.HasPrefix(d.Name(), ".") {
+				if d.IsDir() {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if !d.IsDir() && isManifestName(d.Name()) {
+				decodeFile(p)
+			}
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read %s: %w", root, err))
+		}
 	}
 	objs, dupErrs := rejectDuplicateKeys(objs)
 	errs = append(errs, dupErrs...)

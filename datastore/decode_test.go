@@ -118,6 +118,51 @@ func TestDecodePath(t *testing.T) {
 	}
 }
 
+func TestDecodePaths(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	ns := write("ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+	pod := write("pods/p.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\nspec: {containers: [{name: c}]}\n")
+	again := write("again.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: q, namespace: x}\nspec: {containers: [{name: c}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n")
+	bad := write("bad.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: Bad}\n")
+
+	// Files and directories together, in order; a file named twice, or
+	// also through its directory, is read once.
+	objs, err := DecodePaths(ns, filepath.Join(dir, "pods"), pod, dir+"/pods/../ns.yaml")
+	var got []string
+	for _, o := range objs {
+		got = append(got, o.Key.String())
+	}
+	if err != nil || strings.Join(got, ", ") != "Namespace x, Pod x/p" {
+		t.Errorf("DecodePaths: %v, %v", got, err)
+	}
+	// An object in two files is refused like one defined twice in a file;
+	// every problem of every path is reported.
+	_, err = DecodePaths(ns, again, bad, filepath.Join(dir, "missing.yaml"))
+	for _, want := range []string{
+		again + "#2: Namespace x: defined twice: also in " + ns + "; keep one of them",
+		bad + ": Namespace Bad: metadata.name",
+		"read " + filepath.Join(dir, "missing.yaml") + ": no such file or directory",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error:\n%v\nwant it to hold %q", err, want)
+		}
+	}
+	if list, ok := err.(ErrorList); !ok || len(list) != 3 {
+		t.Errorf("want an ErrorList of 3, got %#v", err)
+	}
+}
+
 // TestYAMLSyntaxErrorLine checks that a YAML syntax error names the line
 // of the offending token, whatever the error's class (the YAML library
 // counts lines from 0 for parser errors and from 1 for scanner errors) and
