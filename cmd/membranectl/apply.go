@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -26,19 +28,49 @@ func (t *target) addFlags(cmd *cobra.Command) {
 	cmd.MarkFlagsMutuallyExclusive("lab", "datastore")
 }
 
+// addFilenameFlag adds -f/--filename, which may be given several times.
+func addFilenameFlag(cmd *cobra.Command, paths *[]string) {
+	cmd.Flags().StringArrayVarP(paths, "filename", "f", nil, "YAML file or directory (repeat -f for several)")
+	cmd.MarkFlagRequired("filename")
+}
+
+// decodeInput decodes the files and directories of -f as one input, and
+// refuses input without objects, as kubectl does: an empty file or one of
+// comments only is more likely a mistake than a request to do nothing.
+func decodeInput(verb string, paths []string) ([]datastore.Object, error) {
+	objs, err := datastore.DecodePaths(paths...)
+	if err != nil {
+		return nil, err
+	}
+	if len(objs) == 0 {
+		var why []string
+		for _, p := range paths {
+			if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+				why = append(why, p+" has no .yaml, .yml or .json file with an object in it")
+			} else {
+				why = append(why, p+" is empty or holds only comments")
+			}
+		}
+		return nil, fmt.Errorf("no objects passed to %s: %s", verb, strings.Join(why, "; "))
+	}
+	return objs, nil
+}
+
 func newApplyCommand() *cobra.Command {
-	var path string
+	var paths []string
 	var t target
 	cmd := &cobra.Command{
-		Use:   "apply -f FILE_OR_DIR",
+		Use:   "apply -f FILE_OR_DIR [-f FILE_OR_DIR]...",
 		Short: "Create or update objects in a lab (or a datastore)",
-		Long: `Apply validates the objects in FILE_OR_DIR together with those already
-stored and writes all of them or none. In a lab, new pods are placed on a
-node, given IPs, wired and started; deleted ones are torn down; and apply
-returns once every agent enforces the result.`,
+		Long: `Apply validates the objects in every FILE_OR_DIR together with those
+already stored and writes all of them or none. Objects that are already
+stored as given are left alone ("unchanged"); when nothing changes,
+nothing is written. In a lab, new pods are placed on a node, given IPs,
+wired and started; deleted ones are torn down; and apply returns once
+every agent enforces the result.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := datastore.DecodePath(path)
+			objs, err := decodeInput("apply", paths)
 			if err != nil {
 				return err
 			}
@@ -51,28 +83,38 @@ returns once every agent enforces the result.`,
 					return err
 				}
 				l.SetLogger(logger(cmd))
+				// The lab reports every object it had as configured;
+				// its datastore tells which the apply left alone.
+				var store *datastore.Store
+				var before int64
+				if store, err = datastore.Open(l.DatastoreDir()); err != nil {
+					return err
+				}
+				if before, err = store.Revision(); err != nil {
+					return err
+				}
 				changes, err = l.Apply(cmd.Context(), objs)
+				markUnchanged(store, before, changes)
 			}
 			printChanges(cmd.OutOrStdout(), changes)
 			return err
 		},
 	}
-	cmd.Flags().StringVarP(&path, "filename", "f", "", "YAML file or directory")
-	cmd.MarkFlagRequired("filename")
+	addFilenameFlag(cmd, &paths)
 	t.addFlags(cmd)
 	return cmd
 }
 
 func newDeleteCommand() *cobra.Command {
-	var path string
+	var paths []string
 	var t target
 	var opts datastore.DeleteOptions
 	cmd := &cobra.Command{
-		Use:   "delete -f FILE_OR_DIR",
+		Use:   "delete -f FILE_OR_DIR [-f FILE_OR_DIR]...",
 		Short: "Delete the objects named in FILE_OR_DIR from a lab (or a datastore)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := datastore.DecodePath(path)
+			objs, err := decodeInput("delete", paths)
 			if err != nil {
 				return err
 			}
@@ -95,8 +137,7 @@ func newDeleteCommand() *cobra.Command {
 			return err
 		},
 	}
-	cmd.Flags().StringVarP(&path, "filename", "f", "", "YAML file or directory")
-	cmd.MarkFlagRequired("filename")
+	addFilenameFlag(cmd, &paths)
 	cmd.Flags().BoolVar(&opts.IgnoreNotFound, "ignore-not-found", false, "treat objects that do not exist as deleted")
 	t.addFlags(cmd)
 	return cmd
@@ -114,19 +155,54 @@ func applyToDatastore(dir string, objs []datastore.Object) ([]lab.Change, error)
 	if err != nil {
 		return nil, err
 	}
-	before := storedKeys(store)
+	before, err := store.Revision()
+	if err != nil {
+		return nil, err
+	}
+	existed := make(map[datastore.Key]bool, len(objs))
+	for _, o := range objs {
+		existed[o.Key] = store.Exists(o.Key)
+	}
 	if _, err := store.Apply(objs); err != nil {
 		return nil, err
 	}
 	var changes []lab.Change
 	for _, o := range objs {
 		action := "created"
-		if before[o.Key] {
+		if existed[o.Key] {
 			action = "configured"
 		}
 		changes = append(changes, lab.Change{Key: o.Key, Action: action})
 	}
+	markUnchanged(store, before, changes)
 	return changes, nil
+}
+
+// markUnchanged turns "configured" into "unchanged" for the objects of
+// changes that the apply did not write. The store leaves an object it
+// holds as given alone, with the resourceVersion it had; one the apply
+// wrote has a resourceVersion newer than before, the store's revision
+// before the apply.
+func markUnchanged(store *datastore.Store, before int64, changes []lab.Change) {
+	var keys []datastore.Key
+	for _, c := range changes {
+		if c.Action == "configured" {
+			keys = append(keys, c.Key)
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	objs, _, _ := store.ListKeys(keys...)
+	written := make(map[datastore.Key]int64, len(objs))
+	for _, o := range objs {
+		written[o.Key] = o.Revision
+	}
+	for i, c := range changes {
+		if rev, ok := written[c.Key]; ok && c.Action == "configured" && rev <= before {
+			changes[i].Action = "unchanged"
+		}
+	}
 }
 
 // deleteFromDatastore deletes keys from a bare datastore.

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/membrane-mesh/membrane/datastore"
 	"github.com/membrane-mesh/membrane/lab"
 )
 
@@ -131,6 +133,33 @@ func TestLabCommands(t *testing.T) {
 	if out, _, code := membranectl(t, "lab", "status", "--name", name); code != 0 || !strings.Contains(out, "cli/c") || !strings.Contains(out, "running") {
 		t.Errorf("status: %d\n%s", code, out)
 	}
+	// Applying what the lab holds already changes nothing: not the
+	// datastore, not its revision.
+	l, err := lab.OpenOnly(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := datastore.Open(l.DatastoreDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	revBefore, _ := store.Revision()
+	want := "Namespace cli unchanged\nPod cli/a unchanged\nPod cli/b unchanged\nPod cli/c unchanged\n"
+	if out, errOut, code := membranectl(t, "apply", "-f", writeFile(t, "lab.yaml", twoPods), "-f", added, "--lab", name); code != 0 || out != want {
+		t.Errorf("apply of the same objects: code %d, %q %s", code, out, errOut)
+	}
+	if rev, _ := store.Revision(); rev != revBefore {
+		t.Errorf("apply of the same objects moved the revision from %d to %d", revBefore, rev)
+	}
+	// A second Lab is refused, with a hint that works on a running lab.
+	labObj := "apiVersion: membrane.dev/v1alpha1\nkind: Lab\nmetadata: {name: %s}\n"
+	if out, errOut, code := membranectl(t, "apply", "-f", writeFile(t, "lab1.yaml", fmt.Sprintf(labObj, "first")), "--lab", name); code != 0 || out != "Lab first created\n" {
+		t.Errorf("apply of a Lab: code %d, %q %s", code, out, errOut)
+	}
+	if _, errOut, code := membranectl(t, "apply", "-f", writeFile(t, "lab2.yaml", fmt.Sprintf(labObj, "second")), "--lab", name); code != 1 ||
+		!strings.Contains(errOut, "Lab second: a datastore holds at most one Lab") || !strings.Contains(errOut, "`membranectl lab down`, then `membranectl lab up` with the new Lab object") {
+		t.Errorf("apply of a second Lab: code %d, %s", code, errOut)
+	}
 	invalid := writeFile(t, "bad.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: d, namespace: cli}\nspec:\n  containers: [{name: c, ports: [{containerPort: 99999}]}]\n")
 	if _, errOut, code := membranectl(t, "apply", "-f", invalid, "--lab", name); code != 1 || !strings.Contains(errOut, "containerPort") {
 		t.Errorf("invalid apply: code %d, %s", code, errOut)
@@ -152,8 +181,20 @@ func TestApplyToDatastore(t *testing.T) {
 	if out, errOut, code := membranectl(t, "apply", "-f", objs, "--datastore", dir); code != 0 || out != "Namespace plain created\n" {
 		t.Fatalf("apply: %d %q %s", code, out, errOut)
 	}
-	if out, _, code := membranectl(t, "apply", "-f", objs, "--datastore", dir); code != 0 || out != "Namespace plain configured\n" {
-		t.Errorf("apply again: %d %q", code, out)
+	revision := func() string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, "revision"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	if out, _, code := membranectl(t, "apply", "-f", objs, "--datastore", dir); code != 0 || out != "Namespace plain unchanged\n" || revision() != "1" {
+		t.Errorf("apply again: %d %q, revision %s (want 1)", code, out, revision())
+	}
+	relabelled := writeFile(t, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: plain, labels: {team: a}}\n")
+	if out, _, code := membranectl(t, "apply", "-f", relabelled, "--datastore", dir); code != 0 || out != "Namespace plain configured\n" || revision() != "2" {
+		t.Errorf("apply of a change: %d %q, revision %s (want 2)", code, out, revision())
 	}
 	if out, _, code := membranectl(t, "delete", "-f", objs, "--datastore", dir); code != 0 || out != "Namespace plain deleted\n" {
 		t.Errorf("delete: %d %q", code, out)
@@ -166,5 +207,74 @@ func TestApplyToDatastore(t *testing.T) {
 	}
 	if _, errOut, code := membranectl(t, "apply", "-f", objs, "--datastore", dir, "--lab", "x"); code != 1 || !strings.Contains(errOut, "none of the others can be") {
 		t.Errorf("--lab with --datastore: code %d, %s", code, errOut)
+	}
+}
+
+func TestApplyManyFiles(t *testing.T) {
+	dir := t.TempDir()
+	revision := func() string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, "revision"))
+		if os.IsNotExist(err) {
+			return "none" // never opened
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return strings.TrimSpace(string(b))
+	}
+	ns := writeFile(t, "ns.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")
+	pods := writeFile(t, "pods.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: shop}\nspec: {containers: [{name: c}]}\n")
+	morePods := filepath.Join(t.TempDir(), "more")
+	os.Mkdir(morePods, 0o755)
+	os.WriteFile(filepath.Join(morePods, "b.yaml"), []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: shop}\nspec: {containers: [{name: c}]}\n"), 0o644)
+	bad := writeFile(t, "bad.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: bad, namespace: shop}\nspec: {containers: [{name: c, ports: [{containerPort: 99999}]}]}\n")
+	dup := writeFile(t, "dup.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n")
+
+	// Nothing is written when any file is invalid, or when two define the
+	// same object.
+	if out, errOut, code := membranectl(t, "apply", "-f", ns, "-f", pods, "-f", bad, "--datastore", dir); code != 1 || out != "" ||
+		!strings.Contains(errOut, bad+": Pod shop/bad: spec.containers[0].ports[0].containerPort") || revision() != "none" {
+		t.Errorf("apply with an invalid file: %d %q %s, revision %s", code, out, errOut, revision())
+	}
+	if out, errOut, code := membranectl(t, "apply", "-f", ns, "-f", pods, "-f", dup, "--datastore", dir); code != 1 || out != "" ||
+		!strings.Contains(errOut, dup+": Namespace shop: defined twice: also in "+ns) || revision() != "none" {
+		t.Errorf("apply with an object in two files: %d %q %s, revision %s", code, out, errOut, revision())
+	}
+	// Files and directories, applied as one, in order.
+	want := "Namespace shop created\nPod shop/a created\nPod shop/b created\n"
+	if out, errOut, code := membranectl(t, "apply", "-f", ns, "--filename", pods, "-f", morePods, "--datastore", dir); code != 0 || out != want || revision() != "1" {
+		t.Errorf("apply of two files and a directory: %d %q %s, revision %s", code, out, errOut, revision())
+	}
+	want = "Namespace shop unchanged\nPod shop/a unchanged\nPod shop/b unchanged\n"
+	if out, errOut, code := membranectl(t, "apply", "-f", ns, "-f", pods, "-f", morePods, "--datastore", dir); code != 0 || out != want || revision() != "1" {
+		t.Errorf("apply of the same again: %d %q %s, revision %s", code, out, errOut, revision())
+	}
+	if out, errOut, code := membranectl(t, "delete", "-f", pods, "-f", morePods, "--datastore", dir); code != 0 || out != "Pod shop/a deleted\nPod shop/b deleted\n" || revision() != "2" {
+		t.Errorf("delete of a file and a directory: %d %q %s, revision %s", code, out, errOut, revision())
+	}
+}
+
+func TestApplyNoObjects(t *testing.T) {
+	dir := t.TempDir()
+	empty := writeFile(t, "empty.yaml", "")
+	comments := writeFile(t, "comments.yaml", "# nothing yet\n---\n# nor here\n")
+	emptyDir := t.TempDir()
+	os.WriteFile(filepath.Join(emptyDir, "notes.txt"), []byte("apiVersion: v1\n"), 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"apply", "-f", empty}, "Error: no objects passed to apply: " + empty + " is empty or holds only comments\n"},
+		{[]string{"delete", "-f", comments}, "Error: no objects passed to delete: " + comments + " is empty or holds only comments\n"},
+		{[]string{"apply", "-f", empty, "-f", emptyDir}, "Error: no objects passed to apply: " + empty + " is empty or holds only comments; " + emptyDir + " has no .yaml, .yml or .json file with an object in it\n"},
+	} {
+		out, errOut, code := membranectl(t, append(c.args, "--datastore", dir)...)
+		if code != 1 || out != "" || errOut != c.want {
+			t.Errorf("membranectl %v: code %d, stdout %q, stderr %q; want 1 and %q", c.args, code, out, errOut, c.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "objects")); err == nil {
+		t.Error("an apply without objects opened the datastore")
 	}
 }
