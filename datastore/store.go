@@ -83,19 +83,6 @@ func (s *Store) Revision() (int64, error) {
 	return readRevision(s.revisionPath())
 }
 
-// ListKeys is List for the objects with the given keys only; it reads no
-// other file. Keys that are not stored are left out; a key without a
-// namespace means namespace "default" for namespaced kinds.
-func (s *Store) ListKeys(keys ...Key) (objs []Object, rev int64, rejected []Rejection) {
-	names := make(map[string]bool, len(keys))
-	for _, k := range keys {
-		if k, err := normalizeKey(k); err == nil {
-			names[fileName(k)] = true
-		}
-	}
-	return s.list(kindFilter(nil, names))
-}
-
 // Exists reports whether an object with key k is stored (valid or not),
 // without reading it.
 func (s *Store) Exists(k Key) bool {
@@ -160,12 +147,20 @@ func (s *Store) list(keep func(string) bool) (objs []Object, rev int64, rejected
 // invalid, Apply writes nothing and returns an ErrorList of every problem.
 // objs are not modified.
 func (s *Store) Apply(objs []Object) (int64, error) {
+	rev, _, err := s.ApplyReport(objs)
+	return rev, err
+}
+
+// ApplyReport is Apply that also says which objects it wrote: an object
+// whose key is not in written was stored as given already (kubectl's
+// "unchanged").
+func (s *Store) ApplyReport(objs []Object) (rev int64, written map[Key]bool, err error) {
 	prepared, errs := prepareApply(objs)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	unlock, err := lockFile(s.lockPath(), lockExclusive)
 	if err != nil {
-		return 0, fmt.Errorf("apply: %w", err)
+		return 0, nil, fmt.Errorf("apply: %w", err)
 	}
 	defer unlock()
 	removeTempFiles(s.objectsDir())
@@ -180,7 +175,7 @@ func (s *Store) Apply(objs []Object) (int64, error) {
 	keep := kindFilter(unionKinds, replaced)
 	states, _, err := scanObjects(s.objectsDir(), s.cache, keep)
 	if err != nil {
-		return 0, fmt.Errorf("apply: %w", err)
+		return 0, nil, fmt.Errorf("apply: %w", err)
 	}
 	s.cache = states
 	union := make(map[Key]*Object, len(states)+len(prepared))
@@ -197,7 +192,7 @@ func (s *Store) Apply(objs []Object) (int64, error) {
 	errs = append(errs, checkUnion(union, changed)...)
 	if len(errs) > 0 {
 		sortErrors(errs)
-		return 0, errs
+		return 0, nil, errs
 	}
 	// An object the store holds as it would write it is left alone
 	// (kubectl's "unchanged"); when that is every object, nothing is
@@ -209,13 +204,18 @@ func (s *Store) Apply(objs []Object) (int64, error) {
 		}
 	}
 	prepared = write
+	written = make(map[Key]bool, len(prepared))
+	for i := range prepared {
+		written[prepared[i].Key] = true
+	}
 	if len(prepared) == 0 {
-		return readRevision(s.revisionPath())
+		rev, err := readRevision(s.revisionPath())
+		return rev, written, err
 	}
 
-	rev, err := readRevision(s.revisionPath())
+	rev, err = readRevision(s.revisionPath())
 	if err != nil {
-		return 0, fmt.Errorf("apply: %w", err)
+		return 0, nil, fmt.Errorf("apply: %w", err)
 	}
 	rev++
 	for i := range prepared {
@@ -231,12 +231,12 @@ func (s *Store) Apply(objs []Object) (int64, error) {
 		o.Source = filepath.Join(s.objectsDir(), fileName(o.Key))
 	}
 	if err := s.writeObjects(prepared); err != nil {
-		return 0, fmt.Errorf("apply: %w", err)
+		return 0, nil, fmt.Errorf("apply: %w", err)
 	}
 	if err := s.writeRevision(rev); err != nil {
-		return 0, fmt.Errorf("apply: %w", err)
+		return 0, nil, fmt.Errorf("apply: %w", err)
 	}
-	return rev, nil
+	return rev, written, nil
 }
 
 // sameAsStored tells whether o, validated and defaulted for writing, is

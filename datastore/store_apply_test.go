@@ -110,9 +110,12 @@ metadata:
 			changed[i].Obj.(*corev1.Namespace).Labels["tier"] = "front"
 		}
 	}
-	rev, err = s.Apply(changed)
+	rev, written, err := s.ApplyReport(changed)
 	if err != nil || rev != 2 {
 		t.Fatalf("apply with one change: revision %d, %v; want 2", rev, err)
+	}
+	if len(written) != 1 || !written[shop] {
+		t.Errorf("apply with one change reports %v written, want only %s", written, shop)
 	}
 	stored, _, _ := s.List()
 	for _, o := range stored {

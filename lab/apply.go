@@ -16,7 +16,8 @@ import (
 // Change is one object that Apply or Delete wrote or removed.
 type Change struct {
 	Key datastore.Key
-	// Action is "created", "configured" or "deleted".
+	// Action is "created", "configured", "unchanged" (stored as given
+	// already) or "deleted".
 	Action string
 }
 
@@ -132,14 +133,17 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 			stored[o.Key] = true
 		}
 	}
-	rev, err := store.Apply(out)
+	rev, written, err := store.ApplyReport(out)
 	if err != nil {
 		return nil, err
 	}
 	var changes []Change
 	for _, o := range objs { // in input order, like kubectl
 		action := "created"
-		if stored[o.Key] {
+		switch {
+		case !written[o.Key]:
+			action = "unchanged"
+		case stored[o.Key]:
 			action = "configured"
 		}
 		changes = append(changes, Change{Key: o.Key, Action: action})

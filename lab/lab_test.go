@@ -478,6 +478,10 @@ spec:
 	if want := []string{"Pod ns/a configured", "Pod ns/c created"}; !slices.Equal(got, want) {
 		t.Errorf("changes = %q, want %q", got, want)
 	}
+	// The same again changes nothing.
+	if again, err := l.Apply(ctx, objs); err != nil || len(again) != 2 || again[0].Action != "unchanged" || again[1].Action != "unchanged" {
+		t.Errorf("the same apply again: %v, %v; want both unchanged", again, err)
+	}
 	c, err := l.Pod("ns/c")
 	if err != nil {
 		t.Fatal(err)

@@ -83,18 +83,7 @@ every agent enforces the result.`,
 					return err
 				}
 				l.SetLogger(logger(cmd))
-				// The lab reports every object it had as configured;
-				// its datastore tells which the apply left alone.
-				var store *datastore.Store
-				var before int64
-				if store, err = datastore.Open(l.DatastoreDir()); err != nil {
-					return err
-				}
-				if before, err = store.Revision(); err != nil {
-					return err
-				}
 				changes, err = l.Apply(cmd.Context(), objs)
-				markUnchanged(store, before, changes)
 			}
 			printChanges(cmd.OutOrStdout(), changes)
 			return err
@@ -155,54 +144,26 @@ func applyToDatastore(dir string, objs []datastore.Object) ([]lab.Change, error)
 	if err != nil {
 		return nil, err
 	}
-	before, err := store.Revision()
-	if err != nil {
-		return nil, err
-	}
 	existed := make(map[datastore.Key]bool, len(objs))
 	for _, o := range objs {
 		existed[o.Key] = store.Exists(o.Key)
 	}
-	if _, err := store.Apply(objs); err != nil {
+	_, written, err := store.ApplyReport(objs)
+	if err != nil {
 		return nil, err
 	}
 	var changes []lab.Change
 	for _, o := range objs {
 		action := "created"
-		if existed[o.Key] {
+		switch {
+		case !written[o.Key]:
+			action = "unchanged"
+		case existed[o.Key]:
 			action = "configured"
 		}
 		changes = append(changes, lab.Change{Key: o.Key, Action: action})
 	}
-	markUnchanged(store, before, changes)
 	return changes, nil
-}
-
-// markUnchanged turns "configured" into "unchanged" for the objects of
-// changes that the apply did not write. The store leaves an object it
-// holds as given alone, with the resourceVersion it had; one the apply
-// wrote has a resourceVersion newer than before, the store's revision
-// before the apply.
-func markUnchanged(store *datastore.Store, before int64, changes []lab.Change) {
-	var keys []datastore.Key
-	for _, c := range changes {
-		if c.Action == "configured" {
-			keys = append(keys, c.Key)
-		}
-	}
-	if len(keys) == 0 {
-		return
-	}
-	objs, _, _ := store.ListKeys(keys...)
-	written := make(map[datastore.Key]int64, len(objs))
-	for _, o := range objs {
-		written[o.Key] = o.Revision
-	}
-	for i, c := range changes {
-		if rev, ok := written[c.Key]; ok && c.Action == "configured" && rev <= before {
-			changes[i].Action = "unchanged"
-		}
-	}
 }
 
 // deleteFromDatastore deletes keys from a bare datastore.
