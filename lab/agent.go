@@ -116,7 +116,7 @@ func (l *Lab) startAgent(n *nodePlan) error {
 func (l *Lab) waitEndpointReady(ctx context.Context, p *podPlan) error {
 	c := l.Agent(p.Node)
 	if c == nil {
-		return fmt.Errorf("pod %s: node %s has no agent", p.key(), p.Node)
+		return fmt.Errorf("Pod %s: node %s has no agent", p.key(), p.Node)
 	}
 	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
@@ -141,7 +141,7 @@ func (l *Lab) waitEndpointReady(ctx context.Context, p *podPlan) error {
 				case api.EndpointReady:
 					return nil
 				case api.EndpointFailed:
-					return fmt.Errorf("pod %s on node %s: the agent failed the endpoint: %s%s", p.key(), p.Node, ep.Message, l.agentLogHint(p.Node))
+					return fmt.Errorf("Pod %s on node %s: the agent failed the endpoint: %s%s", p.key(), p.Node, ep.Message, l.agentLogHint(p.Node))
 				}
 				last = fmt.Sprintf("endpoint state %q", ep.State)
 				if ep.Message != "" {
@@ -152,9 +152,9 @@ func (l *Lab) waitEndpointReady(ctx context.Context, p *podPlan) error {
 		select {
 		case <-ctx.Done():
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return fmt.Errorf("pod %s on node %s: endpoint not ready after %s (%s)%s", p.key(), p.Node, l.timeout, last, l.agentLogHint(p.Node))
+				return fmt.Errorf("Pod %s on node %s: endpoint not ready after %s (%s)%s", p.key(), p.Node, l.timeout, last, l.agentLogHint(p.Node))
 			}
-			return fmt.Errorf("pod %s on node %s: wait for endpoint: %w", p.key(), p.Node, ctx.Err())
+			return fmt.Errorf("Pod %s on node %s: wait for endpoint: %w", p.key(), p.Node, ctx.Err())
 		case <-tick.C:
 		}
 	}

@@ -277,20 +277,20 @@ func (l *Lab) reconcile(ctx context.Context, store *datastore.Store) error {
 func keepPlacement(p *podPlan, old datastore.Object) error {
 	oldPod, ok := old.Obj.(*corev1.Pod)
 	if !ok {
-		return fmt.Errorf("pod %s: stored object is a %T", p.key(), old.Obj)
+		return fmt.Errorf("Pod %s: stored object is a %T", p.key(), old.Obj)
 	}
 	prev, err := podPlanFromObject(oldPod)
 	if err != nil {
 		return err
 	}
 	if p.Node != "" && p.Node != prev.Node {
-		return fmt.Errorf("pod %s: spec.nodeName cannot change from %s to %s on a running pod; delete it first", p.key(), prev.Node, p.Node)
+		return fmt.Errorf("Pod %s: spec.nodeName cannot change from %s to %s on a running pod; delete it first", p.key(), prev.Node, p.Node)
 	}
 	if len(p.IPs) > 0 && !slices.Equal(p.IPs, prev.IPs) {
-		return fmt.Errorf("pod %s: IPs cannot change from %v to %v on a running pod; delete it first", p.key(), prev.IPs, p.IPs)
+		return fmt.Errorf("Pod %s: IPs cannot change from %v to %v on a running pod; delete it first", p.key(), prev.IPs, p.IPs)
 	}
 	if !reflect.DeepEqual(p.Containers, prev.Containers) {
-		return fmt.Errorf("pod %s: containers cannot change on a running pod; delete it and apply it again", p.key())
+		return fmt.Errorf("Pod %s: containers cannot change on a running pod; delete it and apply it again", p.key())
 	}
 	p.Node, p.IPs = prev.Node, prev.IPs
 	return nil

@@ -49,7 +49,7 @@ func (l *Lab) startContainers(ctx context.Context, p *podPlan) error {
 		logPath := l.y.containerLog(p.Namespace, p.Name, c.Name)
 		logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 		if err != nil {
-			return fmt.Errorf("pod %s container %s: open log: %w", p.key(), c.Name, err)
+			return fmt.Errorf("Pod %s container %s: open log: %w", p.key(), c.Name, err)
 		}
 		var cmd *exec.Cmd
 		var readyR, readyW *os.File
@@ -59,7 +59,7 @@ func (l *Lab) startContainers(ctx context.Context, p *podPlan) error {
 			cmd = exec.Command(exe, responderArgs(p.key(), c.Ports)...)
 			if readyR, readyW, err = os.Pipe(); err != nil {
 				logFile.Close()
-				return fmt.Errorf("pod %s container %s: %w", p.key(), c.Name, err)
+				return fmt.Errorf("Pod %s container %s: %w", p.key(), c.Name, err)
 			}
 			cmd.ExtraFiles = []*os.File{readyW}
 		} else {
@@ -80,7 +80,7 @@ func (l *Lab) startContainers(ctx context.Context, p *podPlan) error {
 			if readyR != nil {
 				readyR.Close()
 			}
-			return fmt.Errorf("pod %s container %s: %w", p.key(), c.Name, err)
+			return fmt.Errorf("Pod %s container %s: %w", p.key(), c.Name, err)
 		}
 		if err := l.update(func(st *State) {
 			if ps := st.pod(p.Namespace, p.Name); ps != nil {
@@ -95,7 +95,7 @@ func (l *Lab) startContainers(ctx context.Context, p *podPlan) error {
 	}
 	for _, w := range waits {
 		if err := awaitReady(ctx, w.ready, w.log); err != nil {
-			return fmt.Errorf("pod %s container %s: %w", p.key(), w.container, err)
+			return fmt.Errorf("Pod %s container %s: %w", p.key(), w.container, err)
 		}
 	}
 	return nil

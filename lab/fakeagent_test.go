@@ -225,8 +225,8 @@ func TestAgentTimeouts(t *testing.T) {
 		name, agent string
 		want        []string
 	}{
-		{"never ready", neverReady, []string{"pod to/a on node node1: endpoint not ready after 500ms", "never ready (test)", "fake agent up on node1"}},
-		{"crash loop", "/bin/false", []string{"pod to/a on node node1: endpoint not ready after 500ms", "connect", "agent log", "exited"}},
+		{"never ready", neverReady, []string{"Pod to/a on node node1: endpoint not ready after 500ms", "never ready (test)", "fake agent up on node1"}},
+		{"crash loop", "/bin/false", []string{"Pod to/a on node node1: endpoint not ready after 500ms", "connect", "agent log", "exited"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			name := labName(t)

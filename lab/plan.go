@@ -230,7 +230,7 @@ func (a *allocator) placeFree(p *podPlan) error {
 	for _, c := range n.PodCIDRs {
 		ip, err := a.lowestFree(c)
 		if err != nil {
-			return fmt.Errorf("pod %s on node %s: %w", p.key(), n.Name, err)
+			return fmt.Errorf("Pod %s on node %s: %w", p.key(), n.Name, err)
 		}
 		a.used[ip] = p.key()
 		p.IPs = append(p.IPs, ip)
@@ -281,12 +281,12 @@ func podPlanFromObject(pod *corev1.Pod) (*podPlan, error) {
 func containerFromSpec(p *podPlan, c corev1.Container) (containerPlan, error) {
 	cp := containerPlan{Name: c.Name, Dir: c.WorkingDir}
 	if c.Name == "" || strings.ContainsAny(c.Name, "/\x00") || c.Name == "." || c.Name == ".." {
-		return cp, fmt.Errorf("pod %s: container name %q is not usable as a file name", p.key(), c.Name)
+		return cp, fmt.Errorf("Pod %s: container name %q is not usable as a file name", p.key(), c.Name)
 	}
 	seen := map[int]bool{}
 	for _, port := range c.Ports {
 		if port.ContainerPort < 1 || port.ContainerPort > 65535 {
-			return cp, fmt.Errorf("pod %s container %s: containerPort %d out of range", p.key(), c.Name, port.ContainerPort)
+			return cp, fmt.Errorf("Pod %s container %s: containerPort %d out of range", p.key(), c.Name, port.ContainerPort)
 		}
 		if !seen[int(port.ContainerPort)] {
 			seen[int(port.ContainerPort)] = true
@@ -296,7 +296,7 @@ func containerFromSpec(p *podPlan, c corev1.Container) (containerPlan, error) {
 	slices.Sort(cp.Ports)
 	if len(c.Command) == 0 {
 		if len(c.Args) > 0 {
-			return cp, fmt.Errorf("pod %s container %s: args without command: the lab runs no images; give a command, or neither to get the built-in responder", p.key(), c.Name)
+			return cp, fmt.Errorf("Pod %s container %s: args without command: the lab runs no images; give a command, or neither to get the built-in responder", p.key(), c.Name)
 		}
 		return cp, nil
 	}

@@ -47,7 +47,7 @@ func (l *Lab) createPod(ctx context.Context, p *podPlan) error {
 		return err
 	}
 	if err := os.MkdirAll(l.y.podDir(p.Namespace, p.Name), 0o755); err != nil {
-		return fmt.Errorf("pod %s: %w", p.key(), err)
+		return fmt.Errorf("Pod %s: %w", p.key(), err)
 	}
 	// Record that this pod made the namespace: if creating it fails (the
 	// name is taken), removing the pod must leave the namespace alone.
@@ -56,13 +56,13 @@ func (l *Lab) createPod(ctx context.Context, p *podPlan) error {
 			ps.NetnsCreated = true
 		}
 	}); err != nil {
-		return fmt.Errorf("pod %s: %w", p.key(), err)
+		return fmt.Errorf("Pod %s: %w", p.key(), err)
 	}
 	if err := netns.SetSysctls(nsName, podSysctls...); err != nil {
-		return fmt.Errorf("pod %s: %w", p.key(), err)
+		return fmt.Errorf("Pod %s: %w", p.key(), err)
 	}
 	if err := l.wireVeth(p, nsName, nodeNetns, host); err != nil {
-		return fmt.Errorf("pod %s: %w", p.key(), err)
+		return fmt.Errorf("Pod %s: %w", p.key(), err)
 	}
 	if !l.NoAgent() {
 		if err := l.waitEndpointReady(ctx, p); err != nil {
@@ -70,7 +70,7 @@ func (l *Lab) createPod(ctx context.Context, p *podPlan) error {
 		}
 	}
 	if err := l.hostSideUp(p, nsName, nodeNetns, host); err != nil {
-		return fmt.Errorf("pod %s: %w", p.key(), err)
+		return fmt.Errorf("Pod %s: %w", p.key(), err)
 	}
 	if err := l.startContainers(ctx, p); err != nil {
 		return err

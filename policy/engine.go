@@ -521,7 +521,7 @@ func (e *Engine) computeIdentities(snap *Snapshot) error {
 			// A pod of an unknown namespace gets no identity: it is
 			// selected by nothing and its endpoint is not programmed.
 			ps.id = identity.Invalid
-			snap.Errors = append(snap.Errors, fmt.Sprintf("pod %s: namespace %q does not exist", ps.Key, ps.Key.Namespace))
+			snap.Errors = append(snap.Errors, fmt.Sprintf("Pod %s: Namespace %q does not exist", ps.Key, ps.Key.Namespace))
 			continue
 		}
 		l := identity.PodLabels(ps.Labels, ps.Key.Namespace, nsLabels, ps.ServiceAccount, e.opts.Cluster)
