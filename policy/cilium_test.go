@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/membrane-mesh/membrane/datastore"
+	"github.com/membrane-mesh/membrane/identity"
 )
 
 // Cilium policy semantics, one scenario per feature, with expectations
@@ -517,5 +518,91 @@ func TestCompileHTTPRegexes(t *testing.T) {
 	}
 	if _, err := compileHTTP([]datastore.CiliumHTTPRule{{Method: "GET", Path: "/api/.*", HeaderMatches: []datastore.CiliumHeaderMatch{{Name: "x", Regex: "v[0-9]+"}}}}); err != nil {
 		t.Errorf("valid rule refused: %v", err)
+	}
+}
+
+// Explain says when the peer lacks what fromRequires/toRequires demand,
+// which policies demand it, and which rule would allow the traffic
+// otherwise; other default-deny reasons keep their wording.
+func TestCiliumRequiresExplained(t *testing.T) {
+	w := newCiliumWorld(t, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: prod-only, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {env: prod}}
+  ingress:
+  - fromRequires: [{matchLabels: {env: prod}}]
+`, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: clients, namespace: x}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+  - toPorts: [{ports: [{port: "8443", protocol: TCP}]}]
+`, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-out, namespace: x}
+specs:
+- endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{}]
+    toRequires: [{matchLabels: {env: prod}}]
+- endpointSelector: {matchLabels: {env: prod}}
+  egress:
+  - toRequires: [{matchLabels: {env: prod}}]
+`)
+	snap, err := w.e.Compute()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reason := func(src, dst string, port uint16, egress bool) string {
+		t.Helper()
+		x := snap.Explain(w.addr(src), w.addr(dst), ProtoTCP, port, true)
+		d := x.Ingress
+		if egress {
+			d = x.Egress
+		}
+		if d == nil || d.Verdict != Deny {
+			t.Fatalf("%s -> %s TCP/%d: %+v, want a denial", src, dst, port, d)
+		}
+		return d.Reason
+	}
+	id := func(ref string) identity.ID { return snap.Resolve(w.addr(ref)).Identity }
+	const enforced = "default deny: x/server is selected for ingress by CiliumNetworkPolicy x/clients, CiliumNetworkPolicy x/prod-only, and no rule allows "
+	for _, c := range []struct {
+		src, dst string
+		port     uint16
+		egress   bool
+		want     string
+	}{
+		{"x/devclient", "x/server", 80, false, enforced + fmt.Sprintf("TCP/80 from x/devclient (identity %d): ", id("x/devclient")) +
+			"the peer lacks env=prod, which CiliumNetworkPolicy x/prod-only requires (fromRequires) of every peer of x/server for ingress; " +
+			"CiliumNetworkPolicy x/clients ingress[0] would allow it otherwise"},
+		// The any-peer rule on 8443 is narrowed too.
+		{"x/devclient", "x/server", 8443, false, enforced + fmt.Sprintf("TCP/8443 from x/devclient (identity %d): ", id("x/devclient")) +
+			"the peer lacks env=prod, which CiliumNetworkPolicy x/prod-only requires (fromRequires) of every peer of x/server for ingress; " +
+			"CiliumNetworkPolicy x/clients ingress[0] would allow it otherwise"},
+		// A requirement of a CNP is of its namespace (and so is the
+		// clients rule's peer: no rule would allow it either way).
+		{"y/client", "x/server", 80, false, enforced + fmt.Sprintf("TCP/80 from y/client (identity %d): ", id("y/client")) +
+			"the peer lacks io.kubernetes.pod.namespace=x, which CiliumNetworkPolicy x/prod-only requires (fromRequires) of every peer of x/server for ingress"},
+		// No rule would allow it, requirements or not.
+		{worldA, "x/server", 80, false, enforced + "TCP/80 from " + describePeer(snap.Resolve(w.addr(worldA))) + ": " +
+			"the peer lacks env=prod and io.kubernetes.pod.namespace=x, which CiliumNetworkPolicy x/prod-only requires (fromRequires) of every peer of x/server for ingress"},
+		// A peer that meets the requirements: the reason is as before.
+		{"x/server", "x/server", 80, false, enforced + fmt.Sprintf("TCP/80 from x/server (identity %d)", id("x/server"))},
+		// Egress, a requirement carried by two specs of one policy.
+		{"x/client", "x/devclient", 80, true, "default deny: x/client is selected for egress by CiliumNetworkPolicy x/client-out specs[0], CiliumNetworkPolicy x/client-out specs[1], " +
+			fmt.Sprintf("and no rule allows TCP/80 to x/devclient (identity %d): ", id("x/devclient")) +
+			"the peer lacks env=prod, which CiliumNetworkPolicy x/client-out specs[0], CiliumNetworkPolicy x/client-out specs[1] require (toRequires) of every peer of x/client for egress; " +
+			"CiliumNetworkPolicy x/client-out specs[0].egress[0] would allow it otherwise"},
+	} {
+		if got := reason(c.src, c.dst, c.port, c.egress); got != c.want {
+			t.Errorf("%s -> %s TCP/%d:\n got %s\nwant %s", c.src, c.dst, c.port, got, c.want)
+		}
 	}
 }
