@@ -245,10 +245,20 @@ func portsString(pr policy.PortRange, ep *policy.Endpoint, d policy.Dir) string 
 		return "any"
 	case pr.Name != "":
 		if d == policy.Ingress {
+			var others []string
 			for _, np := range ep.Pod.NamedPorts {
-				if np.Name == pr.Name && np.Proto == pr.Proto {
+				if np.Name != pr.Name {
+					continue
+				}
+				if np.Proto == pr.Proto {
 					return fmt.Sprintf("%s (=%d)", pr.Name, np.Number)
 				}
+				if p := policy.ProtoName(np.Proto); !slices.Contains(others, p) {
+					others = append(others, p)
+				}
+			}
+			if len(others) > 0 {
+				return fmt.Sprintf("%s (declared for %s, not %s: matches nothing)", pr.Name, strings.Join(others, " and "), policy.ProtoName(pr.Proto))
 			}
 			return pr.Name + " (not declared by this pod: matches nothing)"
 		}
