@@ -229,12 +229,29 @@ func describeRules(snap *policy.Snapshot, ep *policy.Endpoint, proxyPorts [2]uin
 		e := api.PolicyEntry{Direction: d.String(), Remote: "any", Protocol: "ANY", Ports: "any"}
 		if ep.Enforce[d] {
 			e.Verdict = "deny"
-			e.Policy = "default deny: selected by " + strings.Join(ep.Policies, ", ")
+			e.Policy = fmt.Sprintf("default deny: selected for %s by %s", d, strings.Join(ep.EnforcedBy[d], ", "))
 		} else {
 			e.Verdict = "allow"
-			e.Policy = "default allow: no policy selects this endpoint for " + d.String()
+			e.Policy = "default allow: no policy puts this endpoint in default deny for " + d.String()
+			if ps := policiesWithRules(ep, d); len(ps) == 1 {
+				e.Policy += fmt.Sprintf(" (%s has %s rules but leaves it open)", ps[0], d)
+			} else if len(ps) > 1 {
+				e.Policy += fmt.Sprintf(" (%s have %s rules but leave it open)", strings.Join(ps, ", "), d)
+			}
 		}
 		out = append(out, e)
+	}
+	return out
+}
+
+// policiesWithRules are the selecting policies with rules for the endpoint
+// in d, in rule order.
+func policiesWithRules(ep *policy.Endpoint, d policy.Dir) []string {
+	var out []string
+	for _, r := range ep.Rules {
+		if p := ep.PolicyOf(r.Ref); r.Dir == d && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
 	}
 	return out
 }

@@ -1,10 +1,121 @@
 package agent
 
 import (
+	"net/netip"
 	"testing"
 
+	"github.com/membrane-mesh/membrane/datastore"
 	"github.com/membrane-mesh/membrane/policy"
 )
+
+// describeTestSnapshot computes the policy of a small store namespace:
+// store/worker (app=worker env=prod), store/debug (app=worker env=dev) and
+// store/api (app=api env=prod), all on node n1, with the Cilium policies
+// given as YAML.
+func describeTestSnapshot(t *testing.T, docs ...string) *policy.Snapshot {
+	t.Helper()
+	e := policy.NewEngine(policy.Options{Node: "n1"})
+	e.SetNamespace("store", nil)
+	for i, p := range []struct {
+		name   string
+		labels map[string]string
+	}{
+		{"worker", map[string]string{"app": "worker", "env": "prod"}},
+		{"debug", map[string]string{"app": "worker", "env": "dev"}},
+		{"api", map[string]string{"app": "api", "env": "prod"}},
+	} {
+		e.SetPod(policy.Pod{Key: policy.PodKey{Namespace: "store", Name: p.name}, Labels: p.labels, Node: "n1",
+			IPs:        []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 1, byte(i + 1)})},
+			NamedPorts: []policy.NamedPort{{Name: "serve-80", Proto: policy.ProtoTCP, Number: 80}}})
+	}
+	for _, doc := range docs {
+		objs, err := datastore.Decode("test.yaml", []byte(doc))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range objs {
+			var src string
+			var ps []*policy.Policy
+			switch p := o.Obj.(type) {
+			case *datastore.CiliumNetworkPolicy:
+				src, ps, err = policy.FromCiliumNetworkPolicy(p)
+			case *datastore.CiliumClusterwideNetworkPolicy:
+				src, ps, err = policy.FromCiliumClusterwideNetworkPolicy(p)
+			default:
+				t.Fatalf("unexpected %T", p)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.SetPolicies(src, ps)
+		}
+	}
+	snap, err := e.Compute()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return snap
+}
+
+const workersPolicy = `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: workers, namespace: store}
+spec:
+  endpointSelector: {matchLabels: {app: worker}}
+  ingress:
+  - fromEndpoints: [{}]
+  - fromRequires: [{matchLabels: {env: prod}}]
+  - toPorts: [{ports: [{port: "80", endPort: 81, protocol: TCP}]}]
+  - fromCIDR: [203.0.113.0/24]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: api}}]
+    toPorts: [{ports: [{port: "23", protocol: TCP}]}]
+`
+
+// The default rows name the policies that put the endpoint in default
+// deny in that direction, and a policy with rules in a direction that it
+// leaves open.
+func TestDescribeRulesDefaults(t *testing.T) {
+	snap := describeTestSnapshot(t, workersPolicy, `
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: no-telnet}
+spec:
+  endpointSelector: {}
+  enableDefaultDeny: {ingress: false, egress: false}
+  ingressDeny:
+  - toPorts: [{ports: [{port: "23", protocol: ANY}]}]
+  egressDeny:
+  - toPorts: [{ports: [{port: "23", protocol: ANY}]}]
+`)
+	defaults := func(pod string) (in, eg string) {
+		ep := snap.Endpoints[policy.PodKey{Namespace: "store", Name: pod}]
+		es := describeRules(snap, ep, [2]uint16{})
+		in, eg = es[len(es)-2].Policy, es[len(es)-1].Policy
+		if es[len(es)-2].Direction != "ingress" || es[len(es)-1].Direction != "egress" {
+			t.Fatalf("last rows %+v, want the ingress and egress defaults", es[len(es)-2:])
+		}
+		return in, eg
+	}
+	in, eg := defaults("worker")
+	if want := "default deny: selected for ingress by CiliumNetworkPolicy store/workers"; in != want {
+		t.Errorf("worker ingress default %q, want %q", in, want)
+	}
+	if want := "default allow: no policy puts this endpoint in default deny for egress (CiliumClusterwideNetworkPolicy no-telnet has egress rules but leaves it open)"; eg != want {
+		t.Errorf("worker egress default %q, want %q", eg, want)
+	}
+	in, _ = defaults("api")
+	if want := "default allow: no policy puts this endpoint in default deny for ingress (CiliumClusterwideNetworkPolicy no-telnet has ingress rules but leaves it open)"; in != want {
+		t.Errorf("api ingress default %q, want %q", in, want)
+	}
+
+	bare := describeTestSnapshot(t)
+	es := describeRules(bare, bare.Endpoints[policy.PodKey{Namespace: "store", Name: "api"}], [2]uint16{})
+	if want := "default allow: no policy puts this endpoint in default deny for egress"; es[1].Policy != want {
+		t.Errorf("egress default without policies %q, want %q", es[1].Policy, want)
+	}
+}
 
 func TestPortsStringNamedPortProtocol(t *testing.T) {
 	ep := &policy.Endpoint{Pod: policy.Pod{NamedPorts: []policy.NamedPort{
