@@ -185,12 +185,32 @@ func (a *Agent) handlePolicy(w http.ResponseWriter, r *http.Request) {
 }
 
 // describeRules renders an endpoint's rules for people, followed by the
-// default of each direction.
+// default of each direction. Allow and redirect rows in a direction with
+// requirements (fromRequires/toRequires) say so and list only the
+// identities that meet them, as the engine narrows them; deny rows are
+// not narrowed.
 func describeRules(snap *policy.Snapshot, ep *policy.Endpoint, proxyPorts [2]uint16) []api.PolicyEntry {
 	var out []api.PolicyEntry
+	var reqs [2][]policy.PeerRequirement
+	for d := policy.Ingress; d <= policy.Egress; d++ {
+		reqs[d] = ep.Requirements(d)
+	}
 	for _, r := range ep.Rules {
+		var req []policy.PeerRequirement
+		if r.Verdict != policy.Deny {
+			req = reqs[r.Dir]
+		}
+		var reqText, reqBy []string
+		for _, q := range req {
+			reqText = append(reqText, q.Selector.String())
+			for _, p := range q.Policies {
+				if !slices.Contains(reqBy, p) {
+					reqBy = append(reqBy, p)
+				}
+			}
+		}
 		remotes := []string{"any"}
-		var peers []policy.Selector
+		peers := []policy.Selector{nil}
 		if !r.AnyPeer {
 			remotes = nil
 			peers = r.Peers
@@ -204,7 +224,10 @@ func describeRules(snap *policy.Snapshot, ep *policy.Endpoint, proxyPorts [2]uin
 		}
 		for i, remote := range remotes {
 			var ids []api.IdentityRef
-			if peers != nil {
+			switch {
+			case len(req) > 0:
+				ids = meetingRequirements(snap, peers[i], req)
+			case peers[i] != nil:
 				ids = matchingIdentities(snap, peers[i])
 			}
 			for _, pr := range ports {
@@ -212,6 +235,8 @@ func describeRules(snap *policy.Snapshot, ep *policy.Endpoint, proxyPorts [2]uin
 					Direction:        r.Dir.String(),
 					Remote:           remote,
 					RemoteIdentities: ids,
+					Requires:         reqText,
+					RequiredBy:       reqBy,
 					Protocol:         policy.ProtoName(pr.Proto),
 					Ports:            portsString(pr, ep, r.Dir),
 					Verdict:          r.Verdict.String(),
@@ -284,6 +309,46 @@ func portsString(pr policy.PortRange, ep *policy.Endpoint, d policy.Dir) string 
 		return fmt.Sprint(pr.First)
 	}
 	return fmt.Sprintf("%d-%d", pr.First, pr.Last)
+}
+
+// meetingRequirements are the identities peer s may be that meet every
+// requirement: for a label selector those matching it, for a CIDR
+// selector those of the addresses it covers, for nil (any peer) every
+// identity.
+func meetingRequirements(snap *policy.Snapshot, s policy.Selector, req []policy.PeerRequirement) []api.IdentityRef {
+	var ids []identity.ID
+	switch s := s.(type) {
+	case *policy.CIDRSelector:
+		seen := map[identity.ID]bool{}
+		for _, a := range snap.IPCache {
+			if set := snap.Selsets[a.Selset]; a.Selset != 0 && set != nil {
+				if _, ok := slices.BinarySearch(set.Selectors, s.Key()); ok {
+					seen[a.Identity] = true
+				}
+			}
+		}
+		ids = slices.Sorted(maps.Keys(seen))
+	case nil, *policy.LabelSelector:
+		ids = append([]identity.ID{identity.Host, identity.World, identity.RemoteNode}, slices.Sorted(maps.Keys(snap.Identities))...)
+	}
+	var out []api.IdentityRef
+	for _, id := range ids {
+		l, ok := snap.Identities[id]
+		if !ok {
+			l = identity.ReservedLabels(id)
+		}
+		if ls, ok := s.(*policy.LabelSelector); ok && !ls.Matches(l) {
+			continue
+		}
+		if slices.ContainsFunc(req, func(q policy.PeerRequirement) bool {
+			ls, ok := q.Selector.(*policy.LabelSelector)
+			return !ok || !ls.Matches(l)
+		}) {
+			continue
+		}
+		out = append(out, api.IdentityRef{ID: uint32(id), Labels: l.List()})
+	}
+	return out
 }
 
 func matchingIdentities(snap *policy.Snapshot, s policy.Selector) []api.IdentityRef {

@@ -2,9 +2,12 @@ package agent
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
+	"github.com/membrane-mesh/membrane/api"
 	"github.com/membrane-mesh/membrane/datastore"
+	"github.com/membrane-mesh/membrane/identity"
 	"github.com/membrane-mesh/membrane/policy"
 )
 
@@ -72,6 +75,111 @@ spec:
   - fromEndpoints: [{matchLabels: {app: api}}]
     toPorts: [{ports: [{port: "23", protocol: TCP}]}]
 `
+
+// entry finds the row of rule ref for remote, protocol and ports.
+func entry(t *testing.T, es []api.PolicyEntry, ref, remote, proto, ports string) api.PolicyEntry {
+	t.Helper()
+	for _, e := range es {
+		if e.Policy == ref && e.Remote == remote && e.Protocol == proto && e.Ports == ports {
+			return e
+		}
+	}
+	t.Fatalf("no row %s %s %s %s in %+v", ref, remote, proto, ports, es)
+	return api.PolicyEntry{}
+}
+
+func identityIDs(ids []api.IdentityRef) []uint32 {
+	var out []uint32
+	for _, id := range ids {
+		out = append(out, id.ID)
+	}
+	return out
+}
+
+// Allow rows of an endpoint with fromRequires list only the identities
+// that meet the requirements, and say what they are; deny rows are not
+// narrowed.
+func TestDescribeRulesRequirements(t *testing.T) {
+	snap := describeTestSnapshot(t, workersPolicy)
+	worker := snap.Endpoints[policy.PodKey{Namespace: "store", Name: "worker"}]
+	es := describeRules(snap, worker, [2]uint16{})
+	idOf := func(name string) uint32 {
+		for _, a := range snap.IPCache {
+			if a.Pod != nil && a.Pod.Name == name {
+				return uint32(a.Identity)
+			}
+		}
+		t.Fatalf("no identity for %s", name)
+		return 0
+	}
+	workerID, debugID, apiID := idOf("worker"), idOf("debug"), idOf("api")
+	wantReq := []string{"{env=prod, io.kubernetes.pod.namespace=store}"}
+	wantBy := []string{"CiliumNetworkPolicy store/workers"}
+
+	ns := entry(t, es, "CiliumNetworkPolicy store/workers ingress[0]", "{io.kubernetes.pod.namespace=store}", "ANY", "any")
+	if got := identityIDs(ns.RemoteIdentities); !slices.Equal(got, []uint32{workerID, apiID}) && !slices.Equal(got, []uint32{apiID, workerID}) {
+		t.Errorf("namespace row identities %v, want worker %d and api %d, not debug %d", got, workerID, apiID, debugID)
+	}
+	if !slices.Equal(ns.Requires, wantReq) || !slices.Equal(ns.RequiredBy, wantBy) {
+		t.Errorf("namespace row requires %q by %q, want %q by %q", ns.Requires, ns.RequiredBy, wantReq, wantBy)
+	}
+
+	anyRow := entry(t, es, "CiliumNetworkPolicy store/workers ingress[2]", "any", "TCP", "80-81")
+	if got := identityIDs(anyRow.RemoteIdentities); len(got) != 2 || slices.Contains(got, debugID) || slices.Contains(got, uint32(identity.World)) {
+		t.Errorf("any-peer row identities %v, want worker and api only", got)
+	}
+	if !slices.Equal(anyRow.Requires, wantReq) {
+		t.Errorf("any-peer row requires %q, want %q", anyRow.Requires, wantReq)
+	}
+
+	// The world never carries env=prod: the CIDR row matches nothing.
+	cidr := entry(t, es, "CiliumNetworkPolicy store/workers ingress[3]", "203.0.113.0/24 (outside the cluster)", "ANY", "any")
+	if len(cidr.RemoteIdentities) != 0 || !slices.Equal(cidr.Requires, wantReq) {
+		t.Errorf("CIDR row: identities %v, requires %q; want none, %q", cidr.RemoteIdentities, cidr.Requires, wantReq)
+	}
+	for _, r := range worker.Rules {
+		if r.Ref == "CiliumNetworkPolicy store/workers ingress[3]" {
+			if got := identityIDs(meetingRequirements(snap, r.Peers[0], nil)); !slices.Equal(got, []uint32{uint32(identity.World)}) {
+				t.Errorf("CIDR peer without requirements is identities %v, want the world", got)
+			}
+		}
+	}
+
+	deny := entry(t, es, "CiliumNetworkPolicy store/workers ingressDeny[0]", "{app=api, io.kubernetes.pod.namespace=store}", "TCP", "23")
+	if deny.Requires != nil || !slices.Equal(identityIDs(deny.RemoteIdentities), []uint32{apiID}) {
+		t.Errorf("deny row: requires %q, identities %v; want no requirement, api", deny.Requires, identityIDs(deny.RemoteIdentities))
+	}
+
+	// Egress has no requirements and no policy.
+	for _, e := range es {
+		if e.Direction == "egress" && e.Requires != nil {
+			t.Errorf("egress row %+v has requirements", e)
+		}
+	}
+}
+
+// Without requirements, rows are as before: a label row lists every
+// matching identity, an any-peer row none.
+func TestDescribeRulesWithoutRequirements(t *testing.T) {
+	snap := describeTestSnapshot(t, `
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: open, namespace: store}
+spec:
+  endpointSelector: {matchLabels: {app: worker}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: worker}}]
+  - toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`)
+	ep := snap.Endpoints[policy.PodKey{Namespace: "store", Name: "worker"}]
+	es := describeRules(snap, ep, [2]uint16{})
+	if r := entry(t, es, "CiliumNetworkPolicy store/open ingress[0]", "{app=worker, io.kubernetes.pod.namespace=store}", "ANY", "any"); len(r.RemoteIdentities) != 2 || r.Requires != nil {
+		t.Errorf("label row %+v: want both workers, no requirement", r)
+	}
+	if r := entry(t, es, "CiliumNetworkPolicy store/open ingress[1]", "any", "TCP", "80"); r.RemoteIdentities != nil || r.Requires != nil {
+		t.Errorf("any-peer row %+v: want no identities, no requirement", r)
+	}
+}
 
 // The default rows name the policies that put the endpoint in default
 // deny in that direction, and a policy with rules in a direction that it

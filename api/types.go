@@ -152,7 +152,8 @@ type PolicyEntry struct {
 	// Remote describes the peer: "any", a label selector, or a CIDR.
 	Remote string `json:"remote"`
 	// RemoteIdentities are the identities currently matching Remote, with
-	// their labels, when the peer is selected by labels.
+	// their labels, when the peer is selected by labels or the row has
+	// Requires (then only those that meet them).
 	RemoteIdentities []IdentityRef `json:"remoteIdentities,omitempty"`
 	Protocol         string        `json:"protocol"` // "TCP", "UDP", "SCTP", "ANY"…
 	// Ports is "80", "8000-8080" or "any".
@@ -166,6 +167,12 @@ type PolicyEntry struct {
 	// Policy names the policy and rule that produced the entry, e.g.
 	// "NetworkPolicy x/allow-web ingress[0]".
 	Policy string `json:"policy"`
+	// Requires are label selectors every peer of the row must also match
+	// (CiliumNetworkPolicy fromRequires/toRequires of any policy selecting
+	// the endpoint in this direction); set on allow and redirect rows
+	// only. RequiredBy names the policies they come from.
+	Requires   []string `json:"requires,omitempty"`
+	RequiredBy []string `json:"requiredBy,omitempty"`
 }
 
 // IdentityRef is a numeric identity with its labels.

@@ -285,6 +285,16 @@ func printPolicy(w io.Writer, p *api.EndpointPolicy) {
 			verdict = fmt.Sprintf("%s (proxy :%d)", verdict, en.ProxyPort)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", en.Direction, en.Remote, en.Protocol, en.Ports, verdict, en.Policy)
+		if len(en.Requires) > 0 {
+			field := "fromRequires"
+			if en.Direction == "egress" {
+				field = "toRequires"
+			}
+			fmt.Fprintf(tw, "\t  requiring %s\t\t\t\t  %s of %s\n", strings.Join(en.Requires, " and "), field, strings.Join(en.RequiredBy, ", "))
+			if len(en.RemoteIdentities) == 0 {
+				fmt.Fprintf(tw, "\t  no identity qualifies now\t\t\t\t\n")
+			}
+		}
 		for _, id := range en.RemoteIdentities {
 			fmt.Fprintf(tw, "\t  identity %d %s\t\t\t\t\n", id.ID, compactLabels(id.Labels))
 		}

@@ -70,3 +70,43 @@ func TestOutputErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A row narrowed by fromRequires says so under its remote, names the
+// policies in its policy column, and says when no identity meets it.
+func TestPrintPolicyRequirements(t *testing.T) {
+	req := []string{"{env=prod, io.kubernetes.pod.namespace=store}"}
+	by := []string{"CiliumNetworkPolicy store/workers"}
+	p := &api.EndpointPolicy{
+		Endpoint: api.Endpoint{Namespace: "store", Pod: "worker", IngressEnforced: true},
+		Entries: []api.PolicyEntry{
+			{Direction: "ingress", Remote: "any", Protocol: "TCP", Ports: "80-81", Verdict: "allow",
+				Policy: "CiliumNetworkPolicy store/workers ingress[2]", Requires: req, RequiredBy: by,
+				RemoteIdentities: []api.IdentityRef{{ID: 258, Labels: []string{"app=worker", "env=prod", "io.kubernetes.pod.namespace=store"}}}},
+			{Direction: "ingress", Remote: "203.0.113.0/24 (outside the cluster)", Protocol: "ANY", Ports: "any", Verdict: "allow",
+				Policy: "CiliumNetworkPolicy store/workers ingress[3]", Requires: req, RequiredBy: by},
+			{Direction: "egress", Remote: "any", Protocol: "ANY", Ports: "any", Verdict: "allow",
+				Policy: "CiliumNetworkPolicy store/workers egress[0]", Requires: req, RequiredBy: by},
+		},
+	}
+	var b strings.Builder
+	printPolicy(&b, p)
+	lines := strings.Split(b.String(), "\n")
+	var body []string
+	for _, l := range lines[4:] {
+		body = append(body, strings.Join(strings.Fields(l), " "))
+	}
+	want := []string{
+		"ingress any TCP 80-81 allow CiliumNetworkPolicy store/workers ingress[2]",
+		"requiring {env=prod, io.kubernetes.pod.namespace=store} fromRequires of CiliumNetworkPolicy store/workers",
+		"identity 258 [store: app=worker env=prod]",
+		"ingress 203.0.113.0/24 (outside the cluster) ANY any allow CiliumNetworkPolicy store/workers ingress[3]",
+		"requiring {env=prod, io.kubernetes.pod.namespace=store} fromRequires of CiliumNetworkPolicy store/workers",
+		"no identity qualifies now",
+		"egress any ANY any allow CiliumNetworkPolicy store/workers egress[0]",
+		"requiring {env=prod, io.kubernetes.pod.namespace=store} toRequires of CiliumNetworkPolicy store/workers",
+		"no identity qualifies now",
+	}
+	if got := strings.Join(body, "\n"); !strings.HasPrefix(got, strings.Join(want, "\n")) {
+		t.Errorf("policy output:\n%s\nwant rows:\n%s", b.String(), strings.Join(want, "\n"))
+	}
+}
