@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -180,13 +181,23 @@ func deleteFromDatastore(dir string, keys []datastore.Key, opts datastore.Delete
 		return nil, err
 	}
 	after := storedKeys(store)
-	var changes []lab.Change
-	for k := range before {
-		if !after[k] {
+	// In input order, like kubectl; then what the deletion took along
+	// (a namespace's objects), sorted.
+	var changes, along []lab.Change
+	named := make(map[datastore.Key]bool, len(keys))
+	for _, k := range keys {
+		if before[k] && !after[k] && !named[k] {
 			changes = append(changes, lab.Change{Key: k, Action: "deleted"})
 		}
+		named[k] = true
 	}
-	return changes, nil
+	for k := range before {
+		if !after[k] && !named[k] {
+			along = append(along, lab.Change{Key: k, Action: "deleted"})
+		}
+	}
+	slices.SortFunc(along, func(a, b lab.Change) int { return strings.Compare(a.Key.String(), b.Key.String()) })
+	return append(changes, along...), nil
 }
 
 func storedKeys(s *datastore.Store) map[datastore.Key]bool {
