@@ -269,7 +269,7 @@ func (c *flowContext) decision(e *datapath.Event, f *api.Flow) *api.FlowPolicy {
 		if who == "" {
 			who = "the endpoint"
 		}
-		p.Summary = "default allow: no policy selects " + who + " for " + e.Dir.String()
+		p.Summary = "default allow: no policy makes " + who + " default deny for " + e.Dir.String()
 	}
 	return p
 }

@@ -92,7 +92,7 @@ func TestFlowEnrichment(t *testing.T) {
 			ObservationPoint: "from-container", IPVersion: 4, Protocol: "UDP",
 			Source:      api.FlowEndpoint{IP: "10.0.1.1", Port: 5353, Identity: 257, Namespace: "x", Pod: "a", Labels: podA.Labels},
 			Destination: api.FlowEndpoint{IP: "192.168.4.4", Port: 53, Identity: 2, Labels: []string{"reserved:world"}},
-			Policy:      &api.FlowPolicy{Endpoint: "x/a", EndpointID: 3, Summary: "default allow: no policy selects x/a for egress"}},
+			Policy:      &api.FlowPolicy{Endpoint: "x/a", EndpointID: 3, Summary: "default allow: no policy makes x/a default deny for egress"}},
 	}, {
 		name: "the node itself is let in by --allow-host",
 		ev: datapath.Event{Time: ts, Type: datapath.EventVerdict, Dir: datapath.Ingress, Proto: 1, EndpointID: 4,

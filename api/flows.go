@@ -151,8 +151,8 @@ type FlowPolicy struct {
 	SelectedBy []string `json:"selectedBy,omitempty"`
 	// Summary says in words what decided, e.g. "NetworkPolicy x/allow-web
 	// ingress[0]", "default deny: no rule allows (selected by
-	// NetworkPolicy x/deny-all)", "default allow: no policy selects x/a for
-	// egress".
+	// NetworkPolicy x/deny-all)", "default allow: no policy makes x/a
+	// default deny for egress".
 	Summary string `json:"summary"`
 }
 

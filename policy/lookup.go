@@ -172,7 +172,7 @@ func (s *Snapshot) decide(ep *Endpoint, d Dir, peer AddressInfo, proto uint8, po
 		return dec
 	}
 	dec.Verdict = Allow
-	dec.Reason = fmt.Sprintf("allowed: no policy selects %s for %s", ep.Pod.Key, d)
+	dec.Reason = fmt.Sprintf("allowed: no policy makes %s default deny for %s", ep.Pod.Key, d)
 	return dec
 }
 
