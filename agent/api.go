@@ -257,7 +257,7 @@ func describeRules(snap *policy.Snapshot, ep *policy.Endpoint, proxyPorts [2]uin
 			e.Policy = fmt.Sprintf("default deny: selected for %s by %s", d, strings.Join(ep.EnforcedBy[d], ", "))
 		} else {
 			e.Verdict = "allow"
-			e.Policy = "default allow: no policy puts this endpoint in default deny for " + d.String()
+			e.Policy = "default allow: no policy makes this endpoint default deny for " + d.String()
 			if ps := policiesWithRules(ep, d); len(ps) == 1 {
 				e.Policy += fmt.Sprintf(" (%s has %s rules but leaves it open)", ps[0], d)
 			} else if len(ps) > 1 {

@@ -210,17 +210,17 @@ spec:
 	if want := "default deny: selected for ingress by CiliumNetworkPolicy store/workers"; in != want {
 		t.Errorf("worker ingress default %q, want %q", in, want)
 	}
-	if want := "default allow: no policy puts this endpoint in default deny for egress (CiliumClusterwideNetworkPolicy no-telnet has egress rules but leaves it open)"; eg != want {
+	if want := "default allow: no policy makes this endpoint default deny for egress (CiliumClusterwideNetworkPolicy no-telnet has egress rules but leaves it open)"; eg != want {
 		t.Errorf("worker egress default %q, want %q", eg, want)
 	}
 	in, _ = defaults("api")
-	if want := "default allow: no policy puts this endpoint in default deny for ingress (CiliumClusterwideNetworkPolicy no-telnet has ingress rules but leaves it open)"; in != want {
+	if want := "default allow: no policy makes this endpoint default deny for ingress (CiliumClusterwideNetworkPolicy no-telnet has ingress rules but leaves it open)"; in != want {
 		t.Errorf("api ingress default %q, want %q", in, want)
 	}
 
 	bare := describeTestSnapshot(t)
 	es := describeRules(bare, bare.Endpoints[policy.PodKey{Namespace: "store", Name: "api"}], [2]uint16{})
-	if want := "default allow: no policy puts this endpoint in default deny for egress"; es[1].Policy != want {
+	if want := "default allow: no policy makes this endpoint default deny for egress"; es[1].Policy != want {
 		t.Errorf("egress default without policies %q, want %q", es[1].Policy, want)
 	}
 }
