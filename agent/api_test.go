@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"log/slog"
 	"net/netip"
 	"slices"
 	"testing"
@@ -31,27 +32,19 @@ func describeTestSnapshot(t *testing.T, docs ...string) *policy.Snapshot {
 			IPs:        []netip.Addr{netip.AddrFrom4([4]byte{10, 0, 1, byte(i + 1)})},
 			NamedPorts: []policy.NamedPort{{Name: "serve-80", Proto: policy.ProtoTCP, Number: 80}}})
 	}
+	// The policies go in as the agent feeds a datastore batch.
+	var objs []datastore.Object
 	for _, doc := range docs {
-		objs, err := datastore.Decode("test.yaml", []byte(doc))
+		o, err := datastore.Decode("test.yaml", []byte(doc))
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, o := range objs {
-			var src string
-			var ps []*policy.Policy
-			switch p := o.Obj.(type) {
-			case *datastore.CiliumNetworkPolicy:
-				src, ps, err = policy.FromCiliumNetworkPolicy(p)
-			case *datastore.CiliumClusterwideNetworkPolicy:
-				src, ps, err = policy.FromCiliumClusterwideNetworkPolicy(p)
-			default:
-				t.Fatalf("unexpected %T", p)
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			e.SetPolicies(src, ps)
-		}
+		objs = append(objs, o...)
+	}
+	a := &Agent{eng: e, log: slog.New(slog.DiscardHandler), compileErrors: map[datastore.Key]string{}}
+	a.ingest(datastore.Batch{Upserts: objs})
+	if len(a.compileErrors) > 0 {
+		t.Fatalf("policies refused: %v", a.compileErrors)
 	}
 	snap, err := e.Compute()
 	if err != nil {
