@@ -249,10 +249,11 @@ y/other -> x/client TCP/80: allowed
 `)
 }
 
-func TestCiliumRequires(t *testing.T) {
-	// fromRequires narrows every allow rule of the selected endpoint,
-	// including those of other policies.
-	w := newCiliumWorld(t, `
+// prodOnlyIngress requires env=prod of every ingress peer of x's env=prod
+// endpoints; serverClients lets x's clients reach its servers, and anyone
+// their port 8443.
+const (
+	prodOnlyIngress = `
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: prod-only, namespace: x}
@@ -260,7 +261,8 @@ spec:
   endpointSelector: {matchLabels: {env: prod}}
   ingress:
   - fromRequires: [{matchLabels: {env: prod}}]
-`, `
+`
+	serverClients = `
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: clients, namespace: x}
@@ -269,7 +271,13 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
   - toPorts: [{ports: [{port: "8443", protocol: TCP}]}]
-`)
+`
+)
+
+func TestCiliumRequires(t *testing.T) {
+	// fromRequires narrows every allow rule of the selected endpoint,
+	// including those of other policies.
+	w := newCiliumWorld(t, prodOnlyIngress, serverClients)
 	w.expect(`
 x/client -> x/server TCP/80: allowed
 x/devclient -> x/server TCP/80: denied
@@ -525,24 +533,7 @@ func TestCompileHTTPRegexes(t *testing.T) {
 // which policies demand it, and which rule would allow the traffic
 // otherwise; other default-deny reasons keep their wording.
 func TestCiliumRequiresExplained(t *testing.T) {
-	w := newCiliumWorld(t, `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: prod-only, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {env: prod}}
-  ingress:
-  - fromRequires: [{matchLabels: {env: prod}}]
-`, `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: clients, namespace: x}
-spec:
-  endpointSelector: {matchLabels: {app: server}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-  - toPorts: [{ports: [{port: "8443", protocol: TCP}]}]
-`, `
+	w := newCiliumWorld(t, prodOnlyIngress, serverClients, `
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: client-out, namespace: x}
