@@ -224,11 +224,10 @@ func describeRules(snap *policy.Snapshot, ep *policy.Endpoint, proxyPorts [2]uin
 		}
 		for i, remote := range remotes {
 			var ids []api.IdentityRef
-			switch {
-			case len(req) > 0:
+			// Without requirements, only a label selector's row lists
+			// identities (any peer and CIDRs are whoever they are).
+			if _, labels := peers[i].(*policy.LabelSelector); labels || len(req) > 0 {
 				ids = meetingRequirements(snap, peers[i], req)
-			case peers[i] != nil:
-				ids = matchingIdentities(snap, peers[i])
 			}
 			for _, pr := range ports {
 				e := api.PolicyEntry{
@@ -347,26 +346,6 @@ func meetingRequirements(snap *policy.Snapshot, s policy.Selector, req []policy.
 			continue
 		}
 		out = append(out, api.IdentityRef{ID: uint32(id), Labels: l.List()})
-	}
-	return out
-}
-
-func matchingIdentities(snap *policy.Snapshot, s policy.Selector) []api.IdentityRef {
-	ls, ok := s.(*policy.LabelSelector)
-	if !ok {
-		return nil
-	}
-	var out []api.IdentityRef
-	for _, id := range []identity.ID{identity.Host, identity.World, identity.RemoteNode} {
-		if l := identity.ReservedLabels(id); ls.Matches(l) {
-			out = append(out, api.IdentityRef{ID: uint32(id), Labels: l.List()})
-		}
-	}
-	for _, id := range slices.Sorted(maps.Keys(snap.Identities)) {
-		l := snap.Identities[id]
-		if ls.Matches(l) {
-			out = append(out, api.IdentityRef{ID: uint32(id), Labels: l.List()})
-		}
 	}
 	return out
 }
