@@ -227,17 +227,22 @@ func (h *headerRule) check(hv HeaderView) headerResult {
 	if len(vals) == 0 {
 		return headerMissing
 	}
+	// A field sent several times is matched as its values joined by
+	// commas, as Envoy's header matchers (and Cilium's) see it: a rule
+	// cannot be met by one copy while the upstream acts on another.
+	v := vals[0]
+	if len(vals) > 1 {
+		v = strings.Join(vals, ",")
+	}
 	switch h.kind {
 	case headerExact:
-		if slices.Contains(vals, h.exact) {
+		if v == h.exact {
 			return headerOK
 		}
 		return headerWrong
 	case headerRegex:
-		for _, v := range vals {
-			if h.re.match(v) {
-				return headerOK
-			}
+		if h.re.match(v) {
+			return headerOK
 		}
 		return headerWrong
 	}

@@ -395,12 +395,14 @@ func TestHeaderMatching(t *testing.T) {
 		{"/present", hdr{}, false},
 		{"/present", hdr{"x-other": {"a"}}, false},
 		{"/exact", hdr{"x-token": {"s3cret"}}, true},
-		{"/exact", hdr{"x-token": {"other", "s3cret"}}, true}, // some value
+		{"/exact", hdr{"x-token": {"other", "s3cret"}}, false}, // joined: "other,s3cret"
+		{"/exact", hdr{"x-token": {"s3cret", "s3cret"}}, false},
 		{"/exact", hdr{"x-token": {"S3CRET"}}, false},
 		{"/exact", hdr{"x-token": {"s3cret "}}, false},
 		{"/exact", hdr{}, false},
 		{"/regex", hdr{"x-token": {"tok-42"}}, true},
-		{"/regex", hdr{"x-token": {"x", "tok-1"}}, true},
+		{"/regex", hdr{"x-token": {"x", "tok-1"}}, false}, // joined: "x,tok-1"
+		{"/regex", hdr{"x-token": {"tok-1", "tok-2"}}, false},
 		{"/regex", hdr{"x-token": {"tok-42x"}}, false}, // whole value
 		{"/regex", hdr{"x-token": {"xtok-42"}}, false},
 		{"/regex", hdr{}, false},
@@ -458,6 +460,9 @@ func TestMismatchActions(t *testing.T) {
 		{"/delete", hdr{"x-token": {"wrong"}}, true, []Mutation{{actDelete, "x-token", ""}}, nil},
 		{"/delete", hdr{"x-token": {"s3cret"}}, true, nil, nil},
 		{"/replace", hdr{"x-token": {"wrong", "worse"}}, true, []Mutation{{actReplace, "x-token", "s3cret"}}, nil},
+		// One right copy among others does not stop the replacement.
+		{"/replace", hdr{"x-token": {"wrong", "s3cret"}}, true, []Mutation{{actReplace, "x-token", "s3cret"}}, nil},
+		{"/delete", hdr{"x-token": {"s3cret", "wrong"}}, true, []Mutation{{actDelete, "x-token", ""}}, nil},
 		{"/replace", hdr{}, true, []Mutation{{actReplace, "x-token", "s3cret"}}, nil},
 		{"/fail", hdr{"x-token": {"wrong"}}, false, nil, nil},
 		{"/mixed", hdr{"a": {"1"}, "b": {"x"}, "c": {"3"}, "d": {""}}, true, nil, nil},
