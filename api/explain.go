@@ -51,7 +51,12 @@ func (c *Client) Explain(ctx context.Context, src, dst, protocol string, port in
 // ExplainAcross asks every agent and merges the sides they decide: a
 // connection between nodes is decided by two agents.
 func ExplainAcross(ctx context.Context, clients []*Client, src, dst, protocol string, port int) (*Explanation, error) {
-	var out *Explanation
+	// The ends are shown as the deciding agents see them: a node's own
+	// address is the host to itself and a remote node to the others. The
+	// source as its egress side's agent sees it, else as the ingress
+	// side's (which is where its packets are checked); the destination
+	// likewise the other way round.
+	var out, eg, in *Explanation
 	for _, c := range clients {
 		x, err := c.Explain(ctx, src, dst, protocol, port)
 		if err != nil {
@@ -61,16 +66,26 @@ func ExplainAcross(ctx context.Context, clients []*Client, src, dst, protocol st
 			out = x
 		}
 		if x.Egress != nil {
-			out.Egress = x.Egress
-			out.Src = x.Src
+			eg = x
 		}
 		if x.Ingress != nil {
-			out.Ingress = x.Ingress
-			out.Dst = x.Dst
+			in = x
 		}
 	}
 	if out == nil {
 		return nil, fmt.Errorf("no agent to ask")
+	}
+	merged := *out
+	out = &merged
+	out.Egress, out.Ingress = nil, nil
+	if eg != nil {
+		out.Egress, out.Src, out.Dst = eg.Egress, eg.Src, eg.Dst
+	}
+	if in != nil {
+		out.Ingress, out.Dst = in.Ingress, in.Dst
+		if eg == nil {
+			out.Src = in.Src
+		}
 	}
 	out.Verdict = "allowed"
 	for _, d := range []*Decision{out.Egress, out.Ingress} {
