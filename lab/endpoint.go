@@ -157,9 +157,16 @@ func (l *Lab) resolve(ref string) (endpoint, error) {
 		}
 		return endpoint{}, fmt.Errorf("lab %s has no node %s (and no pod %s)", l.y.name, name, ref)
 	}
+	if !strings.Contains(ref, "/") {
+		hint := ""
+		if a, err := netip.ParseAddr(ref); err == nil {
+			hint = fmt.Sprintf(": name a pod as NAMESPACE/NAME, and an address of the world as %s%s", worldAddrPrefix, a)
+		}
+		return endpoint{}, fmt.Errorf("endpoint %q: want NAMESPACE/NAME, %s, %sADDRESS or %sNODE%s", ref, WorldName, worldAddrPrefix, nodePrefix, hint)
+	}
 	p, err := l.Pod(ref)
 	if err != nil {
-		return endpoint{}, fmt.Errorf("%w (want NAMESPACE/NAME, %s, %sADDRESS or %sNODE)", err, WorldName, worldAddrPrefix, nodePrefix)
+		return endpoint{}, err
 	}
 	return podEndpoint(p), nil
 }

@@ -40,7 +40,9 @@ type HTTPSpec struct {
 	Header http.Header
 	Body   string
 	// HTTP2 speaks h2c (HTTP/2 with prior knowledge) instead of HTTP/1.1.
-	HTTP2   bool
+	HTTP2 bool
+	// Family is the IP family, 4 or 6, as for Probe.
+	Family  int
 	Timeout time.Duration
 }
 
@@ -70,34 +72,41 @@ func (l *Lab) dialer(from endpoint, family int) func(ctx context.Context, networ
 	}
 }
 
-// target resolves From and To and returns the destination address.
-func (l *Lab) l7Target(fromRef, toRef string, port int) (endpoint, netip.AddrPort, error) {
+// InputError is an error in what a request asks for (an endpoint that is
+// none, a bad port or path), as opposed to a request that got no answer.
+type InputError struct{ Err error }
+
+func (e *InputError) Error() string { return e.Err.Error() }
+func (e *InputError) Unwrap() error { return e.Err }
+
+// l7Target resolves From and To and returns the source endpoint, the IP
+// family (as for Probe) and the destination address.
+func (l *Lab) l7Target(fromRef, toRef string, port, family int) (endpoint, int, netip.AddrPort, error) {
+	fail := func(err error) (endpoint, int, netip.AddrPort, error) {
+		return endpoint{}, 0, netip.AddrPort{}, &InputError{err}
+	}
 	from, err := l.resolve(fromRef)
 	if err != nil {
-		return endpoint{}, netip.AddrPort{}, err
+		return fail(err)
 	}
 	to, err := l.resolve(toRef)
 	if err != nil {
-		return endpoint{}, netip.AddrPort{}, err
+		return fail(err)
 	}
 	if port < 1 || port > 65535 {
-		return endpoint{}, netip.AddrPort{}, fmt.Errorf("port %d: want 1-65535", port)
+		return fail(fmt.Errorf("port %d: want 1-65535", port))
 	}
-	family := 4
-	if f := to.family(); f != 0 {
-		family = f
-	}
-	ip, err := to.dst(family)
+	family, ip, err := pickEnds(family, fromRef, toRef, from, to)
 	if err != nil {
-		return endpoint{}, netip.AddrPort{}, err
+		return fail(err)
 	}
-	return from, netip.AddrPortFrom(ip, uint16(port)), nil
+	return from, family, netip.AddrPortFrom(ip, uint16(port)), nil
 }
 
 // HTTP sends one request and returns the response (any status). An error
 // means no response came: refused, timed out, reset.
 func (l *Lab) HTTP(ctx context.Context, spec HTTPSpec) (*HTTPResult, error) {
-	from, dst, err := l.l7Target(spec.From, spec.To, spec.Port)
+	from, family, dst, err := l.l7Target(spec.From, spec.To, spec.Port, spec.Family)
 	if err != nil {
 		return nil, err
 	}
@@ -111,11 +120,7 @@ func (l *Lab) HTTP(ctx context.Context, spec HTTPSpec) (*HTTPResult, error) {
 		spec.Path = "/"
 	}
 	if !strings.HasPrefix(spec.Path, "/") {
-		return nil, fmt.Errorf("path %q: want a path starting with /", spec.Path)
-	}
-	family := 4
-	if dst.Addr().Is6() {
-		family = 6
+		return nil, &InputError{fmt.Errorf("path %q: want a path starting with /", spec.Path)}
 	}
 	// net/http sends req.Host and drops a Host header, so a Host given as
 	// a header (membranectl lab http -H 'Host: x') would silently not
@@ -129,7 +134,7 @@ func (l *Lab) HTTP(ctx context.Context, spec HTTPSpec) (*HTTPResult, error) {
 		}
 		for _, v := range vs {
 			if host != "" && v != host {
-				return nil, fmt.Errorf("Host %q and Host %q: a request has one Host; give it once, with --host or with -H 'Host: NAME'", host, v)
+				return nil, &InputError{fmt.Errorf("Host %q and Host %q: a request has one Host; give it once, with --host or with -H 'Host: NAME'", host, v)}
 			}
 			host = v
 		}
@@ -196,6 +201,8 @@ type GRPCSpec struct {
 	// Service is the health service name to ask about ("" for the server).
 	Service string
 	Watch   bool
+	// Family is the IP family, 4 or 6, as for Probe.
+	Family  int
 	Timeout time.Duration
 }
 
@@ -211,16 +218,12 @@ type GRPCResult struct {
 // GRPC makes one health call. An error means the call could not be made
 // at all (bad endpoint); a failed call is a result with its code.
 func (l *Lab) GRPC(ctx context.Context, spec GRPCSpec) (*GRPCResult, error) {
-	from, dst, err := l.l7Target(spec.From, spec.To, spec.Port)
+	from, family, dst, err := l.l7Target(spec.From, spec.To, spec.Port, spec.Family)
 	if err != nil {
 		return nil, err
 	}
 	if spec.Timeout <= 0 {
 		spec.Timeout = 5 * time.Second
-	}
-	family := 4
-	if dst.Addr().Is6() {
-		family = 6
 	}
 	dial := l.dialer(from, family)
 	cc, err := grpc.NewClient("passthrough:///"+dst.String(),

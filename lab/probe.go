@@ -119,25 +119,8 @@ func (l *Lab) Probe(ctx context.Context, spec ProbeSpec) (ProbeResult, error) {
 	if err != nil {
 		return ProbeResult{}, err
 	}
-	family := spec.Family
-	for _, e := range []endpoint{from, to} {
-		if f := e.family(); f != 0 {
-			if family != 0 && family != f {
-				return ProbeResult{}, fmt.Errorf("probe %s -> %s: %s is an IPv%d address, but the probe is IPv%d", spec.From, spec.To, e.fixed, f, family)
-			}
-			family = f
-		}
-	}
-	if family == 0 {
-		family = 4
-	}
-	ip, err := to.dst(family)
+	family, ip, err := pickEnds(spec.Family, spec.From, spec.To, from, to)
 	if err != nil {
-		return ProbeResult{}, err
-	}
-	// A pod without an address of the family cannot send: that is the
-	// lab's shape, not a verdict.
-	if _, err := from.dst(family); err != nil {
 		return ProbeResult{}, err
 	}
 	return probe(ctx, from.netns, from.src(family), to, netip.AddrPortFrom(ip, uint16(spec.Port)), spec.Protocol, spec.Timeout)
@@ -299,4 +282,36 @@ func newNonce() string {
 	b := make([]byte, 8)
 	rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// pickEnds chooses the IP family of a connection from `from` to `to`
+// (refs fromRef and toRef): want (4 or 6), else that of a "world:ADDRESS"
+// end, else 4. It returns the family and the destination's address, or
+// an error when the ends disagree or one has no address of the family: a
+// pod without an address of the family cannot send, and that is the
+// lab's shape, not a verdict.
+func pickEnds(want int, fromRef, toRef string, from, to endpoint) (int, netip.Addr, error) {
+	if want != 0 && want != 4 && want != 6 {
+		return 0, netip.Addr{}, fmt.Errorf("IP family %d: want 4 or 6", want)
+	}
+	family := want
+	for _, e := range []endpoint{from, to} {
+		if f := e.family(); f != 0 {
+			if family != 0 && family != f {
+				return 0, netip.Addr{}, fmt.Errorf("%s -> %s: %s is an IPv%d address, but the connection is IPv%d", fromRef, toRef, e.fixed, f, family)
+			}
+			family = f
+		}
+	}
+	if family == 0 {
+		family = 4
+	}
+	ip, err := to.dst(family)
+	if err != nil {
+		return 0, netip.Addr{}, err
+	}
+	if _, err := from.dst(family); err != nil {
+		return 0, netip.Addr{}, err
+	}
+	return family, ip, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -367,6 +368,48 @@ spec:
 		for _, target := range []string{"world", "node/node1/responder"} {
 			if files, err := l.LogFiles(target); err != nil || len(files) != 1 {
 				t.Errorf("LogFiles(%s) = %v, %v", target, files, err)
+			}
+		}
+	})
+
+	// lab http and lab grpc pick the family as probes do: that of a
+	// world:ADDRESS end, else the one asked for, else 4.
+	t.Run("l7 clients", func(t *testing.T) {
+		for _, c := range []struct {
+			from   string
+			family int
+			source netip.Addr
+		}{
+			{"world:2001:db8:ffff::20", 0, addr("2001:db8:ffff::20")},
+			{"world:203.0.113.20", 0, addr("203.0.113.20")},
+			{"w/b", 6, ip(b, 6)},
+			{"w/b", 0, ip(b, 4)},
+		} {
+			res, err := l.HTTP(ctx, HTTPSpec{From: c.from, To: "w/a", Port: 8080, Family: c.family})
+			if err != nil {
+				t.Errorf("http from %s (family %d): %v", c.from, c.family, err)
+				continue
+			}
+			src, err := netip.ParseAddrPort(res.Header.Get("X-Membrane-Source"))
+			if err != nil || src.Addr() != c.source {
+				t.Errorf("http from %s (family %d): the responder saw %q, want %s", c.from, c.family, res.Header.Get("X-Membrane-Source"), c.source)
+			}
+			g, err := l.GRPC(ctx, GRPCSpec{From: c.from, To: "w/a", Port: 8080, Family: c.family})
+			if err != nil || g.Code != "OK" {
+				t.Errorf("grpc from %s (family %d): %v %v", c.from, c.family, g, err)
+			}
+		}
+		// Asking for what cannot be is an input error, not a lost request.
+		for _, spec := range []HTTPSpec{
+			{From: "world:2001:db8:ffff::20", To: "w/a", Port: 8080, Family: 4},
+			{From: "w/b", To: "w/a", Port: 8080, Family: 5},
+			{From: "w/b", To: ip(a, 6).String(), Port: 8080},
+		} {
+			var ie *InputError
+			if _, err := l.HTTP(ctx, spec); !errors.As(err, &ie) {
+				t.Errorf("http %s -> %s family %d: error %v, want an input error", spec.From, spec.To, spec.Family, err)
+			} else if spec.Family == 0 && !strings.Contains(err.Error(), "world:"+ip(a, 6).String()) {
+				t.Errorf("an address as endpoint: %v, want a hint naming world:ADDRESS", err)
 			}
 		}
 	})
