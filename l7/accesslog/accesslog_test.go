@@ -49,10 +49,13 @@ func TestEntry(t *testing.T) {
 	if _, ok := md["grpc_status"]; ok {
 		t.Error("grpc_status set for a non-gRPC request")
 	}
+	if _, ok := md["method"]; ok {
+		t.Error("method set in metadata for GET, which the enum holds")
+	}
 	g := Entry(&Record{Verdict: Forwarded, Policy: "p", Reason: "ignored", HasGRPCStatus: true, GRPCStatus: 7, Method: "PURGE", Upstream: netip.MustParseAddrPort("10.0.0.1:80")})
 	gmd := g.GetCommonProperties().GetMetadata().GetFilterMetadata()["membrane"].GetFields()
 	if gmd["policy"].GetStringValue() != "p" || gmd["grpc_status"].GetNumberValue() != 7 || gmd["reason"] != nil ||
-		g.GetRequest().GetRequestMethod() != corev3.RequestMethod_METHOD_UNSPECIFIED ||
+		g.GetRequest().GetRequestMethod() != corev3.RequestMethod_METHOD_UNSPECIFIED || gmd["method"].GetStringValue() != "PURGE" ||
 		g.GetCommonProperties().GetUpstreamRemoteAddress().GetSocketAddress().GetPortValue() != 80 {
 		t.Errorf("forwarded gRPC entry: %v", g)
 	}

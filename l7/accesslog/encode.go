@@ -188,6 +188,9 @@ func (e *encoder) metadata(r *Record) []byte {
 	if r.HasGRPCStatus {
 		st = e.numField(st, "grpc_status", float64(r.GRPCStatus))
 	}
+	if rawMethod(r.Method) {
+		st = e.strField(st, "method", r.Method)
+	}
 	if len(r.Mismatches) > 0 {
 		st = e.listField(st, "header_mismatches", r.Mismatches)
 	}

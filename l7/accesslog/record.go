@@ -86,6 +86,9 @@ func Entry(r *Record) *accesslogdatav3.HTTPAccessLogEntry {
 	if r.HasGRPCStatus {
 		md["grpc_status"] = structpb.NewNumberValue(float64(r.GRPCStatus))
 	}
+	if rawMethod(r.Method) {
+		md["method"] = str(r.Method)
+	}
 	if len(r.Mismatches) > 0 {
 		l := make([]*structpb.Value, len(r.Mismatches))
 		for i, m := range r.Mismatches {
@@ -135,6 +138,13 @@ func address(ap netip.AddrPort) *corev3.Address {
 		Address:       ap.Addr().Unmap().String(),
 		PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())},
 	}}}
+}
+
+// rawMethod reports whether method m is one Envoy's enum cannot hold
+// (PURGE, get, PROPFIND …): the entry's metadata then carries it as sent
+// ("method"), so that flows show and filter it.
+func rawMethod(m string) bool {
+	return m != "" && method(m) == corev3.RequestMethod_METHOD_UNSPECIFIED
 }
 
 func method(m string) corev3.RequestMethod {
