@@ -207,12 +207,8 @@ func (l *Lab) RestartAgents(ctx context.Context, args []string) error {
 	}
 	// Flags the agent would refuse leave the running agents alone.
 	_, agent := l.programs()
-	if out, err := exec.CommandContext(ctx, agent, append(slices.Clone(args), "-version")...).CombinedOutput(); err != nil {
-		msg, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-		if msg == "" {
-			msg = err.Error()
-		}
-		return fmt.Errorf("agent flags %q refused (the agents keep running as they were): %s", args, msg)
+	if err := checkFlags(ctx, agent, args); err != nil {
+		return fmt.Errorf("agent flags %q refused (the agents keep running as they were): %w", args, err)
 	}
 	var sups []Process
 	for _, n := range st.Nodes {
@@ -251,4 +247,19 @@ func (l *Lab) RestartAgents(ctx context.Context, args []string) error {
 	}
 	_, rev, _ := store.List()
 	return l.waitApplied(ctx, rev)
+}
+
+// checkFlags runs program with args and -version, which parses the flags
+// and exits: flags it refuses fail here, with its first line of complaint,
+// rather than in a process that a supervisor restarts until a timeout.
+func checkFlags(ctx context.Context, program string, args []string) error {
+	out, err := exec.CommandContext(ctx, program, append(slices.Clone(args), "-version")...).CombinedOutput()
+	if err == nil {
+		return nil
+	}
+	msg, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	if msg == "" {
+		msg = err.Error()
+	}
+	return errors.New(msg)
 }

@@ -246,3 +246,24 @@ func TestAgentTimeouts(t *testing.T) {
 		})
 	}
 }
+
+// Flags the agent refuses fail lab up at once, with the agent's own
+// complaint, before anything is created: under its supervisor the agent
+// would exit and restart until the wait for it timed out.
+func TestUpRefusesBadAgentFlags(t *testing.T) {
+	needRoot(t)
+	yaml := "apiVersion: v1\nkind: Namespace\nmetadata: {name: bf}\n"
+	name := labName(t)
+	t.Cleanup(func() { Down(context.Background(), name) })
+	start := time.Now()
+	_, err := Up(context.Background(), Options{Path: writeFile(t, "lab.yaml", yaml), Name: name, AgentBinary: fakeAgentBinary(t),
+		AgentArgs: []string{"--bogus-flag"}, NoProxy: true, ReadyTimeout: 10 * time.Second})
+	if err == nil {
+		Down(context.Background(), name)
+		t.Fatal("Up succeeded")
+	}
+	if !strings.Contains(err.Error(), "flag provided but not defined: -bogus-flag") || time.Since(start) > 5*time.Second {
+		t.Errorf("after %s: %v; want the agent's complaint, at once", time.Since(start).Round(time.Millisecond), err)
+	}
+	assertGone(t, name, nil)
+}

@@ -89,6 +89,18 @@ func Up(ctx context.Context, opts Options) (_ *Lab, err error) {
 				return nil, err
 			}
 		}
+		// Flags a program refuses would have it exit at once, again and
+		// again under its supervisor, until the wait for it times out.
+		if len(opts.AgentArgs) > 0 {
+			if err := checkFlags(ctx, agentBin, opts.AgentArgs); err != nil {
+				return nil, fmt.Errorf("agent flags %q refused: %w", opts.AgentArgs, err)
+			}
+		}
+		if proxyBin != "" && len(opts.ProxyArgs) > 0 {
+			if err := checkFlags(ctx, proxyBin, opts.ProxyArgs); err != nil {
+				return nil, fmt.Errorf("proxy flags %q refused: %w", opts.ProxyArgs, err)
+			}
+		}
 	}
 
 	y := newLayout(pl.name)
