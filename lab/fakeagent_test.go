@@ -204,6 +204,26 @@ spec:
 	if ino, _ := netnsInode(pid); ino == 0 || !sameNetns(pid, l.y.nodeNetns("n1")) {
 		t.Errorf("restarted agent %d not in the node's netns", pid)
 	}
+
+	// Without its supervisor an agent is not restarted: status says so,
+	// and shows no PID for an agent that is gone.
+	sup := l.State().Nodes[0].Supervisor
+	if sup == nil || l.State().Nodes[0].Name != "n1" {
+		t.Fatalf("node n1 has no supervisor: %+v", l.State().Nodes[0])
+	}
+	syscall.Kill(sup.PID, syscall.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); sup.running() && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); livePID(pid) != 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	}
+	if st, err = l.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	n1 := st.Nodes[0]
+	if n1.Agent != "down" || n1.AgentPID != 0 || !strings.Contains(n1.Problem, "supervisor") || !strings.Contains(n1.Problem, "restart-agents") {
+		t.Errorf("node n1 after its supervisor and agent were killed: %+v; want down, no PID, and the supervisor named", n1)
+	}
 }
 
 func sameNetns(pid int, ns string) bool {

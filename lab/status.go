@@ -82,7 +82,7 @@ func (l *Lab) Status(ctx context.Context) (*Status, error) {
 			ns.Responder = processesState(n.Responders)
 		}
 		if !st.NoAgent {
-			ns.AgentPID = l.AgentPID(n.Name)
+			ns.AgentPID = livePID(l.AgentPID(n.Name))
 			actx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			as, err := l.Agent(n.Name).Status(actx)
 			var eps []api.Endpoint
@@ -102,9 +102,12 @@ func (l *Lab) Status(ctx context.Context) (*Status, error) {
 			for _, ep := range eps {
 				endpoints[ep.Namespace+"/"+ep.Pod] = ep.State
 			}
+			if n.Supervisor != nil && !n.Supervisor.running() {
+				ns.Problem = joinProblems(ns.Problem, fmt.Sprintf("the agent's supervisor (PID %d) is gone: nothing restarts the agent if it stops; membranectl lab restart-agents starts both again", n.Supervisor.PID))
+			}
 		}
 		if n.ProxySupervisor != nil {
-			ns.ProxyPID = l.ProxyPID(n.Name)
+			ns.ProxyPID = livePID(l.ProxyPID(n.Name))
 			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			err := l.ProxyReady(pctx, n.Name)
 			cancel()
@@ -115,6 +118,9 @@ func (l *Lab) Status(ctx context.Context) (*Status, error) {
 				ns.Proxy = "down"
 			default:
 				ns.Proxy = "not ready"
+			}
+			if !n.ProxySupervisor.running() {
+				ns.Problem = joinProblems(ns.Problem, fmt.Sprintf("the proxy's supervisor (PID %d) is gone: nothing restarts the proxy if it stops (lab down and up again)", n.ProxySupervisor.PID))
 			}
 		}
 		s.Nodes = append(s.Nodes, ns)
@@ -161,4 +167,23 @@ func processesState(procs []Process) string {
 		return "running"
 	}
 	return fmt.Sprintf("%d/%d running", running, len(procs))
+}
+
+// livePID is pid if that process is alive (not a zombie), else 0: a PID
+// file outlives a killed process.
+func livePID(pid int) int {
+	if pid <= 0 {
+		return 0
+	}
+	if _, state, err := procStat(pid); err != nil || state == 'Z' || state == 'X' {
+		return 0
+	}
+	return pid
+}
+
+func joinProblems(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "; " + b
 }
