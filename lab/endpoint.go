@@ -100,6 +100,16 @@ func (e endpoint) family() int {
 	}
 }
 
+// Address returns the address of endpoint ref ("NAMESPACE/NAME", "world",
+// "world:ADDRESS" or "node/NAME", as for Probe) in family (4 or 6).
+func (l *Lab) Address(ref string, family int) (netip.Addr, error) {
+	e, err := l.resolve(ref)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return e.dst(family)
+}
+
 // resolve finds the endpoint ref: "NAMESPACE/NAME", "world",
 // "world:ADDRESS" or "node/NAME".
 func (l *Lab) resolve(ref string) (endpoint, error) {

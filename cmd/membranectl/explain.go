@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/membrane-mesh/membrane/api"
+	"github.com/membrane-mesh/membrane/datastore"
 	"github.com/membrane-mesh/membrane/lab"
 )
 
@@ -28,28 +29,35 @@ func newExplainCommand() *cobra.Command {
 		Short: "Say whether FROM may reach TO on PORT, and exactly which policy and rule decide it",
 		Long: `Explain asks the agents that own each side: the source's node decides
 its egress policy, the destination's node its ingress policy. FROM and TO
-are lab pods (namespace/pod) or IP addresses. The answer comes from the
-state that programs the BPF maps, so it is what the datapath does.
+are lab endpoints as for "lab probe" (namespace/pod, world, world:ADDRESS,
+node/NAME) or IP addresses. The answer comes from the state that programs
+the BPF maps, so it is what the datapath does.
 
-For ICMP (--protocol icmp or icmpv6), PORT is the ICMP type.`,
+For ICMP (--protocol icmp or icmpv6), PORT is the ICMP type: a number
+0-255 or a name as in CiliumNetworkPolicy (EchoRequest).`,
 		Args: cobra.ExactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := checkOutput(output, "text", "json"); err != nil {
 				return err
 			}
-			port, err := strconv.Atoi(args[2])
-			if err != nil || port < 0 || port > 65535 {
-				return fmt.Errorf("PORT must be a number 0-65535, got %q", args[2])
+			protocol = strings.ToLower(protocol)
+			fam, err := explainFamily(family, cmd.Flags().Changed("family"), protocol, args[0], args[1])
+			if err != nil {
+				return err
+			}
+			port, err := explainPort(args[2], protocol, fam)
+			if err != nil {
+				return err
 			}
 			agents, l, err := t.agents()
 			if err != nil {
 				return err
 			}
-			src, err := resolveEnd(l, args[0], family)
+			src, err := resolveEnd(l, args[0], fam)
 			if err != nil {
 				return err
 			}
-			dst, err := resolveEnd(l, args[1], family)
+			dst, err := resolveEnd(l, args[1], fam)
 			if err != nil {
 				return err
 			}
@@ -57,7 +65,7 @@ For ICMP (--protocol icmp or icmpv6), PORT is the ICMP type.`,
 			for _, a := range agents {
 				clients = append(clients, a.client)
 			}
-			x, err := api.ExplainAcross(cmd.Context(), clients, src, dst, strings.ToLower(protocol), port)
+			x, err := api.ExplainAcross(cmd.Context(), clients, src, dst, protocol, port)
 			if err != nil {
 				return err
 			}
@@ -82,12 +90,80 @@ For ICMP (--protocol icmp or icmpv6), PORT is the ICMP type.`,
 	}
 	t.addFlags(cmd)
 	cmd.Flags().StringVar(&protocol, "protocol", "tcp", "tcp, udp, sctp, icmp or icmpv6")
-	cmd.Flags().IntVar(&family, "family", 4, "address family of lab pods: 4 or 6")
+	cmd.Flags().IntVar(&family, "family", 4, "IP family: 4 or 6 (default 4, or that of the addresses given)")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	return cmd
 }
 
-// resolveEnd turns a lab pod reference or an address into an address.
+// literalAddr is the address ref names outright (an IP, or world:IP), or
+// the zero Addr.
+func literalAddr(ref string) netip.Addr {
+	a, err := netip.ParseAddr(strings.TrimPrefix(ref, lab.WorldName+":"))
+	if err != nil {
+		return netip.Addr{}
+	}
+	return a
+}
+
+// explainFamily is the IP family of the connection explained: the one
+// asked for (--family, given says whether it was), else that of an
+// address given outright, else 4. The ends and the protocol must agree.
+func explainFamily(family int, given bool, protocol string, refs ...string) (int, error) {
+	if family != 4 && family != 6 {
+		return 0, fmt.Errorf("--family %d: want 4 or 6", family)
+	}
+	fam := 0
+	if given {
+		fam = family
+	}
+	for _, ref := range refs {
+		a := literalAddr(ref)
+		if !a.IsValid() {
+			continue
+		}
+		f := 4
+		if a.Is6() && !a.Is4In6() {
+			f = 6
+		}
+		if fam != 0 && f != fam {
+			return 0, fmt.Errorf("%s is an IPv%d address, but the connection is IPv%d (the other end or --family)", ref, f, fam)
+		}
+		fam = f
+	}
+	if fam == 0 {
+		fam = 4
+	}
+	switch {
+	case protocol == "icmp" && fam == 6:
+		return 0, fmt.Errorf("--protocol icmp is ICMP for IPv4: between IPv6 addresses use --protocol icmpv6")
+	case protocol == "icmpv6" && fam == 4:
+		return 0, fmt.Errorf("--protocol icmpv6 is ICMP for IPv6: between IPv4 addresses use --protocol icmp, or --family 6")
+	}
+	return fam, nil
+}
+
+// explainPort parses PORT: a port 0-65535, or for ICMP a type 0-255 or
+// its name in the family.
+func explainPort(arg, protocol string, family int) (int, error) {
+	if protocol == "icmp" || protocol == "icmpv6" {
+		fam := datastore.ICMPFamilyIPv4
+		if family == 6 {
+			fam = datastore.ICMPFamilyIPv6
+		}
+		if t, ok := datastore.ICMPTypeNumber(fam, arg); ok {
+			return int(t), nil
+		}
+		return 0, fmt.Errorf("ICMP type %q: want a number 0-255 or an %s type name such as EchoRequest", arg, fam)
+	}
+	port, err := strconv.Atoi(arg)
+	if err != nil || port < 0 || port > 65535 {
+		return 0, fmt.Errorf("PORT must be a number 0-65535, got %q", arg)
+	}
+	return port, nil
+}
+
+// resolveEnd turns a lab endpoint reference or an address into an
+// address of the family.
 func resolveEnd(l *lab.Lab, ref string, family int) (string, error) {
 	if a, err := netip.ParseAddr(ref); err == nil {
 		return a.String(), nil
@@ -95,15 +171,11 @@ func resolveEnd(l *lab.Lab, ref string, family int) (string, error) {
 	if l == nil {
 		return "", fmt.Errorf("%q: with --agent-socket, give an IP address", ref)
 	}
-	p, err := l.Pod(ref)
+	a, err := l.Address(ref, family)
 	if err != nil {
 		return "", err
 	}
-	ip, ok := p.IP(family)
-	if !ok {
-		return "", fmt.Errorf("pod %s has no IPv%d address", ref, family)
-	}
-	return ip.String(), nil
+	return a.String(), nil
 }
 
 func printExplanation(w io.Writer, x *api.Explanation) {
