@@ -573,4 +573,9 @@ spec:
 		strings.Count(err.Error(), "expression nests too deeply") != 2 {
 		t.Errorf("999 nested groups: want two \"nests too deeply\" errors, got %.300v", err)
 	}
+	// The expressions (some 2 KB each) are quoted cut short, not whole
+	// and twice.
+	if err != nil && len(err.Error()) > 2000 {
+		t.Errorf("999 nested groups: a %d-byte error; want the expressions cut short", len(err.Error()))
+	}
 }

@@ -1,10 +1,14 @@
 package datastore
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"regexp/syntax"
 	"slices"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"k8s.io/apimachinery/pkg/api/validate/content"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -459,17 +463,17 @@ func (c *ciliumCheck) httpRule(h *CiliumHTTPRule, p path) {
 			continue
 		}
 		if _, err := l7pb.CompileRegex(f.re); err != nil {
-			c.add(p.child(f.name), "%q is not a valid regular expression (RE2 syntax; it must match the whole %s): %v", f.re, f.name, regexpReason(err))
+			c.add(p.child(f.name), "%s is not a valid regular expression (RE2 syntax; it must match the whole %s): %v", shortQuote(f.re), f.name, regexpReason(err))
 		}
 	}
 	if h.Path != "" && !strings.HasPrefix(h.Path, "/") && !strings.HasPrefix(h.Path, "^/") && !strings.HasPrefix(h.Path, ".") && !strings.HasPrefix(h.Path, "(") && !strings.HasPrefix(h.Path, "[") {
-		c.add(p.child("path"), "%q can never match: paths start with \"/\" (the regular expression must match the whole path)", h.Path)
+		c.add(p.child("path"), "%s can never match: paths start with \"/\" (the regular expression must match the whole path)", shortQuote(h.Path))
 	}
 	for i, hdr := range h.Headers {
 		hp := p.child("headers").index(i)
 		name, _, _ := ParseHTTPHeaderRule(hdr)
 		if !isHTTPToken(name) {
-			c.add(hp, "%q: want a header name, optionally followed by \": value\" for an exact value (e.g. \"X-Token\" or \"X-Token: abc\")", hdr)
+			c.add(hp, "%s: want a header name, optionally followed by \": value\" for an exact value (e.g. \"X-Token\" or \"X-Token: abc\")", shortQuote(hdr))
 		}
 	}
 	for i, m := range h.HeaderMatches {
@@ -477,7 +481,7 @@ func (c *ciliumCheck) httpRule(h *CiliumHTTPRule, p path) {
 		if m.Name == "" {
 			c.add(mp.child("name"), "required; name the header to match")
 		} else if !isHTTPToken(m.Name) {
-			c.add(mp.child("name"), "%q is not a valid header name", m.Name)
+			c.add(mp.child("name"), "%s is not a valid header name", shortQuote(m.Name))
 		}
 		if m.Secret != nil {
 			c.add(mp.child("secret"), "values from Kubernetes secrets are not supported yet; write the value in value")
@@ -487,7 +491,7 @@ func (c *ciliumCheck) httpRule(h *CiliumHTTPRule, p path) {
 		}
 		if m.Regex != "" {
 			if _, err := l7pb.CompileRegex(m.Regex); err != nil {
-				c.add(mp.child("regex"), "%q is not a valid regular expression (RE2 syntax; it must match the whole value): %v", m.Regex, regexpReason(err))
+				c.add(mp.child("regex"), "%s is not a valid regular expression (RE2 syntax; it must match the whole value): %v", shortQuote(m.Regex), regexpReason(err))
 			}
 		}
 		switch m.Mismatch {
@@ -530,9 +534,30 @@ func isHTTPToken(s string) bool {
 	return true
 }
 
-// regexpReason is a regexp error without the "error parsing regexp:" prefix.
+// regexpReason is a regexp error without the "error parsing regexp:"
+// prefix, and with the part of the expression it quotes cut short.
 func regexpReason(err error) string {
+	var se *syntax.Error
+	if errors.As(err, &se) && len(se.Expr) > maxQuoted {
+		return fmt.Sprintf("%s in %s", se.Code, shortQuote(se.Expr))
+	}
 	return strings.TrimPrefix(err.Error(), "error parsing regexp: ")
+}
+
+// maxQuoted is how much of a value an error message quotes.
+const maxQuoted = 100
+
+// shortQuote quotes s for an error message: whole if short, else its
+// first maxQuoted bytes and its length.
+func shortQuote(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := s[:maxQuoted]
+	for len(cut) > 0 && !utf8.ValidString(cut) {
+		cut = cut[:len(cut)-1]
+	}
+	return fmt.Sprintf("%s... (%d bytes)", strconv.Quote(cut), len(s))
 }
 
 // ports checks the ports of a toPorts entry.
