@@ -73,6 +73,12 @@ func (a *Agent) apiDecision(d *policy.Decision) *api.Decision {
 	if d.Verdict == policy.Deny {
 		out.Verdict = "denied"
 	}
+	// A redirect needs the node's proxy: without one the datapath finds no
+	// listener and drops the connection (PROXY_UNAVAILABLE).
+	if d.Verdict == policy.Redirect && (a.xds == nil || !a.xds.Status().ProxyConnected) {
+		out.Verdict = "denied"
+		out.Reason += "; but no L7 proxy is connected to this node's agent, so the datapath drops the connection (PROXY_UNAVAILABLE)"
+	}
 	if st := a.app.endpoints[d.Endpoint]; st != nil && st.state == api.EndpointFailed {
 		out.Verdict = "denied"
 		out.Policy = ""

@@ -153,7 +153,7 @@ func (s *Snapshot) decide(ep *Endpoint, d Dir, peer AddressInfo, proto uint8, po
 		case Deny:
 			dec.Reason = fmt.Sprintf("denied by %s (a deny rule wins over every allow)", dec.Rule)
 		case Redirect:
-			dec.Reason = fmt.Sprintf("allowed through the L7 proxy (port %d) by %s", v.ProxyPort, dec.Rule)
+			dec.Reason = fmt.Sprintf("redirected to the L7 proxy (port %d) by %s: its L7 rules decide each request", v.ProxyPort, dec.Rule)
 		default:
 			dec.Reason = fmt.Sprintf("allowed by %s", dec.Rule)
 		}

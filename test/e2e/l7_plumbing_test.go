@@ -67,9 +67,13 @@ spec:
   - toEndpoints: [{}]
     toPorts: [{ports: [{port: "80", protocol: TCP}, {port: "81", protocol: TCP}]}]
 `)
-	// Without a listener, redirected connections fail closed.
+	// Without a listener, redirected connections fail closed, and explain
+	// says so.
 	if probe(t, l, "x/client", "x/server", 80, "tcp", time.Second) {
 		t.Fatal("x/client -> x/server:80 connected with no proxy listening")
+	}
+	if x, _ := explainRefs(t, l, agentClients(l), "x/client", "x/server", "tcp", 80); x.Verdict != "denied" || !strings.Contains(explainWhy(x), "no L7 proxy is connected") {
+		t.Errorf("explain x/client -> x/server tcp/80 with no proxy: %s: %s; want denied, no proxy connected", x.Verdict, explainWhy(x))
 	}
 
 	node1 := nodeNetns(t, l, "node1")

@@ -265,6 +265,14 @@ func TestL7(t *testing.T) {
 		}
 	})
 
+	t.Run("explain", func(t *testing.T) {
+		// explain names the redirect: the proxy's rules decide each request.
+		x, _ := explainRefs(t, l, agentClients(l), "shop/client", "shop/web", "tcp", 80)
+		if x.Verdict != "allowed" || !strings.Contains(explainWhy(x), "redirected to the L7 proxy") {
+			t.Errorf("explain shop/client -> shop/web tcp/80: %s: %s; want allowed, redirected to the L7 proxy", x.Verdict, explainWhy(x))
+		}
+	})
+
 	t.Run("mismatch-actions", func(t *testing.T) {
 		hc := podClient(t, l, "shop/client", false)
 		check := func(path string, in map[string]string, echoHeader, want string) {
