@@ -151,11 +151,9 @@ static __always_inline int ipcache_find(const struct addr *a, struct ipcache_val
  * each). Where it finds nothing, policy_decide goes on from the next
  * probe.
  */
-__noinline int flow_ends(const struct ct_key *t, __u32 flags, struct endpoint *dst_ep,
-			 struct ends *out)
+static __always_inline int flow_ends_inline(const struct ct_key *t, __u32 flags, struct endpoint *dst_ep,
+					    struct ends *out)
 {
-	if (!t || !dst_ep || !out)
-		return 0;
 	struct ipcache_value *src = &out->src, *dst = &out->dst;
 	out->probed = 0;
 	int r = FL_DONE;
@@ -204,6 +202,17 @@ __noinline int flow_ends(const struct ct_key *t, __u32 flags, struct endpoint *d
 	}
 	out->probed = policy_first_probe(id, ep_flags, dir, selset, t->proto, bpf_ntohs(t->dport));
 	return r;
+}
+
+/* flow_ends_inline as a global function, for the hooks whose frames leave
+ * no room for it inline; from_netdev, which has room, inlines it and saves
+ * the call (docs/ARCHITECTURE.md). */
+__noinline int flow_ends(const struct ct_key *t, __u32 flags, struct endpoint *dst_ep,
+			 struct ends *out)
+{
+	if (!t || !dst_ep || !out)
+		return 0;
+	return flow_ends_inline(t, flags, dst_ep, out);
 }
 
 static __always_inline __u64 seconds_or(const struct config *cfg, __u32 s, __u32 dflt)
@@ -519,9 +528,8 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		if (obs == OBS_TO_ENDPOINT && dst_ep->ifindex != skb->ifindex)
 			return drop(skb, &p, cfg, REASON_UNKNOWN_ENDPOINT, &ei);
 		ei.ep_id = dst_ep->id;
-		/* No local endpoint sends from the underlay (its endpoint is
-		 * looked up into src_epv, unused here). */
-		if (obs == OBS_FROM_NETDEV && endpoint_get(&p.t.saddr, &src_epv))
+		/* No local endpoint sends from the underlay. */
+		if (obs == OBS_FROM_NETDEV && endpoint_present(&p.t.saddr))
 			return drop(skb, &p, cfg, REASON_SPOOFED, &ei);
 	}
 
@@ -554,7 +562,7 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		/* Traffic of the node itself leaves here, before anything
 		 * else is looked up. Besides the destination's endpoint, this
 		 * looks up what a new connection to it needs. */
-		ends = flow_ends(&p.t, FL_DST_LOOKUP | FL_ONLY_IF_DST, &dst_epv, &en);
+		ends = flow_ends_inline(&p.t, FL_DST_LOOKUP | FL_ONLY_IF_DST, &dst_epv, &en);
 		if (ends & FL_FOUND_DST)
 			dst_ep = &dst_epv;
 		dst_known = 1;

@@ -246,11 +246,11 @@ const (
 	DatapathProgToNetdev          = "to_netdev"
 	DatapathVarCtBucketMask       = "ct_bucket_mask"
 	DatapathVarCtSeed             = "ct_seed"
-	DatapathVarCtStoresOrdered    = "ct_stores_ordered"
 	DatapathVarEndpointsIndexMask = "endpoints_index_mask"
 	DatapathVarFlowlogSlotMask    = "flowlog_slot_mask"
 	DatapathVarIpcacheIndexMask   = "ipcache_index_mask"
 	DatapathVarPolicyIndexMask    = "policy_index_mask"
+	DatapathVarStoresOrdered      = "stores_ordered"
 	DatapathVarUnusedEvent        = "unused_event"
 	DatapathVarUnusedFlowlogHead  = "unused_flowlog_head"
 )
@@ -331,11 +331,11 @@ type DatapathMapSpecs struct {
 type DatapathVariableSpecs struct {
 	CtBucketMask       *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
 	CtSeed             *ebpf.VariableSpec `ebpf:"ct_seed"`
-	CtStoresOrdered    *ebpf.VariableSpec `ebpf:"ct_stores_ordered"`
 	EndpointsIndexMask *ebpf.VariableSpec `ebpf:"endpoints_index_mask"`
 	FlowlogSlotMask    *ebpf.VariableSpec `ebpf:"flowlog_slot_mask"`
 	IpcacheIndexMask   *ebpf.VariableSpec `ebpf:"ipcache_index_mask"`
 	PolicyIndexMask    *ebpf.VariableSpec `ebpf:"policy_index_mask"`
+	StoresOrdered      *ebpf.VariableSpec `ebpf:"stores_ordered"`
 	UnusedEvent        *ebpf.VariableSpec `ebpf:"unused_event"`
 	UnusedFlowlogHead  *ebpf.VariableSpec `ebpf:"unused_flowlog_head"`
 }
@@ -403,11 +403,11 @@ func (m *DatapathMaps) Close() error {
 type DatapathVariables struct {
 	CtBucketMask       *ebpf.Variable `ebpf:"ct_bucket_mask"`
 	CtSeed             *ebpf.Variable `ebpf:"ct_seed"`
-	CtStoresOrdered    *ebpf.Variable `ebpf:"ct_stores_ordered"`
 	EndpointsIndexMask *ebpf.Variable `ebpf:"endpoints_index_mask"`
 	FlowlogSlotMask    *ebpf.Variable `ebpf:"flowlog_slot_mask"`
 	IpcacheIndexMask   *ebpf.Variable `ebpf:"ipcache_index_mask"`
 	PolicyIndexMask    *ebpf.Variable `ebpf:"policy_index_mask"`
+	StoresOrdered      *ebpf.Variable `ebpf:"stores_ordered"`
 	UnusedEvent        *ebpf.Variable `ebpf:"unused_event"`
 	UnusedFlowlogHead  *ebpf.Variable `ebpf:"unused_flowlog_head"`
 }

@@ -34,10 +34,11 @@ const (
 
 type ctBucket = bpf.DatapathCtBucket
 
-// ctStoresOrdered is ct.h's ct_stores_ordered: 1 where every CPU sees
+// storesOrdered is membrane.h's stores_ordered: 1 where every CPU sees
 // another's stores in program order (x86, the kernel's architecture as
-// this process's), so that a plain store publishes a slot.
-func ctStoresOrdered() uint8 {
+// this process's), so that a plain store publishes a conntrack slot or a
+// flow log record.
+func storesOrdered() uint8 {
 	if runtime.GOARCH == "amd64" || runtime.GOARCH == "386" {
 		return 1
 	}
@@ -672,9 +673,9 @@ func isOldConntrack(info *ebpf.MapInfo) bool {
 		info.ValueSize == uint32(unsafe.Sizeof(bpf.DatapathCtEntry{}))
 }
 
-// CTStoresOrdered is the value of ct.h's ct_stores_ordered for this
+// StoresOrdered is the value of membrane.h's stores_ordered for this
 // machine, for programs that use the table code apart from the datapath.
-func CTStoresOrdered() uint8 { return ctStoresOrdered() }
+func StoresOrdered() uint8 { return storesOrdered() }
 
 // CTTableBuckets is how many buckets a conntrack table holding entries
 // connections has (the map's max_entries; ct_bucket_mask is one less).

@@ -182,8 +182,8 @@ func Load(opts Options) (*Datapath, error) {
 	if err := spec.Variables["flowlog_slot_mask"].Set(sizes.FlowLog - 1); err != nil {
 		return nil, fmt.Errorf("size the flow log: %w", err)
 	}
-	if err := spec.Variables["ct_stores_ordered"].Set(ctStoresOrdered()); err != nil {
-		return nil, fmt.Errorf("set the conntrack publish: %w", err)
+	if err := spec.Variables["stores_ordered"].Set(storesOrdered()); err != nil {
+		return nil, fmt.Errorf("set how records are published: %w", err)
 	}
 	for m, v := range map[string]string{
 		bpf.DatapathMapEndpointsIndex: bpf.DatapathVarEndpointsIndexMask,

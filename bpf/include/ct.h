@@ -60,6 +60,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "membrane.h"
+#include "order.h"
 
 /* The table: buckets in a BPF array, pinned like the maps of maps.h. The
  * agent reads and collects it through a memory-mapped view. max_entries
@@ -77,17 +78,14 @@ struct {
  * the size of the table the program is loaded with. */
 volatile const __u32 ct_bucket_mask = (1 << 16) - 1;
 
-/* Set by the agent where every CPU sees another's stores in the order
- * they were made (x86): a slot is then published by a plain store rather
- * than an exchange, a locked instruction that also waits for the slot's
- * own stores to reach the cache. Elsewhere the exchange orders them. */
-volatile const __u8 ct_stores_ordered = 0;
-
 /* Publishes a slot whose key and entry have been written: sets its meta
- * word to v. */
+ * word to v. Where stores are seen in program order (x86, stores_ordered)
+ * a plain store after a compiler barrier; elsewhere an exchange, a locked
+ * instruction that also waits for the slot's own stores to reach the
+ * cache. */
 static __always_inline void ct_publish(__u32 *meta, __u32 v)
 {
-	if (ct_stores_ordered) {
+	if (stores_ordered) {
 		asm volatile("" ::: "memory"); /* the slot's stores come first */
 		*(volatile __u32 *)meta = v;
 	} else {

@@ -209,6 +209,16 @@ __noinline int endpoint_get(const struct addr *a, struct endpoint *out)
 	return endpoint_find(a, out);
 }
 
+/* endpoint_exists as a function of its own: a caller that only asks
+ * whether an address is a local endpoint keeps no copy of one on its
+ * stack. */
+__noinline int endpoint_present(const struct addr *a)
+{
+	if (!a)
+		return 0;
+	return endpoint_exists(a);
+}
+
 /* Copies the exact ipcache entry of address a into *out; returns 0 when
  * there is none. */
 static __always_inline int ipcache_host_find(const struct addr *a, struct ipcache_value *out)

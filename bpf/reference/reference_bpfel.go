@@ -60,15 +60,15 @@ type ReferenceCtKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ReferenceMapCt              = "ct"
-	ReferenceMapCtLru           = "ct_lru"
-	ReferenceProgCtLruInsert    = "ct_lru_insert"
-	ReferenceProgCtLruLookup    = "ct_lru_lookup"
-	ReferenceProgCtTableInsert  = "ct_table_insert"
-	ReferenceProgCtTableLookup  = "ct_table_lookup"
-	ReferenceVarCtBucketMask    = "ct_bucket_mask"
-	ReferenceVarCtSeed          = "ct_seed"
-	ReferenceVarCtStoresOrdered = "ct_stores_ordered"
+	ReferenceMapCt             = "ct"
+	ReferenceMapCtLru          = "ct_lru"
+	ReferenceProgCtLruInsert   = "ct_lru_insert"
+	ReferenceProgCtLruLookup   = "ct_lru_lookup"
+	ReferenceProgCtTableInsert = "ct_table_insert"
+	ReferenceProgCtTableLookup = "ct_table_lookup"
+	ReferenceVarCtBucketMask   = "ct_bucket_mask"
+	ReferenceVarCtSeed         = "ct_seed"
+	ReferenceVarStoresOrdered  = "stores_ordered"
 )
 
 // LoadReference returns the embedded CollectionSpec for Reference.
@@ -131,9 +131,9 @@ type ReferenceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ReferenceVariableSpecs struct {
-	CtBucketMask    *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
-	CtSeed          *ebpf.VariableSpec `ebpf:"ct_seed"`
-	CtStoresOrdered *ebpf.VariableSpec `ebpf:"ct_stores_ordered"`
+	CtBucketMask  *ebpf.VariableSpec `ebpf:"ct_bucket_mask"`
+	CtSeed        *ebpf.VariableSpec `ebpf:"ct_seed"`
+	StoresOrdered *ebpf.VariableSpec `ebpf:"stores_ordered"`
 }
 
 // ReferenceObjects contains all objects after they have been loaded into the kernel.
@@ -171,9 +171,9 @@ func (m *ReferenceMaps) Close() error {
 //
 // It can be passed to LoadReferenceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ReferenceVariables struct {
-	CtBucketMask    *ebpf.Variable `ebpf:"ct_bucket_mask"`
-	CtSeed          *ebpf.Variable `ebpf:"ct_seed"`
-	CtStoresOrdered *ebpf.Variable `ebpf:"ct_stores_ordered"`
+	CtBucketMask  *ebpf.Variable `ebpf:"ct_bucket_mask"`
+	CtSeed        *ebpf.Variable `ebpf:"ct_seed"`
+	StoresOrdered *ebpf.Variable `ebpf:"stores_ordered"`
 }
 
 // ReferencePrograms contains all programs after they have been loaded into the kernel.

@@ -48,7 +48,7 @@ func newCTReferences(entries uint32) (*ctReferences, error) {
 	if err := spec.Variables["ct_bucket_mask"].Set(table.MaxEntries - 1); err != nil {
 		return nil, err
 	}
-	if err := spec.Variables["ct_stores_ordered"].Set(datapath.CTStoresOrdered()); err != nil {
+	if err := spec.Variables["stores_ordered"].Set(datapath.StoresOrdered()); err != nil {
 		return nil, err
 	}
 	r := &ctReferences{}
