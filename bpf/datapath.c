@@ -744,6 +744,16 @@ static __always_inline int handle(struct __sk_buff *skb, __u8 obs)
 		proxy_port = di.proxy_port;
 	if (proxy_port) {
 		ei.flags |= EVF_REDIRECT;
+		/* A drop below is charged to the policy that redirects. */
+		if (de.verdict == VERDICT_REDIRECT && src_ep) {
+			ei.dir = DIR_EGRESS;
+			ei.ep_id = src_ep->id;
+			ei.rule_id = de.rule_id;
+		} else if (dst_ep) {
+			ei.dir = DIR_INGRESS;
+			ei.ep_id = dst_ep->id;
+			ei.rule_id = di.rule_id;
+		}
 		if (obs == OBS_TO_ENDPOINT)
 			return drop(skb, &p, cfg, REASON_REDIRECT_EGRESS_HOOK, &ei);
 		if (p.icmp_error || redirect_to_proxy(skb, &p, proxy_port, cfg) < 0)

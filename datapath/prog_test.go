@@ -593,8 +593,23 @@ func TestRedirectFailsClosedWithoutProxy(t *testing.T) {
 	// No proxy listens on 127.0.0.1:15001 in this test's view.
 	h.expect(FromNetdev, tcp(addrR, addrB, 1, 80, packet.SYN), retDrop)
 	e := h.event(EventDrop)
-	if e.Reason != ReasonProxyUnavailable || e.Flags&EventFlagRedirect == 0 {
-		t.Fatalf("drop event %+v", e)
+	if e.Reason != ReasonProxyUnavailable || e.Flags&EventFlagRedirect == 0 || e.Dir != Ingress || e.EndpointID != 2 || e.RuleID != 4 {
+		t.Fatalf("drop event %+v: want PROXY_UNAVAILABLE, charged to endpoint 2's ingress rule 4", e)
+	}
+	// From a local endpoint without policy of its own: the drop is still
+	// charged to the destination's ingress rule, not to the sender.
+	h.endpoint(addrA, 1, 0, [2][2]uint32{})
+	h.policy(PolicyKey{EpID: 2, Dir: Ingress, Selset: selA, Proto: packet.TCP, Port: 80, Plen: 16}, PolicyValue{Verdict: VerdictRedirect, ProxyPort: 15001, RuleID: 5})
+	h.expect(FromContainer, tcp(addrA, addrB, 3, 80, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonProxyUnavailable || e.Dir != Ingress || e.EndpointID != 2 || e.RuleID != 5 {
+		t.Fatalf("drop event %+v: want PROXY_UNAVAILABLE, charged to endpoint 2's ingress rule 5", e)
+	}
+	// An egress redirect is charged to the sender's egress rule.
+	h.endpoint(addrA, 1, EndpointEgressEnforced, [2][2]uint32{Egress: {MaskSelset: portMask(16)}})
+	h.policy(PolicyKey{EpID: 1, Dir: Egress, Selset: selR, Proto: packet.TCP, Port: 8080, Plen: 16}, PolicyValue{Verdict: VerdictRedirect, ProxyPort: 15002, RuleID: 6})
+	h.expect(FromContainer, tcp(addrA, addrR, 4, 8080, packet.SYN), retDrop)
+	if e := h.event(EventDrop); e.Reason != ReasonProxyUnavailable || e.Dir != Egress || e.EndpointID != 1 || e.RuleID != 6 {
+		t.Fatalf("drop event %+v: want PROXY_UNAVAILABLE, charged to endpoint 1's egress rule 6", e)
 	}
 	// to_container cannot redirect: it refuses rather than bypass L7.
 	h.expect(ToContainer, tcp(addrR, addrB, 2, 80, packet.SYN), retDrop)
