@@ -455,7 +455,9 @@ func TestTransparent(t *testing.T) {
 					forwarded = md["policy"].GetStringValue() == "CiliumNetworkPolicy shop/web-l7 ingress[0]" &&
 						en.GetCommonProperties().GetUpstreamRemoteAddress().GetSocketAddress().GetPortValue() == labHTTPPort
 				case md["grpc_status"] != nil:
-					grpcDenied = md["grpc_status"].GetNumberValue() == 7 && md["verdict"].GetStringValue() == "DENIED"
+					// The wire's status: a trailers-only 200.
+					grpcDenied = md["grpc_status"].GetNumberValue() == 7 && md["verdict"].GetStringValue() == "DENIED" &&
+						en.GetResponse().GetResponseCode().GetValue() == 200
 				}
 			}
 			return denied && forwarded && grpcDenied

@@ -291,13 +291,16 @@ func plain(w http.ResponseWriter, status int, body string) {
 }
 
 // grpcAnswer ends a gRPC request with a trailers-only response: HTTP 200
-// and grpc-status in the one HEADERS frame (with END_STREAM).
+// and grpc-status in the one HEADERS frame (with END_STREAM). The record
+// logs what went on the wire, as Envoy's does: status 200 and the gRPC
+// status; its verdict and details say why.
 func (c *conn) grpcAnswer(w http.ResponseWriter, rec *accesslog.Record, code int, msg string) {
 	h := w.Header()
 	h.Set("Content-Type", "application/grpc")
 	h.Set("Grpc-Status", strconv.Itoa(code))
 	h.Set("Grpc-Message", grpcEncode(msg))
 	w.WriteHeader(200)
+	rec.Status = 200
 	rec.GRPCStatus, rec.HasGRPCStatus = int32(code), true
 }
 
