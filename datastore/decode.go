@@ -22,6 +22,13 @@ import (
 // objects and, when anything was wrong, an ErrorList with every problem.
 // source names data in Object.Source and in errors.
 func Decode(source string, data []byte) ([]Object, error) {
+	return decode(source, data, false)
+}
+
+// decode is Decode; with keysOnly, it reads only what names each object
+// (apiVersion, kind, metadata.name and namespace), and the objects it
+// returns have a Key and a Source but no Obj.
+func decode(source string, data []byte, keysOnly bool) ([]Object, error) {
 	docs, errs := splitDocuments(source, data)
 	count := 0
 	for _, d := range docs {
@@ -43,7 +50,7 @@ func Decode(source string, data []byte) ([]Object, error) {
 		if count > 1 {
 			src = fmt.Sprintf("%s#%d", source, index)
 		}
-		obj, derrs := decodeDocument(src, d)
+		obj, derrs := decodeDocument(src, d, keysOnly)
 		errs = append(errs, derrs...)
 		if derrs == nil {
 			objs = append(objs, obj)
@@ -66,6 +73,19 @@ func DecodePath(root string) ([]Object, error) { return DecodePaths(root) }
 // naming both places. A file named twice (directly or in a directory) is
 // read once.
 func DecodePaths(roots ...string) ([]Object, error) {
+	return decodePaths(false, roots)
+}
+
+// DecodeKeys reads the files and directories as DecodePaths does, but only
+// what names each object (apiVersion, kind, metadata.name and namespace):
+// what deleting them needs. The rest of each object is not read, so a file
+// whose objects no longer validate can still name them for deletion, as
+// with kubectl delete -f. The objects have a Key and a Source, no Obj.
+func DecodeKeys(roots ...string) ([]Object, error) {
+	return decodePaths(true, roots)
+}
+
+func decodePaths(keysOnly bool, roots []string) ([]Object, error) {
 	var objs []Object
 	var errs ErrorList
 	read := map[string]bool{}
@@ -83,7 +103,7 @@ func DecodePaths(roots ...string) ([]Object, error) {
 			errs = append(errs, fmt.Errorf("read %s: %w", p, err))
 			return
 		}
-		o, err := Decode(p, data)
+		o, err := decode(p, data, keysOnly)
 		objs = append(objs, o...)
 		if list, ok := err.(ErrorList); ok {
 			errs = append(errs, list...)
@@ -158,7 +178,7 @@ func isNullJSON(j []byte) bool {
 }
 
 // decodeDocument decodes and validates one document.
-func decodeDocument(source string, doc document) (obj Object, errs []error) {
+func decodeDocument(source string, doc document, keysOnly bool) (obj Object, errs []error) {
 	defer func() {
 		if r := recover(); r != nil {
 			obj, errs = Object{}, []error{&Error{Source: source, Line: doc.line, Msg: fmt.Sprint("cannot decode: ", r)}}
@@ -218,6 +238,15 @@ func decodeDocument(source string, doc document) (obj Object, errs []error) {
 	if !ki.namespaced && namespace != "" {
 		fe.add("metadata.namespace", fmt.Sprintf("%s is cluster-scoped and has no namespace; remove metadata.namespace", kind))
 		key.Namespace = ""
+	}
+	if keysOnly {
+		if name == "" {
+			fe.add("metadata.name", "required; name the object")
+		}
+		if len(fe) > 0 || len(doc.dups) > 0 {
+			return fail()
+		}
+		return Object{Key: key, Source: source}, nil
 	}
 
 	typed, typeErrs, strictErrs := decodeTyped(doc.json, generic, ki.newObj)

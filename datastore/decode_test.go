@@ -163,6 +163,45 @@ func TestDecodePaths(t *testing.T) {
 	}
 }
 
+// DecodeKeys reads what names the objects and nothing else: an object that
+// no longer validates can still be named for deletion.
+func TestDecodeKeys(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	invalid := filepath.Join(dir, "np.yaml")
+	doc := "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: x}\nspec: {podSelector: {matchLabels: {a: b}}, bogus: 1, policyTypes: [Sideways]}\n" +
+		"---\napiVersion: v1\nkind: Namespace\nmetadata: {name: x}\nspec: {finalizers: 3}\n"
+	if err := os.WriteFile(invalid, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodePaths(invalid); err == nil {
+		t.Fatal("DecodePaths took an invalid NetworkPolicy")
+	}
+	objs, err := DecodeKeys(invalid)
+	var got []string
+	for _, o := range objs {
+		got = append(got, o.Key.String())
+	}
+	if err != nil || strings.Join(got, ", ") != "NetworkPolicy x/np, Namespace x" {
+		t.Errorf("DecodeKeys: %v, %v; want both objects named", got, err)
+	}
+	// What names an object is still checked.
+	for _, c := range []struct{ doc, want string }{
+		{"apiVersion: v1\nkind: Pod\nmetadata: {namespace: x}\n", "metadata.name: required"},
+		{"apiVersion: v1\nkind: Thing\nmetadata: {name: t}\n", `unsupported kind "Thing"`},
+		{"apiVersion: v2\nkind: Pod\nmetadata: {name: p}\n", `"v2" does not serve kind Pod`},
+		{"apiVersion: v1\nkind: Namespace\nmetadata: {name: x, namespace: other}\n", "cluster-scoped"},
+	} {
+		p := filepath.Join(dir, "bad.yaml")
+		if err := os.WriteFile(p, []byte(c.doc), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeKeys(p); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("DecodeKeys of %q: %v, want an error with %q", c.doc, err, c.want)
+		}
+	}
+}
+
 // TestYAMLSyntaxErrorLine checks that a YAML syntax error names the line
 // of the offending token, whatever the error's class (the YAML library
 // counts lines from 0 for parser errors and from 1 for scanner errors) and

@@ -38,8 +38,13 @@ func addFilenameFlag(cmd *cobra.Command, paths *[]string) {
 // decodeInput decodes the files and directories of -f as one input, and
 // refuses input without objects, as kubectl does: an empty file or one of
 // comments only is more likely a mistake than a request to do nothing.
+// delete reads only what names each object.
 func decodeInput(verb string, paths []string) ([]datastore.Object, error) {
-	objs, err := datastore.DecodePaths(paths...)
+	decode := datastore.DecodePaths
+	if verb == "delete" {
+		decode = datastore.DecodeKeys
+	}
+	objs, err := decode(paths...)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +107,11 @@ func newDeleteCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "delete -f FILE_OR_DIR [-f FILE_OR_DIR]...",
 		Short: "Delete the objects named in FILE_OR_DIR from a lab (or a datastore)",
-		Args:  cobra.NoArgs,
+		Long: `Delete removes the objects named in every FILE_OR_DIR, all of them or
+none. It reads only what names each object (apiVersion, kind,
+metadata.name and metadata.namespace), as kubectl delete -f does: a file
+whose objects no longer validate still names them.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			objs, err := decodeInput("delete", paths)
 			if err != nil {

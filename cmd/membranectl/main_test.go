@@ -196,8 +196,14 @@ func TestApplyToDatastore(t *testing.T) {
 	if out, _, code := membranectl(t, "apply", "-f", relabelled, "--datastore", dir); code != 0 || out != "Namespace plain configured\n" || revision() != "2" {
 		t.Errorf("apply of a change: %d %q, revision %s (want 2)", code, out, revision())
 	}
-	if out, _, code := membranectl(t, "delete", "-f", objs, "--datastore", dir); code != 0 || out != "Namespace plain deleted\n" {
-		t.Errorf("delete: %d %q", code, out)
+	// delete reads only the names: a file edited into an invalid object
+	// still deletes it, as kubectl delete -f does.
+	broken := writeFile(t, "broken.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: plain, labels: {team: [a]}}\nspec: {bogus: 1}\n")
+	if _, _, code := membranectl(t, "apply", "-f", broken, "--datastore", dir); code == 0 {
+		t.Errorf("apply of an invalid Namespace: code 0")
+	}
+	if out, errOut, code := membranectl(t, "delete", "-f", broken, "--datastore", dir); code != 0 || out != "Namespace plain deleted\n" {
+		t.Errorf("delete with a file that no longer validates: %d %q %s", code, out, errOut)
 	}
 	if _, _, code := membranectl(t, "delete", "-f", objs, "--datastore", dir); code != 1 {
 		t.Errorf("delete of a missing object: code %d, want 1", code)
