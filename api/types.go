@@ -70,6 +70,9 @@ type XDSStatus struct {
 	LastRejected    string `json:"lastRejected,omitempty"`
 	AccessLog       struct {
 		Entries uint64 `json:"entries"`
+		// Verdicts counts the entries by the proxy's verdict:
+		// FORWARDED, DENIED, ERROR.
+		Verdicts map[string]uint64 `json:"verdicts,omitempty"`
 	} `json:"accessLog"`
 }
 

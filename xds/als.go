@@ -5,6 +5,7 @@ import (
 	"io"
 	"time"
 
+	accesslogdatav3 "github.com/envoyproxy/go-control-plane/envoy/data/accesslog/v3"
 	alsv3 "github.com/envoyproxy/go-control-plane/envoy/service/accesslog/v3"
 )
 
@@ -37,16 +38,23 @@ func (a accessLogService) StreamAccessLogs(stream alsv3.AccessLogService_StreamA
 		}
 		entries := msg.GetHttpLogs().GetLogEntry()
 		n := 0
+		var verdicts map[string]uint64
 		for _, e := range entries {
 			if e == nil {
 				continue
 			}
 			n++
+			if v := entryVerdict(e); v != "" {
+				if verdicts == nil {
+					verdicts = map[string]uint64{}
+				}
+				verdicts[v]++
+			}
 			if s.o.OnAccessLog != nil {
 				s.o.OnAccessLog(e)
 			}
 		}
-		s.alsReceived(id, n, len(msg.GetTcpLogs().GetLogEntry()))
+		s.alsReceived(id, n, len(msg.GetTcpLogs().GetLogEntry()), verdicts)
 	}
 }
 
@@ -84,10 +92,20 @@ func (s *Server) alsIdentified(id uint64, node, logName string) {
 	}
 }
 
-func (s *Server) alsReceived(id uint64, http, tcp int) {
+// entryVerdict is the verdict membrane-proxy writes in an entry's
+// metadata (filter "membrane", key "verdict"): FORWARDED, DENIED or ERROR;
+// "" for an entry without one (another proxy's).
+func entryVerdict(e *accesslogdatav3.HTTPAccessLogEntry) string {
+	return e.GetCommonProperties().GetMetadata().GetFilterMetadata()["membrane"].GetFields()["verdict"].GetStringValue()
+}
+
+func (s *Server) alsReceived(id uint64, http, tcp int, verdicts map[string]uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.st.alsEntries += uint64(http)
+	for v, n := range verdicts {
+		s.st.alsVerdicts[v] += n
+	}
 	if a := s.st.als[id]; a != nil {
 		a.entries += uint64(http)
 	}

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -396,8 +397,14 @@ func TestAccessLog(t *testing.T) {
 		}
 	})
 	entry := func(path string, code uint32) *accesslogdatav3.HTTPAccessLogEntry {
+		verdict := "FORWARDED"
+		if code == 403 {
+			verdict = "DENIED"
+		}
+		md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+			"membrane": {Fields: map[string]*structpb.Value{"verdict": structpb.NewStringValue(verdict)}}}}
 		return &accesslogdatav3.HTTPAccessLogEntry{
-			CommonProperties: &accesslogdatav3.AccessLogCommon{StartTime: timestamppb.New(time.Unix(1700000000, 0))},
+			CommonProperties: &accesslogdatav3.AccessLogCommon{StartTime: timestamppb.New(time.Unix(1700000000, 0)), Metadata: md},
 			ProtocolVersion:  accesslogdatav3.HTTPAccessLogEntry_HTTP11,
 			Request:          &accesslogdatav3.HTTPRequestProperties{RequestMethod: corev3.RequestMethod_GET, Path: path},
 			Response:         &accesslogdatav3.HTTPResponseProperties{ResponseCode: wrapperspb.UInt32(code)},
@@ -427,7 +434,8 @@ func TestAccessLog(t *testing.T) {
 	}
 	waitFor(t, "two access log entries", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
 	st := h.srv.Status().AccessLog
-	if st.Entries != 2 || len(st.Streams) != 1 || st.Streams[0].Node != testNode || st.Streams[0].LogName != AccessLogName || st.Streams[0].Entries != 2 {
+	if st.Entries != 2 || len(st.Streams) != 1 || st.Streams[0].Node != testNode || st.Streams[0].LogName != AccessLogName || st.Streams[0].Entries != 2 ||
+		st.Verdicts["FORWARDED"] != 1 || st.Verdicts["DENIED"] != 1 {
 		t.Fatalf("access log status: %+v", st)
 	}
 	if _, err := stream.CloseAndRecv(); err != nil {

@@ -96,9 +96,12 @@ type NACK struct {
 
 // AccessLogStatus describes the AccessLogService.
 type AccessLogStatus struct {
-	// Entries counts the HTTP entries received since the server started.
-	Entries uint64            `json:"entries"`
-	Streams []AccessLogStream `json:"streams"`
+	// Entries counts the HTTP entries received since the server started;
+	// Verdicts counts them by membrane-proxy's verdict (FORWARDED, DENIED,
+	// ERROR).
+	Entries  uint64            `json:"entries"`
+	Verdicts map[string]uint64 `json:"verdicts,omitempty"`
+	Streams  []AccessLogStream `json:"streams"`
 }
 
 // AccessLogStream is one open access-log stream.
@@ -127,7 +130,7 @@ func (s *Server) Status() Status {
 		NACKs:               s.st.nacks,
 		RejectedStreams:     s.st.rejected,
 		LastRejected:        s.st.lastRejected,
-		AccessLog:           AccessLogStatus{Entries: s.st.alsEntries, Streams: []AccessLogStream{}},
+		AccessLog:           AccessLogStatus{Entries: s.st.alsEntries, Verdicts: maps.Clone(s.st.alsVerdicts), Streams: []AccessLogStream{}},
 	}
 	if s.st.lastNACK != nil {
 		n := *s.st.lastNACK
@@ -190,17 +193,19 @@ type state struct {
 	// version changes or a stream closes.
 	ackChanged chan struct{}
 
-	als        map[uint64]*alsStream
-	alsNext    uint64
-	alsEntries uint64
+	als         map[uint64]*alsStream
+	alsNext     uint64
+	alsEntries  uint64
+	alsVerdicts map[string]uint64
 }
 
 func newState() state {
 	return state{
-		published:  map[string]string{},
-		streams:    map[streamKey]*streamState{},
-		ackChanged: make(chan struct{}),
-		als:        map[uint64]*alsStream{},
+		published:   map[string]string{},
+		streams:     map[streamKey]*streamState{},
+		ackChanged:  make(chan struct{}),
+		als:         map[uint64]*alsStream{},
+		alsVerdicts: map[string]uint64{},
 	}
 }
 

@@ -189,7 +189,7 @@ func printXDS(w io.Writer, x *api.XDSStatus) {
 		proxy = "connected, " + strings.Join(parts, ", ")
 	}
 	fmt.Fprintf(w, "  L7 proxy: %s\n", proxy)
-	fmt.Fprintf(w, "    xds %s: policy version %s (%d endpoint policies), %d access-log entries\n", x.Socket, x.PolicyVersion, x.EndpointPolicies, x.AccessLog.Entries)
+	fmt.Fprintf(w, "    xds %s: policy version %s (%d endpoint policies), %d access-log entries%s\n", x.Socket, x.PolicyVersion, x.EndpointPolicies, x.AccessLog.Entries, verdictCounts(x.AccessLog.Verdicts))
 	for _, st := range x.Streams {
 		fmt.Fprintf(w, "    stream %s from %s since %s\n", st.Mode, st.Node, st.ConnectedSince.Local().Format(time.TimeOnly))
 		for _, t := range st.Types {
@@ -364,4 +364,19 @@ func formatVerdictCounts(by map[string]uint64) string {
 		parts[i] = fmt.Sprintf("%d %s", by[v], strings.ToLower(v))
 	}
 	return strings.Join(parts, ", ")
+}
+
+// verdictCounts says how many L7 requests the proxy forwarded, denied and
+// failed (its access log's verdicts), or "" when it logged none.
+func verdictCounts(v map[string]uint64) string {
+	var parts []string
+	for _, k := range []string{"FORWARDED", "DENIED", "ERROR"} {
+		if v[k] > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", v[k], strings.ToLower(k)))
+		}
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	return " (requests " + strings.Join(parts, ", ") + ")"
 }

@@ -110,3 +110,18 @@ func TestPrintPolicyRequirements(t *testing.T) {
 		t.Errorf("policy output:\n%s\nwant rows:\n%s", b.String(), strings.Join(want, "\n"))
 	}
 }
+
+func TestVerdictCounts(t *testing.T) {
+	for _, c := range []struct {
+		in   map[string]uint64
+		want string
+	}{
+		{nil, ""},
+		{map[string]uint64{"DENIED": 2, "FORWARDED": 5}, " (requests 5 forwarded, 2 denied)"},
+		{map[string]uint64{"ERROR": 1}, " (requests 1 error)"},
+	} {
+		if got := verdictCounts(c.in); got != c.want {
+			t.Errorf("verdictCounts(%v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
