@@ -42,7 +42,7 @@
  *
  * Concurrency: a writer claims an empty slot by a compare-and-swap of its
  * meta word (EMPTY -> BUSY), writes key and entry, and publishes the slot
- * (BUSY -> tag | VALID; ct_publish); an eviction claims a valid slot
+ * (BUSY -> tag | VALID; publish_u32, order.h); an eviction claims a valid slot
  * the same way. Readers match meta and key and then use the entry in place,
  * as they would a kernel map's value; an entry's fields are updated in
  * place without locks, as before. The agent reads the table through a
@@ -77,21 +77,6 @@ struct {
 /* Buckets - 1 (a power of two minus one); the agent sets it at load to
  * the size of the table the program is loaded with. */
 volatile const __u32 ct_bucket_mask = (1 << 16) - 1;
-
-/* Publishes a slot whose key and entry have been written: sets its meta
- * word to v. Where stores are seen in program order (x86, stores_ordered)
- * a plain store after a compiler barrier; elsewhere an exchange, a locked
- * instruction that also waits for the slot's own stores to reach the
- * cache. */
-static __always_inline void ct_publish(__u32 *meta, __u32 v)
-{
-	if (stores_ordered) {
-		asm volatile("" ::: "memory"); /* the slot's stores come first */
-		*(volatile __u32 *)meta = v;
-	} else {
-		__sync_lock_test_and_set(meta, v);
-	}
-}
 
 /* The table's hash seed, set by the agent at load from the table's first
  * bucket, which records it (datapath/ctable.go): random per table, so that
@@ -228,7 +213,7 @@ static __always_inline int ct_claim(struct ct_bucket *b, const struct ct_key *k,
 		    __sync_val_compare_and_swap(&b->meta[i], CT_SLOT_EMPTY, CT_SLOT_BUSY) == CT_SLOT_EMPTY) {
 			b->slot[i].key = *k;
 			b->slot[i].entry = *ne;
-			ct_publish(&b->meta[i], meta);
+			publish_u32(&b->meta[i], meta);
 			return 0;
 		}
 	}
@@ -275,7 +260,7 @@ static __always_inline int ct_evict(struct ct_bucket *b1, struct ct_bucket *b2, 
 		__sync_fetch_and_add(&b1->spill, 1);
 	b->slot[i].key = *k;
 	b->slot[i].entry = *ne;
-	ct_publish(&b->meta[i], meta);
+	publish_u32(&b->meta[i], meta);
 	return 0;
 }
 
@@ -297,7 +282,7 @@ static __always_inline int ct_insert_inline(const struct ct_key *k, __u64 h, con
 		return -1;
 	b->slot[slot].key = *k;
 	b->slot[slot].entry = *ne;
-	ct_publish(&b->meta[slot], ct_meta(h));
+	publish_u32(&b->meta[slot], ct_meta(h));
 	return 0;
 }
 

@@ -150,14 +150,8 @@ static __always_inline void flowlog_write(const struct pkt *p, const struct ev_i
 	e->saddr = p->t.saddr;
 	e->daddr = p->t.daddr;
 	/* Publishes the record: its stores come before the head's. Only
-	 * this CPU writes the head, so where stores are seen in program order
-	 * a plain store does; elsewhere a fetching atomic, fully ordered. */
-	if (stores_ordered) {
-		asm volatile("" ::: "memory");
-		*(volatile __u64 *)&h->head = head + 1;
-	} else {
-		__sync_fetch_and_add(&h->head, 1);
-	}
+	 * this CPU writes the head. */
+	publish_u64(&h->head, head + 1);
 	/* The reader is not woken for verdict events, and polls less often
 	 * while idle: then (wake set) the record that fills half the log
 	 * since the reader's last visit wakes it through the ring buffer,
