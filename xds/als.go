@@ -37,24 +37,14 @@ func (a accessLogService) StreamAccessLogs(stream alsv3.AccessLogService_StreamA
 			s.alsIdentified(id, ident.GetNode().GetId(), ident.GetLogName())
 		}
 		entries := msg.GetHttpLogs().GetLogEntry()
-		n := 0
-		var verdicts map[string]uint64
-		for _, e := range entries {
-			if e == nil {
-				continue
-			}
-			n++
-			if v := entryVerdict(e); v != "" {
-				if verdicts == nil {
-					verdicts = map[string]uint64{}
+		if s.o.OnAccessLog != nil {
+			for _, e := range entries {
+				if e != nil {
+					s.o.OnAccessLog(e)
 				}
-				verdicts[v]++
-			}
-			if s.o.OnAccessLog != nil {
-				s.o.OnAccessLog(e)
 			}
 		}
-		s.alsReceived(id, n, len(msg.GetTcpLogs().GetLogEntry()), verdicts)
+		s.alsReceived(id, entries, len(msg.GetTcpLogs().GetLogEntry()))
 	}
 }
 
@@ -99,13 +89,22 @@ func entryVerdict(e *accesslogdatav3.HTTPAccessLogEntry) string {
 	return e.GetCommonProperties().GetMetadata().GetFilterMetadata()["membrane"].GetFields()["verdict"].GetStringValue()
 }
 
-func (s *Server) alsReceived(id uint64, http, tcp int, verdicts map[string]uint64) {
+// alsReceived counts a message's HTTP entries, by verdict too, and its
+// TCP ones (ignored).
+func (s *Server) alsReceived(id uint64, entries []*accesslogdatav3.HTTPAccessLogEntry, tcp int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.st.alsEntries += uint64(http)
-	for v, n := range verdicts {
-		s.st.alsVerdicts[v] += n
+	http := 0
+	for _, e := range entries {
+		if e == nil {
+			continue
+		}
+		http++
+		if v := entryVerdict(e); v != "" {
+			s.st.alsVerdicts[v]++
+		}
 	}
+	s.st.alsEntries += uint64(http)
 	if a := s.st.als[id]; a != nil {
 		a.entries += uint64(http)
 	}
