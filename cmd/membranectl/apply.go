@@ -38,12 +38,8 @@ func addFilenameFlag(cmd *cobra.Command, paths *[]string) {
 // decodeInput decodes the files and directories of -f as one input, and
 // refuses input without objects, as kubectl does: an empty file or one of
 // comments only is more likely a mistake than a request to do nothing.
-// delete reads only what names each object.
-func decodeInput(verb string, paths []string) ([]datastore.Object, error) {
-	decode := datastore.DecodePaths
-	if verb == "delete" {
-		decode = datastore.DecodeKeys
-	}
+// decode is datastore.DecodePaths, or DecodeKeys where only names count.
+func decodeInput(verb string, decode func(...string) ([]datastore.Object, error), paths []string) ([]datastore.Object, error) {
 	objs, err := decode(paths...)
 	if err != nil {
 		return nil, err
@@ -76,7 +72,7 @@ wired and started; deleted ones are torn down; and apply returns once
 every agent enforces the result.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := decodeInput("apply", paths)
+			objs, err := decodeInput("apply", datastore.DecodePaths, paths)
 			if err != nil {
 				return err
 			}
@@ -113,7 +109,7 @@ metadata.name and metadata.namespace), as kubectl delete -f does: a file
 whose objects no longer validate still names them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			objs, err := decodeInput("delete", paths)
+			objs, err := decodeInput("delete", datastore.DecodeKeys, paths)
 			if err != nil {
 				return err
 			}
