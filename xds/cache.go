@@ -42,6 +42,13 @@ import (
 //     a stream for idle while a response is on its way (see
 //     Server.policyPublishedLocked).
 //
+// Neither kind of watch is answered before the first apply: until the
+// agent has published its state, the cache does not know it, and an empty
+// answer would tell a proxy that reconnects to a restarting agent (delta:
+// with the names it holds as initial_resource_versions) to remove every
+// policy it enforces, denying what the policy allows until the agent's
+// first sync. The proxy keeps what it has until then.
+//
 // Both halves are updated together by apply and share one version
 // sequence: apply call n makes both "<prefix><n>".
 type policyCache struct {
@@ -49,7 +56,7 @@ type policyCache struct {
 
 	mu      sync.Mutex
 	version string
-	applied uint64
+	applied uint64 // apply calls; 0: the agent has published nothing yet
 	// resources: name → packed resource, the version at which it last
 	// changed (SotW), and its content hash (delta).
 	resources    map[string]policyResource
@@ -68,17 +75,21 @@ type policyResource struct {
 	hash    string
 }
 
+// A watch is answered once. first: it must be answered even with nothing
+// new for it (a subscription's first request, held until the first apply).
 type sotwWatch struct {
-	req *cachev3.Request
-	sub cachev3.Subscription
-	ch  chan cachev3.Response
+	req   *cachev3.Request
+	sub   cachev3.Subscription
+	ch    chan cachev3.Response
+	first bool
 }
 
 type deltaWatch struct {
-	req *cachev3.DeltaRequest
-	sub cachev3.Subscription
-	ch  chan cachev3.DeltaResponse
-	b   deltaBinding
+	req   *cachev3.DeltaRequest
+	sub   cachev3.Subscription
+	ch    chan cachev3.DeltaResponse
+	b     deltaBinding
+	first bool
 }
 
 // deltaBinding is what the server knows about the stream of a delta
@@ -128,13 +139,13 @@ func (c *policyCache) apply(update map[string][]byte, hashes map[string]string, 
 		delete(c.resources, name)
 	}
 	for id, w := range c.watches {
-		if resp := c.respond(w, false); resp != nil {
+		if resp := c.respond(w, w.first); resp != nil {
 			w.ch <- resp
 			delete(c.watches, id)
 		}
 	}
 	for id, w := range c.deltaWatches {
-		if resp := c.respondDelta(w, false); resp != nil {
+		if resp := c.respondDelta(w, w.first); resp != nil {
 			c.sendDelta(w, resp)
 			delete(c.deltaWatches, id)
 		}
@@ -144,20 +155,23 @@ func (c *policyCache) apply(update map[string][]byte, hashes map[string]string, 
 
 // CreateWatch serves a SotW request. The first request of a subscription
 // (no response nonce) is always answered, so a client learns that the set
-// is empty too; later ones only when what the subscription selects differs
-// from what the stream was last sent. A NACK therefore waits for the next
-// change rather than provoking the same response again.
+// is empty too (once the cache has been applied to); later ones only when
+// what the subscription selects differs from what the stream was last
+// sent. A NACK therefore waits for the next change rather than provoking
+// the same response again.
 func (c *policyCache) CreateWatch(req *cachev3.Request, sub cachev3.Subscription, ch chan cachev3.Response) (func(), error) {
 	if req.GetTypeUrl() != EndpointPolicyType {
 		return nil, fmt.Errorf("request type %s does not match cache type %s", req.GetTypeUrl(), EndpointPolicyType)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	w := sotwWatch{req: req, sub: sub, ch: ch}
 	// Not the version: a client NACKing its first response sends an empty
 	// one, and must not get the same response again at once.
-	first := req.GetResponseNonce() == ""
-	if resp := c.respond(w, first); resp != nil {
+	w := sotwWatch{req: req, sub: sub, ch: ch, first: req.GetResponseNonce() == ""}
+	if c.applied == 0 {
+		return addWatch(c, c.watches, w), nil
+	}
+	if resp := c.respond(w, w.first); resp != nil {
 		// ch has room: the server gives each watch its own channel (or a
 		// shared one with room for every type) and we answer a watch once.
 		ch <- resp
@@ -220,8 +234,9 @@ func (c *policyCache) bind(req *cachev3.DeltaRequest, b deltaBinding) {
 
 // CreateDeltaWatch serves a delta request. The first request of a wildcard
 // subscription is always answered (the client waits for it to finish its
-// initialisation); later ones when a resource the subscription selects
-// differs from what the stream was sent, or was removed.
+// initialisation), once the cache has been applied to; later ones when a
+// resource the subscription selects differs from what the stream was
+// sent, or was removed.
 func (c *policyCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Subscription, ch chan cachev3.DeltaResponse) (func(), error) {
 	if req.GetTypeUrl() != EndpointPolicyType {
 		return nil, fmt.Errorf("request type %s does not match cache type %s", req.GetTypeUrl(), EndpointPolicyType)
@@ -230,8 +245,11 @@ func (c *policyCache) CreateDeltaWatch(req *cachev3.DeltaRequest, sub cachev3.Su
 	defer c.mu.Unlock()
 	b := c.bindings[req]
 	delete(c.bindings, req)
-	w := deltaWatch{req: req, sub: sub, ch: ch, b: b}
-	if resp := c.respondDelta(w, sub.IsWildcard() && req.GetResponseNonce() == ""); resp != nil {
+	w := deltaWatch{req: req, sub: sub, ch: ch, b: b, first: sub.IsWildcard() && req.GetResponseNonce() == ""}
+	if c.applied == 0 {
+		return addWatch(c, c.deltaWatches, w), nil
+	}
+	if resp := c.respondDelta(w, w.first); resp != nil {
 		c.sendDelta(w, resp)
 		return func() {}, nil
 	}
@@ -328,4 +346,11 @@ func (c *policyCache) sendDelta(w deltaWatch, resp cachev3.DeltaResponse) {
 // Fetch is the REST API, which the agent does not serve.
 func (c *policyCache) Fetch(context.Context, *cachev3.Request) (cachev3.Response, error) {
 	return nil, errors.New("fetch is not supported")
+}
+
+// published reports whether apply has been called.
+func (c *policyCache) published() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.applied > 0
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
@@ -282,6 +283,7 @@ func shared(i int, ns, name string, addrs ...string) *policy.Endpoint {
 func TestSharedAddress(t *testing.T) {
 	t.Parallel()
 	h := startServer(t, nil)
+	h.update(t, &policy.Snapshot{Endpoints: map[policy.PodKey]*policy.Endpoint{}})
 	p := newPolicyProxy(t, h, "sotw")
 	p.take(t, p.next(t)) // empty
 
@@ -396,4 +398,85 @@ func syncedProxy(t *testing.T, n int, mode string) (*harness, *policy.Snapshot, 
 	p.take(t, p.next(t))
 	waitAcked(t, h, v1)
 	return h, snap, p
+}
+
+// A proxy that reconnects to a restarting agent keeps enforcing what it
+// has until the agent has published its state: the server answers its
+// first request only then. Answered at once, from an empty cache, the
+// response would have removed every policy the proxy held (delta: each
+// name of its initial_resource_versions; SotW: an empty full set), and
+// the proxy would deny what policy allows until the agent's first sync.
+func TestFirstRequestHeldUntilFirstUpdate(t *testing.T) {
+	t.Parallel()
+	held := []*policy.Endpoint{testEndpoint(0, 0), testEndpoint(1, 0)}
+	for _, mode := range []string{"sotw", "delta"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			h := startServer(t, nil)
+			p := &policyProxy{mode: mode, has: map[string]*l7pb.EndpointPolicy{}}
+			initial := map[string]string{}
+			for _, ep := range held {
+				name := ep.Pod.Key.String()
+				p.has[name] = EndpointPolicy(ep)
+				b, err := cachev3.MarshalResource(p.has[name])
+				if err != nil {
+					t.Fatal(err)
+				}
+				initial[name] = cachev3.HashResource(b)
+			}
+			if mode == "sotw" {
+				p.sotw = newSotwClient(t, h, testNode)
+				p.sotw.send(t, &discoveryv3.DiscoveryRequest{TypeUrl: EndpointPolicyType, VersionInfo: "previous-agent-7"})
+			} else {
+				p.delta = newDeltaClient(t, h, testNode)
+				p.delta.send(t, &discoveryv3.DeltaDiscoveryRequest{TypeUrl: EndpointPolicyType, InitialResourceVersions: initial})
+			}
+			p.quiet(t, "before the first Update")
+			p.wantHas(t, "before the first Update", held...)
+
+			// The agent's first sync: pod-0 unchanged, pod-1 gone, pod-2 new.
+			snap := testSnapshot(1)
+			setEndpoint(snap, 2, 0)
+			v := h.update(t, snap)
+			r := p.next(t)
+			if r.version != v {
+				t.Fatalf("first response: version %s, want %s", r.version, v)
+			}
+			if mode == "delta" {
+				if _, ok := r.resources["ns/pod-0"]; ok || len(r.resources) != 1 || !slices.Equal(r.removed, []string{"ns/pod-1"}) {
+					t.Fatalf("first delta response: resources %v, removed %v; want ns/pod-2 alone (ns/pod-0 is what the proxy has) and ns/pod-1 removed",
+						slices.Sorted(maps.Keys(r.resources)), r.removed)
+				}
+			}
+			p.take(t, r)
+			p.wantHas(t, "after the first Update", testEndpoint(0, 0), testEndpoint(2, 0))
+			waitAcked(t, h, v)
+		})
+	}
+}
+
+// An agent with no endpoints still answers the proxy's first request,
+// with the empty set, once it has synced: the proxy is waiting for it.
+func TestEmptyFirstUpdateAnswers(t *testing.T) {
+	t.Parallel()
+	for _, mode := range []string{"sotw", "delta"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			h := startServer(t, nil)
+			p := newPolicyProxy(t, h, mode)
+			p.quiet(t, "before the first Update")
+			v := h.update(t, &policy.Snapshot{Endpoints: map[policy.PodKey]*policy.Endpoint{}})
+			r := p.next(t)
+			if r.version != v || len(r.resources) != 0 || len(r.removed) != 0 {
+				t.Fatalf("first response: version %s with %d resources and removals %v, want %s and nothing", r.version, len(r.resources), r.removed, v)
+			}
+			p.take(t, r)
+			waitAcked(t, h, v)
+			// Nothing changed since: a second Update publishes nothing.
+			if v2 := h.update(t, &policy.Snapshot{Endpoints: map[policy.PodKey]*policy.Endpoint{}}); v2 != v {
+				t.Fatalf("an Update that changes nothing published version %s after %s", v2, v)
+			}
+			p.quiet(t, "after an Update that changed nothing")
+		})
+	}
 }

@@ -301,7 +301,9 @@ func (s *Server) Update(snap *policy.Snapshot) (version string, err error) {
 	slices.Sort(remove)
 	s.claims = claims
 
-	if len(update) > 0 || len(remove) > 0 {
+	// The first Update is published even if it is empty: it answers the
+	// proxy's first request, held until now (policyCache).
+	if len(update) > 0 || len(remove) > 0 || !s.policies.published() {
 		v := s.policies.apply(update, hashes, remove)
 		n, _ := s.parseVersion(v)
 		s.mu.Lock()
