@@ -86,6 +86,9 @@ type XDSStream struct {
 		LastSentVersion  string `json:"lastSentVersion,omitempty"`
 		LastAckedVersion string `json:"lastAckedVersion,omitempty"`
 		NACKs            uint64 `json:"nacks"`
+		// ResumedResources: delta, what the proxy said it had when it
+		// subscribed (a proxy reconnecting to a restarted agent).
+		ResumedResources int `json:"resumedResources,omitempty"`
 	} `json:"types"`
 }
 

@@ -80,6 +80,11 @@ type TypeStatus struct {
 	// LastAckedVersion is the version of the last response ACKed.
 	LastAckedVersion string `json:"lastAckedVersion,omitempty"`
 	NACKs            uint64 `json:"nacks"`
+	// ResumedResources (delta): how many resources of this type the proxy
+	// said it had when it subscribed (initial_resource_versions), as a
+	// proxy reconnecting to a restarted agent does. Those the server has
+	// unchanged are not sent again.
+	ResumedResources int `json:"resumedResources,omitempty"`
 }
 
 // NACK is a response a proxy rejected.
@@ -159,6 +164,7 @@ func (s *Server) Status() Status {
 				LastSentNonce:    ts.lastSentNonce,
 				LastAckedVersion: ts.lastAcked,
 				NACKs:            ts.nacks,
+				ResumedResources: ts.resumed,
 			})
 			if typeURL == EndpointPolicyType && ts.policyAcked {
 				ss.PolicyVersion = s.formatVersion(ts.policyN)
@@ -247,6 +253,10 @@ type typeState struct {
 	lastSent, lastSentNonce, lastAcked string
 	nacks                              uint64
 	pending                            []sentResponse
+	// Delta: the stream has subscribed to the type, saying it had resumed
+	// resources (TypeStatus.ResumedResources).
+	subscribed bool
+	resumed    int
 
 	// EndpointPolicy only. policyN is the highest policy version the
 	// stream is known to have (valid if policyAcked).
@@ -423,6 +433,9 @@ func (s *Server) requestNACKed(k streamKey, node *corev3.Node, typeURL, version,
 		return "", err
 	}
 	ts := st.typ(typeURL)
+	if k.delta && !ts.subscribed {
+		ts.subscribed, ts.resumed = true, len(initial)
+	}
 	switch {
 	case nack != nil:
 		return s.nackLocked(k, st, ts, typeURL, version, nonce, nack.GetMessage()), nil

@@ -193,7 +193,7 @@ func printXDS(w io.Writer, x *api.XDSStatus) {
 	for _, st := range x.Streams {
 		fmt.Fprintf(w, "    stream %s from %s since %s\n", st.Mode, st.Node, st.ConnectedSince.Local().Format(time.TimeOnly))
 		for _, t := range st.Types {
-			fmt.Fprintf(w, "      %-40s sent %s, acked %s, nacks %d\n", t.Type, orDash(t.LastSentVersion), orDash(t.LastAckedVersion), t.NACKs)
+			fmt.Fprintf(w, "      %-40s sent %s, acked %s, nacks %d%s\n", t.Type, orDash(t.LastSentVersion), orDash(t.LastAckedVersion), t.NACKs, resumedNote(t.LastSentVersion, t.ResumedResources))
 		}
 	}
 	if x.NACKs > 0 {
@@ -209,6 +209,19 @@ func printXDS(w io.Writer, x *api.XDSStatus) {
 	if x.RejectedStreams > 0 {
 		fmt.Fprintf(w, "    refused streams: %d; last: %s\n", x.RejectedStreams, x.LastRejected)
 	}
+}
+
+// resumedNote explains a type the server sent nothing of on a stream
+// whose proxy subscribed with resources it already had: they are current,
+// so there was nothing to send (delta xDS).
+func resumedNote(sent string, resumed int) string {
+	if sent != "" || resumed == 0 {
+		return ""
+	}
+	if resumed == 1 {
+		return " (the proxy resubscribed with the 1 resource it had, which is current)"
+	}
+	return fmt.Sprintf(" (the proxy resubscribed with the %d resources it had, which are current)", resumed)
 }
 
 func orDash(s string) string {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -122,6 +123,31 @@ func TestVerdictCounts(t *testing.T) {
 	} {
 		if got := verdictCounts(c.in); got != c.want {
 			t.Errorf("verdictCounts(%v) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}
+
+// A type the agent sent nothing of on a stream whose proxy resubscribed
+// with what it had (delta, after an agent restart) reads as current.
+func TestPrintStatusResumedTypes(t *testing.T) {
+	var s api.Status
+	err := json.Unmarshal([]byte(`{"node": "node1", "healthy": true, "xds": {"proxyConnected": true, "streams": [{"mode": "delta", "node": "node1", "types": [
+		{"type": "Listener", "lastSentVersion": "a-0", "lastAckedVersion": "a-0", "resumedResources": 2},
+		{"type": "RouteConfiguration", "resumedResources": 1},
+		{"type": "EndpointPolicy", "lastSentVersion": "b-3", "lastAckedVersion": "b-3"}]}]}}`), &s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	printStatus(&b, &s)
+	out := b.String()
+	for _, want := range []string{
+		"RouteConfiguration                       sent -, acked -, nacks 0 (the proxy resubscribed with the 1 resource it had, which is current)\n",
+		"Listener                                 sent a-0, acked a-0, nacks 0\n",
+		"EndpointPolicy                           sent b-3, acked b-3, nacks 0\n",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
 	}
 }
