@@ -57,13 +57,8 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 		return nil, err
 	}
 	alloc := newAllocator(nodes)
-	// New pods are checked against every pod the lab has, running or only
-	// in the datastore (not created yet, or left by a failed apply), and
-	// against each other.
-	netnsNames := newPodNetnsNames(l.y)
 	for _, ps := range st.Pods {
 		alloc.reserve(ps.key(), ps.Node, parseAddrs(ps.IPs))
-		netnsNames.have(ps.Namespace, ps.Name)
 	}
 	for _, o := range current {
 		pod, ok := o.Obj.(*corev1.Pod)
@@ -73,7 +68,6 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 		if st.pod(pod.Namespace, pod.Name) == nil {
 			alloc.reserve(pod.Namespace+"/"+pod.Name, pod.Spec.NodeName, datastore.PodIPs(pod))
 		}
-		netnsNames.have(o.Key.Namespace, o.Key.Name)
 	}
 
 	out := make([]datastore.Object, 0, len(objs))
@@ -100,9 +94,6 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 				o.Obj = fillPodObject(v, p, alloc.node(p.Node))
 				out = append(out, o)
 				continue
-			}
-			if err := netnsNames.claim(p); err != nil {
-				return nil, fmt.Errorf("%s: %w", o.Source, err)
 			}
 			fresh = append(fresh, p)
 			origin[p] = o

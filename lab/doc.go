@@ -5,20 +5,20 @@
 // optional membrane.dev/v1alpha1 Lab that names the nodes and their pod
 // CIDRs) and creates:
 //
-//   - a fabric namespace mbr-LAB-fabric holding the bridge fab0, the
+//   - a fabric namespace mbr_LAB_fabric holding the bridge fab0, the
 //     underlay that joins the nodes (192.0.2.0/24 and 2001:db8:0:ff::/64);
-//   - one namespace per node, mbr-LAB-node-NODE, with eth0 on the fabric,
+//   - one namespace per node, mbr_LAB_node_NODE, with eth0 on the fabric,
 //     forwarding on, a route to every other node's pod CIDRs, and routes
 //     to the world's prefixes (203.0.113.0/24, 198.51.100.0/24,
 //     2001:db8:ffff::/48) via the world host;
-//   - a world host, mbr-LAB-world, that stands for the internet: eth0 on
+//   - a world host, mbr_LAB_world, that stands for the internet: eth0 on
 //     the fabric (192.0.2.254, 2001:db8:0:ff::fe), public addresses on lo
 //     (203.0.113.10, 203.0.113.20, 198.51.100.10, 2001:db8:ffff::10,
 //     2001:db8:ffff::20), and a route to every node's pod CIDRs via that
 //     node, from its default addresses 203.0.113.10 and
 //     2001:db8:ffff::10. It is no Kubernetes object: the datastore, and so
 //     every agent, knows nothing of it, and its traffic is the world's;
-//   - one namespace per pod, mbr-LAB-pod-NAMESPACE-NAME, wired to its node by
+//   - one namespace per pod, mbr_LAB_pod_NAMESPACE_NAME, wired to its node by
 //     a veth pair (host side named by package ifname, pod side eth0), with
 //     the pod's containers running as plain processes inside it;
 //   - unless NoAgent is set, one membrane-agent per node, running in the

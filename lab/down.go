@@ -131,27 +131,17 @@ func teardown(ctx context.Context, y layout, st *State, log *slog.Logger) error 
 
 // ownedNetns returns the network namespaces of lab y: those recorded,
 // plus those whose names the lab's naming scheme produces
-// (mbr-LAB-fabric, mbr-LAB-world, mbr-LAB-node-*, mbr-LAB-pod-*), except
-// names that belong to another lab whose name starts with y's (lab "a"
-// must not touch lab "a-b"'s "mbr-a-b-fabric").
+// (mbr_LAB_fabric, mbr_LAB_world, mbr_LAB_node_*, mbr_LAB_pod_*). No other
+// lab's names start with y's prefix (layout.netnsPrefix).
 func ownedNetns(y layout, recorded []string) ([]string, error) {
 	found, err := netns.List(y.netnsPrefix())
 	if err != nil {
 		return nil, err
 	}
-	var others []string
-	for _, o := range labNames() {
-		if o != y.name && strings.HasPrefix(o, y.name+"-") {
-			others = append(others, newLayout(o).netnsPrefix())
-		}
-	}
 	names := slices.Clone(recorded)
 	for _, n := range found {
 		rest := strings.TrimPrefix(n, y.netnsPrefix())
-		if rest != "fabric" && rest != "world" && !strings.HasPrefix(rest, "node-") && !strings.HasPrefix(rest, "pod-") {
-			continue
-		}
-		if slices.ContainsFunc(others, func(p string) bool { return strings.HasPrefix(n, p) }) {
+		if rest != "fabric" && rest != "world" && !strings.HasPrefix(rest, "node_") && !strings.HasPrefix(rest, "pod_") {
 			continue
 		}
 		names = append(names, n)

@@ -69,11 +69,15 @@ func (y layout) containerLog(ns, pod, container string) string {
 	return filepath.Join(y.podDir(ns, pod), container+".log")
 }
 
-// netnsPrefix starts the name of every network namespace of the lab.
-func (y layout) netnsPrefix() string          { return "mbr-" + y.name + "-" }
+// netnsPrefix starts the name of every network namespace of the lab. The
+// parts of a name are joined by '_', which no lab, node, namespace or pod
+// name has: one lab's prefix is never the start of another's (as "mbr-a-"
+// was of lab a-b's "mbr-a-b-"), and no two pods of a lab share a name (as
+// a-b/c and a/b-c did when joined by '-').
+func (y layout) netnsPrefix() string          { return "mbr_" + y.name + "_" }
 func (y layout) fabricNetns() string          { return y.netnsPrefix() + "fabric" }
 func (y layout) worldNetns() string           { return y.netnsPrefix() + "world" }
-func (y layout) nodeNetns(node string) string { return y.netnsPrefix() + "node-" + node }
+func (y layout) nodeNetns(node string) string { return y.netnsPrefix() + "node_" + node }
 func (y layout) podNetns(ns, pod string) string {
-	return y.netnsPrefix() + "pod-" + ns + "-" + pod
+	return y.netnsPrefix() + "pod_" + ns + "_" + pod
 }

@@ -413,7 +413,6 @@ func newPlan(objs []datastore.Object, name string) (*plan, error) {
 	}
 
 	origin := map[*podPlan]datastore.Object{}
-	netnsNames := newPodNetnsNames(y)
 	for _, o := range objs {
 		pod, ok := o.Obj.(*corev1.Pod)
 		if !ok {
@@ -422,9 +421,6 @@ func newPlan(objs []datastore.Object, name string) (*plan, error) {
 		}
 		p, err := podPlanFromObject(pod)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", o.Source, err)
-		}
-		if err := netnsNames.claim(p); err != nil {
 			return nil, fmt.Errorf("%s: %w", o.Source, err)
 		}
 		origin[p] = o
@@ -458,56 +454,6 @@ func newPlan(objs []datastore.Object, name string) (*plan, error) {
 		})
 	}
 	return pl, nil
-}
-
-// podNetnsNames tells which pod has which network namespace name. The
-// name joins the pod's namespace and name with '-', so pods a-b/c and
-// a/b-c would get the same one; the second pod must then be refused up
-// front, since creating it would fail halfway and leave it pointing at
-// the namespace of the first.
-type podNetnsNames struct {
-	y     layout
-	owner map[string]netnsOwner
-}
-
-// netnsOwner is the pod that has a network namespace name, and whether
-// the lab has that pod already (rather than being about to add it).
-type netnsOwner struct {
-	pod      string
-	existing bool
-}
-
-func newPodNetnsNames(y layout) *podNetnsNames {
-	return &podNetnsNames{y: y, owner: map[string]netnsOwner{}}
-}
-
-// have records a pod that the lab already has (running, or written to
-// its datastore). Pods of a lab made before this check could already
-// share a name; the first one keeps it, so that such a lab can still be
-// changed.
-func (c *podNetnsNames) have(namespace, name string) {
-	nn := c.y.podNetns(namespace, name)
-	if _, ok := c.owner[nn]; !ok {
-		c.owner[nn] = netnsOwner{pod: namespace + "/" + name, existing: true}
-	}
-}
-
-// claim records a pod about to be added, and refuses it if another pod
-// (already there, or added along with it) has its network namespace name.
-// The same pod may claim its name again.
-func (c *podNetnsNames) claim(p *podPlan) error {
-	nn := c.y.podNetns(p.Namespace, p.Name)
-	other, ok := c.owner[nn]
-	switch {
-	case ok && other.pod == p.key():
-		return nil
-	case ok && other.existing:
-		return fmt.Errorf("Pod %s: its network namespace name %s is that of pod %s, which the lab already has (namespace and name are joined by '-'); rename pod %s", p.key(), nn, other.pod, p.key())
-	case ok:
-		return fmt.Errorf("pods %s and %s would share the network namespace name %s (namespace and name are joined by '-'); rename one of them", other.pod, p.key(), nn)
-	}
-	c.owner[nn] = netnsOwner{pod: p.key()}
-	return nil
 }
 
 func longestNodeName(nodes []*nodePlan) string {
