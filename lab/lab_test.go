@@ -763,3 +763,42 @@ func TestPodsWhoseNamesJoinAlike(t *testing.T) {
 		runningIntact(t)
 	})
 }
+
+// TestPodPortDeclaredTwice: Kubernetes accepts a port number that two
+// containers of a pod declare (TCP 53 in one, UDP 53 in the other). The
+// pod comes up, and its one responder on the port answers both
+// protocols; a port a container with a command declares is left to it.
+func TestPodPortDeclaredTwice(t *testing.T) {
+	l := up(t, `apiVersion: v1
+kind: Pod
+metadata: {name: dns, namespace: a}
+spec:
+  containers:
+  - {name: t, ports: [{name: dns-tcp, containerPort: 53, protocol: TCP}, {containerPort: 80}]}
+  - {name: u, ports: [{name: dns, containerPort: 53, protocol: UDP}, {containerPort: 80}, {containerPort: 8080}]}
+  - {name: web, command: [sleep, "600"], ports: [{containerPort: 8080}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: a}
+spec:
+  containers: [{name: c}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: a}
+`, Options{NoAgent: true})
+	ctx := context.Background()
+	p, err := l.Pod("a/dns")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(p.ResponderPorts, []int{53, 80}) {
+		t.Errorf("responder ports %v, want [53 80] (8080 is the command's)", p.ResponderPorts)
+	}
+	for _, proto := range []string{"tcp", "udp"} {
+		if res, err := l.Probe(ctx, ProbeSpec{From: "a/client", To: "a/dns", Port: 53, Protocol: proto}); err != nil || !res.Allowed {
+			t.Errorf("probe a/client -> a/dns %s/53: %v %v", proto, res, err)
+		}
+	}
+}

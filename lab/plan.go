@@ -275,7 +275,35 @@ func podPlanFromObject(pod *corev1.Pod) (*podPlan, error) {
 		p.Ports = append(p.Ports, port)
 	}
 	slices.Sort(p.Ports)
+	shareResponderPorts(p.Containers)
 	return p, nil
+}
+
+// shareResponderPorts leaves each port number to one process of the pod,
+// as containers share a network namespace: a port a container with a
+// command declares is its, and the built-in responder of the first
+// container without one that declares a port serves it (TCP and UDP)
+// for the others. Kubernetes accepts a port number declared twice in a
+// pod (TCP 53 in one container, UDP 53 in another); two responders would
+// fail to bind it.
+func shareResponderPorts(cs []containerPlan) {
+	taken := map[int]bool{}
+	for _, c := range cs {
+		if len(c.Argv) > 0 {
+			for _, port := range c.Ports {
+				taken[port] = true
+			}
+		}
+	}
+	for i := range cs {
+		if len(cs[i].Argv) > 0 {
+			continue
+		}
+		cs[i].Ports = slices.DeleteFunc(cs[i].Ports, func(port int) bool { return taken[port] })
+		for _, port := range cs[i].Ports {
+			taken[port] = true
+		}
+	}
 }
 
 func containerFromSpec(p *podPlan, c corev1.Container) (containerPlan, error) {
