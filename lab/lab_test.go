@@ -802,3 +802,44 @@ metadata: {name: a}
 		}
 	}
 }
+
+// TestMatrixUnservedUDPPorts: a UDP probe of a port nothing serves is
+// refused (port unreachable), every time: the kernel's ICMP rate limit
+// used to swallow most of the errors of a matrix's burst to one pod, and
+// those probes read as denied, differently from run to run.
+func TestMatrixUnservedUDPPorts(t *testing.T) {
+	var yaml strings.Builder
+	yaml.WriteString("apiVersion: v1\nkind: Namespace\nmetadata: {name: u}\n")
+	serves := map[string][]int{}
+	for i := range 3 {
+		name := fmt.Sprintf("u/p%d", i)
+		fmt.Fprintf(&yaml, "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p%d, namespace: u}\nspec:\n  containers:\n  - name: c\n    ports:\n", i)
+		for j := range 8 {
+			port := 1000 + 10*i + j
+			serves[name] = append(serves[name], port)
+			fmt.Fprintf(&yaml, "    - {containerPort: %d, protocol: UDP}\n", port)
+		}
+	}
+	l := up(t, yaml.String(), Options{NoAgent: true})
+	for run := range 2 {
+		m, err := l.Matrix(context.Background(), MatrixSpec{Protocols: []string{"udp"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		bad := 0
+		for _, r := range m.Results {
+			want, note := "denied", NoteRefused
+			if slices.Contains(serves[r.To], r.Port) {
+				want, note = "allowed", ""
+			}
+			if r.Result != want || r.Note != note {
+				if bad++; bad <= 5 {
+					t.Errorf("run %d: %s -> %s udp/%d: %s %s, want %s %s", run, r.From, r.To, r.Port, r.Result, r.Note, want, note)
+				}
+			}
+		}
+		if bad > 0 {
+			t.Fatalf("run %d: %d of %d results wrong", run, bad, len(m.Results))
+		}
+	}
+}

@@ -23,10 +23,24 @@ var (
 )
 
 // podSysctls are set in every pod namespace before its eth0 exists, so
-// that eth0 inherits them: no duplicate address detection.
+// that eth0 inherits them: no duplicate address detection; and port
+// unreachable errors without a rate limit (unreachableUnlimited).
 var podSysctls = [][2]string{
 	{"net.ipv6.conf.all.accept_dad", "0"},
 	{"net.ipv6.conf.default.accept_dad", "0"},
+	unreachableUnlimited[0], unreachableUnlimited[1],
+}
+
+// unreachableUnlimited takes destination unreachable out of the ICMP
+// types the kernel rate-limits (a namespace's own setting; the defaults
+// less type 3, and less ICMPv6 type 1). A UDP probe of a port nothing
+// serves learns it from the port unreachable error; rate-limited, the
+// error of one probe in a burst (a matrix sends many to one pod) went
+// missing, and the probe read as denied by policy, differently from run
+// to run.
+var unreachableUnlimited = [2][2]string{
+	{"net.ipv4.icmp_ratemask", "6160"},
+	{"net.ipv6.icmp.ratemask", "0,3-127"},
 }
 
 // createPod wires pod p into its node and starts its processes. With an

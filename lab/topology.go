@@ -30,6 +30,7 @@ var nodeSysctls = [][2]string{
 	{"net.ipv4.conf.default.rp_filter", "0"},
 	{"net.ipv6.conf.all.accept_dad", "0"},
 	{"net.ipv6.conf.default.accept_dad", "0"},
+	unreachableUnlimited[0], unreachableUnlimited[1],
 }
 
 // createNetns records the namespace name in the state, then creates it

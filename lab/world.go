@@ -61,6 +61,7 @@ var worldSysctls = [][2]string{
 	{"net.ipv4.conf.default.rp_filter", "0"},
 	{"net.ipv6.conf.all.accept_dad", "0"},
 	{"net.ipv6.conf.default.accept_dad", "0"},
+	unreachableUnlimited[0], unreachableUnlimited[1],
 }
 
 // hostBasePorts are served by the responders of the world host and of
