@@ -81,7 +81,12 @@ func TestPlanPlacement(t *testing.T) {
 	}, {
 		name: "duplicate IP",
 		objs: []datastore.Object{podObj("x", "a", "", "10.244.0.5"), podObj("x", "b", "", "10.244.0.5")},
-		err:  "already the address of pod x/a",
+		err:  "Pod x/b: status.podIPs[0].ip: 10.244.0.5 is already the address of pod x/a",
+	}, {
+		name: "duplicate IP, the second of a pod's addresses",
+		objs: []datastore.Object{labObj("l", datastore.LabNode{Name: "n1", PodCIDRs: []string{"10.9.0.0/24", "fd00:9::/64"}}),
+			podObj("x", "a", "", "10.9.0.5", "fd00:9::5"), podObj("x", "b", "", "10.9.0.6", "fd00:9::5")},
+		err: "Pod x/b: status.podIPs[1].ip: fd00:9::5 is already the address of pod x/a",
 	}, {
 		name: "full CIDR (/30: two usable addresses)",
 		objs: []datastore.Object{labObj("l", datastore.LabNode{Name: "n1", PodCIDR: "10.0.0.0/30"}), podObj("x", "a", ""), podObj("x", "b", ""), podObj("x", "c", "")},
