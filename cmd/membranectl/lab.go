@@ -96,7 +96,7 @@ func newLabUpCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&opts.NoProxy, "no-proxy", false, "run no L7 proxy on the nodes (connections that L7 policy redirects then fail closed)")
 	cmd.Flags().StringArrayVar(&opts.ProxyArgs, "proxy-arg", nil, "extra flag for every proxy, e.g. --proxy-arg=--log-level=debug (repeatable)")
 	cmd.Flags().StringVar(&opts.ProxyBinary, "proxy-binary", "", "membrane-proxy executable (default: next to membranectl or the agent, else in $PATH)")
-	cmd.Flags().DurationVar(&opts.ReadyTimeout, "timeout", lab.DefaultReadyTimeout, "how long to wait for each agent")
+	timeoutFlag(cmd.Flags(), &opts.ReadyTimeout, lab.DefaultReadyTimeout, "how long to wait for each agent")
 	return cmd
 }
 
@@ -378,7 +378,7 @@ logged.`,
 	}
 	addNameFlag(cmd, &name)
 	cmd.Flags().StringVar(&spec.Protocol, "protocol", "tcp", "tcp or udp")
-	cmd.Flags().DurationVar(&spec.Timeout, "timeout", lab.DefaultProbeTimeout, "how long to wait for an answer")
+	timeoutFlag(cmd.Flags(), &spec.Timeout, lab.DefaultProbeTimeout, "how long to wait for an answer")
 	cmd.Flags().IntVar(&spec.Family, "family", 0, "IP family: 4 or 6 (default 4, or that of a world:ADDRESS)")
 	return cmd
 }
@@ -427,7 +427,7 @@ denied per line; json adds "note": "proxy" or "refused" where they apply.`,
 	cmd.Flags().IntSliceVar(&spec.Ports, "ports", nil, "ports to probe (default: every declared containerPort)")
 	cmd.Flags().StringSliceVar(&spec.Protocols, "protocols", []string{"tcp", "udp"}, "protocols to probe")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, tsv or json")
-	cmd.Flags().DurationVar(&spec.Timeout, "timeout", lab.DefaultProbeTimeout, "how long each probe waits for an answer")
+	timeoutFlag(cmd.Flags(), &spec.Timeout, lab.DefaultProbeTimeout, "how long each probe waits for an answer")
 	cmd.Flags().IntVar(&spec.Family, "family", 4, "IP family: 4 or 6")
 	cmd.Flags().IntVar(&spec.Concurrency, "concurrency", lab.DefaultMatrixConcurrency, "probes in flight at once")
 	cmd.Flags().BoolVar(&spec.World, "world", false, `add the world host ("world") as a source and a destination`)

@@ -93,7 +93,7 @@ and X-Echo-NAME echoes each other request header it received.`,
 	cmd.Flags().StringVarP(&spec.Body, "data", "d", "", "request body")
 	cmd.Flags().BoolVar(&spec.HTTP2, "http2", false, "speak HTTP/2 without TLS (h2c, prior knowledge)")
 	cmd.Flags().IntVar(&spec.Family, "family", 0, "IP family: 4 or 6 (default 4, or that of a world:ADDRESS)")
-	cmd.Flags().DurationVar(&spec.Timeout, "timeout", 5*time.Second, "how long to wait for the response")
+	timeoutFlag(cmd.Flags(), &spec.Timeout, 5*time.Second, "how long to wait for the response")
 	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "also print the response headers")
 	return cmd
 }
@@ -136,6 +136,6 @@ Exit status: 0 for OK, 1 for any other gRPC status, 2 on errors.`,
 	cmd.Flags().StringVar(&spec.Service, "service", "", "health service name to ask about (default: the server)")
 	cmd.Flags().BoolVar(&spec.Watch, "watch", false, "call the streaming Watch method instead of Check")
 	cmd.Flags().IntVar(&spec.Family, "family", 0, "IP family: 4 or 6 (default 4, or that of a world:ADDRESS)")
-	cmd.Flags().DurationVar(&spec.Timeout, "timeout", 5*time.Second, "how long to wait")
+	timeoutFlag(cmd.Flags(), &spec.Timeout, 5*time.Second, "how long to wait")
 	return cmd
 }

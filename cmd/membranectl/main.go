@@ -13,8 +13,10 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // commands builds the top-level subcommands. Each file of this package
@@ -32,7 +34,27 @@ func newRootCommand() *cobra.Command {
 	for _, c := range commands {
 		root.AddCommand(c())
 	}
+	usageErrorsExit2(root)
 	return root
+}
+
+// usageErrorsExit2 makes a bad flag or a wrong number of arguments exit
+// with 2, as other input errors do, for every command under c: exit 1
+// means an answer (lab probe: denied), which a script must not read
+// from a typo.
+func usageErrorsExit2(c *cobra.Command) {
+	c.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &exitError{code: 2, err: err} })
+	if args := c.Args; args != nil {
+		c.Args = func(cmd *cobra.Command, a []string) error {
+			if err := args(cmd, a); err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		usageErrorsExit2(sub)
+	}
 }
 
 // exitError ends membranectl with a given exit code; err, if not nil, is
@@ -107,3 +129,33 @@ func (c *checkedWriter) Write(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// timeoutFlag defines --timeout on fs: a duration that must be positive.
+// (A zero or negative timeout used to be taken for the default.)
+func timeoutFlag(fs *pflag.FlagSet, p *time.Duration, def time.Duration, usage string) {
+	*p = def
+	fs.Var(positiveDuration{p}, "timeout", usage)
+}
+
+type positiveDuration struct{ d *time.Duration }
+
+func (p positiveDuration) String() string {
+	if p.d == nil {
+		return ""
+	}
+	return p.d.String()
+}
+
+func (p positiveDuration) Set(s string) error {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("want a duration such as 2s or 500ms")
+	}
+	if d <= 0 {
+		return fmt.Errorf("want a positive duration such as 2s or 500ms")
+	}
+	*p.d = d
+	return nil
+}
+
+func (positiveDuration) Type() string { return "duration" }

@@ -284,3 +284,25 @@ func TestApplyNoObjects(t *testing.T) {
 		t.Error("an apply without objects opened the datastore")
 	}
 }
+
+// A usage mistake exits 2, never 1, which lab probe uses for "denied";
+// a timeout must be positive (0 and negative ones were taken for the
+// default).
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"lab", "probe", "a/b", "c/d", "80", "--timeout", "0"}, `invalid argument "0" for "--timeout" flag: want a positive duration`},
+		{[]string{"lab", "probe", "a/b", "c/d", "80", "--timeout", "-1s"}, `invalid argument "-1s" for "--timeout" flag: want a positive duration`},
+		{[]string{"lab", "matrix", "--timeout", "soon"}, `invalid argument "soon" for "--timeout" flag: want a duration such as 2s`},
+		{[]string{"lab", "probe", "a/b", "c/d", "80", "--bogus"}, "unknown flag: --bogus"},
+		{[]string{"lab", "probe", "a/b", "c/d"}, "accepts 3 arg(s), received 2"},
+		{[]string{"status", "extra"}, `unknown command "extra"`},
+	} {
+		out, errOut, code := membranectl(t, c.args...)
+		if code != 2 || out != "" || !strings.Contains(errOut, c.want) {
+			t.Errorf("membranectl %v: code %d, stdout %q, stderr %q; want 2 and %q", c.args, code, out, errOut, c.want)
+		}
+	}
+}
