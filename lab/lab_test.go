@@ -843,3 +843,41 @@ func TestMatrixUnservedUDPPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestMatrixIPv6OnlyLab: with no family asked for, the matrix of a lab
+// whose pods have IPv6 addresses alone probes over IPv6 (it used to
+// fail: "pod has no IPv4 address").
+func TestMatrixIPv6OnlyLab(t *testing.T) {
+	l := up(t, `apiVersion: membrane.dev/v1alpha1
+kind: Lab
+metadata: {name: ignored}
+spec:
+  nodes: [{name: n1, podCIDR: "fd00:77::/64"}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: s}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: s}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: s}
+spec: {containers: [{name: c, ports: [{containerPort: 80}]}]}
+`, Options{NoAgent: true})
+	m, err := l.Matrix(context.Background(), MatrixSpec{Protocols: []string{"tcp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Family != 6 || len(m.Results) != 2 {
+		t.Fatalf("family %d, %d results; want 6 and 2", m.Family, len(m.Results))
+	}
+	for _, r := range m.Results {
+		if r.Result != "allowed" {
+			t.Errorf("%s -> %s tcp/80: %s %s", r.From, r.To, r.Result, r.Note)
+		}
+	}
+}

@@ -22,7 +22,8 @@ type MatrixSpec struct {
 	Ports []int
 	// Protocols default to tcp and udp.
 	Protocols []string
-	// Family is 4 (default) or 6.
+	// Family is 4 or 6; default 4, or 6 in a lab whose pods have IPv6
+	// addresses alone (defaultFamily).
 	Family int
 	// Timeout bounds each probe; default DefaultProbeTimeout.
 	Timeout time.Duration
@@ -81,7 +82,7 @@ func (l *Lab) Matrix(ctx context.Context, spec MatrixSpec) (*Matrix, error) {
 	pods := l.Pods()
 	m := &Matrix{Family: spec.Family, Protocols: slices.Clone(spec.Protocols), Ports: slices.Clone(spec.Ports)}
 	if m.Family == 0 {
-		m.Family = 4
+		m.Family = defaultFamily(pods)
 	}
 	if len(m.Protocols) == 0 {
 		m.Protocols = []string{"tcp", "udp"}
@@ -309,4 +310,20 @@ func (m *Matrix) WriteTable(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// defaultFamily is the matrix's IP family when none is asked for: IPv4,
+// unless some pod has no IPv4 address and every pod has an IPv6 one (an
+// IPv6-only lab).
+func defaultFamily(pods []Pod) int {
+	has := func(p Pod, v6 bool) bool {
+		return slices.ContainsFunc(p.IPs, func(a netip.Addr) bool { return a.Is6() == v6 })
+	}
+	all := func(v6 bool) bool {
+		return !slices.ContainsFunc(pods, func(p Pod) bool { return !has(p, v6) })
+	}
+	if !all(false) && all(true) {
+		return 6
+	}
+	return 4
 }

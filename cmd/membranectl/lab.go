@@ -428,7 +428,7 @@ denied per line; json adds "note": "proxy" or "refused" where they apply.`,
 	cmd.Flags().StringSliceVar(&spec.Protocols, "protocols", []string{"tcp", "udp"}, "protocols to probe")
 	cmd.Flags().StringVarP(&output, "output", "o", "table", "output format: table, tsv or json")
 	timeoutFlag(cmd.Flags(), &spec.Timeout, lab.DefaultProbeTimeout, "how long each probe waits for an answer")
-	cmd.Flags().IntVar(&spec.Family, "family", 4, "IP family: 4 or 6")
+	cmd.Flags().IntVar(&spec.Family, "family", 0, "IP family: 4 or 6 (default 4; 6 in a lab whose pods have IPv6 addresses alone)")
 	cmd.Flags().IntVar(&spec.Concurrency, "concurrency", lab.DefaultMatrixConcurrency, "probes in flight at once")
 	cmd.Flags().BoolVar(&spec.World, "world", false, `add the world host ("world") as a source and a destination`)
 	cmd.Flags().BoolVar(&spec.Nodes, "nodes", false, `add every node ("node/NAME") as a source and a destination`)
