@@ -16,6 +16,11 @@ import (
 // writes; temporary files also start with "." so that readers skip them.
 const tempMarker = ".tmp-"
 
+// maxFileName bounds an object file's name (fileName) so that its
+// temporary file's name (writeTemp: "." NAME tempMarker and up to 10
+// digits) fits in the 255 bytes a file name may have.
+const maxFileName = 255 - 1 - len(tempMarker) - 10
+
 func isTempName(name string) bool {
 	return strings.HasPrefix(name, ".") && strings.Contains(name, tempMarker)
 }

@@ -289,6 +289,9 @@ func prepareApply(objs []Object) ([]Object, ErrorList) {
 		ki.setTypeMeta(o.Obj)
 		ki.setDefaults(o.Obj)
 		fe = append(fe, ki.validate(o.Obj)...)
+		if n := len(fileName(key)); len(fe) == 0 && n > maxFileName {
+			fe.add("metadata.name", fmt.Sprintf("too long for this datastore, which keeps each object in a file named %s_NAMESPACE_NAME.yaml of at most %d characters (this one: %d); shorten the name", strings.ToLower(ki.kind), maxFileName, n))
+		}
 		if len(fe) > 0 {
 			errs = append(errs, fe.withObject(in.Source, key)...)
 			continue

@@ -388,3 +388,27 @@ func TestLabDefaulted(t *testing.T) {
 		t.Error("Defaulted changed its receiver")
 	}
 }
+
+// A name Kubernetes accepts but the object's file name cannot hold is
+// refused at validation, naming the field (it failed in the write, with
+// the operating system's "file name too long"); the longest that fits is
+// stored.
+func TestApplyNameTooLongForFile(t *testing.T) {
+	t.Parallel()
+	s := openStore(t)
+	ns := strings.Repeat("n", 63)
+	nsYAML := "apiVersion: v1\nkind: Namespace\nmetadata: {name: " + ns + "}\n"
+	pod := func(name string) string {
+		return nsYAML + "---\napiVersion: v1\nkind: Pod\nmetadata: {name: " + name + ", namespace: " + ns + "}\nspec: {containers: [{name: c}]}\n"
+	}
+	long := strings.Repeat("p", 243)
+	_, err := s.Apply(mustDecode(t, pod(long)))
+	if err == nil || !strings.Contains(err.Error(), "metadata.name: too long for this datastore") || !strings.Contains(err.Error(), "shorten the name") {
+		t.Fatalf("apply of a pod whose file name is too long: %v", err)
+	}
+	fits := strings.Repeat("p", maxFileName-len("pod__.yaml")-len(ns))
+	mustApply(t, s, pod(fits))
+	if _, err := os.Stat(filepath.Join(s.objectsDir(), fileName(Key{Kind: "Pod", Namespace: ns, Name: fits}))); err != nil {
+		t.Fatal(err)
+	}
+}

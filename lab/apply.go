@@ -95,6 +95,9 @@ func (l *Lab) Apply(ctx context.Context, objs []datastore.Object) ([]Change, err
 				out = append(out, o)
 				continue
 			}
+			if err := checkNetnsName(l.y, p); err != nil {
+				return nil, fmt.Errorf("%s: %w", o.Source, err)
+			}
 			fresh = append(fresh, p)
 			origin[p] = o
 		default:

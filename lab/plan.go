@@ -472,6 +472,9 @@ func newPlan(objs []datastore.Object, name string) (*plan, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", o.Source, err)
 		}
+		if err := checkNetnsName(y, p); err != nil {
+			return nil, fmt.Errorf("%s: %w", o.Source, err)
+		}
 		origin[p] = o
 		pl.pods = append(pl.pods, p)
 	}
@@ -503,6 +506,15 @@ func newPlan(objs []datastore.Object, name string) (*plan, error) {
 		})
 	}
 	return pl, nil
+}
+
+// checkNetnsName refuses a pod whose network namespace name (a file
+// name) would be longer than the 255 bytes a file name may have.
+func checkNetnsName(y layout, p *podPlan) error {
+	if n := len(y.podNetns(p.Namespace, p.Name)); n > 255 {
+		return fmt.Errorf("Pod %s: metadata.name: too long for lab %s, whose network namespace for the pod, %s, would have %d characters (at most 255); shorten the name", p.key(), y.name, y.podNetns(p.Namespace, "NAME"), n)
+	}
+	return nil
 }
 
 func longestNodeName(nodes []*nodePlan) string {

@@ -214,3 +214,17 @@ func TestOwnsNetns(t *testing.T) {
 		t.Error("a half-made pod alone with its namespace name does not own it")
 	}
 }
+
+// A pod whose network namespace name would exceed a file name's 255
+// bytes is refused up front, naming the field.
+func TestPlanNetnsNameTooLong(t *testing.T) {
+	ns, name := strings.Repeat("n", 63), strings.Repeat("p", 151)
+	labName := strings.Repeat("l", 32)
+	_, err := newPlan([]datastore.Object{podObj(ns, name, "")}, labName)
+	if err == nil || !strings.Contains(err.Error(), "metadata.name: too long for lab "+labName) || !strings.Contains(err.Error(), "shorten the name") {
+		t.Fatalf("plan of a pod whose netns name is 256 characters: %v", err)
+	}
+	if _, err := newPlan([]datastore.Object{podObj(ns, name[:150], "")}, labName); err != nil {
+		t.Fatalf("plan of a pod whose netns name is 255 characters: %v", err)
+	}
+}
