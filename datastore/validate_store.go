@@ -136,6 +136,10 @@ func oneLabMsg(other *Object) string {
 		"(in a datastore no lab runs on, change Lab %q or delete it first)", other.Name, other.Source, other.Name)
 }
 
+// PodIPField names the field that holds ip in pod's status
+// ("status.podIPs[1].ip"), for errors about a pod's address.
+func PodIPField(pod *corev1.Pod, ip netip.Addr) string { return string(podIPField(pod, ip)) }
+
 // podIPField names the field that holds ip in pod's status.
 func podIPField(pod *corev1.Pod, ip netip.Addr) path {
 	if a, err := netip.ParseAddr(pod.Status.PodIP); err == nil && a.Unmap() == ip {

@@ -316,14 +316,14 @@ func (m *Matrix) WriteTable(w io.Writer) error {
 // unless some pod has no IPv4 address and every pod has an IPv6 one (an
 // IPv6-only lab).
 func defaultFamily(pods []Pod) int {
-	has := func(p Pod, v6 bool) bool {
-		return slices.ContainsFunc(p.IPs, func(a netip.Addr) bool { return a.Is6() == v6 })
+	family := 4
+	for _, p := range pods {
+		if _, ok := p.IP(6); !ok {
+			return 4
+		}
+		if _, ok := p.IP(4); !ok {
+			family = 6
+		}
 	}
-	all := func(v6 bool) bool {
-		return !slices.ContainsFunc(pods, func(p Pod) bool { return !has(p, v6) })
-	}
-	if !all(false) && all(true) {
-		return 6
-	}
-	return 4
+	return family
 }

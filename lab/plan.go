@@ -55,14 +55,6 @@ type podPlan struct {
 	ipFields map[netip.Addr]string
 }
 
-// ipField is the field address ip of the pod came from.
-func (p *podPlan) ipField(ip netip.Addr) string {
-	if f, ok := p.ipFields[ip]; ok {
-		return f
-	}
-	return "status.podIP"
-}
-
 func (p *podPlan) key() string { return p.Namespace + "/" + p.Name }
 
 // responderPorts are the ports the pod's built-in responders serve: those
@@ -204,10 +196,10 @@ func (a *allocator) placePinned(p *podPlan) error {
 			in = in || c.Contains(ip)
 		}
 		if !in {
-			return fmt.Errorf("Pod %s: %s: %s is outside the pod CIDRs of node %s (%v); use an address inside them, schedule the pod on another node, or leave the address out", p.key(), p.ipField(ip), ip, n.Name, n.PodCIDRs)
+			return fmt.Errorf("Pod %s: %s: %s is outside the pod CIDRs of node %s (%v); use an address inside them, schedule the pod on another node, or leave the address out", p.key(), p.ipFields[ip], ip, n.Name, n.PodCIDRs)
 		}
 		if other, ok := a.used[ip]; ok && other != p.key() {
-			return fmt.Errorf("Pod %s: %s: %s is already the address of pod %s; pick another address or leave the address out", p.key(), p.ipField(ip), ip, other)
+			return fmt.Errorf("Pod %s: %s: %s is already the address of pod %s; pick another address or leave the address out", p.key(), p.ipFields[ip], ip, other)
 		}
 	}
 	if len(p.IPs) > 0 {
@@ -267,16 +259,8 @@ func (a *allocator) lowestFree(c netip.Prefix) (netip.Addr, error) {
 // podPlanFromObject reads what the lab needs from a Pod object.
 func podPlanFromObject(pod *corev1.Pod) (*podPlan, error) {
 	p := &podPlan{Namespace: pod.Namespace, Name: pod.Name, Node: pod.Spec.NodeName, IPs: datastore.PodIPs(pod), ipFields: map[netip.Addr]string{}}
-	field := func(raw, name string) {
-		if ip, err := netip.ParseAddr(raw); err == nil {
-			if _, ok := p.ipFields[ip.Unmap()]; !ok {
-				p.ipFields[ip.Unmap()] = name
-			}
-		}
-	}
-	field(pod.Status.PodIP, "status.podIP")
-	for i, ip := range pod.Status.PodIPs {
-		field(ip.IP, fmt.Sprintf("status.podIPs[%d].ip", i))
+	for _, ip := range p.IPs {
+		p.ipFields[ip] = datastore.PodIPField(pod, ip)
 	}
 	if p.Namespace == "" {
 		p.Namespace = "default"
