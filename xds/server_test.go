@@ -874,7 +874,7 @@ func TestDeltaResumeStatus(t *testing.T) {
 		t.Fatalf("%d streams, want 2", len(st.Streams))
 	}
 	for _, ts := range st.Streams[1].Types {
-		if want := len(had[longType(t, ts.Type)]); ts.ResumedResources != want || want == 0 {
+		if want := len(had[resourcev3.APITypePrefix+ts.Type]); ts.ResumedResources != want || want == 0 {
 			t.Errorf("%s: resumed %d resources, want %d", ts.Type, ts.ResumedResources, want)
 		}
 		if sent := ts.LastSentVersion != ""; sent == (ts.Type == shortType(resourcev3.RouteType)) {
@@ -886,15 +886,4 @@ func TestDeltaResumeStatus(t *testing.T) {
 			t.Errorf("first stream, %s: resumed %d resources, want 0", ts.Type, ts.ResumedResources)
 		}
 	}
-}
-
-func longType(t *testing.T, short string) string {
-	t.Helper()
-	for _, typeURL := range allTypes {
-		if shortType(typeURL) == short {
-			return typeURL
-		}
-	}
-	t.Fatalf("no type %s", short)
-	return ""
 }
